@@ -1,0 +1,67 @@
+"""NATS connection and JetStream helpers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import nats
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import BadRequestError
+
+from dialtone_proto import STREAM_NAME, STREAM_SUBJECTS
+
+log = logging.getLogger(__name__)
+
+
+async def connect(servers: list[str] | str, name: str, *, connect_timeout: float = 5.0) -> Client:
+    """Connect with unlimited reconnects so a NATS restart is ridden out, not fatal."""
+
+    async def on_error(exc: Exception) -> None:
+        log.warning("nats error: %s", exc)
+
+    async def on_disconnect() -> None:
+        log.warning("nats disconnected")
+
+    async def on_reconnect() -> None:
+        log.info("nats reconnected")
+
+    return await nats.connect(
+        servers=servers,
+        name=name,
+        connect_timeout=connect_timeout,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        allow_reconnect=True,
+        pending_size=64 * 1024 * 1024,
+        error_cb=on_error,
+        disconnected_cb=on_disconnect,
+        reconnected_cb=on_reconnect,
+    )
+
+
+async def ensure_stream(js: JetStreamContext) -> None:
+    """Create (or update) the call event stream. Safe to call from every service at start-up."""
+    config = StreamConfig(
+        name=STREAM_NAME,
+        subjects=STREAM_SUBJECTS,
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.OLD,
+        max_age=7 * 24 * 3600,
+        duplicate_window=10 * 60,
+    )
+    for attempt in range(20):
+        try:
+            try:
+                await js.add_stream(config)
+            except BadRequestError:
+                await js.update_stream(config)
+            return
+        except Exception as exc:  # JetStream may still be electing a leader right after start
+            if attempt == 19:
+                raise
+            log.info("waiting for JetStream: %s", exc)
+            await asyncio.sleep(0.25)

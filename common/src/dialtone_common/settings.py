@@ -1,0 +1,21 @@
+"""Settings every service shares. Each service subclasses ``ServiceSettings`` in its own
+``settings.py``; nothing else reads the environment."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    """Environment-driven settings. A developer's ``.env`` is never read implicitly."""
+
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", populate_by_name=True)
+
+    nats_url: str = Field(default="nats://127.0.0.1:4222", description="NATS server(s), comma-separated")
+    log_level: str = "INFO"
+    instance_id: str = Field(default="", description="name of this instance in logs and metrics")
+    metrics_host: str = "0.0.0.0"
+
+    def nats_servers(self) -> list[str]:
+        return [s.strip() for s in self.nats_url.split(",") if s.strip()]

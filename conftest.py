@@ -1,0 +1,1 @@
+pytest_plugins = ["dialtone_sim.fixtures"]

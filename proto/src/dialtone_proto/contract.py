@@ -1,0 +1,109 @@
+"""Check any message seen on the bus against the contract.
+
+The contract test subscribes to ``>`` during a real call and passes every message here, so a
+service that publishes something the contract does not describe fails the build.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ValidationError
+
+from dialtone_proto import subjects
+from dialtone_proto.calls import CallAnswer, CallOffer
+from dialtone_proto.events import STREAM_NAME, decode_event
+from dialtone_proto.frames import FrameError, Kind, decode_frame
+from dialtone_proto.live import LiveCall
+from dialtone_proto.tools import ToolCallReply, ToolCallRequest, ToolCatalog
+
+_REPLIES: dict[str, type[BaseModel]] = {
+    "call.answer": CallAnswer,
+    "tools.catalog": ToolCatalog,
+    "tools.result": ToolCallReply,
+}
+_IN_KINDS = {Kind.AUDIO, Kind.MARK, Kind.DTMF, Kind.STOP}
+_OUT_KINDS = {Kind.AUDIO, Kind.MARK, Kind.CLEAR, Kind.HANGUP}
+
+
+class ContractError(ValueError):
+    """A bus message that the contract does not describe."""
+
+
+def check_message(subject: str, data: bytes, headers: dict[str, str] | None = None) -> str:
+    """Validate one message; return what it is (e.g. ``"frame:AUDIO"``), raise ``ContractError``."""
+    try:
+        return _check(subject, data, headers or {})
+    except (ValidationError, FrameError, orjson.JSONDecodeError) as exc:
+        raise ContractError(f"{subject}: {exc}") from exc
+
+
+def _check(subject: str, data: bytes, headers: dict[str, str]) -> str:
+    parts = subject.split(".")
+    if subject.startswith(("$JS.", "$SRV.", "$KV.", "$O.")):
+        return "nats-internal"
+    if subject.startswith("_INBOX.") or subject.startswith("$JS.ACK."):
+        if not data or data.startswith(b"+ACK") or data.startswith(b'{"stream"'):
+            return "nats-reply"
+        body = orjson.loads(data)
+        model = _REPLIES.get(body.get("type")) if isinstance(body, dict) else None
+        if model is None:
+            if isinstance(body, dict) and ("stream" in body or "error" in body and "type" not in body):
+                return "nats-reply"  # JetStream publish ack / API error
+            raise ContractError(f"{subject}: reply of unknown type {body!r:.200}")
+        model.model_validate_json(data)
+        return f"reply:{body['type']}"
+    if parts[:2] != ["dt", "v1"]:
+        raise ContractError(f"{subject}: not a dt.v1 subject")
+    if subject == subjects.CALL_OFFER:
+        CallOffer.model_validate_json(data)
+        return "call.offer"
+    if subject in (subjects.TOOLS_CALL,):
+        ToolCallRequest.model_validate_json(data)
+        return "tools.call"
+    if subject == subjects.TOOLS_CATALOG:
+        return "tools.catalog-request"
+    if len(parts) == 5 and parts[2] == "call" and parts[4] in ("in", "out"):
+        subjects.check_call_id(parts[3])
+        frame = decode_frame(data)
+        allowed = _IN_KINDS if parts[4] == "in" else _OUT_KINDS
+        if frame.kind not in allowed:
+            raise ContractError(f"{subject}: {frame.kind.name} not allowed on {parts[4]}")
+        if frame.kind is not Kind.AUDIO:
+            frame.json()
+        return f"frame:{parts[4]}:{frame.kind.name}"
+    if len(parts) == 5 and parts[2] == "events":
+        event = decode_event(data)
+        if event.subject != subject:
+            raise ContractError(f"{subject}: event {event.type} belongs on {event.subject}")
+        if headers.get("Nats-Msg-Id") not in (None, event.id):
+            raise ContractError(f"{subject}: Nats-Msg-Id {headers.get('Nats-Msg-Id')} != id {event.id}")
+        if "Nats-Msg-Id" not in headers:
+            raise ContractError(f"{subject}: event published without Nats-Msg-Id")
+        return f"event:{event.type}"
+    if len(parts) == 4 and parts[2] == "live":
+        LiveCall.model_validate_json(data)
+        return "live"
+    raise ContractError(f"{subject}: no such subject in the contract (stream {STREAM_NAME})")
+
+
+def describe() -> dict[str, Any]:
+    """The contract in one document (subjects and JSON Schemas), for `make` docs and reviewers."""
+    from dialtone_proto.events import event_schema
+
+    return {
+        "subjects": {
+            "offer": subjects.CALL_OFFER,
+            "in": f"{subjects.PREFIX}.call.<call_id>.in",
+            "out": f"{subjects.PREFIX}.call.<call_id>.out",
+            "events": subjects.EVENTS_ALL,
+            "tools": [subjects.TOOLS_CATALOG, subjects.TOOLS_CALL],
+        },
+        "events": event_schema(),
+        "offer": CallOffer.model_json_schema(),
+        "answer": CallAnswer.model_json_schema(),
+        "tool_request": ToolCallRequest.model_json_schema(),
+        "tool_reply": ToolCallReply.model_json_schema(),
+        "catalog": ToolCatalog.model_json_schema(),
+    }

@@ -1,0 +1,197 @@
+"""Durable call events, carried by JetStream.
+
+Every event is a JSON object with ``v`` (protocol version), ``type`` (an explicit tag from the
+allow-list below, never a class path), ``id`` (unique, also sent as ``Nats-Msg-Id`` so JetStream
+drops a duplicate publish and the writer drops a redelivery), ``call_id`` and ``at``.
+
+Subjects are ``dt.v1.events.<call_id>.<type with _>`` on the stream ``DIALTONE_EVENTS``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from dialtone_proto import subjects
+
+STREAM_NAME = "DIALTONE_EVENTS"
+STREAM_SUBJECTS = [subjects.EVENTS_ALL]
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    v: Literal[1] = 1
+    id: str = Field(min_length=1, max_length=200)
+    call_id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    at: datetime
+
+    @property
+    def subject(self) -> str:
+        return subjects.event(self.call_id, self.type)  # type: ignore[attr-defined]
+
+
+Direction = Literal["inbound", "outbound"]
+
+
+class CallStarted(_Event):
+    """A bridge claimed the call and the conversation began."""
+
+    type: Literal["call.started"] = "call.started"
+    stream_sid: str | None = None
+    account_sid: str | None = None
+    agent: str
+    from_number: str | None = None
+    to_number: str | None = None
+    direction: Direction = "inbound"
+    bridge_id: str | None = None
+    variables: dict[str, str] = Field(default_factory=dict)
+
+
+class TranscriptLine(_Event):
+    """One finished line of the conversation. ``seq`` is its place in the conversation, which is
+    not always the order lines finish in (caller transcription completes asynchronously)."""
+
+    type: Literal["transcript.line"] = "transcript.line"
+    item_id: str
+    seq: int = Field(ge=0)
+    role: Literal["caller", "agent"]
+    text: str
+    agent: str
+    source: Literal["speech", "dtmf", "text"] = "speech"
+    interrupted: bool = False
+
+
+class ToolCalled(_Event):
+    """A tool call the model made, with its arguments and what it returned."""
+
+    type: Literal["tool.called"] = "tool.called"
+    tool_call_id: str
+    seq: int = Field(ge=0)
+    name: str
+    agent: str
+    arguments: dict[str, Any] | None = None
+    raw_arguments: str | None = None
+    ok: bool
+    result: Any = None
+    error: str | None = None
+    duration_ms: float = Field(ge=0)
+
+
+class UsageReported(_Event):
+    """Token usage of one model response or one input transcription, and its cost."""
+
+    type: Literal["usage.reported"] = "usage.reported"
+    source: Literal["response", "transcription"]
+    ref: str
+    model: str
+    usage: dict[str, Any]
+    cost_usd: float = Field(ge=0)
+
+
+class OutcomeSet(_Event):
+    """The call's outcome, as set by the agent (the ``set_outcome`` tool) or the platform."""
+
+    type: Literal["outcome.set"] = "outcome.set"
+    outcome: str = Field(min_length=1, max_length=200)
+    detail: str | None = None
+
+
+class CallStatus(_Event):
+    """A Twilio call status (from a status callback) or a platform-decided terminal state."""
+
+    type: Literal["call.status"] = "call.status"
+    status: str
+    source: Literal["twilio", "bridge", "gateway", "sweeper"]
+    answered_by: str | None = None
+    sequence: int | None = None
+    duration_s: int | None = None
+    direction: Direction | None = None
+
+
+class CallTransferred(_Event):
+    """The caller was transferred to a human."""
+
+    type: Literal["call.transferred"] = "call.transferred"
+    target: str
+    agent: str
+
+
+class AgentChanged(_Event):
+    """A handoff: another agent took over the conversation."""
+
+    type: Literal["agent.changed"] = "agent.changed"
+    from_agent: str
+    to_agent: str
+
+
+class CallMetric(_Event):
+    """A per-call measurement, e.g. ``first_agent_audio_ms``."""
+
+    type: Literal["call.metric"] = "call.metric"
+    name: str
+    value: float
+
+
+class CallEnded(_Event):
+    """The conversation is over; the Realtime socket is closed."""
+
+    type: Literal["call.ended"] = "call.ended"
+    reason: str
+
+
+Event = Annotated[
+    CallStarted
+    | TranscriptLine
+    | ToolCalled
+    | UsageReported
+    | OutcomeSet
+    | CallStatus
+    | CallTransferred
+    | AgentChanged
+    | CallMetric
+    | CallEnded,
+    Field(discriminator="type"),
+]
+
+EVENT_TYPES = {
+    cls.model_fields["type"].default: cls
+    for cls in (
+        CallStarted,
+        TranscriptLine,
+        ToolCalled,
+        UsageReported,
+        OutcomeSet,
+        CallStatus,
+        CallTransferred,
+        AgentChanged,
+        CallMetric,
+        CallEnded,
+    )
+}
+
+_adapter: TypeAdapter[Event] = TypeAdapter(Event)
+
+
+def encode_event(event: _Event) -> bytes:
+    """Serialize an event for the bus."""
+    return event.model_dump_json().encode()
+
+
+def decode_event(data: bytes | str | dict[str, Any]) -> Event:
+    """Parse and validate an event from the bus; raises ``pydantic.ValidationError``."""
+    if isinstance(data, dict):
+        return _adapter.validate_python(data)
+    return _adapter.validate_json(data)
+
+
+def event_schema() -> dict[str, Any]:
+    """JSON Schema of every event, for documentation and other languages."""
+    return _adapter.json_schema()
+
+
+def dumps(obj: Any) -> bytes:
+    return orjson.dumps(obj)

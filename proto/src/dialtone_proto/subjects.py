@@ -1,0 +1,59 @@
+"""NATS subject builders: the only place subject strings are spelled.
+
+Layout (all under ``dt.v1``):
+
+- ``dt.v1.calls.offer``            request/reply; a media-gateway offers a new call, one bridge of the
+                                   ``realtime-bridge`` queue group claims it.
+- ``dt.v1.call.<call_id>.in``      core NATS, gateway -> bridge: caller audio and control frames.
+- ``dt.v1.call.<call_id>.out``     core NATS, bridge -> gateway: agent audio and control frames.
+- ``dt.v1.events.<call_id>.<type>`` JetStream stream ``DIALTONE_EVENTS``: durable call events.
+- ``dt.v1.tools.catalog`` / ``dt.v1.tools.call``  the tool-runner's ``nats.micro`` endpoints.
+- ``dt.v1.live.<call_id>``         core NATS heartbeat of a live call (for the admin live view).
+"""
+
+import re
+
+PREFIX = "dt.v1"
+CALL_OFFER = f"{PREFIX}.calls.offer"
+BRIDGE_QUEUE = "realtime-bridge"
+TOOLS_SERVICE = "dialtone-tools"
+TOOLS_GROUP = f"{PREFIX}.tools"
+TOOLS_CATALOG = f"{TOOLS_GROUP}.catalog"
+TOOLS_CALL = f"{TOOLS_GROUP}.call"
+EVENTS_ALL = f"{PREFIX}.events.>"
+
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class InvalidCallId(ValueError):
+    """A call id that cannot be a NATS subject token."""
+
+
+def check_call_id(call_id: str) -> str:
+    """Return ``call_id`` if it is safe as one subject token, else raise ``InvalidCallId``."""
+    if not isinstance(call_id, str) or not _TOKEN.match(call_id):
+        raise InvalidCallId(f"invalid call id {call_id!r}")
+    return call_id
+
+
+def call_in(call_id: str) -> str:
+    """Caller audio and control, gateway -> bridge."""
+    return f"{PREFIX}.call.{check_call_id(call_id)}.in"
+
+
+def call_out(call_id: str) -> str:
+    """Agent audio and control, bridge -> gateway."""
+    return f"{PREFIX}.call.{check_call_id(call_id)}.out"
+
+
+def event(call_id: str, event_type: str) -> str:
+    """JetStream subject of one call event; the type's dots become underscores."""
+    return f"{PREFIX}.events.{check_call_id(call_id)}.{event_type.replace('.', '_')}"
+
+
+def live(call_id: str) -> str:
+    """Heartbeat of a live call."""
+    return f"{PREFIX}.live.{check_call_id(call_id)}"
+
+
+LIVE_ALL = f"{PREFIX}.live.*"
