@@ -1,0 +1,3 @@
+from dialtone_gateway.main import main
+
+main()
