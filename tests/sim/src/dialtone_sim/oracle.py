@@ -1,0 +1,87 @@
+"""The official SDK's Realtime event types used as a strict test oracle.
+
+The ``openai`` pydantic models accept unknown keys (they land in ``model_extra``), so validating
+alone would let a misspelt or beta-era field through. :func:`check_client_event` and
+:func:`check_server_event` validate with ``TypeAdapter`` and then walk the result, rejecting any
+extra key at any depth. The Realtime simulator and the end-to-end tests both use them.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import pydantic
+from openai.types.realtime import RealtimeClientEvent, RealtimeServerEvent
+
+__all__ = ["OracleError", "check_client_event", "check_server_event"]
+
+
+class OracleError(ValueError):
+    """An event the real API would reject.
+
+    Attributes:
+        code: the Realtime error code the real API answers with (``invalid_value`` or
+            ``unknown_parameter``).
+        param: dotted path of the offending field, when known.
+    """
+
+    def __init__(self, message: str, *, code: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.param = param
+
+
+@functools.cache
+def _adapter(kind: str) -> pydantic.TypeAdapter:
+    return pydantic.TypeAdapter(RealtimeClientEvent if kind == "client" else RealtimeServerEvent)
+
+
+def _extras(value: Any, path: str) -> list[str]:
+    """Dotted paths of every key a model did not declare, at any depth."""
+    found: list[str] = []
+    if isinstance(value, pydantic.BaseModel):
+        for key in value.model_extra or {}:
+            found.append(f"{path}.{key}" if path else key)
+        for name in type(value).model_fields:
+            found += _extras(getattr(value, name), f"{path}.{name}" if path else name)
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            found += _extras(item, f"{path}[{i}]")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            found += _extras(item, f"{path}.{key}")
+    return found
+
+
+def _check(kind: str, event: dict) -> None:
+    if not isinstance(event, dict):
+        raise OracleError(f"{kind} event is not a JSON object", code="invalid_value")
+    try:
+        model = _adapter(kind).validate_python(event)
+    except pydantic.ValidationError as exc:
+        first = exc.errors()[0] if exc.errors() else {}
+        param = ".".join(str(p) for p in first.get("loc", ())) or None
+        raise OracleError(
+            f"Invalid {kind} event {event.get('type')!r}: {exc.error_count()} error(s); "
+            f"first at {param}: {first.get('msg')}",
+            code="invalid_value",
+            param=param,
+        ) from exc
+    extras = _extras(model, "")
+    if extras:
+        raise OracleError(
+            f"Unknown parameter(s) in {kind} event {event.get('type')!r}: {', '.join(extras)}",
+            code="unknown_parameter",
+            param=extras[0],
+        )
+
+
+def check_client_event(event: dict) -> None:
+    """Raise :class:`OracleError` (a ValueError) unless ``event`` is a valid GA client event."""
+    _check("client", event)
+
+
+def check_server_event(event: dict) -> None:
+    """Raise :class:`OracleError` (a ValueError) unless ``event`` is a valid GA server event."""
+    _check("server", event)
