@@ -1,0 +1,76 @@
+"""Start-up of the transcript-writer: migrate, connect, consume until SIGTERM, then drain."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from contextlib import AsyncExitStack
+
+import asyncpg
+
+from dialtone_common import bus, logs, runtime
+from dialtone_common.db import create_pool
+from dialtone_common.health import HealthServer
+from dialtone_writer.consumer import Consumer
+from dialtone_writer.migrations import apply_migrations
+from dialtone_writer.settings import WriterSettings
+
+log = logging.getLogger("dialtone_writer")
+
+
+async def _migrate_when_ready(settings: WriterSettings, stop: asyncio.Event) -> bool:
+    """Apply migrations, waiting for PostgreSQL if it is still starting. False if stopped first."""
+    delay = 0.5
+    while not stop.is_set():
+        try:
+            applied = await apply_migrations(settings.database_url)
+        except (OSError, TimeoutError, asyncpg.CannotConnectNowError) as exc:
+            log.warning("database not reachable yet (%s); retrying in %.1fs", type(exc).__name__, delay)
+            try:
+                await asyncio.wait_for(stop.wait(), delay)
+            except TimeoutError:
+                delay = min(delay * 2, 10.0)
+            continue
+        log.info("schema up to date (applied %s)", applied or "nothing")
+        return True
+    return False
+
+
+async def _serve(stack: AsyncExitStack, stop: asyncio.Event) -> None:
+    settings = WriterSettings()
+    logs.setup(settings.log_level, "transcript-writer")
+    if not await _migrate_when_ready(settings, stop):
+        return
+    pool = await create_pool(settings.database_url, max_size=settings.pool_size)
+    stack.push_async_callback(pool.close)
+    nc = await bus.connect(settings.nats_servers(), f"transcript-writer{settings.instance_id}")
+    stack.push_async_callback(nc.drain)
+    js = nc.jetstream()
+    await bus.ensure_stream(js)
+    consumer = Consumer(pool, js, settings)
+    await consumer.start()
+    await stack.enter_async_context(HealthServer(settings.metrics_host, settings.metrics_port, consumer.health))
+    task = asyncio.create_task(consumer.run(stop), name="consumer")
+    # Closed first on the way out: the loop sees `stop`, finishes its batch, then NATS and the pool close.
+    stack.push_async_callback(asyncio.wait_for, task, None)
+    task.add_done_callback(lambda _: stop.set())  # a consumer that died must take the process down
+    log.info("transcript-writer running (metrics on :%d)", settings.metrics_port)
+
+
+async def _migrate_only() -> None:
+    settings = WriterSettings()
+    logs.setup(settings.log_level, "transcript-writer")
+    applied = await apply_migrations(settings.database_url)
+    log.info("applied migrations: %s", applied or "none (schema up to date)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: ``dialtone-transcript-writer [migrate]``."""
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["migrate"]:
+        asyncio.run(_migrate_only())
+    elif args:
+        sys.exit(f"usage: python -m dialtone_writer [migrate]; unknown arguments {args}")
+    else:
+        runtime.run(_serve)

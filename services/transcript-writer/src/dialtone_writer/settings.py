@@ -1,0 +1,20 @@
+"""Configuration of the transcript-writer; the only module that reads the environment."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from dialtone_common.settings import ServiceSettings
+
+
+class WriterSettings(ServiceSettings):
+    """Environment-driven settings (``DATABASE_URL``, ``METRICS_PORT``, ...)."""
+
+    database_url: str = Field(description="PostgreSQL DSN")
+    metrics_port: int = Field(default=9103, description="port of /metrics and /healthz")
+    durable_name: str = Field(default="transcript-writer", description="JetStream durable consumer name")
+    batch_size: int = Field(default=256, ge=1, le=10_000, description="events fetched and written per batch")
+    fetch_timeout_s: float = Field(default=1.0, gt=0, description="longest wait for a batch; bounds stop latency")
+    ack_wait_s: float = Field(default=30.0, gt=0, description="redelivery delay of an unacknowledged event")
+    retry_delay_s: float = Field(default=2.0, gt=0, description="redelivery delay after a database error")
+    pool_size: int = Field(default=4, ge=1)

@@ -1,0 +1,88 @@
+"""Unit tests of the pure event-to-row rules."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from dialtone_writer.mapping import (
+    RANK_IMPLIED_BY_END,
+    USAGE_COUNTERS,
+    status_rank,
+    status_wins,
+    usage_counters,
+)
+
+pytestmark = pytest.mark.unit
+
+T0 = datetime(2025, 1, 1, tzinfo=UTC)
+
+
+@pytest.mark.parametrize("status", ["completed", "busy", "no-answer", "failed", "canceled", "transferred"])
+def test_terminal_statuses_outrank_progress(status: str) -> None:
+    assert status_rank(status) > status_rank("in-progress") == status_rank("ringing")
+    assert status_rank(status) > RANK_IMPLIED_BY_END
+
+
+def _fold(statuses: list[tuple[str, int]]) -> str:
+    current: tuple[int, datetime] | None = None
+    name = None
+    for status, second in statuses:
+        candidate = (status_rank(status), T0 + timedelta(seconds=second))
+        if status_wins(candidate, current):
+            current, name = candidate, status
+    assert name is not None
+    return name
+
+
+def test_status_outcome_does_not_depend_on_arrival_order() -> None:
+    # Twilio sends callbacks out of order; a late "ringing" must not undo "completed".
+    statuses = [("ringing", 1), ("in-progress", 2), ("completed", 30)]
+    assert {_fold(list(p)) for p in itertools.permutations(statuses)} == {"completed"}
+
+
+def test_later_terminal_status_wins() -> None:
+    assert _fold([("transferred", 10), ("completed", 40)]) == "completed"
+    assert _fold([("completed", 40), ("transferred", 10)]) == "completed"
+
+
+def test_response_usage_is_flattened() -> None:
+    usage = {
+        "total_tokens": 300,
+        "input_tokens": 200,
+        "output_tokens": 100,
+        "input_token_details": {"text_tokens": 50, "audio_tokens": 150, "cached_tokens": 40},
+        "output_token_details": {"text_tokens": 20, "audio_tokens": 80},
+    }
+    assert usage_counters("response", usage) == {
+        "input_tokens": 200,
+        "output_tokens": 100,
+        "input_text_tokens": 50,
+        "input_audio_tokens": 150,
+        "cached_tokens": 40,
+        "output_text_tokens": 20,
+        "output_audio_tokens": 80,
+        "responses": 1,
+    }
+
+
+def test_transcription_usage_counts_only_transcription_tokens() -> None:
+    usage = {"type": "tokens", "total_tokens": 27, "input_tokens": 20, "output_tokens": 7}
+    assert usage_counters("transcription", usage) == {"transcription_tokens": 27}
+    assert usage_counters("transcription", {"input_tokens": 3, "output_tokens": 2}) == {"transcription_tokens": 5}
+    # Duration-billed transcription has no tokens to count.
+    assert usage_counters("transcription", {"type": "duration", "seconds": 2.5}) == {}
+
+
+def test_garbage_usage_values_count_as_zero() -> None:
+    usage = {"input_tokens": "12", "output_tokens": True, "input_token_details": [1, 2]}
+    assert usage_counters("response", usage) == {"responses": 1}
+
+
+def test_flat_counters_are_accepted() -> None:
+    flat = dict.fromkeys(USAGE_COUNTERS, 3)
+    flat.pop("transcription_tokens")
+    flat.pop("responses")
+    assert usage_counters("response", flat) == {**flat, "responses": 1}

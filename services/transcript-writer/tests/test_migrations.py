@@ -1,0 +1,98 @@
+"""The schema test: applying every migration gives the expected schema; re-running applies nothing."""
+
+from __future__ import annotations
+
+import uuid
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+
+from dialtone_writer.migrations import MIGRATIONS_DIR, apply_migrations
+
+pytestmark = pytest.mark.integration
+
+EXPECTED_COLUMNS = {
+    "call_sessions": {
+        "id", "call_sid", "agent", "direction", "from_number", "to_number", "stream_sid", "started_at",
+        "ended_at", "end_reason", "status", "status_rank", "status_at", "answered_by", "outcome",
+        "outcome_detail", "outcome_at", "transferred_to", "transcript", "usage", "cost_usd", "metrics",
+        "created_at", "updated_at",
+    },
+    "call_events": {"event_id", "call_sid", "type", "at", "payload", "received_at"},
+    "transcript_lines": {
+        "call_sid", "seq", "item_id", "role", "text", "agent", "source", "interrupted", "at", "event_id",
+    },
+    "tool_calls": {
+        "call_sid", "tool_call_id", "seq", "name", "agent", "arguments", "raw_arguments", "ok", "result",
+        "error", "duration_ms", "at", "event_id",
+    },
+    "call_usage": {"event_id", "call_sid", "source", "ref", "model", "usage", "counters", "cost_usd", "at"},
+    "call_status_history": {
+        "event_id", "call_sid", "status", "source", "answered_by", "sequence", "duration_s", "at",
+    },
+    "agent_changes": {"event_id", "call_sid", "from_agent", "to_agent", "at"},
+    "schema_migrations": {"version", "name", "applied_at"},
+}
+
+EXPECTED_INDEXES = {
+    "call_sessions_started_idx",
+    "call_sessions_outcome_started_idx",
+    "call_sessions_status_started_idx",
+    "call_sessions_agent_started_idx",
+    "call_sessions_call_sid_key",
+    "transcript_lines_call_sid_item_id_key",
+    "transcript_lines_call_seq_idx",
+    "transcript_lines_text_fts_idx",
+    "tool_calls_call_seq_idx",
+    "call_events_call_idx",
+    "call_usage_call_idx",
+    "call_status_history_call_idx",
+    "agent_changes_call_idx",
+}
+
+
+@pytest.fixture
+async def fresh_database(database_url: str):
+    """An empty database on the test server, dropped afterwards."""
+    name = f"writer_migration_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(database_url)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield urlunsplit(urlsplit(database_url)._replace(path=f"/{name}"))
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+async def test_applying_all_migrations_gives_the_expected_schema(fresh_database: str) -> None:
+    files = sorted(MIGRATIONS_DIR.glob("*.sql"))
+    assert await apply_migrations(fresh_database) == list(range(1, len(files) + 1))
+
+    conn = await asyncpg.connect(fresh_database)
+    try:
+        rows = await conn.fetch(
+            "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = 'public'"
+        )
+        columns: dict[str, set[str]] = {}
+        for r in rows:
+            columns.setdefault(r["table_name"], set()).add(r["column_name"])
+        assert columns == EXPECTED_COLUMNS
+        indexes = {r["indexname"] for r in await conn.fetch("SELECT indexname FROM pg_indexes WHERE schemaname = 'public'")}
+        assert EXPECTED_INDEXES <= indexes
+        # Full-text search must not depend on an extension that a managed server may lack.
+        assert await conn.fetchval("SELECT count(*) FROM pg_extension WHERE extname <> 'plpgsql'") == 0
+    finally:
+        await conn.close()
+
+    assert await apply_migrations(fresh_database) == []
+
+
+async def test_session_database_is_up_to_date(database_url: str) -> None:
+    assert await apply_migrations(database_url) == []
+
+
+def test_migration_files_ship_inside_the_package() -> None:
+    # The wheel includes everything under src/dialtone_writer, so the SQL travels with the code.
+    assert MIGRATIONS_DIR.parent.name == "dialtone_writer"
+    assert (MIGRATIONS_DIR / "0001_init.sql").is_file()
