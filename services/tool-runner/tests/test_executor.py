@@ -9,11 +9,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from pydantic import BaseModel
-
 from dialtone_proto import ToolAction, ToolCallRequest
 from dialtone_tools import Registry, ToolContext, ToolError, tool
 from dialtone_tools.executor import Executor
+from pydantic import BaseModel
 
 pytestmark = pytest.mark.unit
 

@@ -9,10 +9,9 @@ from typing import Annotated, Literal
 
 import jsonschema
 import pytest
-from pydantic import BaseModel, Field
-
 from dialtone_tools import Registry, ToolContext, ToolDefinitionError, tool
 from dialtone_tools.registry import Tool
+from pydantic import BaseModel, Field
 
 pytestmark = pytest.mark.unit
 
