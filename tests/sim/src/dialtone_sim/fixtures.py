@@ -17,7 +17,6 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
-
 from dialtone_common.embedded import embedded_nats, embedded_postgres
 
 
