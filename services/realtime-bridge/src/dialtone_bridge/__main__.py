@@ -1,0 +1,3 @@
+from dialtone_bridge.main import main
+
+main()

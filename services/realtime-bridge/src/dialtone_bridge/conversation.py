@@ -1,0 +1,350 @@
+"""The conversation of one call: Realtime server events in, decisions out.
+
+Turn-taking is the model's (server VAD); this class keeps the bookkeeping the model cannot do for
+a phone line: which items came in which order (transcripts finish out of order), what the caller
+has actually heard (barge-in), which tool calls a response is waiting on, and the call's events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from dialtone_bridge import metrics as m
+from dialtone_bridge import realtime as rt
+from dialtone_bridge.agents import Agent
+from dialtone_bridge.pricing import cost_usd
+from dialtone_proto.events import (
+    AgentChanged,
+    CallMetric,
+    CallStarted,
+    OutcomeSet,
+    ToolCalled,
+    TranscriptLine,
+    UsageReported,
+)
+from dialtone_proto.frames import Kind
+from dialtone_proto.tools import ToolAction, ToolCallReply, ToolCallRequest, ToolSpec
+
+if TYPE_CHECKING:
+    from dialtone_bridge.session import CallSession
+
+log = logging.getLogger("dialtone.bridge.conversation")
+
+# Errors that are races between our requests and the server's own turn-taking, not failures.
+BENIGN_ERRORS = {"conversation_already_has_active_response", "response_cancel_not_active"}
+CONTROL_TOOLS = {"set_outcome", "end_call", "transfer_call", "handoff"}
+
+
+@dataclass
+class Line:
+    seq: int
+    role: str
+    text: str
+
+
+@dataclass
+class ToolRun:
+    call_id: str
+    name: str
+    task: asyncio.Task
+
+
+@dataclass
+class Pending:
+    """Tool calls of one response, answered together once the response is done."""
+
+    runs: list[ToolRun] = field(default_factory=list)
+
+
+class Conversation:
+    def __init__(self, session: CallSession, agent: Agent) -> None:
+        self.s = session
+        self.agent = agent
+        self.log = session.log
+        self._order: dict[str, int] = {}
+        self._agent_text: dict[str, str] = {}
+        self._truncated: set[str] = set()
+        self._cancelled: set[str] = set()
+        self._active: str | None = None  # the response in progress
+        self._want_response = False  # a response.create to send once the active one is done
+        self._tools: dict[str, ToolRun] = {}  # tool call_id -> run
+        self.lines: list[Line] = []  # what was said, for restoring a lost socket
+        self._first_audio = False
+        self.outcome: str | None = None
+        self.state = "listening"
+        self._catalog: dict[str, ToolSpec] = {}
+
+    # ---- session -------------------------------------------------------------------------
+    async def session_config(self) -> dict[str, Any]:
+        catalog = await self.s.ctx.tools.catalog()
+        names = catalog.keys() if self.agent.tools == "*" else [n for n in self.agent.tools if n in catalog]
+        missing = [] if self.agent.tools == "*" else [n for n in self.agent.tools if n not in catalog]
+        if missing:
+            self.log.warning("agent %s names tools the runners do not offer: %s", self.agent.name, missing)
+        self._catalog = {n: catalog[n] for n in names}
+        s = self.s.ctx.settings
+        return rt.session_config(self.agent, list(self._catalog.values()), s.openai_realtime_model, s.transcription_model)
+
+    async def started(self) -> None:
+        o = self.s.offer
+        self.s.events.emit(
+            CallStarted,
+            stream_sid=o.stream_sid,
+            account_sid=o.account_sid,
+            agent=self.agent.name,
+            from_number=o.from_number,
+            to_number=o.to_number,
+            direction=o.direction,
+            bridge_id=self.s.ctx.bridge_id,
+            variables=o.parameters,
+        )
+        if self.agent.greeting:
+            await self.request_response(f'Greet the caller by saying exactly: "{self.agent.greeting}"')
+
+    def finished(self) -> None:
+        for run in self._tools.values():
+            run.task.cancel()
+
+    async def restore(self) -> None:
+        """A new socket after a lost one: replay the conversation so far as text items, so the
+        caller keeps talking to the same agent that remembers what was said."""
+        for line in self.lines[-60:]:
+            event = rt.user_text(line.text) if line.role == "caller" else rt.assistant_text(line.text)
+            await self.s.send(event)
+        self._active = None
+
+    def socket_lost(self) -> None:
+        self._active = None
+
+    # ---- ordering ------------------------------------------------------------------------
+    def _place(self, item_id: str) -> int:
+        seq = self._order.get(item_id)
+        if seq is None:
+            seq = self._order[item_id] = len(self._order)
+        return seq
+
+    def _line(self, item_id: str, role: str, text: str, **extra: Any) -> None:
+        seq = self._place(item_id)
+        self.lines.append(Line(seq, role, text))
+        self.s.events.emit(TranscriptLine, item_id=item_id, seq=seq, role=role, text=text, agent=self.agent.name, **extra)
+
+    # ---- server events -------------------------------------------------------------------
+    async def on_event(self, ev: dict[str, Any]) -> None:
+        kind = ev.get("type")
+        if kind == "response.output_audio.delta":
+            if ev.get("response_id") in self._cancelled:
+                return  # audio of a reply the caller interrupted, still in flight
+            if not self._first_audio:
+                self._first_audio = True
+                elapsed = self.s.clock.ms()
+                m.FIRST_AUDIO_SECONDS.observe(elapsed / 1000)
+                self.s.events.emit(CallMetric, name="first_agent_audio_ms", value=round(elapsed, 1))
+            self.state = "speaking"
+            await self.s.play(ev["item_id"], ev["delta"])
+        elif kind == "input_audio_buffer.speech_started":
+            await self._barge_in()
+        elif kind == "input_audio_buffer.committed":
+            self._place(ev["item_id"])
+        elif kind == "conversation.item.added":
+            self._place(ev["item"]["id"])
+        elif kind == "conversation.item.input_audio_transcription.completed":
+            await self._caller_said(ev)
+        elif kind == "response.created":
+            self._active = ev["response"]["id"]
+        elif kind == "response.output_audio_transcript.done":
+            self._agent_text[ev["item_id"]] = ev.get("transcript") or ""
+        elif kind == "response.function_call_arguments.done":
+            self._start_tool(ev["call_id"], ev["name"], ev.get("arguments") or "", ev.get("item_id"))
+        elif kind == "response.done":
+            await self._response_done(ev["response"])
+        elif kind == "error":
+            self._error(ev.get("error") or {})
+
+    def _error(self, error: dict[str, Any]) -> None:
+        code = str(error.get("code") or error.get("type") or "unknown")
+        m.REALTIME_ERRORS.labels(code).inc()
+        if code in BENIGN_ERRORS:
+            # A race with the server's own turn-taking: the conversation simply goes on.
+            self.log.info("Realtime race (%s) ignored", code)
+            return
+        self.log.error("Realtime error %s: %s", code, str(error.get("message"))[:300])
+
+    async def _caller_said(self, ev: dict[str, Any]) -> None:
+        text = (ev.get("transcript") or "").strip()
+        if text:
+            self._line(ev["item_id"], "caller", text)
+        if usage := ev.get("usage"):
+            model = self.s.ctx.settings.transcription_model
+            self.s.events.emit(
+                UsageReported, source="transcription", ref=ev["item_id"], model=model, usage=usage,
+                cost_usd=cost_usd(usage, self.s.ctx.settings.prices.get(model)),
+            )
+
+    async def _response_done(self, response: dict[str, Any]) -> None:
+        rid = response.get("id", "")
+        if self._active == rid:
+            self._active = None
+        self.state = "listening"
+        status = response.get("status")
+        if usage := response.get("usage"):
+            model = self.s.ctx.settings.openai_realtime_model
+            self.s.events.emit(
+                UsageReported, source="response", ref=rid, model=model, usage=usage,
+                cost_usd=cost_usd(usage, self.s.ctx.settings.prices.get(model)),
+            )
+        calls: list[ToolRun] = []
+        for item in response.get("output") or []:
+            if item.get("type") == "message" and item.get("role") == "assistant":
+                text = self._agent_text.pop(item["id"], None)
+                if text is None:
+                    text = " ".join(c.get("transcript") or c.get("text") or "" for c in item.get("content") or [])
+                if text.strip():
+                    interrupted = status == "cancelled" or item["id"] in self._truncated
+                    self._line(item["id"], "agent", text.strip(), interrupted=interrupted)
+            elif item.get("type") == "function_call":
+                run = self._tools.get(item["call_id"]) or self._start_tool(
+                    item["call_id"], item["name"], item.get("arguments") or "", item.get("id")
+                )
+                calls.append(run)
+        if calls and status == "completed":
+            self.s.spawn(self._answer_tools(calls), "tools")
+        elif self._want_response:
+            self._want_response = False
+            await self.request_response()
+
+    async def request_response(self, instructions: str | None = None) -> None:
+        """Ask the model to speak, unless a response is already running (then after it)."""
+        if self._active is not None:
+            self._want_response = True
+            return
+        await self.s.send(rt.response_create(instructions))
+
+    # ---- barge-in ------------------------------------------------------------------------
+    async def _barge_in(self) -> None:
+        cut = self.s.playout.interrupt(self.s.clock.ms())
+        if cut is None:
+            return  # playback had finished: nothing to clear or truncate
+        m.BARGE_INS.inc()
+        if self._active:
+            self._cancelled.add(self._active)
+        await self.s.send_frame(Kind.CLEAR)
+        self._truncated.add(cut.item_id)
+        await self.s.send(rt.truncate(cut.item_id, cut.audio_end_ms))
+        self.log.info(
+            "barge-in: cut %s at %d ms (played ~%.0f of %.0f ms)",
+            cut.item_id, cut.audio_end_ms, cut.played_ms, cut.generated_ms,
+        )
+
+    # ---- tools ---------------------------------------------------------------------------
+    def _start_tool(self, call_id: str, name: str, arguments: str, item_id: str | None) -> ToolRun:
+        if call_id in self._tools:
+            return self._tools[call_id]
+        seq = self._place(item_id) if item_id else len(self._order)
+        task = self.s.spawn(self._run_tool(call_id, name, arguments, seq), f"tool-{name}")
+        run = self._tools[call_id] = ToolRun(call_id, name, task)
+        self.state = "tool"
+        return run
+
+    async def _run_tool(self, call_id: str, name: str, arguments: str, seq: int) -> ToolCallReply:
+        o = self.s.offer
+        spec = self._catalog.get(name)
+        request = ToolCallRequest(
+            call_id=self.s.call_id, tool_call_id=call_id, name=name, arguments=arguments,
+            agent=self.agent.name, from_number=o.from_number, to_number=o.to_number, variables=o.parameters,
+        )
+        started = time.monotonic()
+        reply = await self.s.ctx.tools.call(request, spec.timeout_s if spec else None)
+        m.TOOL_SECONDS.labels(name if spec else "unknown").observe(time.monotonic() - started)
+        try:
+            parsed = orjson.loads(arguments) if arguments else {}
+        except orjson.JSONDecodeError:
+            parsed = None
+        self.s.events.emit(
+            ToolCalled, tool_call_id=call_id, seq=seq, name=name, agent=self.agent.name,
+            arguments=parsed if isinstance(parsed, dict) else None,
+            raw_arguments=None if isinstance(parsed, dict) else arguments[:2000],
+            ok=reply.ok, result=reply.output, error=reply.error,
+            duration_ms=round((time.monotonic() - started) * 1000, 2),
+        )
+        for action in reply.actions:
+            await self._apply(action)
+        return reply
+
+    async def _answer_tools(self, runs: list[ToolRun]) -> None:
+        """Send every result of a response, then ask for the next response (without it the model
+        falls silent after a tool call)."""
+        filler = self.s.spawn(self._filler_after(self.s.ctx.settings.filler_after_s), "filler")
+        try:
+            replies = await asyncio.gather(*(r.task for r in runs))
+        finally:
+            filler.cancel()
+        if self.s.ended.is_set():
+            return  # the caller hung up while the tool ran: the result has nowhere to go
+        for run, reply in zip(runs, replies, strict=True):
+            await self.s.send(rt.function_output(run.call_id, reply.output))
+            self._tools.pop(run.call_id, None)
+        if self.s.control is not None and self.s.control.suppress_response():
+            return
+        await self.request_response()
+
+    async def _filler_after(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        if self._active is None and not self.s.ended.is_set():
+            self.log.info("tool still running after %.1f s: filler", delay)
+            await self.s.send(
+                rt.response_create(
+                    "Tell the caller in a few words that you are still checking and it will take a moment. "
+                    "Do not say anything else.",
+                    out_of_band=True,
+                )
+            )
+
+    async def _apply(self, action: ToolAction) -> None:
+        if action.action == "set_outcome" and action.value:
+            self.outcome = action.value
+            self.s.events.emit(OutcomeSet, outcome=action.value, detail=action.detail)
+        elif action.action == "handoff" and action.value:
+            await self.handoff(action.value)
+        elif self.s.control is not None:
+            await self.s.control.apply(action)
+        else:
+            self.log.warning("tool action %s needs Twilio call control, which is not configured", action.action)
+
+    async def handoff(self, to_agent: str) -> None:
+        """Another agent takes over: new instructions and tools, same audio formats and voice."""
+        agents = self.s.ctx.agents.agents
+        if to_agent not in agents or to_agent == self.agent.name:
+            self.log.warning("handoff to unknown agent %s ignored", to_agent)
+            return
+        if self.agent.handoffs and to_agent not in self.agent.handoffs:
+            self.log.warning("agent %s may not hand off to %s", self.agent.name, to_agent)
+            return
+        previous, self.agent = self.agent, agents[to_agent]
+        session = await self.session_config()
+        # The voice cannot change once audio was produced: keep the one the caller already hears.
+        session["audio"]["output"]["voice"] = previous.voice
+        await self.s.send(rt.session_update(session))
+        self.s.events.emit(AgentChanged, from_agent=previous.name, to_agent=to_agent)
+        self.log.info("handoff %s -> %s", previous.name, to_agent)
+
+    # ---- caller side ---------------------------------------------------------------------
+    async def on_caller_audio(self) -> None:
+        if self.s.control is not None:
+            self.s.control.caller_audio()
+
+    async def on_mark(self, name: str) -> None:
+        if self.s.control is not None and not self.s.playout.playing:
+            await self.s.control.playback_finished()
+
+    async def on_dtmf(self, digit: str) -> None:
+        item_id = f"dtmf_{uuid.uuid4().hex[:16]}"
+        self._line(item_id, "caller", f"pressed {digit}", source="dtmf")
+        await self.s.send(rt.user_text(f"The caller pressed {digit} on the keypad.", item_id))
+        await self.request_response()

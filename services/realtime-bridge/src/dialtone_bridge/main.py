@@ -1,0 +1,59 @@
+"""Start the realtime-bridge: ``python -m dialtone_bridge``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from contextlib import AsyncExitStack
+
+from dialtone_bridge.agents import AgentBook
+from dialtone_bridge.service import Bridge
+from dialtone_bridge.session import BridgeContext
+from dialtone_bridge.settings import BridgeSettings
+from dialtone_bridge.toolclient import ToolClient
+from dialtone_common import bus, logs, runtime
+from dialtone_common.health import HealthServer
+
+log = logging.getLogger("dialtone.bridge")
+
+
+async def serve(stack: AsyncExitStack, stop: asyncio.Event, settings: BridgeSettings) -> Bridge:
+    bridge_id = settings.instance_id or f"bridge-{uuid.uuid4().hex[:8]}"
+    agents = AgentBook.load(settings.agents_dir)
+    nc = await bus.connect(settings.nats_servers(), name=bridge_id)
+    stack.push_async_callback(nc.drain)
+    js = nc.jetstream()
+    await bus.ensure_stream(js)
+    control = None
+    if settings.twilio_account_sid and settings.twilio_auth_token:
+        from dialtone_bridge.callcontrol import TwilioControlFactory
+
+        control = TwilioControlFactory(settings)
+        stack.push_async_callback(control.close)
+    ctx = BridgeContext(nc=nc, js=js, settings=settings, agents=agents, tools=ToolClient(nc, settings.tool_timeout_s),
+                        bridge_id=bridge_id, control=control)
+    bridge = Bridge(ctx)
+    await bridge.start()
+    stack.push_async_callback(bridge.drain)
+    health = HealthServer(settings.metrics_host, settings.metrics_port,
+                          lambda: None if nc.is_connected else "nats disconnected")
+    await stack.enter_async_context(health)
+    if settings.openai_api_key is None:
+        log.warning("OPENAI_API_KEY is unset: talking to %s (a simulator?)", settings.openai_realtime_url)
+    log.info("realtime-bridge %s ready with agents %s", bridge_id, sorted(agents.agents))
+    return bridge
+
+
+def main() -> None:
+    settings = BridgeSettings()
+    logs.setup(settings.log_level, "realtime-bridge")
+
+    async def _main(stack: AsyncExitStack, stop: asyncio.Event) -> None:
+        await serve(stack, stop, settings)
+
+    runtime.run(_main)
+
+
+if __name__ == "__main__":
+    main()

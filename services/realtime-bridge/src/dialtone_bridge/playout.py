@@ -1,0 +1,134 @@
+"""How much agent audio the caller has actually heard, for barge-in truncation.
+
+Agent audio reaches Twilio faster than real time and waits in its buffer. When the caller
+interrupts we must tell the model where its reply was cut (``audio_end_ms``), and that point is
+what the caller heard, not what we sent. Echoed marks say "played up to here", but they arrive a
+network trip late, so we place everything on the caller's own clock:
+
+* Inbound media timestamps are the caller's clock. Marks travel on the same ordered stream, so
+  the mark echo that follows a frame stamped ``ts`` was emitted at caller time ~``ts + 10 ms``.
+  That gives an exact anchor: byte position P had played at caller time T.
+* After an anchor, playout is continuous at 8 bytes/ms, capped by what was sent.
+* A clear sent now reaches the caller one network trip later. The one-way delay comes from a probe
+  mark sent while nothing is buffered: its echo returns after exactly one round trip.
+* When audio starts from an empty buffer there is no anchor yet; playout then starts when the first
+  chunk lands, i.e. one trip after we sent it.
+
+All positions are byte offsets in the call's outgoing audio (mu-law: 8 bytes per ms).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+BYTES_PER_MS = 8
+FRAME_MS = 20
+
+
+@dataclass(slots=True)
+class Truncation:
+    item_id: str
+    audio_end_ms: int
+    played_ms: float
+    generated_ms: float
+
+
+class Playout:
+    def __init__(self) -> None:
+        self.sent = 0  # bytes sent to Twilio so far
+        self._items: OrderedDict[str, tuple[int, int]] = OrderedDict()  # item -> (start, bytes)
+        self._marks: OrderedDict[str, int] = OrderedDict()  # outstanding mark -> end position
+        self._anchor: tuple[float, int] | None = None  # (caller ms, position)
+        self._mark_seq = 0
+        self._last_ts = 0.0  # caller ms of the latest inbound frame
+        self._last_wall = 0.0  # our monotonic ms when it arrived
+        self._have_clock = False
+        self.one_way_ms = 0.0
+        self._probe: tuple[str, float] | None = None
+        self.played_to = 0  # position known played (echoed)
+
+    # --- caller clock -----------------------------------------------------------------------
+    def on_inbound_audio(self, ts_ms: float, wall_ms: float) -> None:
+        self._last_ts, self._last_wall, self._have_clock = ts_ms, wall_ms, True
+
+    def caller_now(self, wall_ms: float) -> float:
+        """Caller-clock time right now: the latest frame was sent one trip before it reached us."""
+        if not self._have_clock:
+            return 0.0
+        return self._last_ts + (wall_ms - self._last_wall) + self.one_way_ms
+
+    # --- probe ------------------------------------------------------------------------------
+    def probe(self, wall_ms: float) -> str | None:
+        """A mark to send now to measure the round trip, if nothing is buffered at Twilio."""
+        if self._marks or self._probe is not None:
+            return None
+        name = f"probe-{self._mark_seq}"
+        self._mark_seq += 1
+        self._probe = (name, wall_ms)
+        return name
+
+    # --- outgoing audio ---------------------------------------------------------------------
+    def on_audio_sent(self, item_id: str, nbytes: int, wall_ms: float) -> str:
+        """Record agent audio sent to Twilio; return the mark name to send right after it."""
+        if not self._marks and self._have_clock:
+            # Nothing buffered: this chunk starts playing when it lands, one trip from now.
+            self._anchor = (self.caller_now(wall_ms) + self.one_way_ms, self.sent)
+        start, size = self._items.get(item_id, (self.sent, 0))
+        self._items[item_id] = (start, size + nbytes)
+        while len(self._items) > 32:
+            self._items.popitem(last=False)
+        self.sent += nbytes
+        name = f"a{self._mark_seq}"
+        self._mark_seq += 1
+        self._marks[name] = self.sent
+        return name
+
+    def on_mark(self, name: str, wall_ms: float) -> None:
+        """Twilio echoed a mark: played (or cleared) up to it."""
+        if self._probe is not None and name == self._probe[0]:
+            self.one_way_ms = max(0.0, (wall_ms - self._probe[1]) / 2)
+            self._probe = None
+            return
+        pos = self._marks.pop(name, None)
+        if pos is None:
+            return  # a mark we already wrote off (cleared) or not ours
+        # Marks echo in order: any older outstanding mark has played too.
+        while self._marks and next(iter(self._marks.values())) <= pos:
+            self._marks.popitem(last=False)
+        self.played_to = max(self.played_to, pos)
+        if self._have_clock:
+            self._anchor = (self._last_ts + FRAME_MS / 2, pos)
+
+    @property
+    def playing(self) -> bool:
+        """Audio is still queued at Twilio (a mark is outstanding)."""
+        return bool(self._marks)
+
+    def played_position(self, wall_ms: float, *, at_caller_in_ms: float = 0.0) -> int:
+        """Estimated position the caller has heard up to, ``at_caller_in_ms`` after now."""
+        if self._anchor is None:
+            return self.played_to
+        t_anchor, pos = self._anchor
+        t = self.caller_now(wall_ms) + at_caller_in_ms
+        estimate = pos + int(max(0.0, t - t_anchor) * BYTES_PER_MS)
+        return max(self.played_to, min(estimate, self.sent))
+
+    def interrupt(self, wall_ms: float) -> Truncation | None:
+        """The caller barged in. If audio is still queued, return where to truncate (for a clear
+        sent now, which reaches the caller one trip later) and forget the queued marks, which the
+        clear will echo. None once playback has finished: there is nothing to cut."""
+        if not self._marks:
+            return None
+        played = self.played_position(wall_ms, at_caller_in_ms=self.one_way_ms)
+        self._marks.clear()
+        self._anchor = None
+        self.played_to = self.sent  # everything sent is now played or dropped
+        for item_id, (start, size) in reversed(self._items.items()):
+            if start <= played or item_id == next(iter(self._items)):
+                heard = min(max(played - start, 0), size)
+                return Truncation(item_id, heard // BYTES_PER_MS, heard / BYTES_PER_MS, size / BYTES_PER_MS)
+        return None
+
+    def item_generated_ms(self, item_id: str) -> float:
+        return self._items.get(item_id, (0, 0))[1] / BYTES_PER_MS

@@ -1,0 +1,41 @@
+"""Cost of model usage, from the ``usage`` blocks of ``response.done`` and transcriptions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _n(d: dict[str, Any] | None, key: str) -> int:
+    value = (d or {}).get(key) or 0
+    return int(value) if isinstance(value, int | float) else 0
+
+
+def cost_usd(usage: dict[str, Any], prices: dict[str, float] | None) -> float:
+    """USD for one usage block. Cached tokens are a subset of input tokens, billed at the cached rate.
+    A usage with no per-modality details (transcription) is billed as audio in, text out."""
+    if not prices:
+        return 0.0
+    inp = usage.get("input_token_details") or {}
+    out = usage.get("output_token_details") or {}
+    cached = inp.get("cached_tokens_details") or {}
+    if inp or out:
+        text_in, audio_in = _n(inp, "text_tokens"), _n(inp, "audio_tokens")
+        text_cached, audio_cached = _n(cached, "text_tokens"), _n(cached, "audio_tokens")
+        if not cached and _n(inp, "cached_tokens"):
+            text_cached = min(text_in, _n(inp, "cached_tokens"))
+        text_out = _n(out, "text_tokens")
+        audio_out = _n(out, "audio_tokens")
+        if not out:
+            text_out = _n(usage, "output_tokens")
+    else:
+        text_in, audio_in, text_cached, audio_cached = 0, _n(usage, "input_tokens"), 0, 0
+        text_out, audio_out = _n(usage, "output_tokens"), 0
+    total = (
+        (text_in - text_cached) * prices.get("text_in", 0)
+        + text_cached * prices.get("text_cached", 0)
+        + (audio_in - audio_cached) * prices.get("audio_in", 0)
+        + audio_cached * prices.get("audio_cached", 0)
+        + text_out * prices.get("text_out", 0)
+        + audio_out * prices.get("audio_out", 0)
+    )
+    return round(max(total, 0.0) / 1_000_000, 8)

@@ -1,0 +1,312 @@
+"""One call: the Realtime socket on one side, the call's bus subjects on the other.
+
+A ``CallSession`` owns every task it starts (the socket reader, tool calls, the event publisher)
+and cancels them when the call ends. The conversation logic lives in ``Conversation``
+(``conversation.py``); this module is the plumbing: connecting, reconnecting, audio in and out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+
+from dialtone_bridge import metrics as m
+from dialtone_bridge import realtime as rt
+from dialtone_bridge.agents import Agent, AgentBook
+from dialtone_bridge.playout import Playout
+from dialtone_bridge.publisher import EventPublisher
+from dialtone_bridge.settings import BridgeSettings
+from dialtone_bridge.toolclient import ToolClient
+from dialtone_common.logs import CallLog
+from dialtone_proto import CallOffer, subjects
+from dialtone_proto.events import CallEnded
+from dialtone_proto.frames import FrameError, Kind, decode_frame, encode_control, encode_frame
+
+if TYPE_CHECKING:
+    from dialtone_bridge.callcontrol import CallControl
+    from dialtone_bridge.conversation import Conversation
+
+log = logging.getLogger("dialtone.bridge.call")
+
+BACKLOG_BYTES = 8000 * 30  # 30 s of caller audio kept while the model socket (re)connects
+
+
+@dataclass
+class BridgeContext:
+    """What every call on this bridge shares."""
+
+    nc: Client
+    js: JetStreamContext
+    settings: BridgeSettings
+    agents: AgentBook
+    tools: ToolClient
+    bridge_id: str
+    control: CallControl | None = None
+
+
+class RealtimeUnavailable(RuntimeError):
+    """The model socket could not be opened or configured."""
+
+
+@dataclass
+class _Clock:
+    started: float = field(default_factory=time.monotonic)
+
+    def ms(self) -> float:
+        return (time.monotonic() - self.started) * 1000.0
+
+
+class CallSession:
+    def __init__(self, ctx: BridgeContext, offer: CallOffer, agent: Agent) -> None:
+        from dialtone_bridge.conversation import Conversation
+
+        self.ctx, self.offer, self.call_id = ctx, offer, offer.call_id
+        self.log = CallLog(log, call_id=offer.call_id)
+        self.clock = _Clock()
+        self.events = EventPublisher(ctx.js, offer.call_id, self.log)
+        self.playout = Playout()
+        self.ws: ClientConnection | None = None
+        self.ready = asyncio.Event()
+        self.ended = asyncio.Event()
+        self.end_reason = "unknown"
+        self._backlog = bytearray()
+        self._audio_lock = asyncio.Lock()
+        self._sub = None
+        self._out_seq = 0
+        self._tasks: set[asyncio.Task] = set()
+        self.conversation: Conversation = Conversation(self, agent)
+
+    # ---- lifecycle -------------------------------------------------------------------------
+    async def attach(self) -> None:
+        """Subscribe to the caller's frames. Called before the claim is answered, so no frame
+        sent after the gateway hears "accepted" can be missed."""
+        self._sub = await self.ctx.nc.subscribe(
+            subjects.call_in(self.call_id), cb=self._on_in, pending_msgs_limit=20000
+        )
+
+    async def run(self) -> None:
+        """The whole call, from the first socket to the last event."""
+        m.CALLS_ACTIVE.inc()
+        try:
+            probe = self.playout.probe(self.clock.ms())
+            if probe:
+                await self.send_frame(Kind.MARK, {"name": probe})
+            try:
+                await self._connect(restore=False)
+            except RealtimeUnavailable as exc:
+                self.log.error("could not reach the Realtime API: %s", exc)
+                self.end("realtime_unavailable")
+                await self.send_frame(Kind.HANGUP, {"reason": "realtime_unavailable"})
+                return
+            await self.conversation.started()
+            reader = self.spawn(self._read_loop(), "reader")
+            await self.ended.wait()
+            reader.cancel()
+        finally:
+            await self._teardown()
+            m.CALLS_ACTIVE.dec()
+
+    def end(self, reason: str) -> None:
+        """End the call (idempotent). The socket is closed at once by ``run``'s teardown."""
+        if not self.ended.is_set():
+            self.end_reason = reason
+            self.ended.set()
+
+    def spawn(self, coro: Any, name: str) -> asyncio.Task:
+        """Start a task owned by this call: cancelled when the call ends."""
+        task = asyncio.create_task(coro, name=f"{name}-{self.call_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            self.log.error("task %s failed: %r", task.get_name(), exc, exc_info=exc)
+
+    async def _teardown(self) -> None:
+        ws, self.ws = self.ws, None
+        self.ready.clear()
+        if ws is not None:
+            # Close at once: a lingering socket keeps billing the model.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(ws.close(), 1.0)
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+        self.conversation.finished()
+        self.events.emit(CallEnded, reason=self.end_reason)
+        await self.events.close()
+        m.CALLS.labels(self.end_reason).inc()
+        self.log.info("call ended (%s) after %.1f s", self.end_reason, self.clock.ms() / 1000)
+
+    # ---- the model socket ------------------------------------------------------------------
+    async def _connect(self, *, restore: bool) -> None:
+        s = self.ctx.settings
+        key = s.openai_api_key.get_secret_value() if s.openai_api_key else None
+        delay = 0.2
+        last: Exception | None = None
+        for attempt in range(s.connect_attempts):
+            if self.ended.is_set():
+                return
+            try:
+                ws = await rt.open_socket(s.openai_realtime_url, s.openai_realtime_model, key)
+                await ws.send(rt.session_update(await self.conversation.session_config()))
+                await self._await_session(ws)
+                self.ws = ws
+                if restore:
+                    await self.conversation.restore()
+                self.ready.set()
+                await self._flush_backlog()
+                return
+            except (OSError, InvalidHandshake, InvalidStatus, ConnectionClosed, TimeoutError, RealtimeUnavailable) as exc:
+                last = exc
+                self.log.warning("Realtime connect attempt %d failed: %s", attempt + 1, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        raise RealtimeUnavailable(str(last))
+
+    async def _await_session(self, ws: ClientConnection) -> None:
+        """Read until ``session.updated`` and check the formats really are mu-law."""
+        async with asyncio.timeout(10):
+            async for raw in ws:
+                event = orjson.loads(raw)
+                kind = event.get("type")
+                if kind == "session.updated":
+                    audio = event["session"].get("audio", {})
+                    formats = (audio.get("input", {}).get("format", {}), audio.get("output", {}).get("format", {}))
+                    if any(f.get("type") != "audio/pcmu" for f in formats):
+                        raise RealtimeUnavailable(f"session formats are {formats}, not audio/pcmu")
+                    return
+                if kind == "error":
+                    raise RealtimeUnavailable(f"session.update refused: {event.get('error')}")
+        raise RealtimeUnavailable("socket closed before session.updated")
+
+    async def _read_loop(self) -> None:
+        while not self.ended.is_set():
+            ws = self.ws
+            if ws is None:
+                return
+            cause = "closed"
+            try:
+                async for raw in ws:
+                    try:
+                        event = orjson.loads(raw)
+                    except orjson.JSONDecodeError:
+                        self.log.warning("non-JSON message from the Realtime API: %.100r", raw)
+                        continue
+                    if event.get("type") == "error" and (event.get("error") or {}).get("code") == "session_expired":
+                        cause = "session_expired"
+                    await self.conversation.on_event(event)
+            except ConnectionClosed as exc:
+                cause = cause if cause != "closed" else f"closed {exc.rcvd.code if exc.rcvd else 'abnormally'}"
+            if self.ended.is_set():
+                return
+            self.ready.clear()
+            self.ws = None
+            m.RECONNECTS.labels(cause.split(" ")[0]).inc()
+            self.log.warning("Realtime socket lost (%s); reconnecting", cause)
+            self.conversation.socket_lost()
+            try:
+                await self._connect(restore=True)
+            except RealtimeUnavailable as exc:
+                self.log.error("Realtime socket could not be restored: %s", exc)
+                self.end("realtime_lost")
+                await self.send_frame(Kind.HANGUP, {"reason": "realtime_lost"})
+                return
+
+    async def send(self, event: str) -> bool:
+        """Send one client event; False if the socket is not there (reconnecting or ended)."""
+        ws = self.ws
+        if ws is None or not self.ready.is_set():
+            return False
+        try:
+            await ws.send(event)
+            return True
+        except ConnectionClosed:
+            return False
+
+    # ---- the caller's side (bus) ----------------------------------------------------------
+    async def _on_in(self, msg: Msg) -> None:
+        try:
+            frame = decode_frame(msg.data)
+        except FrameError as exc:
+            m.BAD_FRAMES.inc()
+            self.log.warning("bad frame from the gateway: %s", exc)
+            return
+        try:
+            if frame.kind is Kind.AUDIO:
+                self.playout.on_inbound_audio(frame.ts, self.clock.ms())
+                async with self._audio_lock:
+                    if self.ready.is_set() and not self._backlog:
+                        await self._append(frame.payload)
+                    else:
+                        self._backlog += frame.payload
+                        del self._backlog[:-BACKLOG_BYTES]
+                        if self.ready.is_set():
+                            await self._flush_backlog_locked()
+                await self.conversation.on_caller_audio()
+            elif frame.kind is Kind.MARK:
+                name = str(frame.json().get("name", ""))
+                self.playout.on_mark(name, self.clock.ms())
+                await self.conversation.on_mark(name)
+            elif frame.kind is Kind.DTMF:
+                await self.conversation.on_dtmf(str(frame.json().get("digit", "")))
+            elif frame.kind is Kind.STOP:
+                self.log.info("stream stopped (%s)", frame.json().get("reason"))
+                self.end("caller_hangup" if frame.json().get("reason") == "stop" else "stream_closed")
+        except FrameError as exc:
+            m.BAD_FRAMES.inc()
+            self.log.warning("bad control frame: %s", exc)
+
+    async def _append(self, audio: bytes) -> None:
+        if await self.send(rt.append(audio)):
+            m.FRAMES_IN.inc()
+        else:
+            self._backlog += audio
+
+    async def _flush_backlog(self) -> None:
+        async with self._audio_lock:
+            await self._flush_backlog_locked()
+
+    async def _flush_backlog_locked(self) -> None:
+        while self._backlog and self.ready.is_set():
+            chunk = bytes(self._backlog[:1600])  # 200 ms per append
+            if not await self.send(rt.append(chunk)):
+                return
+            del self._backlog[: len(chunk)]
+            m.FRAMES_IN.inc()
+
+    async def send_frame(self, kind: Kind, body: dict[str, Any] | None = None, audio: bytes = b"") -> None:
+        """Publish one frame to the gateway (agent audio or control)."""
+        self._out_seq += 1
+        data = (
+            encode_frame(kind, self._out_seq - 1, int(self.clock.ms()), audio)
+            if kind is Kind.AUDIO
+            else encode_control(kind, self._out_seq - 1, int(self.clock.ms()), body or {})
+        )
+        await self.ctx.nc.publish(subjects.call_out(self.call_id), data)
+
+    async def play(self, item_id: str, audio_b64: str) -> None:
+        """Agent audio from the model to the caller, followed by a mark to follow its playout."""
+        audio = base64.b64decode(audio_b64)
+        await self.send_frame(Kind.AUDIO, audio=audio)
+        mark = self.playout.on_audio_sent(item_id, len(audio), self.clock.ms())
+        await self.send_frame(Kind.MARK, {"name": mark})
+        m.AUDIO_OUT.inc(len(audio))

@@ -1,0 +1,47 @@
+"""realtime-bridge settings: the only place this service reads the environment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+
+from dialtone_common.settings import ServiceSettings
+
+# USD per 1M tokens. Cached input tokens are a subset of input tokens and are billed at the cached price.
+DEFAULT_PRICES: dict[str, dict[str, float]] = {
+    "gpt-realtime": {
+        "text_in": 4.0, "text_cached": 0.40, "text_out": 16.0,
+        "audio_in": 32.0, "audio_cached": 0.40, "audio_out": 64.0,
+    },
+    "gpt-realtime-2.1": {
+        "text_in": 4.0, "text_cached": 0.40, "text_out": 16.0,
+        "audio_in": 32.0, "audio_cached": 0.40, "audio_out": 64.0,
+    },
+    "gpt-realtime-2.1-mini": {
+        "text_in": 0.60, "text_cached": 0.06, "text_out": 2.40,
+        "audio_in": 10.0, "audio_cached": 0.30, "audio_out": 20.0,
+    },
+    "gpt-4o-mini-transcribe": {
+        "text_in": 1.25, "text_cached": 1.25, "text_out": 5.0,
+        "audio_in": 3.0, "audio_cached": 3.0, "audio_out": 0.0,
+    },
+}
+
+
+class BridgeSettings(ServiceSettings):
+    openai_api_key: SecretStr | None = Field(default=None, description="unset: talk to a simulator")
+    openai_realtime_url: str = "wss://api.openai.com/v1/realtime"
+    openai_realtime_model: str = "gpt-realtime"
+    transcription_model: str = "gpt-4o-mini-transcribe"
+    agents_dir: Path = Field(default=Path("agents"), description="one folder per agent: agent.toml, system.md")
+    metrics_port: int = 9101
+    max_calls: int = Field(default=1000, description="calls this instance claims at most")
+    tool_timeout_s: float = Field(default=15.0, description="upper bound on a tool request over NATS")
+    filler_after_s: float = Field(default=1.5, description="a slow tool makes the agent say a filler after this")
+    connect_attempts: int = Field(default=6, description="Realtime connection attempts before giving up")
+    prices: dict[str, dict[str, float]] = Field(default_factory=lambda: DEFAULT_PRICES)
+    twilio_account_sid: str | None = None
+    twilio_auth_token: SecretStr | None = None
+    twilio_api_base_url: str | None = Field(default=None, description="Twilio REST base (a local fake in tests)")
+    heartbeat_s: float = 5.0
