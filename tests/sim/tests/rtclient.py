@@ -60,13 +60,13 @@ class Client:
     def of(self, kind: str) -> list[dict]:
         return [e for e in self.events if e["type"] == kind]
 
-    async def wait(self, pred: Callable[[], Any], timeout: float = 5.0) -> Any:
+    async def wait(self, pred: Callable[[], Any], timeout: float = 5.0) -> Any:  # noqa: ASYNC109 - test helper
         async with asyncio.timeout(timeout):
-            while not (result := pred()):
+            while not (result := pred()):  # noqa: ASYNC110 - polling with a deadline
                 await asyncio.sleep(0.005)
         return result
 
-    async def wait_type(self, kind: str, count: int = 1, timeout: float = 5.0) -> list[dict]:
+    async def wait_type(self, kind: str, count: int = 1, timeout: float = 5.0) -> list[dict]:  # noqa: ASYNC109
         return await self.wait(lambda: len(self.of(kind)) >= count and self.of(kind), timeout)
 
     async def close(self) -> None:

@@ -43,14 +43,22 @@ async def client(fake: FakeTwilioApi, monkeypatch: pytest.MonkeyPatch) -> AsyncI
 
 async def test_create_update_fetch_with_the_official_client(fake: FakeTwilioApi, client: Client) -> None:
     call = await client.calls.create_async(
-        to="+15005550001", from_="+15005550006", twiml="<Response><Say>hi</Say></Response>",
-        status_callback="http://127.0.0.1:1/status", status_callback_event=["initiated", "answered", "completed"],
-        machine_detection="DetectMessageEnd", async_amd="true",
+        to="+15005550001",
+        from_="+15005550006",
+        twiml="<Response><Say>hi</Say></Response>",
+        status_callback="http://127.0.0.1:1/status",
+        status_callback_event=["initiated", "answered", "completed"],
+        machine_detection="DetectMessageEnd",
+        async_amd="true",
     )
     assert call.sid.startswith("CA") and len(call.sid) == 34 and call.status == "queued"
     stored = fake.calls[call.sid]
     assert (stored.to, stored.from_, stored.machine_detection, stored.async_amd) == (
-        "+15005550001", "+15005550006", "DetectMessageEnd", "true")
+        "+15005550001",
+        "+15005550006",
+        "DetectMessageEnd",
+        "true",
+    )
     assert stored.status_callback_event == ["initiated", "answered", "completed"]
     assert fake.requests[0].method == "POST"
     assert fake.requests[0].path == f"/2010-04-01/Accounts/{SID}/Calls.json"
@@ -105,8 +113,12 @@ async def test_status_callbacks_are_signed(fake: FakeTwilioApi, client: Client) 
     await site.start()
     port = runner.addresses[0][1]
     try:
-        call = await client.calls.create_async(to="+15005550001", from_="+15005550006", url="http://x/voice",
-                                               status_callback=f"http://127.0.0.1:{port}/status")
+        call = await client.calls.create_async(
+            to="+15005550001",
+            from_="+15005550006",
+            url="http://x/voice",
+            status_callback=f"http://127.0.0.1:{port}/status",
+        )
         assert await fake.post_status(call.sid, "ringing") == 204
         assert await fake.post_status(call.sid, "in-progress", AnsweredBy="human") == 204
         assert await fake.post_status(call.sid, "completed") == 204

@@ -99,17 +99,31 @@ class FakeCall:
         """The call resource JSON as Twilio returns it (the fields the SDK reads)."""
         uri = f"{base_path}/Calls/{self.sid}.json"
         return {
-            "sid": self.sid, "account_sid": self.account_sid, "parent_call_sid": None,
-            "to": self.to, "to_formatted": self.to, "from": self.from_, "from_formatted": self.from_,
-            "status": self.status, "direction": self.direction, "answered_by": self.answered_by,
+            "sid": self.sid,
+            "account_sid": self.account_sid,
+            "parent_call_sid": None,
+            "to": self.to,
+            "to_formatted": self.to,
+            "from": self.from_,
+            "from_formatted": self.from_,
+            "status": self.status,
+            "direction": self.direction,
+            "answered_by": self.answered_by,
             "date_created": format_datetime(self.created, usegmt=True),
             "date_updated": format_datetime(datetime.now(UTC), usegmt=True),
             "start_time": format_datetime(self.started, usegmt=True) if self.started else None,
             "end_time": format_datetime(self.ended, usegmt=True) if self.ended else None,
             "duration": str(self.duration_s) if self.ended else None,
-            "price": None, "price_unit": "USD", "api_version": API_VERSION, "caller_name": None,
-            "forwarded_from": None, "group_sid": None, "phone_number_sid": None, "queue_time": "0",
-            "trunk_sid": None, "uri": uri,
+            "price": None,
+            "price_unit": "USD",
+            "api_version": API_VERSION,
+            "caller_name": None,
+            "forwarded_from": None,
+            "group_sid": None,
+            "phone_number_sid": None,
+            "queue_time": "0",
+            "trunk_sid": None,
+            "uri": uri,
             "subresource_uris": {"recordings": uri.replace(".json", "/Recordings.json")},
         }
 
@@ -176,10 +190,13 @@ class FakeTwilioApi:
     @web.middleware
     async def _record_and_authenticate(self, request: web.Request, handler: Any) -> web.StreamResponse:
         form = await request.post() if request.method == "POST" else {}
-        self.requests.append(RecordedRequest(
-            request.method, request.path, {k: [str(v) for v in form.getall(k)] for k in set(form)}
-            if form else {},
-        ))
+        self.requests.append(
+            RecordedRequest(
+                request.method,
+                request.path,
+                {k: [str(v) for v in form.getall(k)] for k in set(form)} if form else {},
+            )
+        )
         if request.headers.get("Authorization") != self._expected_auth:
             return _error(401, 20003, "Authentication Error - invalid username")
         if request.match_info.get("account") != self.account_sid:
@@ -189,8 +206,11 @@ class FakeTwilioApi:
     async def _create(self, request: web.Request) -> web.Response:
         form = await request.post()
         if not form.get("To") or not form.get("From"):
-            return _error(400, 21201, "No 'To' number is specified" if not form.get("To")
-                          else "No 'From' number is specified")
+            return _error(
+                400,
+                21201,
+                "No 'To' number is specified" if not form.get("To") else "No 'From' number is specified",
+            )
         if not form.get("Twiml") and not form.get("Url") and not form.get("ApplicationSid"):
             return _error(400, 21205, "Url parameter is required.")
         call = FakeCall(
@@ -231,12 +251,26 @@ class FakeTwilioApi:
             return _error(404, 20404, f"The requested resource {request.path} was not found")
         return web.json_response(call.resource(self._base_path))
 
-    def add_call(self, to: str, from_: str, *, direction: str = "inbound", status: str = "in-progress",
-                 status_callback: str | None = None) -> FakeCall:
+    def add_call(
+        self,
+        to: str,
+        from_: str,
+        *,
+        direction: str = "inbound",
+        status: str = "in-progress",
+        status_callback: str | None = None,
+    ) -> FakeCall:
         """Register a call Twilio would know without ``calls.create`` (e.g. an inbound call)."""
-        call = FakeCall(sid="CA" + secrets.token_hex(16), account_sid=self.account_sid, to=to, from_=from_,
-                        direction=direction, status=status, status_callback=status_callback,
-                        started=datetime.now(UTC) if status == "in-progress" else None)
+        call = FakeCall(
+            sid="CA" + secrets.token_hex(16),
+            account_sid=self.account_sid,
+            to=to,
+            from_=from_,
+            direction=direction,
+            status=status,
+            status_callback=status_callback,
+            started=datetime.now(UTC) if status == "in-progress" else None,
+        )
         self.calls[call.sid] = call
         return call
 
@@ -269,16 +303,23 @@ class FakeTwilioApi:
         if "AnsweredBy" in extra:
             call.answered_by = extra["AnsweredBy"]
         form = {
-            "CallSid": call.sid, "AccountSid": self.account_sid, "CallStatus": status,
+            "CallSid": call.sid,
+            "AccountSid": self.account_sid,
+            "CallStatus": status,
             "SequenceNumber": str(call.sequence - 1),  # Twilio counts callbacks from 0
-            "Direction": call.direction, "From": call.from_, "To": call.to, "ApiVersion": API_VERSION,
-            "Timestamp": format_datetime(now, usegmt=True), "CallbackSource": "call-progress-events",
+            "Direction": call.direction,
+            "From": call.from_,
+            "To": call.to,
+            "ApiVersion": API_VERSION,
+            "Timestamp": format_datetime(now, usegmt=True),
+            "CallbackSource": "call-progress-events",
             **({"CallDuration": str(call.duration_s)} if status == "completed" else {}),
             **extra,
         }
         signature = self._validator.compute_signature(call.status_callback, form)
-        async with self._session.post(call.status_callback, data=form,
-                                      headers={"X-Twilio-Signature": signature}) as response:
+        async with self._session.post(
+            call.status_callback, data=form, headers={"X-Twilio-Signature": signature}
+        ) as response:
             await response.read()
             call.callbacks.append((status, response.status))
             return response.status
@@ -291,7 +332,11 @@ def _opt(value: Any) -> str | None:
 def _error(status: int, code: int, message: str) -> web.Response:
     """Twilio's legacy error body, which the SDK turns into ``TwilioRestException(code=...)``."""
     return web.json_response(
-        {"code": code, "message": message, "more_info": f"https://www.twilio.com/docs/errors/{code}",
-         "status": status},
+        {
+            "code": code,
+            "message": message,
+            "more_info": f"https://www.twilio.com/docs/errors/{code}",
+            "status": status,
+        },
         status=status,
     )

@@ -1,0 +1,422 @@
+"""A simulated caller on Twilio's side of Dialtone's media-gateway.
+
+:func:`dial` does what Twilio does for an inbound call: POST the signed voice webhook, read the
+TwiML, open the signed Media Streams WebSocket, send ``connected`` and ``start``, then stream
+``media`` every 20 ms (speech when the caller talks, silence otherwise) while playing the agent's
+audio out in real time, echoing marks and honouring ``clear`` (PROTOCOLS.md 1.2-1.3).
+
+Exceptions::
+
+    Exception
+     +-- WebhookRejected   the voice webhook answered non-200
+     +-- StreamRejected    the WebSocket upgrade was refused (or closed during the handshake)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import secrets
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+import orjson
+from twilio.request_validator import RequestValidator
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from .audio import FRAME_BYTES, SILENCE_BYTE
+from .playout import Playout
+from .speech import synthesize
+
+__all__ = ["SimCall", "StreamRejected", "WebhookRejected", "dial", "place_scripted_call"]
+
+_FRAME_S = 0.02
+_SILENCE_FRAME = bytes([SILENCE_BYTE]) * FRAME_BYTES
+# What a gateway may send (PROTOCOLS.md 1.3); anything else is a Twilio warning 31950/31951.
+_ALLOWED = {
+    "media": {"event", "streamSid", "media"},
+    "mark": {"event", "streamSid", "mark"},
+    "clear": {"event", "streamSid"},
+}
+
+
+class WebhookRejected(Exception):
+    """The gateway's voice webhook answered with a non-200 status."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"voice webhook answered HTTP {status}")
+        self.status = status
+
+
+class StreamRejected(Exception):
+    """The Media Streams WebSocket was refused (HTTP status) or closed at once (close code)."""
+
+    def __init__(self, status: int | None) -> None:
+        super().__init__(f"media stream rejected ({status})")
+        self.status = status
+
+
+def _sid(prefix: str) -> str:
+    return prefix + secrets.token_hex(16)
+
+
+class _DelayLine:
+    """FIFO that hands each item on ``delay_s`` after it was put in: one direction of the wire."""
+
+    def __init__(self, delay_s: float, deliver: Callable[[Any], Awaitable[None]]) -> None:
+        self.delay_s = delay_s
+        self._deliver = deliver
+        self._queue: asyncio.Queue[tuple[float, Any]] = asyncio.Queue()
+
+    def put(self, item: Any) -> None:
+        self._queue.put_nowait((time.monotonic() + self.delay_s, item))
+
+    def idle(self) -> bool:
+        return self._queue.empty()
+
+    async def run(self) -> None:
+        while True:
+            due, item = await self._queue.get()
+            if (wait := due - time.monotonic()) > 0:
+                await asyncio.sleep(wait)
+            await self._deliver(item)
+            self._queue.task_done()
+
+    async def drain(self) -> None:
+        await self._queue.join()
+
+
+class SimCall:
+    """One simulated phone call; create it with :func:`dial`.
+
+    Attributes:
+        heard: agent audio actually played out to the caller, in order.
+        sent_audio: every inbound media frame sent (speech and silence).
+        media_received: ``(monotonic arrival, payload bytes)`` of each outbound media message.
+        marks_echoed: mark names echoed back to the gateway, in order.
+        clears: ``(monotonic time, len(heard))`` when each ``clear`` took effect.
+        protocol_errors: what real Twilio would warn about (wrong streamSid, bad JSON, ...).
+    """
+
+    def __init__(self, ws: ClientConnection, *, account_sid: str, call_sid: str,
+                 custom_parameters: dict[str, str], one_way_delay_ms: float) -> None:  # fmt: skip
+        self.account_sid, self.call_sid = account_sid, call_sid
+        self.stream_sid = _sid("MZ")
+        self.custom_parameters = custom_parameters
+        self.sent_audio = bytearray()
+        self.media_received: list[tuple[float, int]] = []
+        self.marks_echoed: list[str] = []
+        self.clears: list[tuple[float, int]] = []
+        self.messages_sent: list[dict] = []
+        self.messages_received: list[dict] = []
+        self.protocol_errors: list[str] = []
+        self.closed_by_server = False
+        self.close_code: int | None = None
+        self._ws = ws
+        self._seq = 0
+        self._chunk = 0
+        self._speech = bytearray()
+        self._speech_sent = 0
+        self._speech_queued = 0
+        self._waiters: list[tuple[int, asyncio.Future]] = []
+        self._playout = Playout(self._echo_mark)
+        self._last_arrival = 0.0
+        self._closed = asyncio.Event()
+        self._hanging_up = False
+        delay_s = one_way_delay_ms / 1000
+        self._outbound = _DelayLine(delay_s, self._send_now)
+        self._inbound = _DelayLine(delay_s, self._receive_now)
+        self._tasks: list[asyncio.Task] = []
+
+    @property
+    def heard(self) -> bytearray:
+        return self._playout.heard
+
+    # ---- lifecycle ------------------------------------------------------------------------
+    async def _open(self) -> None:
+        """Send ``connected`` and ``start`` and begin streaming (called by :func:`dial`)."""
+        await self._send_now({"event": "connected", "protocol": "Call", "version": "1.0.0"})
+        await self._send_now(self._stamp({"event": "start", "start": {
+            "accountSid": self.account_sid, "streamSid": self.stream_sid, "callSid": self.call_sid,
+            "tracks": ["inbound"], "customParameters": self.custom_parameters,
+            "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+        }}))  # fmt: skip
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(c)
+            for c in (self._read(), self._clock(), self._outbound.run(), self._inbound.run())
+        ]
+
+    async def _finish(self, *, by_server: bool) -> None:
+        if self._closed.is_set():
+            return
+        self.closed_by_server = by_server and not self._hanging_up
+        current = asyncio.current_task()
+        others = [t for t in self._tasks if t is not current]
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
+        await self._ws.close()
+        self.close_code = self._ws.close_code
+        for _, fut in self._waiters:
+            if not fut.done():
+                fut.set_exception(ConnectionError("call ended"))
+        self._closed.set()
+
+    async def hangup(self) -> None:
+        """Send ``stop`` (after any queued messages) and close the socket."""
+        if self._closed.is_set():
+            return
+        self._hanging_up = True
+        self._outbound.put(
+            self._stamp({"event": "stop", "stop": {"accountSid": self.account_sid, "callSid": self.call_sid}})
+        )
+        with contextlib.suppress(ConnectionClosed):
+            await self._outbound.drain()
+        await self._finish(by_server=False)
+
+    async def wait_closed(self, timeout: float = 30) -> None:  # noqa: ASYNC109 - part of the test API
+        """Wait until the call has ended (either side)."""
+        async with asyncio.timeout(timeout):
+            await self._closed.wait()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    async def __aenter__(self) -> SimCall:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.hangup()
+
+    # ---- the caller's actions -------------------------------------------------------------
+    async def say(self, speech: str | bytes) -> None:
+        """Queue speech (text is synthesized) and return once all of it has been sent."""
+        audio = synthesize(speech, seed=len(self.sent_audio)) if isinstance(speech, str) else speech
+        if self._closed.is_set():
+            raise ConnectionError("call ended")
+        self._speech += audio
+        self._speech_queued += len(audio)
+        done = asyncio.get_running_loop().create_future()
+        self._waiters.append((self._speech_queued, done))
+        await done
+
+    async def press(self, digit: str) -> None:
+        """Send a DTMF keypress, as Twilio does with bidirectional streams."""
+        self._outbound.put(self._stamp({"event": "dtmf", "dtmf": {"track": "inbound_track", "digit": digit}}))
+
+    async def wait_heard(self, ms: float, timeout: float = 30) -> None:  # noqa: ASYNC109 - part of the test API
+        """Wait until at least ``ms`` of agent audio has been played out."""
+        await self._poll(lambda: len(self.heard) >= ms * 8, timeout)
+
+    async def wait_quiet(self, quiet_ms: float = 800, timeout: float = 30, since: int | None = None) -> None:  # noqa: ASYNC109
+        """Wait for a reply to finish: new agent audio arrived, played out, then ``quiet_ms`` of nothing.
+
+        Args:
+            since: count of ``media_received`` entries that do not count as new (default: now).
+        """
+        start = len(self.media_received) if since is None else since
+
+        def quiet() -> bool:
+            return (
+                len(self.media_received) > start
+                and self._playout.buffered == 0
+                and time.monotonic() - self._last_arrival >= quiet_ms / 1000
+            )
+
+        await self._poll(quiet, timeout)
+
+    async def _poll(self, condition: Callable[[], bool], limit_s: float) -> None:
+        async with asyncio.timeout(limit_s):
+            while not condition():  # noqa: ASYNC110 - the state changes on a 20 ms clock anyway
+                if self._closed.is_set():
+                    raise ConnectionError("call ended")
+                await asyncio.sleep(_FRAME_S)
+
+    # ---- wire -----------------------------------------------------------------------------
+    def _stamp(self, message: dict) -> dict:
+        """Add ``sequenceNumber`` (one counter for every message) and ``streamSid``."""
+        self._seq += 1
+        return {
+            "event": message["event"],
+            "sequenceNumber": str(self._seq),
+            "streamSid": self.stream_sid,
+            **message,
+        }
+
+    async def _send_now(self, message: dict) -> None:
+        self.messages_sent.append(message)
+        await self._ws.send(orjson.dumps(message).decode())
+
+    async def _clock(self) -> None:
+        """Every 20 ms on a drift-free monotonic schedule: send one frame, play one frame."""
+        start = time.monotonic()
+        frame_no = 0
+        while True:
+            # Catch up with a burst after a stall, as a real edge would, so timestamps stay true.
+            due = int((time.monotonic() - start) / _FRAME_S) + 1
+            while frame_no < due:
+                self._send_frame(frame_no)
+                self._playout.tick()
+                frame_no += 1
+            await asyncio.sleep(max(0.0, start + frame_no * _FRAME_S - time.monotonic()))
+
+    def _send_frame(self, frame_no: int) -> None:
+        if self._speech:
+            frame = bytes(self._speech[:FRAME_BYTES]).ljust(FRAME_BYTES, bytes([SILENCE_BYTE]))
+            taken = min(FRAME_BYTES, len(self._speech))
+            del self._speech[:FRAME_BYTES]
+            self._speech_sent += taken
+            for end, fut in self._waiters:
+                if end <= self._speech_sent and not fut.done():
+                    fut.set_result(None)
+            self._waiters = [w for w in self._waiters if not w[1].done()]
+        else:
+            frame = _SILENCE_FRAME
+        self.sent_audio += frame
+        self._chunk += 1
+        self._outbound.put(self._stamp({"event": "media", "media": {
+            "track": "inbound", "chunk": str(self._chunk), "timestamp": str(frame_no * 20),
+            "payload": base64.b64encode(frame).decode(),
+        }}))  # fmt: skip
+
+    def _echo_mark(self, name: str) -> None:
+        self.marks_echoed.append(name)
+        self._outbound.put(self._stamp({"event": "mark", "mark": {"name": name}}))
+
+    async def _read(self) -> None:
+        try:
+            async for raw in self._ws:
+                self._inbound.put(raw)
+        except ConnectionClosed:
+            pass
+        # Let already-received messages reach the caller before the call ends.
+        with contextlib.suppress(ConnectionClosed):
+            await self._inbound.drain()
+        await self._finish(by_server=True)
+
+    async def _receive_now(self, raw: str | bytes) -> None:
+        try:
+            message = orjson.loads(raw)
+            event = message["event"]
+        except (orjson.JSONDecodeError, TypeError, KeyError):
+            self.protocol_errors.append(f"not a JSON event: {raw[:80]!r}")
+            return
+        self.messages_received.append(message)
+        if event not in _ALLOWED:
+            self.protocol_errors.append(f"unknown event {event!r}")
+            return
+        if extra := set(message) - _ALLOWED[event]:
+            self.protocol_errors.append(f"{event}: unknown fields {sorted(extra)}")
+        if message.get("streamSid") != self.stream_sid:
+            self.protocol_errors.append(f"{event}: wrong streamSid {message.get('streamSid')!r}")
+            return  # Twilio ignores messages for another stream
+        if event == "media":
+            try:
+                payload = base64.b64decode(message["media"]["payload"], validate=True)
+            except (KeyError, TypeError, binascii.Error):
+                self.protocol_errors.append("media: missing or invalid payload")
+                return
+            now = time.monotonic()
+            self.media_received.append((now, len(payload)))
+            self._last_arrival = now
+            if len(payload) < 2 * FRAME_BYTES:
+                self.protocol_errors.append(f"media: {len(payload)} bytes (< 40 ms) stutters")
+            self._playout.add_audio(payload)
+        elif event == "mark":
+            self._playout.add_mark(str((message.get("mark") or {}).get("name", "")))
+        else:
+            self._playout.clear()
+            self.clears.append((time.monotonic(), len(self.heard)))
+
+
+def _ws_url(stream_url: str, base_url: str) -> str:
+    """The TwiML's public stream URL, redirected to where the gateway really listens."""
+    stream, base = urlsplit(stream_url), urlsplit(base_url)
+    scheme = {"http": "ws", "https": "wss"}.get(base.scheme, base.scheme)
+    return urlunsplit((scheme, base.netloc, stream.path, stream.query, ""))
+
+
+def _parse_twiml(twiml: str) -> tuple[str, dict[str, str]]:
+    stream = ET.fromstring(twiml).find("./Connect/Stream")
+    if stream is None or not stream.get("url"):
+        raise ValueError(f"TwiML has no <Connect><Stream url>: {twiml!r}")
+    params = {p.get("name", ""): p.get("value", "") for p in stream.findall("Parameter")}
+    return stream.get("url", ""), params
+
+
+async def dial(
+    base_url: str,
+    auth_token: str,
+    *,
+    public_base_url: str | None = None,
+    account_sid: str | None = None,
+    call_sid: str | None = None,
+    from_: str = "+15005550001",
+    to: str = "+15005550006",
+    one_way_delay_ms: float = 0,
+    sign: bool = True,
+    extra_params: dict[str, str] | None = None,
+) -> SimCall:
+    """Place an inbound call against the gateway at ``base_url`` and return it streaming.
+
+    Args:
+        public_base_url: the URL Twilio would use (what the gateway validates signatures
+            against); defaults to ``base_url``.
+        sign: send ``X-Twilio-Signature`` headers (False to test rejection).
+        one_way_delay_ms: latency added to every message in each direction.
+
+    Raises:
+        WebhookRejected: the webhook answered non-200.
+        StreamRejected: the WebSocket upgrade was refused or closed during the handshake.
+    """
+    account_sid = account_sid or _sid("AC")
+    call_sid = call_sid or _sid("CA")
+    validator = RequestValidator(auth_token)
+    params = {"CallSid": call_sid, "AccountSid": account_sid, "From": from_, "To": to,
+              "CallStatus": "in-progress", "Direction": "inbound", "ApiVersion": "2010-04-01",
+              **(extra_params or {})}  # fmt: skip
+    webhook = (public_base_url or base_url).rstrip("/") + "/twilio-voice"
+    headers = {"X-Twilio-Signature": validator.compute_signature(webhook, params)} if sign else {}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(base_url.rstrip("/") + "/twilio-voice", data=params, headers=headers) as resp:
+            if resp.status != 200:
+                raise WebhookRejected(resp.status)
+            twiml = await resp.text()
+    stream_url, custom = _parse_twiml(twiml)
+    ws_headers = {"X-Twilio-Signature": validator.compute_signature(stream_url, {})} if sign else {}
+    try:
+        ws = await connect(_ws_url(stream_url, base_url), additional_headers=ws_headers, ping_interval=None)
+    except InvalidStatus as exc:
+        raise StreamRejected(exc.response.status_code) from exc
+    call = SimCall(ws, account_sid=account_sid, call_sid=call_sid, custom_parameters=custom,
+                   one_way_delay_ms=one_way_delay_ms)  # fmt: skip
+    try:
+        await call._open()
+    except ConnectionClosed as exc:
+        raise StreamRejected(ws.close_code) from exc
+    return call
+
+
+async def place_scripted_call(
+    base_url: str, auth_token: str, lines: list[str], *, greeting: bool = True, **dial_kwargs: Any
+) -> SimCall:
+    """Dial, (wait out the greeting,) say each line and wait for the agent to go quiet, hang up."""
+    call = await dial(base_url, auth_token, **dial_kwargs)
+    try:
+        if greeting:
+            await call.wait_quiet(since=0)
+        for line in lines:
+            await call.say(line)
+            await call.wait_quiet()
+    finally:
+        await call.hangup()
+    return call
