@@ -13,6 +13,7 @@ import contextvars
 import functools
 import json
 import logging
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -119,7 +120,7 @@ class Executor:
                     value = await found.fn(**kwargs)
                 else:
                     # copy_context keeps contextvars (e.g. tracing) visible inside the thread.
-                    call = functools.partial(contextvars.copy_context().run, found.fn, **kwargs)
+                    call = functools.partial(contextvars.copy_context().run, _counted, found.fn, kwargs)
                     value = await asyncio.get_running_loop().run_in_executor(self._threads, call)
         except TimeoutError as exc:
             if not deadline.expired():  # the tool's own TimeoutError, not ours
@@ -165,6 +166,27 @@ class Executor:
     def close(self) -> None:
         """Release the thread pool without waiting for a hung sync tool."""
         self._threads.shutdown(wait=False, cancel_futures=True)
+
+
+_sync_running = 0
+_sync_lock = threading.Lock()
+
+
+def _counted(fn: Any, kwargs: dict[str, Any]) -> Any:
+    """Run a sync tool in a pool thread, counting the threads busy with one."""
+    global _sync_running
+    with _sync_lock:
+        _sync_running += 1
+    try:
+        return fn(**kwargs)
+    finally:
+        with _sync_lock:
+            _sync_running -= 1
+
+
+def sync_tools_running() -> int:
+    """Sync tool calls still running in pool threads (hung ones included)."""
+    return _sync_running
 
 
 def _first_error(exc: ValidationError) -> str:
