@@ -1,0 +1,44 @@
+# Dialtone: `make run` starts the whole platform; `make test` runs every test tier.
+SHELL := /bin/bash
+PYTHON ?= python3
+UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+CALLS ?= 50
+DURATION ?= 20
+
+.PHONY: install run call test test-unit test-integration test-e2e bench lint clean
+
+$(UV):
+	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet --user uv || $(PYTHON) -m pip install --quiet uv
+
+.venv/.synced: uv.lock pyproject.toml $(UV)
+	$(UV) sync --frozen --all-packages
+	@touch $@
+
+install: .venv/.synced
+
+run: install  ## start everything (embedded NATS/PostgreSQL, simulator without OPENAI_API_KEY)
+	$(UV) run --frozen python -m dialtone_dev run
+
+call: install  ## place one simulated call through the running platform and print its session
+	$(UV) run --frozen python -m dialtone_dev call
+
+test: install  ## unit, integration and end-to-end tiers
+	$(UV) run --frozen pytest
+
+test-unit: install
+	$(UV) run --frozen pytest -m unit
+
+test-integration: install
+	$(UV) run --frozen pytest -m integration
+
+test-e2e: install
+	$(UV) run --frozen pytest -m e2e
+
+bench: install  ## N concurrent simulated calls: latency per frame, CPU per call-minute, frames lost
+	$(UV) run --frozen python -m dialtone_dev bench --calls $(CALLS) --duration $(DURATION)
+
+lint: install
+	$(UV) run --frozen ruff check .
+
+clean:
+	rm -rf .dialtone .venv

@@ -1,0 +1,3 @@
+from dialtone_dev.cli import main
+
+main()

@@ -1,0 +1,24 @@
+"""``dialtone run | call | bench``: the developer commands behind the Makefile."""
+
+from __future__ import annotations
+
+import sys
+
+
+def main() -> None:
+    command = sys.argv[1] if len(sys.argv) > 1 else ""
+    sys.argv = [f"dialtone {command}", *sys.argv[2:]]
+    if command == "run":
+        from dialtone_dev.run import main as run
+    elif command == "call":
+        from dialtone_dev.call import main as run
+    elif command == "bench":
+        from dialtone_dev.bench import main as run
+    else:
+        print("usage: dialtone run | call | bench [--calls N]", file=sys.stderr)
+        sys.exit(2)
+    run()
+
+
+if __name__ == "__main__":
+    main()

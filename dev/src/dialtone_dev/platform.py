@@ -1,0 +1,240 @@
+"""Run the whole platform on one machine: the servers it needs and the five services.
+
+``make run`` uses this, and so do the end-to-end tests and the benchmark, so what a new user
+starts is exactly what the tests exercise. With ``NATS_URL`` / ``DATABASE_URL`` unset it starts
+embedded NATS (JetStream) and PostgreSQL; each service runs as its own process, as in production.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+
+from dialtone_common.embedded import embedded_nats, embedded_postgres, free_port
+
+ROOT = Path(__file__).resolve().parents[3]
+SERVICES = {
+    "media-gateway": "dialtone_gateway",
+    "realtime-bridge": "dialtone_bridge",
+    "tool-runner": "dialtone_tools",
+    "transcript-writer": "dialtone_writer",
+    "admin-api": "dialtone_admin",
+}
+
+
+@dataclass
+class Ports:
+    gateway: int = 8000
+    admin: int = 8001
+    bridge: int = 9101
+    tools: int = 9102
+    writer: int = 9103
+
+    @classmethod
+    def free(cls) -> Ports:
+        return cls(free_port(), free_port(), free_port(), free_port(), free_port())
+
+
+@dataclass
+class Service:
+    """One running service process."""
+
+    name: str
+    instance: str
+    proc: asyncio.subprocess.Process
+    log_path: Path
+    health_url: str
+    _pump: asyncio.Task | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    async def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        """Signal the process and wait for it; kill it if it overstays."""
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(sig)
+            try:
+                await asyncio.wait_for(self.proc.wait(), timeout)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    self.proc.kill()
+                await self.proc.wait()
+        if self._pump is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._pump, 2)
+        return self.proc.returncode or 0
+
+    def log_tail(self, lines: int = 40) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+
+@dataclass
+class Platform:
+    """Servers and services of one Dialtone installation.
+
+    Use as ``async with Platform(...) as p``; it starts whatever is not given, in order, and stops
+    everything in reverse on exit."""
+
+    data_dir: Path
+    ports: Ports = field(default_factory=Ports)
+    nats_url: str | None = None
+    database_url: str | None = None
+    realtime_url: str | None = None
+    openai_api_key: str | None = None
+    twilio_auth_token: str = ""
+    twilio_account_sid: str = ""
+    twilio_api_base_url: str | None = None
+    admin_token: str = ""
+    public_base_url: str | None = None
+    agents_dir: Path = ROOT / "agents"
+    tools_module: str = str(ROOT / "examples" / "tools.py")
+    echo: Callable[[str], None] | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
+    services: dict[str, Service] = field(default_factory=dict)
+    _stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+
+    def __post_init__(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.twilio_auth_token = self.twilio_auth_token or secrets.token_hex(16)
+        self.twilio_account_sid = self.twilio_account_sid or "AC" + secrets.token_hex(16)
+        self.admin_token = self.admin_token or secrets.token_urlsafe(24)
+        self.public_base_url = self.public_base_url or f"http://127.0.0.1:{self.ports.gateway}"
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.gateway}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.admin}"
+
+    async def __aenter__(self) -> Platform:
+        try:
+            await self.start_servers()
+            await self.migrate()
+            for name in ("transcript-writer", "tool-runner", "realtime-bridge", "media-gateway", "admin-api"):
+                await self.start(name)
+            await self.wait_healthy()
+        except BaseException:
+            await self.__aexit__(None, None, None)
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        order = ["media-gateway", "realtime-bridge", "tool-runner", "transcript-writer", "admin-api"]
+        running = sorted(self.services.values(), key=lambda s: order.index(s.name) if s.name in order else 9)
+        for service in running:
+            await service.stop()
+        self.services.clear()
+        await asyncio.to_thread(self._stack.close)
+
+    async def start_servers(self) -> None:
+        """Embedded NATS and PostgreSQL, unless URLs were given."""
+        if not self.nats_url:
+            self.nats_url = await asyncio.to_thread(self._stack.enter_context, embedded_nats(self.data_dir / "nats"))
+            self._say(f"embedded NATS (JetStream) at {self.nats_url}")
+        if not self.database_url:
+            self.database_url = await asyncio.to_thread(
+                self._stack.enter_context, embedded_postgres(self.data_dir / "postgres")
+            )
+            self._say(f"embedded PostgreSQL at {self.database_url}")
+
+    async def migrate(self) -> None:
+        from dialtone_writer.migrations import apply_migrations
+
+        applied = await apply_migrations(self.database_url)
+        if applied:
+            self._say(f"applied migrations {applied}")
+
+    def env(self, name: str) -> dict[str, str]:
+        """The environment of one service: its public configuration, nothing inherited by accident."""
+        keep = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "VIRTUAL_ENV", "SYSTEMROOT", "XDG_RUNTIME_DIR")
+        env = {k: v for k, v in os.environ.items() if k in keep}
+        env |= {"NATS_URL": self.nats_url or "", "PYTHONUNBUFFERED": "1", "LOG_LEVEL": os.environ.get("LOG_LEVEL", "INFO")}
+        twilio = {"TWILIO_AUTH_TOKEN": self.twilio_auth_token, "TWILIO_ACCOUNT_SID": self.twilio_account_sid}
+        if self.twilio_api_base_url:
+            twilio["TWILIO_API_BASE_URL"] = self.twilio_api_base_url
+        if name == "media-gateway":
+            env |= twilio | {"PUBLIC_BASE_URL": self.public_base_url, "GATEWAY_PORT": str(self.ports.gateway)}
+        elif name == "realtime-bridge":
+            env |= twilio | {"AGENTS_DIR": str(self.agents_dir), "METRICS_PORT": str(self.ports.bridge)}
+            if self.realtime_url:
+                env["OPENAI_REALTIME_URL"] = self.realtime_url
+            if self.openai_api_key:
+                env["OPENAI_API_KEY"] = self.openai_api_key
+        elif name == "tool-runner":
+            env |= {"TOOLS_MODULE": self.tools_module, "DATABASE_URL": self.database_url or "",
+                    "METRICS_PORT": str(self.ports.tools)}
+        elif name == "transcript-writer":
+            env |= {"DATABASE_URL": self.database_url or "", "METRICS_PORT": str(self.ports.writer)}
+        elif name == "admin-api":
+            env |= twilio | {"DATABASE_URL": self.database_url or "", "ADMIN_TOKEN": self.admin_token,
+                             "ADMIN_PORT": str(self.ports.admin), "PUBLIC_BASE_URL": self.public_base_url}
+        return env | self.extra_env
+
+    def health_url(self, name: str, port: int | None = None) -> str:
+        default = {"media-gateway": self.ports.gateway, "admin-api": self.ports.admin,
+                   "realtime-bridge": self.ports.bridge, "tool-runner": self.ports.tools,
+                   "transcript-writer": self.ports.writer}[name]
+        return f"http://127.0.0.1:{port or default}/healthz"
+
+    async def start(self, name: str, *, instance: str | None = None, env: dict[str, str] | None = None) -> Service:
+        """Start one service process. A second instance needs its own ``instance`` name and, for the
+        services with a metrics port, a ``METRICS_PORT`` in ``env``."""
+        instance = instance or name
+        service_env = self.env(name) | {"INSTANCE_ID": instance} | (env or {})
+        port = service_env.get("METRICS_PORT") if name not in ("media-gateway", "admin-api") else None
+        log_path = self.data_dir / "logs" / f"{instance}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", SERVICES[name],
+            env=service_env, cwd=str(ROOT),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C goes to the launcher, which stops services in order
+        )
+        service = Service(name, instance, proc, log_path, self.health_url(name, int(port) if port else None))
+        service._pump = asyncio.create_task(self._pump(service), name=f"log-{instance}")
+        self.services[instance] = service
+        return service
+
+    async def _pump(self, service: Service) -> None:
+        assert service.proc.stdout is not None
+        with open(service.log_path, "ab") as log:
+            async for line in service.proc.stdout:
+                log.write(line)
+                log.flush()
+                if self.echo:
+                    self.echo(f"[{service.instance}] {line.decode(errors='replace').rstrip()}")
+
+    async def wait_healthy(self, timeout: float = 60.0, services: list[Service] | None = None) -> None:
+        deadline = time.monotonic() + timeout
+        async with aiohttp.ClientSession() as http:
+            for service in services or list(self.services.values()):
+                while True:
+                    if service.proc.returncode is not None:
+                        raise RuntimeError(f"{service.instance} exited with {service.proc.returncode}:\n{service.log_tail()}")
+                    with contextlib.suppress(aiohttp.ClientError, OSError, asyncio.TimeoutError):
+                        async with http.get(service.health_url, timeout=aiohttp.ClientTimeout(total=2)) as r:
+                            if r.status == 200:
+                                break
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"{service.instance} not healthy after {timeout}s:\n{service.log_tail()}")
+                    await asyncio.sleep(0.1)
+
+    def _say(self, text: str) -> None:
+        if self.echo:
+            self.echo(text)

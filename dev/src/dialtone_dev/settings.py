@@ -1,0 +1,25 @@
+"""Configuration of the developer commands (``make run``, ``make call``, ``make bench``): the
+platform's public configuration, read from the environment here and nowhere else."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class DevSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=None, extra="ignore")
+
+    nats_url: str | None = None
+    database_url: str | None = None
+    openai_api_key: SecretStr | None = None
+    openai_realtime_url: str | None = None
+    public_base_url: str | None = None
+    twilio_auth_token: SecretStr | None = None
+    twilio_account_sid: str | None = None
+    twilio_api_base_url: str | None = None
+    admin_token: SecretStr | None = None
+    dialtone_data_dir: Path = Field(default=Path(".dialtone"), description="embedded servers' data, logs, run.json")
+    simulator_port: int = 8765
