@@ -95,6 +95,9 @@ async def test_invalid_and_beta_events(sim: RealtimeSimulator) -> None:
         error = (await c.wait_type("error"))[0]["error"]
         assert error["code"] == "unknown_parameter" and error["event_id"] == "bad_1"
         assert "colour" in sim.sessions[0].violations[0] and sim.violations
+        await c.send({"type": "input_audio_buffer.speech_started", "event_id": "bad_2"})  # a server event
+        error = (await c.wait_type("error", 2))[1]["error"]
+        assert error["code"] == "invalid_value" and error["param"] == "type" and error["event_id"] == "bad_2"
         await c.send(
             {"type": "session.update", "session": {"type": "realtime", "input_audio_format": "g711_ulaw"}}
         )
@@ -153,12 +156,17 @@ async def test_active_response_errors_truncate_and_barge_in() -> None:
             assert session.truncations[0][:2] == (item, 100)
 
             # Barge-in: caller speech while the (real-time paced) greeting is still playing.
-            await c.append(synthesize("Sorry to interrupt", seed=3)[:1600])
+            interruption = synthesize("Sorry to interrupt", seed=3)
+            await c.append(interruption[:1600])
             await c.wait_type("input_audio_buffer.speech_started")
+            # The rest of the utterance right away: its turn is answered once the cancel lands.
+            await c.append(interruption[1600:] + silence(600))
             done = (await c.wait_type("response.done"))[0]["response"]
             assert done["status"] == "cancelled"
             assert done["status_details"] == {"type": "cancelled", "reason": "turn_detected"}
             assert len(session.output_audio[item]) < len(synthesize("Hello, table bookings.", 0))
+            call = (await c.wait_type("response.function_call_arguments.done"))[0]
+            assert call["name"] == "book_table"  # the caller's turn was answered automatically
         assert not sim.violations and not sim.server_violations
 
 

@@ -9,6 +9,7 @@ extra key at any depth. The Realtime simulator and the end-to-end tests both use
 from __future__ import annotations
 
 import functools
+import typing
 from typing import Any
 
 import pydantic
@@ -54,9 +55,22 @@ def _extras(value: Any, path: str) -> list[str]:
     return found
 
 
+@functools.cache
+def _types(kind: str) -> frozenset[str]:
+    """The ``type`` literals of every member of the client or server event union."""
+    union = typing.get_args(RealtimeClientEvent if kind == "client" else RealtimeServerEvent)[0]
+    return frozenset(typing.get_args(m.model_fields["type"].annotation)[0] for m in typing.get_args(union))
+
+
 def _check(kind: str, event: dict) -> None:
     if not isinstance(event, dict):
         raise OracleError(f"{kind} event is not a JSON object", code="invalid_value")
+    if event.get("type") not in _types(kind):
+        raise OracleError(
+            f"Invalid value: {event.get('type')!r}. Supported values are: {', '.join(sorted(_types(kind)))}.",
+            code="invalid_value",
+            param="type",
+        )
     try:
         model = _adapter(kind).validate_python(event)
     except pydantic.ValidationError as exc:

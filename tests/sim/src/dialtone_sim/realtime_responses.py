@@ -151,6 +151,16 @@ class ResponseRun:
             s.active = None
         await s.emit({"type": "response.done", "response": self._response(status, [item], usage)})
 
+    def _release(self) -> None:
+        """Stop being the active response; start the one a caller turn left waiting, if any."""
+        s = self.session
+        if s.active is self:
+            s.active = None
+        if s.active is None and s.respond_after_active:
+            s.respond_after_active = False
+            with contextlib.suppress(RuntimeError):  # the loop is closing with the session
+                start_response(s, client=False)
+
     # ---- the two kinds of response --------------------------------------------------------
     async def function_call(self, tool: ToolCall, call_id: str) -> None:
         """A response whose single output item is a function call."""
@@ -181,8 +191,7 @@ class ResponseRun:
             item = {**item, "status": "completed", "arguments": arguments}
             await self._close_item(item, "completed", self._usage(arguments, 0))
         finally:
-            if s.active is self:
-                s.active = None
+            self._release()
 
     async def speak(self, text: str) -> None:
         """A spoken reply: audio deltas paced at ``speed`` x real time, with its transcript."""
@@ -245,5 +254,4 @@ class ResponseRun:
                 # The idle clock starts when the reply has been played out (audio time).
                 s.idle_deadline_ms = start_audio_ms + generated_ms + td["idle_timeout_ms"]
         finally:
-            if s.active is self:
-                s.active = None
+            self._release()

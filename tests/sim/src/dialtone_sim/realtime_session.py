@@ -119,6 +119,7 @@ class SimSession:
         self.pending_turn: Turn | None = None  # consumed by a caller utterance, not yet answered
         self.tool_wait: dict | None = None  # {"turn", "next", "call_id", "output"}
         self.active: ResponseRun | None = None
+        self.respond_after_active = False
         self.audio_produced = False
         self.committed_ms = 0
         self.idle_deadline_ms: int | None = None
@@ -421,8 +422,11 @@ class SimSession:
         await self.emit({"type": "conversation.item.done", "previous_item_id": previous, "item": item})
         if self.session["audio"]["input"].get("transcription"):
             self.spawn(self._transcribe(item_id, transcript, audio_ms))
-        if auto and self.active is None:
-            start_response(self, client=False)
+        if auto:
+            if self.active is None:
+                start_response(self, client=False)
+            else:  # the interrupted response is still winding down: answer right after it
+                self.respond_after_active = True
 
     async def _transcribe(self, item_id: str, transcript: str, audio_ms: int) -> None:
         # The transcription model runs beside the conversation: it lands 50-150 ms later.
