@@ -92,7 +92,7 @@ async def run_consumer(js, pool, nats_url, database_url):
     running: list[RunningConsumer] = []
 
     async def start(call_id: str | None = None, db_pool: asyncpg.Pool | None = None, **overrides: Any):
-        durable = f"writer-test-{uuid.uuid4().hex[:12]}"
+        durable = overrides.pop("durable_name", None) or f"writer-test-{uuid.uuid4().hex[:12]}"
         settings = WriterSettings(
             database_url=database_url, nats_url=nats_url, durable_name=durable,
             fetch_timeout_s=0.2, retry_delay_s=0.2, **overrides,

@@ -94,19 +94,28 @@ class Consumer:
         """Fetch and write batches until ``stop`` is set; a batch in progress is always finished."""
         if self._sub is None:
             await self.start()
-        assert self._sub is not None
-        while not stop.is_set():
-            try:
-                msgs = await self._sub.fetch(self._settings.batch_size, timeout=self._settings.fetch_timeout_s)
-            except nats.errors.TimeoutError:
-                continue
-            except (nats.errors.Error, nats.js.errors.Error, OSError) as exc:
-                # NATS reconnects by itself; wait a little rather than spin on a dead connection.
-                log.warning("fetch failed: %s", exc)
-                await _wait(stop, self._settings.retry_delay_s)
-                continue
-            if not await self.process(msgs):
-                await _wait(stop, self._settings.retry_delay_s)
+        sub = self._sub
+        assert sub is not None
+        try:
+            while not stop.is_set():
+                try:
+                    msgs = await sub.fetch(self._settings.batch_size, timeout=self._settings.fetch_timeout_s)
+                except nats.errors.TimeoutError:
+                    continue
+                except (nats.errors.Error, nats.js.errors.Error, OSError) as exc:
+                    # NATS reconnects by itself; wait a little rather than spin on a dead connection.
+                    log.warning("fetch failed: %s", exc)
+                    await _wait(stop, self._settings.retry_delay_s)
+                    continue
+                if not await self.process(msgs):
+                    await _wait(stop, self._settings.retry_delay_s)
+        finally:
+            # Drop the fetch inbox (the durable consumer stays): a pull subscription left behind
+            # makes the connection's drain wait for its whole timeout.
+            self._sub = None
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+        log.info("consumer %s stopped", self._settings.durable_name)
 
     async def process(self, msgs: list[Msg]) -> bool:
         """Decode, write and settle one fetched batch.

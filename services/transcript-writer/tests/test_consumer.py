@@ -1,0 +1,251 @@
+"""Integration tests of the consumer: real JetStream, real PostgreSQL, the consumer as a task."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import asyncpg
+import orjson
+import pytest
+from prometheus_client import REGISTRY
+
+from dialtone_common.db import create_pool
+from dialtone_proto import (
+    STREAM_NAME,
+    AgentChanged,
+    CallEnded,
+    CallMetric,
+    CallStarted,
+    CallStatus,
+    CallTransferred,
+    OutcomeSet,
+    ToolCalled,
+    TranscriptLine,
+    UsageReported,
+    decode_event,
+    subjects,
+)
+from dialtone_writer.store import write_events
+
+pytestmark = pytest.mark.integration
+
+T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def new_call_id() -> str:
+    return "CA" + uuid.uuid4().hex
+
+
+def metric(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def line(call_id: str, n: int, seq: int, role: str = "caller", text: str | None = None, t: float = 0.0):
+    return TranscriptLine(
+        id=f"{call_id}-{n}", call_id=call_id, at=at(t or seq + 1), item_id=f"item_{seq}", seq=seq,
+        role=role, text=text or f"line {seq}", agent="reception",
+    )
+
+
+def full_call(call_id: str) -> list:
+    """The events of one whole call, as the bridge and gateway publish them."""
+    return [
+        CallStarted(id=f"{call_id}-0", call_id=call_id, at=at(0), agent="reception", stream_sid="MZ1",
+                    from_number="+15550001111", to_number="+15550002222", direction="inbound"),
+        CallStatus(id=f"{call_id}-status-1-in-progress", call_id=call_id, at=at(0.5), status="in-progress",
+                   source="twilio", sequence=1),
+        TranscriptLine(id=f"{call_id}-1", call_id=call_id, at=at(1), item_id="item_a", seq=0, role="agent",
+                       text="Hello, Acme dental, how can I help?", agent="reception"),
+        TranscriptLine(id=f"{call_id}-2", call_id=call_id, at=at(4), item_id="item_b", seq=1, role="caller",
+                       text="I need to book a cleaning", agent="reception"),
+        ToolCalled(id=f"{call_id}-3", call_id=call_id, at=at(5), tool_call_id="call_1", seq=2,
+                   name="find_slots", agent="reception", arguments={"day": "monday"}, ok=True,
+                   result={"slots": ["09:00", "11:30"]}, duration_ms=12.5),
+        AgentChanged(id=f"{call_id}-4", call_id=call_id, at=at(6), from_agent="reception", to_agent="booking"),
+        TranscriptLine(id=f"{call_id}-5", call_id=call_id, at=at(8), item_id="item_c", seq=3, role="agent",
+                       text="Monday at nine works.", agent="booking", interrupted=True),
+        UsageReported(id=f"{call_id}-6", call_id=call_id, at=at(8), source="response", ref="resp_1",
+                      model="gpt-realtime", cost_usd=0.0125,
+                      usage={"input_tokens": 100, "output_tokens": 50,
+                             "input_token_details": {"text_tokens": 40, "audio_tokens": 60, "cached_tokens": 10},
+                             "output_token_details": {"text_tokens": 10, "audio_tokens": 40}}),
+        UsageReported(id=f"{call_id}-7", call_id=call_id, at=at(9), source="transcription", ref="item_b",
+                      model="gpt-4o-transcribe", cost_usd=0.0005, usage={"total_tokens": 30}),
+        CallMetric(id=f"{call_id}-8", call_id=call_id, at=at(9), name="first_agent_audio_ms", value=420.0),
+        OutcomeSet(id=f"{call_id}-9", call_id=call_id, at=at(10), outcome="booked", detail="Mon 09:00"),
+        CallTransferred(id=f"{call_id}-10", call_id=call_id, at=at(11), target="+15550003333", agent="booking"),
+        CallEnded(id=f"{call_id}-11", call_id=call_id, at=at(12), reason="transferred"),
+        CallStatus(id=f"{call_id}-status-2-completed", call_id=call_id, at=at(13), status="completed",
+                   source="twilio", sequence=2, duration_s=13),
+    ]
+
+
+async def session(pool: asyncpg.Pool, call_id: str) -> asyncpg.Record | None:
+    return await pool.fetchrow("SELECT * FROM call_sessions WHERE call_sid = $1", call_id)
+
+
+async def test_full_call_produces_the_expected_session(run_consumer, publish, pool) -> None:
+    call_id = new_call_id()
+    rc = await run_consumer()  # every call's events, as in production
+    last = 0
+    for event in full_call(call_id):
+        last = await publish(event)
+    await rc.settled(last)
+
+    s = await session(pool, call_id)
+    assert s is not None
+    assert (s["agent"], s["direction"], s["from_number"], s["to_number"], s["stream_sid"]) == (
+        "reception", "inbound", "+15550001111", "+15550002222", "MZ1")
+    assert (s["started_at"], s["ended_at"], s["end_reason"]) == (at(0), at(12), "transferred")
+    assert (s["status"], s["outcome"], s["outcome_detail"]) == ("completed", "booked", "Mon 09:00")
+    assert s["transferred_to"] == "+15550003333"
+    assert [(t["seq"], t["role"], t["agent"], t["interrupted"]) for t in s["transcript"]] == [
+        (0, "agent", "reception", False), (1, "caller", "reception", False), (3, "agent", "booking", True)]
+    assert s["transcript"][1]["text"] == "I need to book a cleaning"
+    assert s["usage"] == {"input_tokens": 100, "output_tokens": 50, "input_text_tokens": 40,
+                          "input_audio_tokens": 60, "cached_tokens": 10, "output_text_tokens": 10,
+                          "output_audio_tokens": 40, "responses": 1, "transcription_tokens": 30}
+    assert s["cost_usd"] == Decimal("0.013")
+    assert s["metrics"] == {"first_agent_audio_ms": 420.0}
+
+    tool = await pool.fetchrow("SELECT * FROM tool_calls WHERE call_sid = $1", call_id)
+    assert (tool["name"], tool["arguments"], tool["result"], tool["ok"]) == (
+        "find_slots", {"day": "monday"}, {"slots": ["09:00", "11:30"]}, True)
+    history = await pool.fetch("SELECT status FROM call_status_history WHERE call_sid = $1 ORDER BY at", call_id)
+    assert [r["status"] for r in history] == ["in-progress", "completed"]
+    changes = await pool.fetch("SELECT from_agent, to_agent FROM agent_changes WHERE call_sid = $1", call_id)
+    assert [tuple(r) for r in changes] == [("reception", "booking")]
+    assert await pool.fetchval("SELECT count(*) FROM call_events WHERE call_sid = $1", call_id) == 14
+
+
+async def test_republished_events_never_double_anything(run_consumer, publish, pool) -> None:
+    call_id = new_call_id()
+    rc = await run_consumer(call_id)
+    duplicates_before = metric("dialtone_writer_duplicates_skipped_total")
+    events = full_call(call_id)
+    last = 0
+    for event in events:
+        await publish(event)
+    # A different Nats-Msg-Id gets past JetStream's dedupe window; the writer's ledger must catch it.
+    for event in events:
+        last = await publish(event, msg_id=f"{event.id}-republished")
+    await rc.settled(last)
+
+    s = await session(pool, call_id)
+    assert len(s["transcript"]) == 3
+    assert s["cost_usd"] == Decimal("0.013")
+    assert s["usage"]["responses"] == 1
+    assert await pool.fetchval("SELECT count(*) FROM tool_calls WHERE call_sid = $1", call_id) == 1
+    assert await pool.fetchval("SELECT count(*) FROM call_status_history WHERE call_sid = $1", call_id) == 2
+    assert metric("dialtone_writer_duplicates_skipped_total") - duplicates_before == len(events)
+
+
+async def test_redelivery_after_commit_without_ack_changes_nothing(run_consumer, publish, pool, js) -> None:
+    """The crash window: a batch committed, then the writer died before acknowledging it."""
+    call_id = new_call_id()
+    durable = f"writer-test-{uuid.uuid4().hex[:12]}"
+    probe = await js.pull_subscribe(
+        f"{subjects.PREFIX}.events.{call_id}.>", durable=durable, stream=STREAM_NAME)
+    for n in range(3):
+        await publish(line(call_id, n, seq=n))
+    msgs = await probe.fetch(3, timeout=5)
+    from dialtone_proto import decode_event
+
+    async with pool.acquire() as conn:
+        await write_events(conn, [decode_event(m.data) for m in msgs])
+    for m in msgs:
+        await m.nak()  # what JetStream does by itself once ack_wait passes without an ack
+    await probe.unsubscribe()
+
+    redeliveries_before = metric("dialtone_writer_redeliveries_total")
+    rc = await run_consumer(call_id, durable_name=durable)
+    await rc.settled(msgs[-1].metadata.sequence.stream)
+
+    s = await session(pool, call_id)
+    assert [t["seq"] for t in s["transcript"]] == [0, 1, 2]
+    assert await pool.fetchval("SELECT count(*) FROM transcript_lines WHERE call_sid = $1", call_id) == 3
+    assert metric("dialtone_writer_redeliveries_total") - redeliveries_before == 3
+
+
+async def test_out_of_order_lines_end_in_conversation_order(run_consumer, publish, pool) -> None:
+    call_id = new_call_id()
+    rc = await run_consumer(call_id, batch_size=2)  # several batches, each with a partial view
+    last = 0
+    # Lines before call.started, and caller lines finishing after the agent's reply to them.
+    for n, seq in enumerate([3, 1, 0, 4, 2]):
+        last = await publish(line(call_id, n + 1, seq, role="agent" if seq % 2 == 0 else "caller", t=10 - seq))
+    last = await publish(CallStarted(id=f"{call_id}-0", call_id=call_id, at=at(20), agent="reception"))
+    last = await publish(CallStatus(id=f"{call_id}-s-2", call_id=call_id, at=at(30), status="completed", source="twilio"))
+    last = await publish(CallStatus(id=f"{call_id}-s-1", call_id=call_id, at=at(25), status="ringing", source="twilio"))
+    last = await publish(CallEnded(id=f"{call_id}-9", call_id=call_id, at=at(29), reason="hangup"))
+    await rc.settled(last)
+
+    s = await session(pool, call_id)
+    assert [t["seq"] for t in s["transcript"]] == [0, 1, 2, 3, 4]
+    assert s["agent"] == "reception"
+    assert s["started_at"] == at(6)  # the earliest event seen, here a line that beat call.started
+    assert s["status"] == "completed"  # neither the late "ringing" nor call.ended moved it
+
+
+async def test_call_ended_does_not_hide_a_reported_failure(run_consumer, publish, pool) -> None:
+    call_id = new_call_id()
+    rc = await run_consumer(call_id)
+    await publish(CallEnded(id=f"{call_id}-1", call_id=call_id, at=at(10), reason="stream stopped"))
+    last = await publish(CallStatus(id=f"{call_id}-s", call_id=call_id, at=at(5), status="failed", source="twilio"))
+    await rc.settled(last)
+    assert (await session(pool, call_id))["status"] == "failed"
+
+
+async def test_malformed_messages_are_terminated_and_good_ones_still_land(run_consumer, publish, pool, js) -> None:
+    call_id = new_call_id()
+    rc = await run_consumer(call_id)
+    bad_before = metric("dialtone_writer_bad_events_total")
+    subject = subjects.event(call_id, "transcript.line")
+    await js.publish(subject, b"not json at all", headers={"Nats-Msg-Id": f"{call_id}-junk"})
+    missing = orjson.dumps({"v": 1, "type": "transcript.line", "id": f"{call_id}-x", "call_id": call_id})
+    await js.publish(subject, missing, headers={"Nats-Msg-Id": f"{call_id}-x"})
+    # Valid JSON, but PostgreSQL cannot store a NUL character: rejected alone, not the whole batch.
+    await publish(line(call_id, 1, seq=0, text="nul \x00 byte"))
+    last = await publish(line(call_id, 2, seq=1, text="still here"))
+    await rc.settled(last)
+
+    s = await session(pool, call_id)
+    assert [t["text"] for t in s["transcript"]] == ["still here"]
+    assert metric("dialtone_writer_bad_events_total") - bad_before == 3
+    assert (await rc.info()).num_redelivered == 0
+
+
+async def test_nothing_is_acked_while_the_database_is_down(run_consumer, publish, pool, pg_proxy, poll) -> None:
+    proxy, dsn = pg_proxy
+    call_id = new_call_id()
+    writer_pool = await create_pool(dsn, max_size=2)
+    try:
+        rc = await run_consumer(call_id, db_pool=writer_pool, ack_wait_s=5.0)
+        await proxy.cut()
+        errors_before = metric("dialtone_writer_db_errors_total")
+        last = 0
+        for n in range(4):
+            last = await publish(line(call_id, n, seq=n))
+
+        async def failing_and_unacked():
+            info = await rc.info()
+            assert info.ack_floor.stream_seq < last - 3, "a message was acked without a commit"
+            return metric("dialtone_writer_db_errors_total") - errors_before >= 2 and info.num_redelivered > 0
+
+        await poll(failing_and_unacked, what="writes to fail and messages to be redelivered")
+        assert rc.consumer.health() == "database unavailable"
+        assert await session(pool, call_id) is None
+
+        await proxy.open()  # PostgreSQL is back
+        await rc.settled(last, timeout=30)
+        s = await session(pool, call_id)
+        assert [t["seq"] for t in s["transcript"]] == [0, 1, 2, 3]
+        assert rc.consumer.health() is None
+    finally:
+        await writer_pool.close()
