@@ -13,16 +13,16 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
-
 from dialtone_common import bus
 from dialtone_common.db import create_pool
 from dialtone_proto import STREAM_NAME, encode_event, subjects
 from dialtone_writer.consumer import Consumer
 from dialtone_writer.settings import WriterSettings
 
-async def _poll(check: Callable[[], Awaitable[Any]], timeout: float = 15.0, what: str = "condition") -> Any:
-    """Call ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
+
+async def _poll(check: Callable[[], Awaitable[Any]], within: float = 15.0, what: str = "condition") -> Any:
+    """Call ``check`` until it returns something truthy; fail after ``within`` seconds."""
+    deadline = time.monotonic() + within
     while True:
         value = await check()
         if value:
@@ -50,7 +50,7 @@ async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
 
 @pytest.fixture
 def poll():
-    """``await poll(check, timeout, what)``: wait with a deadline until ``check()`` is truthy."""
+    """``await poll(check, within, what)``: wait with a deadline until ``check()`` is truthy."""
     return _poll
 
 
@@ -76,14 +76,14 @@ class RunningConsumer:
     async def info(self):
         return await self.js.consumer_info(STREAM_NAME, self.durable)
 
-    async def settled(self, last_seq: int, timeout: float = 15.0) -> None:
+    async def settled(self, last_seq: int, within: float = 15.0) -> None:
         """Wait until every message up to stream seq ``last_seq`` was delivered and settled."""
 
         async def done() -> bool:
             info = await self.info()
             return info.delivered.stream_seq >= last_seq and info.num_ack_pending == 0 and info.num_pending == 0
 
-        await _poll(done, timeout, f"consumer {self.durable} to settle up to seq {last_seq}")
+        await _poll(done, within, f"consumer {self.durable} to settle up to seq {last_seq}")
 
 
 @pytest.fixture

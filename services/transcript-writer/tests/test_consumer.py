@@ -9,8 +9,6 @@ from decimal import Decimal
 import asyncpg
 import orjson
 import pytest
-from prometheus_client import REGISTRY
-
 from dialtone_common.db import create_pool
 from dialtone_proto import (
     STREAM_NAME,
@@ -28,6 +26,7 @@ from dialtone_proto import (
     subjects,
 )
 from dialtone_writer.store import write_events
+from prometheus_client import REGISTRY
 
 pytestmark = pytest.mark.integration
 
@@ -155,7 +154,6 @@ async def test_redelivery_after_commit_without_ack_changes_nothing(run_consumer,
     for n in range(3):
         await publish(line(call_id, n, seq=n))
     msgs = await probe.fetch(3, timeout=5)
-    from dialtone_proto import decode_event
 
     async with pool.acquire() as conn:
         await write_events(conn, [decode_event(m.data) for m in msgs])
@@ -243,7 +241,7 @@ async def test_nothing_is_acked_while_the_database_is_down(run_consumer, publish
         assert await session(pool, call_id) is None
 
         await proxy.open()  # PostgreSQL is back
-        await rc.settled(last, timeout=30)
+        await rc.settled(last, within=30)
         s = await session(pool, call_id)
         assert [t["seq"] for t in s["transcript"]] == [0, 1, 2, 3]
         assert rc.consumer.health() is None

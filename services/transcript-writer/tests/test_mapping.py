@@ -6,7 +6,6 @@ import itertools
 from datetime import UTC, datetime, timedelta
 
 import pytest
-
 from dialtone_writer.mapping import (
     RANK_IMPLIED_BY_END,
     USAGE_COUNTERS,

@@ -7,7 +7,6 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
-
 from dialtone_writer.migrations import MIGRATIONS_DIR, apply_migrations
 
 pytestmark = pytest.mark.integration

@@ -20,12 +20,12 @@ import time
 import asyncpg
 import nats.errors
 import nats.js.errors
+from dialtone_proto import STREAM_NAME, Event, decode_event, subjects
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from pydantic import ValidationError
 
-from dialtone_proto import STREAM_NAME, Event, decode_event, subjects
 from dialtone_writer import metrics
 from dialtone_writer.settings import WriterSettings
 from dialtone_writer.store import write_events

@@ -8,10 +8,10 @@ import sys
 from contextlib import AsyncExitStack
 
 import asyncpg
-
 from dialtone_common import bus, logs, runtime
 from dialtone_common.db import create_pool
 from dialtone_common.health import HealthServer
+
 from dialtone_writer.consumer import Consumer
 from dialtone_writer.migrations import apply_migrations
 from dialtone_writer.settings import WriterSettings

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import asyncpg
-
 from dialtone_common.db import migrate
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"

@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import asyncpg
-
 from dialtone_proto import (
     AgentChanged,
     CallEnded,
@@ -27,6 +26,7 @@ from dialtone_proto import (
     UsageReported,
     encode_event,
 )
+
 from dialtone_writer.mapping import RANK_IMPLIED_BY_END, status_rank, usage_counters
 
 
