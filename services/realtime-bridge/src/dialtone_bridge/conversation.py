@@ -73,7 +73,7 @@ class Conversation:
         self._truncated: set[str] = set()
         self._cancelled: set[str] = set()
         self._active: str | None = None  # the response in progress
-        self._want_response = False  # a response.create to send once the active one is done
+        self._queued: list[str | None] = []  # responses to ask for once the active one is done
         self._tools: dict[str, ToolRun] = {}  # tool call_id -> run
         self.lines: list[Line] = []  # what was said, for restoring a lost socket
         self._first_audio = False
@@ -105,8 +105,21 @@ class Conversation:
             bridge_id=self.s.ctx.bridge_id,
             variables=o.parameters,
         )
-        if self.agent.greeting:
+        answered_by = o.parameters.get("answered_by", "")
+        if answered_by.startswith("machine") or answered_by == "fax":
+            await self._voicemail(answered_by)
+        elif self.agent.greeting:
             await self.request_response(f'Greet the caller by saying exactly: "{self.agent.greeting}"')
+
+    async def _voicemail(self, answered_by: str) -> None:
+        """An answering machine picked up: leave the agent's message, or hang up, as it says."""
+        if self.agent.voicemail == "leave_message" and self.agent.voicemail_message and answered_by != "fax":
+            self.log.info("voicemail (%s): leaving the agent's message", answered_by)
+            self.s.control.hangup_pending = "voicemail_left"
+            await self.request_response(f'Say exactly: "{self.agent.voicemail_message}"')
+        else:
+            self.log.info("voicemail (%s): hanging up", answered_by)
+            await self.s.control.hang_up("voicemail_hangup")
 
     def finished(self) -> None:
         for run in self._tools.values():
@@ -149,6 +162,7 @@ class Conversation:
             self.state = "speaking"
             await self.s.play(ev["item_id"], ev["delta"])
         elif kind == "input_audio_buffer.speech_started":
+            self.s.control.speech_started()
             await self._barge_in()
         elif kind == "input_audio_buffer.committed":
             self._place(ev["item_id"])
@@ -158,6 +172,7 @@ class Conversation:
             await self._caller_said(ev)
         elif kind == "response.created":
             self._active = ev["response"]["id"]
+            self.state = "speaking"
         elif kind == "response.output_audio_transcript.done":
             self._agent_text[ev["item_id"]] = ev.get("transcript") or ""
         elif kind == "response.function_call_arguments.done":
@@ -170,6 +185,8 @@ class Conversation:
     def _error(self, error: dict[str, Any]) -> None:
         code = str(error.get("code") or error.get("type") or "unknown")
         m.REALTIME_ERRORS.labels(code).inc()
+        if self._active == "pending":
+            self._active = None  # our response.create was refused; do not wait for it forever
         if code in BENIGN_ERRORS:
             # A race with the server's own turn-taking: the conversation simply goes on.
             self.log.info("Realtime race (%s) ignored", code)
@@ -189,7 +206,7 @@ class Conversation:
 
     async def _response_done(self, response: dict[str, Any]) -> None:
         rid = response.get("id", "")
-        if self._active == rid:
+        if self._active in (rid, "pending"):
             self._active = None
         self.state = "listening"
         status = response.get("status")
@@ -215,16 +232,29 @@ class Conversation:
                 calls.append(run)
         if calls and status == "completed":
             self.s.spawn(self._answer_tools(calls), "tools")
-        elif self._want_response:
-            self._want_response = False
-            await self.request_response()
+        elif self._queued:
+            await self.request_response(self._queued.pop(0))
+        elif not self.s.playout.playing:
+            await self.s.control.playback_finished()
 
-    async def request_response(self, instructions: str | None = None) -> None:
-        """Ask the model to speak, unless a response is already running (then after it)."""
-        if self._active is not None:
-            self._want_response = True
+    async def request_response(self, instructions: str | None = None, *, force: bool = False) -> None:
+        """Ask the model to speak, unless a response is already running (then after it).
+        ``force`` asks even after end_call (the goodbye itself)."""
+        if self.s.control.suppress_response() and not force and instructions is None:
             return
-        await self.s.send(rt.response_create(instructions))
+        if self._active is not None:
+            self._queued.append(instructions)
+            return
+        self._active = "pending"  # until response.created names it: no second create in between
+        if not await self.s.send(rt.response_create(instructions)):
+            self._active = None
+
+    def busy(self) -> bool:
+        """The agent is talking or working: not a moment to prompt an idle caller."""
+        return self._active is not None or bool(self._tools) or self.s.playout.playing
+
+    def speaking(self) -> bool:
+        return self._active is not None or self.s.playout.playing
 
     # ---- barge-in ------------------------------------------------------------------------
     async def _barge_in(self) -> None:
@@ -290,7 +320,9 @@ class Conversation:
         for run, reply in zip(runs, replies, strict=True):
             await self.s.send(rt.function_output(run.call_id, reply.output))
             self._tools.pop(run.call_id, None)
-        if self.s.control is not None and self.s.control.suppress_response():
+        if self.s.control.suppress_response():
+            if not self.speaking():
+                await self.s.control.playback_finished()
             return
         await self.request_response()
 
@@ -312,10 +344,8 @@ class Conversation:
             self.s.events.emit(OutcomeSet, outcome=action.value, detail=action.detail)
         elif action.action == "handoff" and action.value:
             await self.handoff(action.value)
-        elif self.s.control is not None:
-            await self.s.control.apply(action)
         else:
-            self.log.warning("tool action %s needs Twilio call control, which is not configured", action.action)
+            await self.s.control.apply(action)
 
     async def handoff(self, to_agent: str) -> None:
         """Another agent takes over: new instructions and tools, same audio formats and voice."""
@@ -335,12 +365,8 @@ class Conversation:
         self.log.info("handoff %s -> %s", previous.name, to_agent)
 
     # ---- caller side ---------------------------------------------------------------------
-    async def on_caller_audio(self) -> None:
-        if self.s.control is not None:
-            self.s.control.caller_audio()
-
     async def on_mark(self, name: str) -> None:
-        if self.s.control is not None and not self.s.playout.playing:
+        if not self.s.playout.playing and self._active is None:
             await self.s.control.playback_finished()
 
     async def on_dtmf(self, digit: str) -> None:

@@ -25,14 +25,14 @@ async def serve(stack: AsyncExitStack, stop: asyncio.Event, settings: BridgeSett
     stack.push_async_callback(nc.drain)
     js = nc.jetstream()
     await bus.ensure_stream(js)
-    control = None
+    twilio = None
     if settings.twilio_account_sid and settings.twilio_auth_token:
         from dialtone_bridge.callcontrol import TwilioControlFactory
 
-        control = TwilioControlFactory(settings)
-        stack.push_async_callback(control.close)
+        twilio = TwilioControlFactory(settings)
+        stack.push_async_callback(twilio.close)
     ctx = BridgeContext(nc=nc, js=js, settings=settings, agents=agents, tools=ToolClient(nc, settings.tool_timeout_s),
-                        bridge_id=bridge_id, control=control)
+                        bridge_id=bridge_id, twilio=twilio)
     bridge = Bridge(ctx)
     await bridge.start()
     stack.push_async_callback(bridge.drain)

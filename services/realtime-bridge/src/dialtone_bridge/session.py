@@ -35,7 +35,7 @@ from dialtone_proto.events import CallEnded
 from dialtone_proto.frames import FrameError, Kind, decode_frame, encode_control, encode_frame
 
 if TYPE_CHECKING:
-    from dialtone_bridge.callcontrol import CallControl
+    from dialtone_bridge.callcontrol import TwilioControlFactory
     from dialtone_bridge.conversation import Conversation
 
 log = logging.getLogger("dialtone.bridge.call")
@@ -53,7 +53,7 @@ class BridgeContext:
     agents: AgentBook
     tools: ToolClient
     bridge_id: str
-    control: CallControl | None = None
+    twilio: TwilioControlFactory | None = None
 
 
 class RealtimeUnavailable(RuntimeError):
@@ -70,6 +70,7 @@ class _Clock:
 
 class CallSession:
     def __init__(self, ctx: BridgeContext, offer: CallOffer, agent: Agent) -> None:
+        from dialtone_bridge.callcontrol import CallControl
         from dialtone_bridge.conversation import Conversation
 
         self.ctx, self.offer, self.call_id = ctx, offer, offer.call_id
@@ -87,6 +88,7 @@ class CallSession:
         self._out_seq = 0
         self._tasks: set[asyncio.Task] = set()
         self.conversation: Conversation = Conversation(self, agent)
+        self.control = CallControl(self, ctx.twilio)
 
     # ---- lifecycle -------------------------------------------------------------------------
     async def attach(self) -> None:
@@ -110,8 +112,9 @@ class CallSession:
                 self.end("realtime_unavailable")
                 await self.send_frame(Kind.HANGUP, {"reason": "realtime_unavailable"})
                 return
-            await self.conversation.started()
             reader = self.spawn(self._read_loop(), "reader")
+            self.control.start()
+            await self.conversation.started()
             await self.ended.wait()
             reader.cancel()
         finally:
@@ -261,7 +264,6 @@ class CallSession:
                         del self._backlog[:-BACKLOG_BYTES]
                         if self.ready.is_set():
                             await self._flush_backlog_locked()
-                await self.conversation.on_caller_audio()
             elif frame.kind is Kind.MARK:
                 name = str(frame.json().get("name", ""))
                 self.playout.on_mark(name, self.clock.ms())

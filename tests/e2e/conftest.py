@@ -1,0 +1,111 @@
+"""End-to-end fixtures: the five services as real processes, with the Twilio edge, the Twilio
+REST API and the OpenAI Realtime API simulated. One platform serves the whole session (starting
+five Python processes takes seconds); each test sets the simulator's scenario it needs."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import pytest_asyncio
+
+from dialtone_dev.platform import Platform, Ports
+from dialtone_sim.realtime import RealtimeSimulator
+from dialtone_sim.twilio_api import FakeTwilioApi
+
+ACCOUNT_SID = "AC" + "0" * 31 + "1"
+AUTH_TOKEN = "e2e-test-auth-token-0123456789ab"
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def realtime() -> AsyncIterator[RealtimeSimulator]:
+    async with RealtimeSimulator(api_key="sk-test-e2e", speed=4.0) as sim:
+        yield sim
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def twilio_api() -> AsyncIterator[FakeTwilioApi]:
+    async with FakeTwilioApi(ACCOUNT_SID, AUTH_TOKEN) as api:
+        yield api
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def platform(
+    tmp_root: Path, nats_url: str, database_url: str, realtime: RealtimeSimulator, twilio_api: FakeTwilioApi
+) -> AsyncIterator[Platform]:
+    p = Platform(
+        data_dir=tmp_root / "platform",
+        ports=Ports.free(),
+        nats_url=nats_url,
+        database_url=database_url,
+        realtime_url=realtime.url,
+        openai_api_key="sk-test-e2e",
+        twilio_auth_token=AUTH_TOKEN,
+        twilio_account_sid=ACCOUNT_SID,
+        twilio_api_base_url=twilio_api.base_url,
+        extra_env={"LOG_LEVEL": "INFO"},
+    )
+    async with p:
+        yield p
+
+
+async def poll(check: Callable[[], Any], timeout: float = 20.0, interval: float = 0.1, what: str = "condition") -> Any:
+    """Wait until ``check()`` (sync or async) returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+class Admin:
+    """A small client of the admin API."""
+
+    def __init__(self, platform: Platform) -> None:
+        self.url, self.token = platform.admin_url, platform.admin_token
+
+    async def get(self, path: str, **params: Any) -> tuple[int, Any]:
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {self.token}"}) as http:
+            async with http.get(self.url + path, params=params) as r:
+                return r.status, (await r.json() if r.content_type == "application/json" else await r.text())
+
+    async def session(self, call_sid: str, timeout: float = 20.0) -> dict[str, Any]:
+        """The call's session once it has ended and every event is written."""
+
+        async def ended() -> dict[str, Any] | None:
+            status, body = await self.get(f"/sessions/{call_sid}")
+            return body if status == 200 and body.get("ended_at") else None
+
+        return await poll(ended, timeout, what=f"session {call_sid} to end")
+
+
+@pytest.fixture
+def admin(platform: Platform) -> Admin:
+    return Admin(platform)
+
+
+async def metric(url: str, name: str, **labels: str) -> float:
+    """Sum of a Prometheus metric's samples matching ``labels`` at ``url``."""
+    async with aiohttp.ClientSession() as http, http.get(url) as r:
+        text = await r.text()
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name) or line.startswith("#"):
+            continue
+        head, _, value = line.rpartition(" ")
+        metric_name = head.split("{", 1)[0]
+        if metric_name != name:
+            continue
+        if all(f'{k}="{v}"' in head for k, v in labels.items()):
+            total += float(value)
+    return total
