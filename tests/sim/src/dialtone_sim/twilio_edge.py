@@ -74,23 +74,21 @@ class _DelayLine:
         self.delay_s = delay_s
         self._deliver = deliver
         self._queue: asyncio.Queue[tuple[float, Any]] = asyncio.Queue()
+        self.pending = 0  # put but not yet delivered
 
     def put(self, item: Any) -> None:
+        self.pending += 1
         self._queue.put_nowait((time.monotonic() + self.delay_s, item))
-
-    def idle(self) -> bool:
-        return self._queue.empty()
 
     async def run(self) -> None:
         while True:
             due, item = await self._queue.get()
             if (wait := due - time.monotonic()) > 0:
                 await asyncio.sleep(wait)
-            await self._deliver(item)
-            self._queue.task_done()
-
-    async def drain(self) -> None:
-        await self._queue.join()
+            try:
+                await self._deliver(item)
+            finally:
+                self.pending -= 1
 
 
 class SimCall:
@@ -130,6 +128,7 @@ class SimCall:
         self._last_arrival = 0.0
         self._closed = asyncio.Event()
         self._hanging_up = False
+        self._finishing = False
         delay_s = one_way_delay_ms / 1000
         self._outbound = _DelayLine(delay_s, self._send_now)
         self._inbound = _DelayLine(delay_s, self._receive_now)
@@ -155,8 +154,10 @@ class SimCall:
         ]
 
     async def _finish(self, *, by_server: bool) -> None:
-        if self._closed.is_set():
+        if self._finishing:  # both ends hung up at once: the first one does the work
+            await self._closed.wait()
             return
+        self._finishing = True
         self.closed_by_server = by_server and not self._hanging_up
         current = asyncio.current_task()
         others = [t for t in self._tasks if t is not current]
@@ -178,8 +179,11 @@ class SimCall:
         self._outbound.put(
             self._stamp({"event": "stop", "stop": {"accountSid": self.account_sid, "callSid": self.call_sid}})
         )
-        with contextlib.suppress(ConnectionClosed):
-            await self._outbound.drain()
+        # Wait for the queued messages to leave (or for the server to end the call first).
+        with contextlib.suppress(TimeoutError):
+            await self._poll_until(
+                lambda: self._outbound.pending == 0 or self._closed.is_set(), 5 + self._outbound.delay_s
+            )
         await self._finish(by_server=False)
 
     async def wait_closed(self, timeout: float = 30) -> None:  # noqa: ASYNC109 - part of the test API
@@ -233,6 +237,12 @@ class SimCall:
             )
 
         await self._poll(quiet, timeout)
+
+    @staticmethod
+    async def _poll_until(condition: Callable[[], bool], limit_s: float) -> None:
+        async with asyncio.timeout(limit_s):
+            while not condition():  # noqa: ASYNC110 - a few 5 ms polls at hang-up only
+                await asyncio.sleep(0.005)
 
     async def _poll(self, condition: Callable[[], bool], limit_s: float) -> None:
         async with asyncio.timeout(limit_s):
@@ -299,8 +309,8 @@ class SimCall:
         except ConnectionClosed:
             pass
         # Let already-received messages reach the caller before the call ends.
-        with contextlib.suppress(ConnectionClosed):
-            await self._inbound.drain()
+        with contextlib.suppress(TimeoutError):
+            await self._poll_until(lambda: self._inbound.pending == 0, 5 + self._inbound.delay_s)
         await self._finish(by_server=True)
 
     async def _receive_now(self, raw: str | bytes) -> None:
