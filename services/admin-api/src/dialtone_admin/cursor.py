@@ -1,0 +1,48 @@
+"""Opaque keyset cursors for ``GET /sessions``: the ``(started_at, id)`` of the last row returned.
+
+A cursor is URL-safe base64 of a small JSON array, so clients treat it as an opaque string and
+the server can change its contents later without breaking anyone who merely passes it back.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import datetime
+
+import orjson
+
+
+class InvalidCursor(ValueError):
+    """A cursor this server did not produce (or one that was altered)."""
+
+
+def encode_cursor(started_at: datetime, row_id: int) -> str:
+    """Encode the position after a row.
+
+    Args:
+        started_at: the row's ``started_at`` (timezone-aware).
+        row_id: the row's ``id``, which breaks ties between equal ``started_at``.
+
+    Returns:
+        An opaque URL-safe string without padding.
+    """
+    raw = orjson.dumps([started_at.isoformat(), row_id])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, int]:
+    """Decode a cursor made by ``encode_cursor``.
+
+    Raises:
+        InvalidCursor: with a message fit to show the client.
+    """
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        started, row_id = orjson.loads(raw)
+        when = datetime.fromisoformat(started)
+    except (binascii.Error, ValueError, TypeError, orjson.JSONDecodeError) as exc:
+        raise InvalidCursor("invalid cursor: pass back next_cursor from a previous page unchanged") from exc
+    if when.tzinfo is None or not isinstance(row_id, int) or isinstance(row_id, bool):
+        raise InvalidCursor("invalid cursor: pass back next_cursor from a previous page unchanged")
+    return when, row_id

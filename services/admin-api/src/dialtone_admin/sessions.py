@@ -1,0 +1,153 @@
+"""Reading call sessions from PostgreSQL (the tables the transcript-writer fills).
+
+Every query is parameterized: filters add fixed SQL fragments with ``$n`` placeholders, never
+user text, so each combination of filters still gets an index-friendly plan.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from dialtone_admin.cursor import decode_cursor, encode_cursor
+
+_SUMMARY_COLUMNS = """
+    s.id, s.call_sid, s.agent, s.direction, s.from_number, s.to_number, s.status, s.outcome,
+    s.started_at, s.ended_at, EXTRACT(EPOCH FROM s.ended_at - s.started_at)::float8 AS duration_s,
+    s.end_reason, s.cost_usd::float8 AS cost_usd, s.transferred_to, s.answered_by
+"""
+
+# The same expression as the index transcript_lines_text_fts_idx, so the index serves the search.
+_SEARCH = (
+    "EXISTS (SELECT 1 FROM transcript_lines l WHERE l.call_sid = s.call_sid"
+    " AND to_tsvector('simple', l.text) @@ websearch_to_tsquery('simple', {}))"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionFilter:
+    """Filters of ``GET /sessions``; ``None`` means "any"."""
+
+    outcome: str | None = None
+    status: str | None = None
+    agent: str | None = None
+    since: datetime | None = None  # inclusive, on started_at
+    until: datetime | None = None  # exclusive, on started_at
+    q: str | None = None  # full-text search over transcript lines
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    """Dates without a zone are taken as UTC rather than the server's local time."""
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+def _summary(row: asyncpg.Record) -> dict[str, Any]:
+    out = dict(row)
+    out.pop("id", None)
+    return out
+
+
+async def list_sessions(
+    conn: asyncpg.Connection | asyncpg.Pool, filters: SessionFilter, limit: int, cursor: str | None
+) -> tuple[list[dict[str, Any]], str | None]:
+    """One page of sessions, newest first.
+
+    Args:
+        conn: a connection or pool.
+        filters: what to select.
+        limit: the page size.
+        cursor: ``next_cursor`` of the previous page, or None for the first page.
+
+    Returns:
+        The page's summaries and the cursor of the next page (None on the last page).
+
+    Raises:
+        InvalidCursor: the cursor was not made by this API.
+    """
+    where: list[str] = []
+    args: list[Any] = []
+
+    def param(value: Any) -> str:
+        args.append(value)
+        return f"${len(args)}"
+
+    if filters.outcome is not None:
+        where.append(f"s.outcome = {param(filters.outcome)}")
+    if filters.status is not None:
+        where.append(f"s.status = {param(filters.status)}")
+    if filters.agent is not None:
+        where.append(f"s.agent = {param(filters.agent)}")
+    if filters.since is not None:
+        where.append(f"s.started_at >= {param(_aware(filters.since))}")
+    if filters.until is not None:
+        where.append(f"s.started_at < {param(_aware(filters.until))}")
+    if filters.q is not None and filters.q.strip():
+        where.append(_SEARCH.format(param(filters.q.strip())))
+    if cursor is not None:
+        started_at, row_id = decode_cursor(cursor)
+        where.append(f"(s.started_at, s.id) < ({param(started_at)}::timestamptz, {param(row_id)}::bigint)")
+    sql = (
+        f"SELECT {_SUMMARY_COLUMNS} FROM call_sessions s"
+        + (" WHERE " + " AND ".join(where) if where else "")
+        + f" ORDER BY s.started_at DESC, s.id DESC LIMIT {param(limit + 1)}"
+    )
+    rows = await conn.fetch(sql, *args)
+    # One row more than asked tells whether another page exists without a count query.
+    page, more = rows[:limit], len(rows) > limit
+    next_cursor = encode_cursor(page[-1]["started_at"], page[-1]["id"]) if more and page else None
+    return [_summary(r) for r in page], next_cursor
+
+
+async def get_session(conn: asyncpg.Connection, call_sid: str) -> dict[str, Any] | None:
+    """Everything about one call, or None if it is unknown.
+
+    Args:
+        conn: a connection from a pool made by ``dialtone_common.db.create_pool`` (jsonb codec).
+        call_sid: the call id.
+    """
+    row = await conn.fetchrow(
+        f"SELECT {_SUMMARY_COLUMNS}, s.usage, s.metrics FROM call_sessions s WHERE s.call_sid = $1", call_sid
+    )
+    if row is None:
+        return None
+    detail = _summary(row)
+    counters = detail.pop("usage") or {}
+    detail["usage"] = {**counters, "cost_usd": detail["cost_usd"]}
+    detail["metrics"] = detail.pop("metrics") or {}
+    detail["transcript"] = [
+        dict(r)
+        for r in await conn.fetch(
+            "SELECT seq, role, text, agent, source, interrupted, at FROM transcript_lines"
+            " WHERE call_sid = $1 ORDER BY seq, at, item_id",
+            call_sid,
+        )
+    ]
+    detail["tool_calls"] = [
+        {**dict(r), "arguments": r["arguments"] if r["arguments"] is not None else r["raw_arguments"]}
+        for r in await conn.fetch(
+            "SELECT tool_call_id, seq, name, agent, arguments, raw_arguments, ok, result, error, duration_ms, at"
+            " FROM tool_calls WHERE call_sid = $1 ORDER BY seq, at, tool_call_id",
+            call_sid,
+        )
+    ]
+    detail["status_history"] = [
+        dict(r)
+        for r in await conn.fetch(
+            "SELECT status, source, answered_by, at FROM call_status_history"
+            " WHERE call_sid = $1 ORDER BY at, event_id",
+            call_sid,
+        )
+    ]
+    detail["agents"] = [
+        dict(r)
+        for r in await conn.fetch(
+            "SELECT from_agent, to_agent, at FROM agent_changes WHERE call_sid = $1 ORDER BY at, event_id",
+            call_sid,
+        )
+    ]
+    return detail
