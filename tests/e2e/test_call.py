@@ -40,7 +40,7 @@ async def converse(platform: Platform, lines: list[str], **kwargs):
         platform.gateway_url, AUTH_TOKEN, public_base_url=platform.public_base_url, account_sid=ACCOUNT_SID,
         from_=CALLER, to="+15005550006", **kwargs,
     )
-    await call.wait_quiet(timeout=30)  # the greeting
+    await call.wait_quiet(since=0, timeout=30)  # the greeting
     for line in lines:
         await call.say(line)
         await call.wait_quiet(timeout=30)

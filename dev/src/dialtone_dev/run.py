@@ -80,7 +80,10 @@ async def run_platform() -> None:
             print(f"OpenAI Realtime simulator listening at {sim.url}", flush=True)
         platform = Platform(
             data_dir=data_dir,
-            ports=Ports(),
+            ports=Ports(
+                settings.gateway_port, settings.admin_port, settings.bridge_metrics_port,
+                settings.tools_metrics_port, settings.writer_metrics_port,
+            ),
             nats_url=settings.nats_url,
             database_url=settings.database_url,
             realtime_url=realtime_url,

@@ -23,3 +23,8 @@ class DevSettings(BaseSettings):
     admin_token: SecretStr | None = None
     dialtone_data_dir: Path = Field(default=Path(".dialtone"), description="embedded servers' data, logs, run.json")
     simulator_port: int = 8765
+    gateway_port: int = 8000
+    admin_port: int = 8001
+    bridge_metrics_port: int = 9101
+    tools_metrics_port: int = 9102
+    writer_metrics_port: int = 9103

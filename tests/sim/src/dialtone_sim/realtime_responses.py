@@ -8,6 +8,7 @@ scenario rules in :mod:`.scenario`.
 from __future__ import annotations
 
 import asyncio
+import time
 import base64
 import contextlib
 import math
@@ -223,6 +224,7 @@ class ResponseRun:
                 piece = audio[offset : offset + chunk_ms * bpm]
                 s.output_audio[item_id] += piece
                 s.audio_produced = True
+                s.output_times.append((time.monotonic(), len(piece)))
                 await s.emit(
                     {
                         "type": "response.output_audio.delta",

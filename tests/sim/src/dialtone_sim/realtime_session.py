@@ -9,6 +9,7 @@ decide "is a response active?" does so synchronously, before its first ``await``
 from __future__ import annotations
 
 import asyncio
+import time
 import base64
 import copy
 import logging
@@ -80,6 +81,9 @@ class SimSession:
     server_violations: list[str] = field(default_factory=list)
     internal_errors: list[str] = field(default_factory=list)
     input_audio: bytearray = field(default_factory=bytearray)
+    # (monotonic time, cumulative bytes) of every append received and every audio delta sent
+    input_times: list[tuple[float, int]] = field(default_factory=list)
+    output_times: list[tuple[float, int]] = field(default_factory=list)
     output_audio: dict[str, bytearray] = field(default_factory=dict)
     output_order: list[str] = field(default_factory=list)
     tool_outputs: list[dict] = field(default_factory=list)
@@ -348,6 +352,7 @@ class SimSession:
     # ---- input audio and VAD --------------------------------------------------------------
     async def _append(self, data: bytes) -> None:
         self.input_audio += data
+        self.input_times.append((time.monotonic(), len(self.input_audio)))
         self._pending += data
         fmt = self.session["audio"]["input"]["format"].get("type")
         bpm = bytes_per_ms(fmt)

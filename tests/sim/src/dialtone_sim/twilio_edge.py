@@ -109,6 +109,7 @@ class SimCall:
         self.stream_sid = _sid("MZ")
         self.custom_parameters = custom_parameters
         self.sent_audio = bytearray()
+        self.sent_times: list[float] = []  # monotonic send time of each 20 ms frame (for latency figures)
         self.media_received: list[tuple[float, int]] = []
         self.marks_echoed: list[str] = []
         self.clears: list[tuple[float, int]] = []
@@ -292,6 +293,7 @@ class SimCall:
         else:
             frame = _SILENCE_FRAME
         self.sent_audio += frame
+        self.sent_times.append(time.monotonic())
         self._chunk += 1
         self._outbound.put(self._stamp({"event": "media", "media": {
             "track": "inbound", "chunk": str(self._chunk), "timestamp": str(frame_no * 20),

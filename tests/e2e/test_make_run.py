@@ -1,0 +1,72 @@
+"""Acceptance: ``make run`` works from nothing (no NATS_URL, DATABASE_URL or API key) and
+``make call`` against it prints a transcript; Ctrl-C stops it all cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from dialtone_common.embedded import free_port
+
+from .conftest import poll
+
+pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def test_make_run_then_make_call_prints_a_transcript(tmp_path: Path):
+    env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "DATABASE_URL", "OPENAI_API_KEY",
+                                                            "TWILIO_AUTH_TOKEN", "ADMIN_TOKEN", "MAKEFLAGS")}
+    env |= {
+        "DIALTONE_DATA_DIR": str(tmp_path / "dialtone"),
+        "GATEWAY_PORT": str(free_port()), "ADMIN_PORT": str(free_port()), "SIMULATOR_PORT": str(free_port()),
+        "BRIDGE_METRICS_PORT": str(free_port()), "TOOLS_METRICS_PORT": str(free_port()),
+        "WRITER_METRICS_PORT": str(free_port()),
+    }
+    run = await asyncio.create_subprocess_exec(
+        "make", "-s", "run", cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True,
+    )
+    output: list[str] = []
+
+    async def pump() -> None:
+        assert run.stdout is not None
+        async for line in run.stdout:
+            output.append(line.decode(errors="replace"))
+
+    reader = asyncio.create_task(pump())
+    run_file = tmp_path / "dialtone" / "run.json"
+    try:
+        await poll(lambda: run_file.exists() or run.returncode is not None, timeout=120, what="make run to start")
+        assert run.returncode is None, "".join(output[-40:])
+        banner = "".join(output)
+        info = json.loads(run_file.read_text())
+        assert f"{info['public_base_url']}/twilio-voice" in banner
+        assert f"{info['admin_url']}/" in banner and info["admin_token"] in banner
+        assert "SIMULATOR" in banner
+
+        call = await asyncio.create_subprocess_exec(
+            "make", "-s", "call", cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )
+        out, _ = await asyncio.wait_for(call.communicate(), 120)
+        text = out.decode()
+        assert call.returncode == 0, text
+        assert "Transcript:" in text
+        assert "Caller: Hi, I'd like to check on my account please." in text
+        assert "Agent (support): Thanks for calling Acme support" in text
+        assert "lookup_customer" in text and "outcome=resolved" in text
+    finally:
+        if run.returncode is None:
+            os.killpg(run.pid, signal.SIGINT)  # what Ctrl-C does in a terminal
+        code = await asyncio.wait_for(run.wait(), 60)
+        await reader
+    text = "".join(output)
+    # make itself reports the interrupt (its exit code is the signal's); the platform must stop cleanly.
+    assert "stopped." in text and "Traceback" not in text, text[-3000:]
+    assert code in (0, 2, -signal.SIGINT), text[-3000:]

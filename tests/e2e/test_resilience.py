@@ -1,0 +1,145 @@
+"""Acceptance: tool-runner scaling, concurrency without lost audio, garbage on the media socket."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import orjson
+import pytest
+from twilio.request_validator import RequestValidator
+from websockets.asyncio.client import connect
+
+from dialtone_common.embedded import free_port
+from dialtone_dev.platform import Platform
+from dialtone_sim.realtime import RealtimeSimulator
+from dialtone_sim.scenario import Scenario, ToolCall, Turn
+from dialtone_sim.twilio_edge import dial
+
+from .conftest import ACCOUNT_SID, AUTH_TOKEN, Admin, metric
+
+pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
+
+CALLER = "+15005550001"
+LOOKUP = ToolCall("lookup_customer", {"phone": CALLER})
+TOOL_SCENARIO = Scenario(
+    turns=[
+        Turn(caller=None, agent="Hello, Acme support."),
+        Turn(caller="Look me up please.", agent="Found you.", tools=[LOOKUP, LOOKUP]),
+        Turn(caller="And again please.", agent="Still you.", tools=[LOOKUP, LOOKUP]),
+    ]
+)
+SHORT_SCENARIO = Scenario(
+    turns=[
+        Turn(caller=None, agent="Hello, Acme support, how can I help?"),
+        Turn(caller="What are your opening hours?", agent="We are open nine to five, Monday to Friday."),
+        Turn(caller="Thank you, goodbye.", agent="Goodbye!", tools=[ToolCall("set_outcome", {"outcome": "answered"})]),
+    ]
+)
+
+
+async def one_call(platform: Platform, lines: list[str], **kwargs):
+    call = await dial(platform.gateway_url, AUTH_TOKEN, public_base_url=platform.public_base_url,
+                      account_sid=ACCOUNT_SID, from_=CALLER, to="+15005550006", **kwargs)
+    await call.wait_quiet(since=0, timeout=40)  # the greeting
+    for line in lines:
+        await call.say(line)
+        await call.wait_quiet(timeout=40)
+    await call.hangup()
+    return call
+
+
+async def test_tool_calls_spread_over_two_runners_and_survive_one_stopping(
+    platform: Platform, realtime: RealtimeSimulator, admin: Admin
+):
+    realtime.scenario = TOOL_SCENARIO
+    port = free_port()
+    second = await platform.start("tool-runner", instance="tool-runner-2", env={"METRICS_PORT": str(port)})
+    await platform.wait_healthy(services=[second])
+    first_url = f"http://127.0.0.1:{platform.ports.tools}/metrics"
+    second_url = f"http://127.0.0.1:{port}/metrics"
+    before = await metric(first_url, "dialtone_tool_calls_total")
+
+    lines = ["Look me up please.", "And again please."]
+    calls = [asyncio.create_task(one_call(platform, lines)) for _ in range(4)]
+    # Stop the second runner while the calls are running their tools.
+    await asyncio.sleep(9)
+    served_by_second = await metric(second_url, "dialtone_tool_calls_total")
+    assert await second.stop(signal.SIGTERM) == 0
+    finished = await asyncio.gather(*calls)
+
+    assert served_by_second > 0, "the second runner got no tool calls"
+    assert await metric(first_url, "dialtone_tool_calls_total") - before > 0, "the first runner got no tool calls"
+    for call in finished:
+        session = await admin.session(call.call_sid)
+        tools = session["tool_calls"]
+        assert len(tools) == 4, f"{call.call_sid}: {len(tools)} tool calls"
+        assert all(t["ok"] and t["result"]["name"] == "Ada Lovelace" for t in tools)
+
+
+async def test_twenty_concurrent_calls_lose_no_audio_frame(platform: Platform, realtime: RealtimeSimulator, admin: Admin):
+    realtime.scenario = SHORT_SCENARIO
+    before = len(realtime.sessions)
+    lines = ["What are your opening hours?", "Thank you, goodbye."]
+    calls = await asyncio.gather(*(one_call(platform, lines) for _ in range(20)))
+    for call in calls:
+        session = await admin.session(call.call_sid, timeout=30)
+        assert [line["role"] for line in session["transcript"]] == ["agent", "caller", "agent", "caller", "agent"]
+        assert session["outcome"] == "answered"
+
+    sessions = realtime.sessions[before:]
+    assert len(sessions) == 20
+    await asyncio.gather(*(s.closed.wait() for s in sessions))
+    # Caller -> model: each call's frames arrived complete and in order at exactly one model session.
+    unmatched = list(sessions)
+    pairs = []
+    for call in calls:
+        match = next((s for s in unmatched if bytes(s.input_audio) == bytes(call.sent_audio)), None)
+        assert match is not None, f"{call.call_sid}: caller audio ({len(call.sent_audio)} bytes) lost or altered"
+        unmatched.remove(match)
+        pairs.append((call, match))
+    # Model -> caller: every byte of every reply was heard, in order.
+    for call, s in pairs:
+        heard = bytes(call.heard)
+        position = 0
+        for item_id in s.output_order:
+            audio = bytes(s.output_audio[item_id])
+            found = heard.find(audio, position)
+            assert found >= 0, f"{call.call_sid}: reply {item_id} ({len(audio)} bytes) not heard intact"
+            position = found + len(audio)
+
+
+async def test_garbage_on_the_media_socket_is_counted_and_harms_no_other_call(
+    platform: Platform, realtime: RealtimeSimulator, admin: Admin
+):
+    realtime.scenario = SHORT_SCENARIO
+    metrics_url = f"{platform.gateway_url}/metrics"
+    name = "dialtone_gateway_bad_messages_total"
+    reasons = ["bad_json", "unknown_event", "media_before_start", "oversize"]
+    before = {r: await metric(metrics_url, name, reason=r) for r in reasons}
+
+    healthy = asyncio.create_task(one_call(platform, ["What are your opening hours?", "Thank you, goodbye."]))
+    stream_url = platform.public_base_url.replace("http://", "ws://") + "/media"
+    signature = RequestValidator(AUTH_TOKEN).compute_signature(stream_url, {})
+    ws_url = platform.gateway_url.replace("http://", "ws://") + "/media"
+    async with connect(ws_url, additional_headers={"X-Twilio-Signature": signature}, max_size=None) as ws:
+        await ws.send("this is not json {")
+        await ws.send(orjson.dumps({"event": "bogus", "streamSid": "MZ1"}).decode())
+        await ws.send(orjson.dumps({"event": "media", "streamSid": "MZ1", "sequenceNumber": "2",
+                                    "media": {"track": "inbound", "chunk": "1", "timestamp": "0",
+                                              "payload": "////"}}).decode())
+        await ws.send('{"event":"media","pad":"' + "x" * (1024 * 1024) + '"}')
+        await ws.send("[1, 2, 3]")
+        # The socket is still open and usable after all that.
+        await ws.send('{"event":"connected","protocol":"Call","version":"1.0.0"}')
+        await asyncio.sleep(0.5)
+        assert ws.state.name == "OPEN"
+
+    call = await healthy
+    session = await admin.session(call.call_sid)
+    assert session["outcome"] == "answered" and len(session["transcript"]) == 5
+    for reason in reasons:
+        assert await metric(metrics_url, name, reason=reason) >= before[reason] + 1, reason
+    log = platform.services["media-gateway"].log_path.read_text()
+    assert "bad Twilio message (bad_json)" in log
+    assert "bad Twilio message (oversize)" in log

@@ -1,0 +1,51 @@
+"""Acceptance: Twilio signatures are checked on the webhook and on the media socket upgrade."""
+
+from __future__ import annotations
+
+import aiohttp
+import pytest
+from twilio.request_validator import RequestValidator
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+
+from dialtone_dev.platform import Platform
+
+from .conftest import AUTH_TOKEN
+
+pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
+
+FORM = {"CallSid": "CA" + "1" * 32, "AccountSid": "AC" + "2" * 32, "From": "+15005550001",
+        "To": "+15005550006", "CallStatus": "ringing", "Direction": "inbound"}
+
+
+async def post_voice(platform: Platform, signature: str | None) -> tuple[int, str]:
+    headers = {"X-Twilio-Signature": signature} if signature is not None else {}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{platform.gateway_url}/twilio-voice", data=FORM, headers=headers) as r:
+            return r.status, await r.text()
+
+
+async def test_webhook_requires_a_valid_signature(platform: Platform):
+    url = f"{platform.public_base_url}/twilio-voice"
+    good = RequestValidator(AUTH_TOKEN).compute_signature(url, FORM)
+    wrong = RequestValidator("not-the-token").compute_signature(url, FORM)
+
+    assert (await post_voice(platform, None))[0] == 403
+    assert (await post_voice(platform, wrong))[0] == 403
+    status, twiml = await post_voice(platform, good)
+    assert status == 200
+    assert '<Stream url="ws://127.0.0.1' in twiml and "/media" in twiml
+    assert '<Parameter name="from" value="+15005550001"' in twiml
+
+
+async def test_media_socket_upgrade_requires_a_valid_signature(platform: Platform):
+    stream_url = platform.public_base_url.replace("http://", "ws://") + "/media"
+    ws_url = platform.gateway_url.replace("http://", "ws://") + "/media"
+    for headers in ({}, {"X-Twilio-Signature": RequestValidator("wrong").compute_signature(stream_url, {})}):
+        with pytest.raises(InvalidStatus) as refused:
+            async with connect(ws_url, additional_headers=headers):
+                pass
+        assert refused.value.response.status_code == 403
+    good = RequestValidator(AUTH_TOKEN).compute_signature(stream_url, {})
+    async with connect(ws_url, additional_headers={"X-Twilio-Signature": good}) as ws:
+        await ws.send('{"event":"connected","protocol":"Call","version":"1.0.0"}')
