@@ -10,6 +10,8 @@ from datetime import datetime
 from importlib import resources
 
 import asyncpg
+from dialtone_common import bus
+from dialtone_common.db import create_pool
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
@@ -20,8 +22,6 @@ from dialtone_admin.live import LiveCalls
 from dialtone_admin.models import LivePage, SessionDetail, SessionPage
 from dialtone_admin.sessions import SessionFilter, get_session, list_sessions
 from dialtone_admin.settings import AdminSettings
-from dialtone_common import bus
-from dialtone_common.db import create_pool
 
 log = logging.getLogger(__name__)
 

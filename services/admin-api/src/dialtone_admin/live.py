@@ -10,13 +10,12 @@ import logging
 import time
 from collections.abc import Callable
 
+from dialtone_proto import subjects
+from dialtone_proto.live import LiveCall
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from pydantic import ValidationError
-
-from dialtone_proto import subjects
-from dialtone_proto.live import LiveCall
 
 log = logging.getLogger(__name__)
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import uvicorn
+from dialtone_common import logs
 
 from dialtone_admin.app import create_app
 from dialtone_admin.settings import AdminSettings
-from dialtone_common import logs
 
 
 def main() -> None:

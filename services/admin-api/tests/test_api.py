@@ -1,0 +1,205 @@
+"""Integration tests of the admin API against the real test database and NATS."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import httpx
+import pytest
+from dialtone_admin.app import create_app
+from dialtone_admin.settings import AdminSettings
+from dialtone_common import bus
+from dialtone_proto import subjects
+from dialtone_proto.live import LiveCall
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "test-admin-token-" + uuid.uuid4().hex
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+async def client(database_url: str, nats_url: str):
+    app = create_app(AdminSettings(database_url=database_url, nats_url=nats_url, admin_token=TOKEN))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://admin") as c:
+            yield c
+
+
+@pytest.fixture
+async def db(database_url: str):
+    conn = await asyncpg.connect(database_url)
+    yield conn
+    await conn.close()
+
+
+@pytest.fixture
+def agent() -> str:
+    """A unique agent name: tests share one database, so each selects only its own sessions."""
+    return f"agent-{uuid.uuid4().hex[:10]}"
+
+
+async def add_session(db, agent: str, started: datetime, outcome: str | None = None, lines: list[str] = ()) -> str:
+    call_sid = "CA" + uuid.uuid4().hex
+    await db.execute(
+        "INSERT INTO call_sessions (call_sid, agent, started_at, ended_at, outcome, status, cost_usd)"
+        " VALUES ($1, $2, $3, $4, $5, 'completed', 0.25)",
+        call_sid, agent, started, started + timedelta(seconds=90), outcome,
+    )
+    for seq, text in enumerate(lines):
+        await db.execute(
+            "INSERT INTO transcript_lines (call_sid, seq, item_id, role, text, agent, source, at, event_id)"
+            " VALUES ($1, $2, $3, $4, $5, $6, 'speech', $7, $8)",
+            call_sid, seq, f"item{seq}", "caller" if seq % 2 else "agent", text, agent,
+            started + timedelta(seconds=seq), f"{call_sid}-{seq}",
+        )
+    return call_sid
+
+
+async def page_all(client, **params) -> list[dict]:
+    items, cursor = [], None
+    while True:
+        r = await client.get("/sessions", params={**params, **({"cursor": cursor} if cursor else {})}, headers=AUTH)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        items += body["items"]
+        cursor = body["next_cursor"]
+        if cursor is None:
+            return items
+
+
+@pytest.mark.parametrize("path", ["/sessions", "/sessions/CAnope", "/live"])
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"}])
+async def test_every_api_route_needs_the_token(client, path: str, headers: dict) -> None:
+    r = await client.get(path, headers=headers)
+    assert r.status_code == 401
+    assert r.headers["www-authenticate"] == "Bearer"
+    assert TOKEN not in r.text
+
+
+async def test_open_routes_and_openapi(client) -> None:
+    assert (await client.get("/healthz")).json() == {"status": "ok"}
+    assert "Dialtone" in (await client.get("/")).text
+    spec = (await client.get("/openapi.json")).json()
+    assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    await client.get("/sessions", headers=AUTH)
+    metrics = (await client.get("/metrics")).text
+    assert 'dialtone_admin_requests_total{method="GET",route="/sessions",status="200"}' in metrics
+
+
+async def test_sessions_newest_first_and_keyset_pagination_with_ties(client, db, agent) -> None:
+    expected = []
+    for i in range(4):
+        expected.append(await add_session(db, agent, T0 + timedelta(minutes=i)))
+    for _ in range(7):  # equal started_at: only the id tells them apart
+        expected.append(await add_session(db, agent, T0 + timedelta(minutes=10)))
+    items = await page_all(client, agent=agent, limit=3)
+    sids = [s["call_sid"] for s in items]
+    assert sorted(sids) == sorted(expected) and len(sids) == len(set(sids)) == 11
+    assert [s["started_at"] for s in items] == sorted((s["started_at"] for s in items), reverse=True)
+    assert sids[-4:] == expected[3::-1]
+    assert items[0]["duration_s"] == 90.0 and items[0]["cost_usd"] == 0.25
+    assert set(items[0]) == {
+        "call_sid", "agent", "direction", "from_number", "to_number", "status", "outcome", "started_at",
+        "ended_at", "duration_s", "end_reason", "cost_usd", "transferred_to", "answered_by"}
+
+
+async def test_outcome_and_date_filters(client, db, agent) -> None:
+    booked = await add_session(db, agent, T0, outcome="booked")
+    await add_session(db, agent, T0 + timedelta(days=1), outcome="no_answer")
+    late = await add_session(db, agent, T0 + timedelta(days=2), outcome="booked")
+    assert {s["call_sid"] for s in await page_all(client, agent=agent, outcome="booked")} == {booked, late}
+    window = await page_all(client, agent=agent, since=(T0 + timedelta(hours=1)).isoformat(), until="2025-03-03")
+    assert [s["outcome"] for s in window] == ["no_answer"]
+    assert [s["call_sid"] for s in await page_all(client, agent=agent, since="2025-03-03T12:00:00Z")] == [late]
+
+
+async def test_full_text_search(client, db, agent) -> None:
+    dentist = await add_session(db, agent, T0, lines=["Hello, how can I help?", "I need a dentist appointment"])
+    await add_session(db, agent, T0, lines=["Hello", "Where is my parcel?"])
+    assert [s["call_sid"] for s in await page_all(client, agent=agent, q="dentist")] == [dentist]
+    assert [s["call_sid"] for s in await page_all(client, agent=agent, q="DENTIST appointment")] == [dentist]
+    assert len(await page_all(client, agent=agent, q="hello")) == 2
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{"outcome": "x' OR '1'='1"}, {"q": "'); DROP TABLE call_sessions; --"}, {"agent": "a\"; SELECT 1;--"},
+     {"status": "completed' --"}, {"q": "!!&|:*()"}],
+)
+async def test_injection_attempts_are_just_values(client, db, agent, params: dict) -> None:
+    await add_session(db, agent, T0, outcome="booked", lines=["hi"])
+    r = await client.get("/sessions", params={"agent": agent, **params}, headers=AUTH)
+    assert r.status_code == 200 and r.json()["items"] == []
+    assert await db.fetchval("SELECT count(*) FROM call_sessions WHERE agent = $1", agent) == 1
+
+
+@pytest.mark.parametrize("cursor", ["garbage", "eyJ4Ijo", "WzEsMl0"])
+async def test_bad_cursor_is_a_400(client, cursor: str) -> None:
+    r = await client.get("/sessions", params={"cursor": cursor}, headers=AUTH)
+    assert r.status_code == 400 and "invalid cursor" in r.json()["detail"]
+
+
+async def test_limit_is_bounded(client) -> None:
+    assert (await client.get("/sessions", params={"limit": 201}, headers=AUTH)).status_code == 422
+
+
+async def test_session_detail_and_404(client, db, agent) -> None:
+    sid = await add_session(db, agent, T0, outcome="booked", lines=["Hi, Acme here", "Book me in"])
+    await db.execute(
+        "UPDATE call_sessions SET usage = $2::jsonb, metrics = '{\"first_agent_audio_ms\": 420}'::jsonb"
+        " WHERE call_sid = $1", sid, '{"input_tokens": 100, "responses": 2}')
+    await db.execute(
+        "INSERT INTO tool_calls (call_sid, tool_call_id, seq, name, agent, arguments, ok, result, duration_ms, at,"
+        " event_id) VALUES ($1, 'c2', 3, 'book', $2, '{\"slot\": \"9:00\"}', true, '{\"ok\": 1}', 5, $3, 'e2'),"
+        " ($1, 'c1', 1, 'find', $2, NULL, false, NULL, 7, $3, 'e1')", sid, agent, T0)
+    await db.execute(
+        "INSERT INTO call_status_history (event_id, call_sid, status, source, at) VALUES"
+        " ($1 || 'b', $1, 'completed', 'twilio', $2), ($1 || 'a', $1, 'in-progress', 'twilio', $3)",
+        sid, T0 + timedelta(seconds=90), T0)
+    await db.execute(
+        "INSERT INTO agent_changes (event_id, call_sid, from_agent, to_agent, at) VALUES ($1 || 'h', $1, $2, 'b', $3)",
+        sid, agent, T0)
+
+    r = await client.get(f"/sessions/{sid}", headers=AUTH)
+    assert r.status_code == 200
+    d = r.json()
+    assert d["call_sid"] == sid and d["outcome"] == "booked"
+    assert [(t["seq"], t["role"], t["text"]) for t in d["transcript"]] == [
+        (0, "agent", "Hi, Acme here"), (1, "caller", "Book me in")]
+    assert [(t["name"], t["arguments"], t["ok"]) for t in d["tool_calls"]] == [
+        ("find", None, False), ("book", {"slot": "9:00"}, True)]
+    assert d["usage"]["input_tokens"] == 100 and d["usage"]["responses"] == 2 and d["usage"]["cost_usd"] == 0.25
+    assert d["usage"]["output_audio_tokens"] == 0
+    assert [s["status"] for s in d["status_history"]] == ["in-progress", "completed"]
+    assert d["metrics"] == {"first_agent_audio_ms": 420}
+    assert [(a["from_agent"], a["to_agent"]) for a in d["agents"]] == [(agent, "b")]
+
+    r = await client.get("/sessions/CAunknown", headers=AUTH)
+    assert r.status_code == 404
+
+
+async def test_live_calls_from_heartbeats(client, nats_url) -> None:
+    call_id = "CA" + uuid.uuid4().hex
+    nc = await bus.connect(nats_url, "live-test")
+    try:
+        beat = LiveCall(call_id=call_id, agent="reception", started_at=T0, bridge_id="bridge-1", state="speaking")
+        await nc.publish(subjects.live(call_id), beat.model_dump_json().encode())
+        await nc.publish(subjects.live(call_id), b"{not a heartbeat")
+        await nc.flush()
+        deadline = time.monotonic() + 10
+        while True:
+            items = (await client.get("/live", headers=AUTH)).json()["items"]
+            if any(i["call_id"] == call_id for i in items):
+                break
+            assert time.monotonic() < deadline, "heartbeat never showed up"
+            await asyncio.sleep(0.05)  # polling interval
+        assert next(i for i in items if i["call_id"] == call_id)["state"] == "speaking"
+    finally:
+        await nc.drain()
