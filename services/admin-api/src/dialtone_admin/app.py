@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import datetime
 from importlib import resources
+from typing import Annotated
 
 import asyncpg
 from dialtone_common import bus
@@ -40,15 +41,15 @@ api = APIRouter(dependencies=[Depends(require_token)])
 
 @api.get("/sessions", response_model=SessionPage, tags=["sessions"])
 async def sessions_page(
-    pool: asyncpg.Pool = Depends(_pool),
-    limit: int = Query(50, ge=1, le=200),
-    cursor: str | None = Query(None, description="next_cursor of the previous page"),
+    pool: Annotated[asyncpg.Pool, Depends(_pool)],
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
     outcome: str | None = None,
     status: str | None = None,
     agent: str | None = None,
-    since: datetime | None = Query(None, description="started at or after (ISO 8601; UTC if no zone)"),
-    until: datetime | None = Query(None, description="started before (ISO 8601; UTC if no zone)"),
-    q: str | None = Query(None, max_length=500, description="words said in the call (full-text search)"),
+    since: Annotated[datetime | None, Query(description="started at or after (ISO 8601; UTC if no zone)")] = None,
+    until: Annotated[datetime | None, Query(description="started before (ISO 8601; UTC if no zone)")] = None,
+    q: Annotated[str | None, Query(max_length=500, description="words said in the call (full-text search)")] = None,
 ) -> dict:
     """Sessions, newest first, with keyset pagination."""
     filters = SessionFilter(outcome=outcome, status=status, agent=agent, since=since, until=until, q=q)
@@ -60,7 +61,7 @@ async def sessions_page(
 
 
 @api.get("/sessions/{call_sid}", response_model=SessionDetail, tags=["sessions"])
-async def session_detail(call_sid: str, pool: asyncpg.Pool = Depends(_pool)) -> dict:
+async def session_detail(call_sid: str, pool: Annotated[asyncpg.Pool, Depends(_pool)]) -> dict:
     """One call: summary, transcript, tool calls, usage, status history, metrics and handoffs."""
     async with pool.acquire() as conn:
         detail = await get_session(conn, call_sid)

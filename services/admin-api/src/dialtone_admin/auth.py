@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+from typing import Annotated
 
 from fastapi import HTTPException, Request, Security, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -17,7 +18,7 @@ def _unauthorized(detail: str) -> HTTPException:
 
 
 async def require_token(
-    request: Request, credentials: HTTPAuthorizationCredentials | None = Security(bearer_scheme)
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)]
 ) -> None:
     """FastAPI dependency: reject a request without the admin token."""
     if credentials is None:
