@@ -91,6 +91,7 @@ async def test_twenty_concurrent_calls_lose_no_audio_frame(platform: Platform, r
     assert len(sessions) == 20
     await asyncio.gather(*(s.closed.wait() for s in sessions))
     # Caller -> model: each call's frames arrived complete and in order at exactly one model session.
+    # (Calls can be byte-identical when their timing matches; any one-to-one pairing proves no loss.)
     unmatched = list(sessions)
     pairs = []
     for call in calls:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 import nats
@@ -40,6 +41,16 @@ async def connect(servers: list[str] | str, name: str, *, connect_timeout: float
         disconnected_cb=on_disconnect,
         reconnected_cb=on_reconnect,
     )
+
+
+async def close(nc: Client, timeout: float = 10.0) -> None:
+    """Drain the connection (finish in-flight work), or just close it if NATS is already gone."""
+    try:
+        await asyncio.wait_for(nc.drain(), timeout)
+    except Exception as exc:  # shutting down: the server may be down or reconnecting
+        log.info("nats drain skipped (%s); closing", type(exc).__name__)
+        with contextlib.suppress(Exception):
+            await nc.close()
 
 
 async def ensure_stream(js: JetStreamContext) -> None:

@@ -61,6 +61,7 @@ def embedded_nats(data_dir: Path, port: int | None = None) -> Iterator[str]:
         [nats_binary(), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(data_dir / "js"), "-l", str(log)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.STDOUT,
+        start_new_session=True,  # a Ctrl-C meant for the launcher must not kill the server under the services
     )
     try:
         _wait_port(port, proc, "nats-server", log)
@@ -136,6 +137,7 @@ def embedded_postgres(data_dir: Path, port: int | None = None, database: str = "
             ],
             stdout=log_file,
             stderr=subprocess.STDOUT,
+            start_new_session=True,
             **kwargs,
         )
     try:

@@ -91,7 +91,7 @@ def create_app(settings: AdminSettings) -> FastAPI:
             pool = await create_pool(settings.database_url)
             stack.push_async_callback(pool.close)
             nc = await bus.connect(settings.nats_servers(), f"admin-api{settings.instance_id}")
-            stack.push_async_callback(nc.drain)
+            stack.push_async_callback(bus.close, nc)
             live = LiveCalls(settings.live_ttl_s)
             await live.start(nc)
             stack.push_async_callback(live.stop)

@@ -42,7 +42,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         try:
             yield
         finally:
-            await nc.drain()
+            await bus.close(nc)
 
     app = FastAPI(title="Dialtone media-gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
 

@@ -22,7 +22,7 @@ async def serve(stack: AsyncExitStack, stop: asyncio.Event, settings: BridgeSett
     bridge_id = settings.instance_id or f"bridge-{uuid.uuid4().hex[:8]}"
     agents = AgentBook.load(settings.agents_dir)
     nc = await bus.connect(settings.nats_servers(), name=bridge_id)
-    stack.push_async_callback(nc.drain)
+    stack.push_async_callback(bus.close, nc)
     js = nc.jetstream()
     await bus.ensure_stream(js)
     twilio = None

@@ -275,6 +275,8 @@ class SimCall:
             # Catch up with a burst after a stall, as a real edge would, so timestamps stay true.
             due = int((time.monotonic() - start) / _FRAME_S) + 1
             while frame_no < due:
+                if self._hanging_up:
+                    return  # stop has been queued: Twilio sends no media after it
                 self._send_frame(frame_no)
                 self._playout.tick()
                 frame_no += 1
