@@ -22,7 +22,7 @@ TOOLS_CATALOG = f"{TOOLS_GROUP}.catalog"
 TOOLS_CALL = f"{TOOLS_GROUP}.call"
 EVENTS_ALL = f"{PREFIX}.events.>"
 
-_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")  # \Z: "$" would accept a trailing newline
 
 
 class InvalidCallId(ValueError):
