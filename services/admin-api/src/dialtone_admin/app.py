@@ -1,4 +1,5 @@
-"""The admin API: sessions from PostgreSQL, live calls from NATS heartbeats, and the dashboard."""
+"""The admin API: sessions from PostgreSQL, live calls from NATS heartbeats, outbound calls through
+Twilio, and the dashboard."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ from dialtone_admin.auth import require_token
 from dialtone_admin.cursor import InvalidCursor
 from dialtone_admin.live import LiveCalls
 from dialtone_admin.models import LivePage, SessionDetail, SessionPage
+from dialtone_admin.outbound import Dialer
+from dialtone_admin.outbound import router as calls_router
 from dialtone_admin.sessions import SessionFilter, get_session, list_sessions
 from dialtone_admin.settings import AdminSettings
 
@@ -95,7 +98,10 @@ def create_app(settings: AdminSettings) -> FastAPI:
             live = LiveCalls(settings.live_ttl_s)
             await live.start(nc)
             stack.push_async_callback(live.stop)
-            app.state.pool, app.state.live = pool, live
+            dialer = Dialer.from_settings(settings)
+            if dialer is not None:
+                stack.push_async_callback(dialer.close)
+            app.state.pool, app.state.live, app.state.dialer = pool, live, dialer
             log.info("admin API ready")
             yield
 
@@ -129,4 +135,5 @@ def create_app(settings: AdminSettings) -> FastAPI:
         return HTMLResponse(_DASHBOARD)
 
     app.include_router(api)
+    app.include_router(calls_router)
     return app

@@ -1,0 +1,230 @@
+"""Outbound calls: ``POST /calls`` asks Twilio to dial a number and connect it to an agent.
+
+The call is placed with ``url=`` (not inline TwiML): once the callee answers, Twilio fetches the
+media-gateway's voice webhook, whose query string names the agent and its variables (``agent``,
+``v_<name>``), and with synchronous answering-machine detection the same request carries
+``AnsweredBy``, so the agent knows it reached a voicemail. Status callbacks go to the gateway's
+``/twilio-status``, which records them as ``call.status`` events; that is how the session appears
+in the database (direction ``outbound`` from the first callback). Nothing is published here.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import warnings
+from typing import Any
+from urllib.parse import urlencode
+
+import aiohttp
+from fastapi import APIRouter, Depends, HTTPException, Request, status
+from prometheus_client import Counter
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from twilio.base.exceptions import TwilioRestException
+from twilio.http.async_http_client import AsyncTwilioHttpClient
+from twilio.rest import Client
+
+from dialtone_admin.auth import require_token
+from dialtone_admin.settings import AdminSettings
+
+log = logging.getLogger(__name__)
+
+OUTBOUND = Counter("dialtone_admin_outbound_calls_total", "Outbound calls requested, by result", ["result"])
+
+_E164 = re.compile(r"^\+[1-9][0-9]{1,14}$")
+_AGENT = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_VARIABLE = re.compile(r"^[A-Za-z0-9_]{1,40}$")
+MAX_VARIABLES = 50
+MAX_VARIABLE_LENGTH = 500
+STATUS_EVENTS = ["initiated", "ringing", "answered", "completed"]
+NO_CREDENTIALS = "outbound calls need TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN"
+
+
+def _e164(value: str | None, field: str) -> str | None:
+    if value is not None and not _E164.match(value):
+        raise ValueError(f"{field} must be an E.164 phone number such as +15551234567, got {value[:40]!r}")
+    return value
+
+
+class OutboundCallRequest(BaseModel):
+    """Body of ``POST /calls``."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    to: str = Field(description="the number to call, E.164", examples=["+15551234567"])
+    agent: str | None = Field(default=None, description="the agent to connect; the gateway's default if null")
+    variables: dict[str, str] = Field(
+        default_factory=dict, description="values for the agent's instructions ({name} placeholders)"
+    )
+    from_: str | None = Field(
+        default=None, alias="from", description="caller id (a Twilio number, E.164); OUTBOUND_FROM_NUMBER if null"
+    )
+    machine_detection: bool = Field(default=True, description="ask Twilio whether a human or a machine answered")
+
+    @field_validator("to")
+    @classmethod
+    def _check_to(cls, value: str) -> str:
+        return _e164(value, "to")  # type: ignore[return-value]
+
+    @field_validator("from_")
+    @classmethod
+    def _check_from(cls, value: str | None) -> str | None:
+        return _e164(value, "from")
+
+    @field_validator("agent")
+    @classmethod
+    def _check_agent(cls, value: str | None) -> str | None:
+        if value is not None and not _AGENT.match(value):
+            raise ValueError("agent must be 1-64 characters of letters, digits, '_' or '-'")
+        return value
+
+    @field_validator("variables")
+    @classmethod
+    def _check_variables(cls, value: dict[str, str]) -> dict[str, str]:
+        if len(value) > MAX_VARIABLES:
+            raise ValueError(f"at most {MAX_VARIABLES} variables")
+        for name, text in value.items():
+            if not _VARIABLE.match(name):
+                raise ValueError(f"variable name {name[:50]!r} must be 1-40 characters of letters, digits or '_'")
+            if len(text) > MAX_VARIABLE_LENGTH:
+                raise ValueError(f"variable {name!r} is longer than {MAX_VARIABLE_LENGTH} characters")
+        return value
+
+
+class OutboundCallResponse(BaseModel):
+    """What Twilio accepted: the call's sid and its first status (``queued``)."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    call_sid: str
+    status: str
+    to: str
+    from_: str = Field(alias="from")
+    agent: str | None
+
+
+def voice_url(public_base_url: str, agent: str | None, variables: dict[str, str]) -> str:
+    """The gateway's voice webhook URL carrying the agent and its variables in the query string.
+
+    Twilio signs the full URL, query included, and the gateway checks the signature against it.
+    """
+    query = ([("agent", agent)] if agent else []) + [(f"v_{name}", value) for name, value in variables.items()]
+    base = f"{public_base_url.rstrip('/')}/twilio-voice"
+    return f"{base}?{urlencode(query)}" if query else base
+
+
+class _QuietAsyncHttpClient(AsyncTwilioHttpClient):
+    """twilio-python 9.x passes ``aiohttp.BasicAuth`` as ``auth=``, which aiohttp 3.14 deprecates.
+
+    The warnings are the SDK's to fix; they are silenced around its requests only, by message.
+    """
+
+    async def request(self, *args: Any, **kwargs: Any) -> Any:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "BasicAuth is deprecated", DeprecationWarning)
+            warnings.filterwarnings("ignore", "The 'auth' parameter is deprecated", DeprecationWarning)
+            return await super().request(*args, **kwargs)
+
+
+class Dialer:
+    """The Twilio REST client of this admin API instance (one HTTP session, closed on shutdown).
+
+    Args:
+        settings: needs ``twilio_account_sid`` and ``twilio_auth_token``.
+    """
+
+    def __init__(self, settings: AdminSettings) -> None:
+        assert settings.twilio_account_sid and settings.twilio_auth_token
+        self._settings = settings
+        self._http = _QuietAsyncHttpClient()
+        self.client = Client(
+            settings.twilio_account_sid, settings.twilio_auth_token.get_secret_value(), http_client=self._http
+        )
+        if settings.twilio_api_base_url:
+            self.client.api.base_url = settings.twilio_api_base_url.rstrip("/")
+
+    @classmethod
+    def from_settings(cls, settings: AdminSettings) -> Dialer | None:
+        """A dialer, or None when Twilio credentials are not configured."""
+        if not settings.twilio_account_sid or not settings.twilio_auth_token:
+            return None
+        return cls(settings)
+
+    async def close(self) -> None:
+        await self._http.close()
+
+    async def place(self, call: OutboundCallRequest, from_number: str) -> OutboundCallResponse:
+        """Ask Twilio to dial; raises ``TwilioRestException`` if it refuses."""
+        base = self._settings.public_base_url.rstrip("/")
+        options: dict[str, Any] = {}
+        if call.machine_detection:
+            # Synchronous AMD: Twilio fetches the voice URL after detection, with AnsweredBy.
+            options["machine_detection"] = "Enable"
+        created = await self.client.calls.create_async(
+            to=call.to,
+            from_=from_number,
+            url=voice_url(base, call.agent, call.variables),
+            method="POST",
+            status_callback=f"{base}/twilio-status",
+            status_callback_method="POST",
+            status_callback_event=STATUS_EVENTS,
+            **options,
+        )
+        return OutboundCallResponse(
+            call_sid=created.sid,
+            status=created.status or "queued",
+            to=created.to or call.to,
+            from_=created._from or from_number,  # the SDK names the field `_from`
+            agent=call.agent,
+        )
+
+
+router = APIRouter(dependencies=[Depends(require_token)])
+
+
+@router.post(
+    "/calls",
+    status_code=status.HTTP_201_CREATED,
+    response_model=OutboundCallResponse,
+    response_model_by_alias=True,
+    tags=["calls"],
+    responses={
+        422: {"description": "invalid number, agent or variables, or no caller id"},
+        502: {"description": "Twilio refused the call or could not be reached"},
+        503: {"description": NO_CREDENTIALS},
+    },
+)
+async def place_call(body: OutboundCallRequest, request: Request) -> OutboundCallResponse:
+    """Place an outbound call that an agent handles once it is answered."""
+    dialer: Dialer | None = request.app.state.dialer
+    settings: AdminSettings = request.app.state.settings
+    if dialer is None:
+        OUTBOUND.labels("unconfigured").inc()
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail=NO_CREDENTIALS)
+    from_number = body.from_ or settings.outbound_from_number
+    if not from_number:
+        OUTBOUND.labels("invalid").inc()
+        raise HTTPException(
+            422, detail="no caller id: pass 'from' or set OUTBOUND_FROM_NUMBER"
+        )
+    try:
+        placed = await dialer.place(body, from_number)
+    except TwilioRestException as exc:
+        OUTBOUND.labels("refused").inc()
+        log.warning("Twilio refused an outbound call: HTTP %s, code %s: %s", exc.status, exc.code, exc.msg)
+        raise HTTPException(
+            status.HTTP_502_BAD_GATEWAY,
+            detail={"message": "Twilio refused the call", "twilio_status": exc.status,
+                    "twilio_code": exc.code, "twilio_message": exc.msg},
+        ) from exc
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        OUTBOUND.labels("unreachable").inc()
+        log.warning("Twilio unreachable for an outbound call: %s", type(exc).__name__)
+        raise HTTPException(
+            status.HTTP_502_BAD_GATEWAY, detail={"message": f"Twilio unreachable: {type(exc).__name__}"}
+        ) from exc
+    OUTBOUND.labels("placed").inc()
+    log.info("outbound call %s placed (agent %s, status %s)", placed.call_sid, body.agent or "default", placed.status)
+    return placed
+
+
