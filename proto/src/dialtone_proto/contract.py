@@ -35,7 +35,7 @@ def check_message(subject: str, data: bytes, headers: dict[str, str] | None = No
     """Validate one message; return what it is (e.g. ``"frame:AUDIO"``), raise ``ContractError``."""
     try:
         return _check(subject, data, headers or {})
-    except (ValidationError, FrameError, orjson.JSONDecodeError) as exc:
+    except (ValidationError, FrameError, subjects.InvalidCallId, orjson.JSONDecodeError) as exc:
         raise ContractError(f"{subject}: {exc}") from exc
 
 
