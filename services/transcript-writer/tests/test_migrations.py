@@ -39,6 +39,7 @@ EXPECTED_INDEXES = {
     "call_sessions_outcome_started_idx",
     "call_sessions_status_started_idx",
     "call_sessions_agent_started_idx",
+    "call_sessions_open_idx",
     "call_sessions_call_sid_key",
     "transcript_lines_call_sid_item_id_key",
     "transcript_lines_call_seq_idx",

@@ -1,4 +1,5 @@
-"""Start-up of the transcript-writer: migrate, connect, consume until SIGTERM, then drain."""
+"""Start-up of the transcript-writer: migrate, connect, consume (and sweep abandoned calls) until
+SIGTERM, then drain."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from dialtone_common.health import HealthServer
 from dialtone_writer.consumer import Consumer
 from dialtone_writer.migrations import apply_migrations
 from dialtone_writer.settings import WriterSettings
+from dialtone_writer.sweeper import Sweeper
 
 log = logging.getLogger("dialtone_writer")
 
@@ -55,6 +57,13 @@ async def _serve(stack: AsyncExitStack, stop: asyncio.Event) -> None:
     # Closed first on the way out: the loop sees `stop`, finishes its batch, then NATS and the pool close.
     stack.push_async_callback(asyncio.wait_for, task, None)
     task.add_done_callback(lambda _: stop.set())  # a consumer that died must take the process down
+    sweeper = Sweeper(pool, nc, js, settings)
+    await sweeper.start()
+    sweep_task = asyncio.create_task(sweeper.run(stop), name="sweeper")
+    # The stack unwinds in reverse: the sweep loop ends and unsubscribes before the consumer's last batch.
+    stack.push_async_callback(sweeper.stop)
+    stack.push_async_callback(asyncio.wait_for, sweep_task, None)
+    sweep_task.add_done_callback(lambda _: stop.set())
     log.info("transcript-writer running (metrics on :%d)", settings.metrics_port)
 
 

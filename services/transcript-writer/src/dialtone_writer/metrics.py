@@ -15,3 +15,6 @@ REDELIVERIES = Counter("dialtone_writer_redeliveries_total", "Messages JetStream
 DUPLICATES = Counter("dialtone_writer_duplicates_skipped_total", "Events already recorded, skipped")
 BAD_EVENTS = Counter("dialtone_writer_bad_events_total", "Messages that are not valid events, terminated")
 DB_ERRORS = Counter("dialtone_writer_db_errors_total", "Batches not written because of a database error")
+SESSIONS_SWEPT = Counter(
+    "dialtone_writer_sessions_swept_total", "Open sessions of calls no longer live, closed by the sweeper"
+)

@@ -17,3 +17,11 @@ class WriterSettings(ServiceSettings):
     ack_wait_s: float = Field(default=30.0, gt=0, description="redelivery delay of an unacknowledged event")
     retry_delay_s: float = Field(default=2.0, gt=0, description="redelivery delay after a database error")
     pool_size: int = Field(default=4, ge=1)
+    sweep_interval_s: float = Field(default=30.0, gt=0, description="how often the sweeper looks for abandoned calls")
+    sweep_after_s: float = Field(
+        default=120.0, ge=0, description="an open session with no event for this long, and no heartbeat, is closed"
+    )
+    sweep_live_window_s: float = Field(
+        default=20.0, ge=0, description="a call heard from (heartbeat) within this window is live and never swept"
+    )
+    sweep_batch: int = Field(default=500, ge=1, description="most sessions closed per sweep")
