@@ -1,0 +1,354 @@
+"""One Media Stream in process, with a fake Twilio socket and a fake NATS connection.
+
+Covers what the caller would notice: agent audio reaches Twilio in messages of at least 40 ms (a
+short tail padded with mu-law silence), marks and clears keep their place, and caller audio
+reaches the bridge in order even while the call is being claimed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import orjson
+import pytest
+from dialtone_gateway import streams
+from dialtone_gateway.settings import GatewaySettings
+from dialtone_gateway.streams import MediaStream
+from dialtone_proto import CallAnswer, CallOffer, subjects
+from dialtone_proto.frames import Kind, decode_frame, encode_control, encode_frame
+from starlette.websockets import WebSocketState
+
+pytestmark = pytest.mark.unit
+
+CALL = "CA" + "5" * 32
+STREAM = "MZ" + "6" * 32
+MIN_BYTES = 320  # 40 ms of 8 kHz mu-law
+WAIT_S = 5.0  # upper bound for an event that is already due; never a synchronisation sleep
+
+
+class FakeSocket:
+    """The Twilio side of the WebSocket: messages to receive, and everything the gateway sent."""
+
+    def __init__(self) -> None:
+        self.incoming: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.sent: list[dict[str, Any]] = []
+        self.sent_event = asyncio.Event()
+        self.closed_with: int | None = None
+        self.idle = asyncio.Event()
+        self.application_state = WebSocketState.CONNECTED
+
+    def feed(self, body: dict[str, Any]) -> None:
+        self.incoming.put_nowait({"type": "websocket.receive", "text": orjson.dumps(body).decode()})
+
+    def hang_up(self) -> None:
+        self.incoming.put_nowait({"type": "websocket.disconnect", "code": 1000})
+
+    async def receive(self) -> dict[str, Any]:
+        if self.incoming.empty():
+            self.idle.set()  # every message fed so far has been handled
+        message = await self.incoming.get()
+        self.idle.clear()
+        return message
+
+    async def drained(self) -> None:
+        await asyncio.wait_for(self.idle.wait(), WAIT_S)
+
+    async def send_text(self, text: str) -> None:
+        self.sent.append(orjson.loads(text))
+        self.sent_event.set()
+
+    async def close(self, code: int = 1000) -> None:
+        self.closed_with = code
+        self.application_state = WebSocketState.DISCONNECTED
+
+    def media(self) -> list[bytes]:
+        return [base64.b64decode(m["media"]["payload"]) for m in self.sent if m["event"] == "media"]
+
+
+class FakeMsg:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
+class FakeSubscription:
+    def __init__(self) -> None:
+        self.unsubscribed = False
+
+    async def unsubscribe(self) -> None:
+        self.unsubscribed = True
+
+
+class FakeNats:
+    """Records publishes; answers the claim when ``answer`` is set."""
+
+    def __init__(self) -> None:
+        self.published: list[tuple[str, bytes]] = []
+        self.offers: list[CallOffer] = []
+        self.out_cb: Callable[[FakeMsg], Awaitable[None]] | None = None
+        self.subscribed = asyncio.Event()
+        self.answer = asyncio.Event()
+        self.claimed = asyncio.Event()
+        self.subscription = FakeSubscription()
+        self.published_event = asyncio.Event()
+
+    async def subscribe(self, subject: str, cb: Callable[[FakeMsg], Awaitable[None]]) -> FakeSubscription:
+        assert subject == subjects.call_out(CALL)
+        self.out_cb = cb
+        self.subscribed.set()
+        return self.subscription
+
+    async def request(self, subject: str, payload: bytes, timeout: float) -> FakeMsg:  # noqa: ASYNC109 (nats-py signature)
+        assert subject == subjects.CALL_OFFER
+        self.offers.append(CallOffer.model_validate_json(payload))
+        await self.answer.wait()
+        self.claimed.set()
+        return FakeMsg(CallAnswer(call_id=CALL, accepted=True, bridge_id="bridge-1", agent="support").model_dump_json().encode())
+
+    async def publish(self, subject: str, data: bytes) -> None:
+        self.published.append((subject, data))
+        self.published_event.set()
+
+    async def wait_for_frames_in(self, n: int) -> list:
+        """Wait (bounded) until ``n`` frames were published to the call's ``in`` subject."""
+        async with asyncio.timeout(WAIT_S):
+            while len(self.frames_in()) < n:
+                self.published_event.clear()
+                await self.published_event.wait()
+        return self.frames_in()
+
+    def frames_in(self) -> list:
+        return [decode_frame(d) for s, d in self.published if s == subjects.call_in(CALL)]
+
+
+START = {
+    "event": "start",
+    "sequenceNumber": "1",
+    "streamSid": STREAM,
+    "start": {
+        "accountSid": "AC1",
+        "streamSid": STREAM,
+        "callSid": CALL,
+        "tracks": ["inbound"],
+        "customParameters": {"from": "+15550001", "to": "+15005550006", "agent": "billing", "v_order": "42"},
+        "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+    },
+}
+
+
+def _media(seq: int, ts: int, payload: bytes) -> dict[str, Any]:
+    return {
+        "event": "media",
+        "sequenceNumber": str(seq),
+        "streamSid": STREAM,
+        "media": {"track": "inbound", "chunk": str(seq), "timestamp": str(ts), "payload": base64.b64encode(payload).decode()},
+    }
+
+
+class Call:
+    """A running MediaStream with its fakes."""
+
+    def __init__(self, stream: MediaStream, ws: FakeSocket, nc: FakeNats, task: asyncio.Task) -> None:
+        self.stream, self.ws, self.nc, self.task = stream, ws, nc, task
+
+    async def out(self, data: bytes) -> None:
+        assert self.nc.out_cb is not None
+        await self.nc.out_cb(FakeMsg(data))
+
+    async def audio(self, payload: bytes) -> None:
+        await self.out(encode_frame(Kind.AUDIO, 0, 0, payload))
+
+    async def mark(self, name: str) -> None:
+        await self.out(encode_control(Kind.MARK, 0, 0, {"name": name}))
+
+    def events(self) -> list[str]:
+        return [m["event"] for m in self.ws.sent]
+
+
+@pytest.fixture
+def no_flush_timer(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Keep the tail timer out of the way so each test controls exactly when audio is flushed.
+    monkeypatch.setattr(streams, "FLUSH_AFTER_S", 3600.0)
+
+
+@pytest.fixture
+async def call(no_flush_timer: None) -> AsyncIterator[Call]:
+    ws, nc = FakeSocket(), FakeNats()
+    settings = GatewaySettings(twilio_auth_token="t", public_base_url="https://gw.example.com")
+    stream = MediaStream(ws, nc, settings, "gw-test")  # type: ignore[arg-type]
+    task = asyncio.create_task(stream.run())
+    ws.feed({"event": "connected", "protocol": "Call", "version": "1.0.0"})
+    ws.feed(START)
+    await asyncio.wait_for(nc.subscribed.wait(), WAIT_S)
+    c = Call(stream, ws, nc, task)
+    yield c
+    nc.answer.set()
+    ws.hang_up()
+    await asyncio.wait_for(task, WAIT_S)
+
+
+# ---- outbound: coalescing ------------------------------------------------------------------
+
+
+async def test_two_20ms_chunks_go_out_as_one_40ms_message(call: Call) -> None:
+    first, second = bytes([1]) * 160, bytes([2]) * 160
+
+    await call.audio(first)
+    assert call.ws.sent == []
+    await call.audio(second)
+
+    assert call.ws.media() == [first + second]
+    assert call.ws.sent[0]["streamSid"] == STREAM
+
+
+async def test_a_short_tail_before_a_mark_is_padded_with_silence(call: Call) -> None:
+    tail = bytes([0x10]) * 100
+
+    await call.audio(tail)
+    await call.mark("a0")
+
+    assert call.events() == ["media", "mark"]
+    assert call.ws.media() == [tail + b"\xff" * (MIN_BYTES - 100)]
+    assert call.ws.sent[1] == {"event": "mark", "streamSid": STREAM, "mark": {"name": "a0"}}
+
+
+async def test_a_mark_with_nothing_pending_sends_no_empty_media(call: Call) -> None:
+    await call.mark("probe-0")
+
+    assert call.ws.sent == [{"event": "mark", "streamSid": STREAM, "mark": {"name": "probe-0"}}]
+
+
+async def test_a_large_chunk_is_sent_whole_and_unpadded(call: Call) -> None:
+    chunk = bytes(range(200)) * 4  # 100 ms
+
+    await call.audio(chunk)
+    await call.mark("a0")
+
+    assert call.ws.media() == [chunk]
+    assert call.events() == ["media", "mark"]
+
+
+async def test_clear_drops_a_pending_tail(call: Call) -> None:
+    await call.audio(bytes([7]) * 100)
+    await call.out(encode_control(Kind.CLEAR, 0, 0, {}))
+    await call.mark("a1")
+
+    assert call.ws.sent == [
+        {"event": "clear", "streamSid": STREAM},
+        {"event": "mark", "streamSid": STREAM, "mark": {"name": "a1"}},
+    ]
+
+
+async def test_hangup_flushes_the_tail_then_closes_the_socket(call: Call) -> None:
+    await call.audio(bytes([9]) * 80)
+    await call.out(encode_control(Kind.HANGUP, 0, 0, {"reason": "goodbye"}))
+
+    assert call.ws.media() == [bytes([9]) * 80 + b"\xff" * (MIN_BYTES - 80)]
+    assert call.ws.closed_with == 1000
+
+
+async def test_agent_audio_under_40ms_is_never_sent_alone(call: Call) -> None:
+    rng = random.Random(7)
+    sent_audio = bytearray()
+    for i in range(300):
+        if rng.random() < 0.3:
+            await call.mark(f"a{i}")
+        else:
+            chunk = bytes([rng.randrange(0, 0xFF)]) * rng.choice([1, 40, 80, 160, 200, 319, 320, 800])
+            sent_audio += chunk
+            await call.audio(chunk)
+    await call.mark("last")
+
+    media = call.ws.media()
+    assert all(len(m) >= MIN_BYTES for m in media)
+    # Nothing lost, nothing reordered: stripping the padding gives back exactly the agent's audio.
+    assert b"".join(m.rstrip(b"\xff") for m in media) == bytes(sent_audio)
+    assert call.events()[-1] == "mark"
+
+
+async def test_a_tail_with_no_mark_after_it_is_padded_and_sent_soon(
+    call: Call, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(streams, "FLUSH_AFTER_S", 0.0)
+    await call.audio(bytes([3]) * 50)
+
+    await asyncio.wait_for(call.ws.sent_event.wait(), WAIT_S)
+    assert call.ws.media() == [bytes([3]) * 50 + b"\xff" * (MIN_BYTES - 50)]
+
+
+async def test_bad_frames_from_the_bus_are_skipped(call: Call) -> None:
+    await call.out(b"\x09garbage")
+    await call.out(encode_frame(Kind.MARK, 0, 0, b"not json"))
+    await call.out(encode_control(Kind.DTMF, 0, 0, {"digit": "1"}))
+    await call.mark("a0")
+
+    assert call.ws.sent == [{"event": "mark", "streamSid": STREAM, "mark": {"name": "a0"}}]
+
+
+# ---- inbound -------------------------------------------------------------------------------
+
+
+async def test_the_offer_carries_the_call_and_its_parameters(call: Call) -> None:
+    call.nc.answer.set()
+    await asyncio.wait_for(call.nc.claimed.wait(), WAIT_S)
+
+    (offer,) = call.nc.offers
+    assert (offer.call_id, offer.stream_sid, offer.account_sid) == (CALL, STREAM, "AC1")
+    assert (offer.from_number, offer.to_number, offer.agent) == ("+15550001", "+15005550006", "billing")
+    assert offer.parameters == {"order": "42"}
+    assert offer.gateway_id == "gw-test"
+
+
+async def test_caller_audio_during_the_claim_reaches_the_bridge_in_order(call: Call) -> None:
+    payloads = [bytes([i]) * 160 for i in range(5)]
+    for i, p in enumerate(payloads[:3]):
+        call.ws.feed(_media(i + 2, 20 * i, p))
+    call.ws.feed({"event": "mark", "streamSid": STREAM, "sequenceNumber": "5", "mark": {"name": "probe-0"}})
+    await call.ws.drained()
+    assert call.nc.frames_in() == []  # no bridge yet: held back, not lost
+
+    call.nc.answer.set()
+    await call.nc.wait_for_frames_in(4)
+    for i, p in enumerate(payloads[3:], start=3):
+        call.ws.feed(_media(i + 3, 20 * i, p))
+    call.ws.feed({"event": "dtmf", "streamSid": STREAM, "sequenceNumber": "9", "dtmf": {"track": "inbound_track", "digit": "#"}})
+    call.ws.feed({"event": "stop", "streamSid": STREAM, "sequenceNumber": "10", "stop": {"accountSid": "AC1", "callSid": CALL}})
+    await asyncio.wait_for(call.task, WAIT_S)
+
+    frames = call.nc.frames_in()
+    assert [f.kind for f in frames] == [Kind.AUDIO] * 3 + [Kind.MARK] + [Kind.AUDIO] * 2 + [Kind.DTMF, Kind.STOP]
+    assert [f.seq for f in frames] == list(range(len(frames)))
+    audio = [f for f in frames if f.kind is Kind.AUDIO]
+    assert [f.payload for f in audio] == payloads
+    assert [f.ts for f in audio] == [0, 20, 40, 60, 80]
+    assert frames[3].json() == {"name": "probe-0"}
+    assert frames[6].json() == {"digit": "#"}
+    assert frames[7].json() == {"reason": "stop"}
+    assert call.nc.subscription.unsubscribed
+    assert call.ws.closed_with == 1000
+
+
+async def test_a_caller_who_hangs_up_before_the_claim_still_ends_the_call(call: Call) -> None:
+    call.ws.feed(_media(2, 0, b"\xff" * 160))
+    call.ws.feed({"event": "stop", "streamSid": STREAM, "sequenceNumber": "3", "stop": {}})
+    await asyncio.wait_for(call.task, WAIT_S)
+
+    # A bridge that claims late must still hear that the stream is over.
+    assert [(f.kind, f.json()) for f in call.nc.frames_in()] == [(Kind.STOP, {"reason": "stop"})]
+
+
+async def test_garbage_from_twilio_does_not_end_the_call(call: Call) -> None:
+    call.nc.answer.set()
+    await asyncio.wait_for(call.nc.claimed.wait(), WAIT_S)
+    await call.ws.drained()
+    call.ws.incoming.put_nowait({"type": "websocket.receive", "text": "{not json"})
+    call.ws.incoming.put_nowait({"type": "websocket.receive", "bytes": b"\x00"})
+    call.ws.feed({"event": "media", "media": {"payload": "!!"}})
+    call.ws.feed(_media(2, 0, b"\xff" * 160))
+    call.ws.feed({"event": "stop", "streamSid": STREAM, "sequenceNumber": "3", "stop": {}})
+    await asyncio.wait_for(call.task, WAIT_S)
+
+    assert [f.kind for f in call.nc.frames_in()] == [Kind.AUDIO, Kind.STOP]
