@@ -18,7 +18,6 @@ CALLER = "+15005550001"
 
 SCENARIO = Scenario(
     turns=[
-        Turn(caller=None, agent="Thanks for calling Acme support. How can I help you today?"),
         Turn(
             caller="Hi, can you look up my account?",
             agent="I found you, Ada. You are on the Pro plan.",
@@ -62,7 +61,7 @@ async def test_three_turn_call_yields_one_complete_session(platform: Platform, r
     # Both sides' lines, in conversation order.
     said = [(line["role"], line["text"]) for line in session["transcript"]]
     assert said == [
-        ("agent", "Thanks for calling Acme support. How can I help you today?"),
+        ("agent", "Thanks for calling Acme support, this is Marin. How can I help you today?"),
         ("caller", "Hi, can you look up my account?"),
         ("agent", "I found you, Ada. You are on the Pro plan."),
         ("caller", "What is my balance?"),

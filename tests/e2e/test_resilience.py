@@ -24,14 +24,12 @@ CALLER = "+15005550001"
 LOOKUP = ToolCall("lookup_customer", {"phone": CALLER})
 TOOL_SCENARIO = Scenario(
     turns=[
-        Turn(caller=None, agent="Hello, Acme support."),
         Turn(caller="Look me up please.", agent="Found you.", tools=[LOOKUP, LOOKUP]),
         Turn(caller="And again please.", agent="Still you.", tools=[LOOKUP, LOOKUP]),
     ]
 )
 SHORT_SCENARIO = Scenario(
     turns=[
-        Turn(caller=None, agent="Hello, Acme support, how can I help?"),
         Turn(caller="What are your opening hours?", agent="We are open nine to five, Monday to Friday."),
         Turn(caller="Thank you, goodbye.", agent="Goodbye!", tools=[ToolCall("set_outcome", {"outcome": "answered"})]),
     ]

@@ -42,8 +42,7 @@ LINES = [
 
 def _scenario() -> Scenario:
     return Scenario(
-        turns=[Turn(caller=None, agent="Hello, thanks for calling. How can I help?")]
-        + [Turn(caller=line, agent="Sure, let me help you with that right away.") for line in LINES],
+        turns=[Turn(caller=line, agent="Sure, let me help you with that right away.") for line in LINES],
         fallback_agent="Is there anything else I can help you with today?",
     )
 

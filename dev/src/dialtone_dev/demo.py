@@ -18,7 +18,6 @@ CALLER_LINES = [
 def scenario() -> Scenario:
     return Scenario(
         turns=[
-            Turn(caller=None, agent="Thanks for calling Acme support, this is Marin. How can I help you today?"),
             Turn(
                 caller=CALLER_LINES[0],
                 agent="I found your account, Ada. You're on the Pro plan and your balance is zero.",

@@ -52,6 +52,7 @@ class Agent:
     default: bool = False
     idle_prompt: str = "Are you still there?"
     goodbye: str = "Thank you for calling. Goodbye!"
+    filler: str = "One moment, I'm still checking that for you."
 
     @property
     def silence_duration_ms(self) -> int:

@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dialtone.bridge.control")
 
+GOODBYE_TIMEOUT_S = 30.0
+
 
 class TwilioControlFactory:
     """One Twilio REST client per bridge, shared by its calls."""
@@ -69,7 +71,8 @@ class CallControl:
     def __init__(self, session: CallSession, twilio: TwilioControlFactory | None) -> None:
         self.s, self.twilio = session, twilio
         self.log = session.log
-        self.hangup_pending: str | None = None  # reason, once the agent has said goodbye
+        self.hangup_pending: str | None = None  # why we will hang up once the goodbye has played
+        self.goodbye_said = False
         self.transferring = False
         self._idle_task: asyncio.Task | None = None
         self._prompts = 0
@@ -94,9 +97,10 @@ class CallControl:
             self._idle_task = None
 
     async def playback_finished(self) -> None:
-        """Everything the agent said has played at the caller."""
+        """Everything the agent said has played at the caller, and no response is running."""
         if self.hangup_pending:
-            await self.hang_up(self.hangup_pending)
+            if self.goodbye_said:
+                await self.hang_up(self.hangup_pending)
             return
         if self.transferring or self.s.ended.is_set():
             return
@@ -107,7 +111,7 @@ class CallControl:
     async def _idle(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
         self._idle_task = None
-        if self.s.conversation.busy():
+        if self.s.conversation.busy() or self.hangup_pending:
             return
         agent = self.s.conversation.agent
         if self._prompts >= agent.limits.idle_prompts:
@@ -118,25 +122,39 @@ class CallControl:
         self.log.info("caller silent for %.0f s: prompt %d", seconds, self._prompts)
         await self.s.conversation.request_response(f'Say exactly: "{agent.idle_prompt}"')
 
-    async def say_goodbye(self, reason: str) -> None:
-        """Have the agent say its goodbye, then hang up once it has played."""
+    def _pending(self, reason: str) -> None:
+        self.hangup_pending, self.goodbye_said = reason, False
+        # Whatever the model does, the line is freed: hang up if the goodbye never comes.
+        self.s.spawn(self._hang_up_anyway(GOODBYE_TIMEOUT_S), "hangup-fallback")
+
+    async def _hang_up_anyway(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+        self.log.warning("goodbye did not finish within %.0f s: hanging up", seconds)
+        await self.hang_up(self.hangup_pending or "agent_ended")
+
+    async def say_goodbye(self, reason: str, text: str | None = None) -> None:
+        """Have the agent say ``text`` (its goodbye by default), then hang up once it has played."""
         if self.hangup_pending or self.s.ended.is_set():
             return
-        self.hangup_pending = reason
-        await self.s.conversation.request_response(f'Say exactly: "{self.s.conversation.agent.goodbye}"',
-                                                   force=True)
+        self._pending(reason)
+        words = text or self.s.conversation.agent.goodbye
+        await self.s.conversation.request_response(f'Say exactly: "{words}"', force=True)
+
+    def response_spoken(self) -> None:
+        """A response with audio finished while a hang-up waits: that was the goodbye."""
+        if self.hangup_pending:
+            self.goodbye_said = True
 
     # ---- tool actions --------------------------------------------------------------------
     def suppress_response(self) -> bool:
-        """After end_call or a transfer the model must not start talking again."""
-        return bool(self.hangup_pending) or self.transferring
+        """After the goodbye or during a transfer the model must not start talking again."""
+        return (bool(self.hangup_pending) and self.goodbye_said) or self.transferring
 
     async def apply(self, action: ToolAction) -> None:
         if action.action == "end_call":
-            self.hangup_pending = "agent_ended"
-            self.log.info("agent ends the call (%s); hanging up after the goodbye plays", action.detail)
-            if not self.s.playout.playing and not self.s.conversation.speaking():
-                await self.hang_up("agent_ended")
+            if not self.hangup_pending:
+                self._pending("agent_ended")
+            self.log.info("agent ends the call (%s); hanging up once the goodbye has played", action.detail)
         elif action.action == "transfer_call":
             await self.transfer(action.detail)
 
@@ -147,6 +165,8 @@ class CallControl:
             self.log.warning("agent %s has no transfer_number: transfer refused", agent.name)
             return
         self.transferring = True
+        # Let what the agent is saying ("I'm transferring you now") finish: the redirect cuts the stream.
+        await self.s.conversation.wait_quiet(10.0)
         self.s.events.emit(CallTransferred, target=target, agent=agent.name)
         twiml = VoiceResponse()
         twiml.dial(target)
@@ -166,12 +186,13 @@ class CallControl:
         if self.s.ended.is_set():
             return
         if self.twilio is not None:
+            # Closing the media socket does not end a Twilio call: only REST does.
             try:
                 await self.twilio.hang_up(self.s.call_id)
+                self.log.info("call completed through the Twilio REST API (%s)", reason)
             except Exception as exc:
                 self.log.error("REST hang-up failed (%s); closing the stream instead", exc)
-                await self.s.send_frame(Kind.HANGUP, {"reason": reason})
-        else:
-            await self.s.send_frame(Kind.HANGUP, {"reason": reason})
+        # Close our side too (without REST credentials this is what ends a local call).
+        await self.s.send_frame(Kind.HANGUP, {"reason": reason})
         self.s.events.emit(CallStatus, status="completed", source="bridge")
         self.s.end(reason)

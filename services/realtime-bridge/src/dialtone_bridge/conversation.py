@@ -77,6 +77,7 @@ class Conversation:
         self._tools: dict[str, ToolRun] = {}  # tool call_id -> run
         self.lines: list[Line] = []  # what was said, for restoring a lost socket
         self._first_audio = False
+        self._spoke: set[str] = set()  # responses that produced audio
         self.outcome: str | None = None
         self.state = "listening"
         self._catalog: dict[str, ToolSpec] = {}
@@ -115,8 +116,7 @@ class Conversation:
         """An answering machine picked up: leave the agent's message, or hang up, as it says."""
         if self.agent.voicemail == "leave_message" and self.agent.voicemail_message and answered_by != "fax":
             self.log.info("voicemail (%s): leaving the agent's message", answered_by)
-            self.s.control.hangup_pending = "voicemail_left"
-            await self.request_response(f'Say exactly: "{self.agent.voicemail_message}"')
+            await self.s.control.say_goodbye("voicemail_left", self.agent.voicemail_message)
         else:
             self.log.info("voicemail (%s): hanging up", answered_by)
             await self.s.control.hang_up("voicemail_hangup")
@@ -160,6 +160,7 @@ class Conversation:
                 m.FIRST_AUDIO_SECONDS.observe(elapsed / 1000)
                 self.s.events.emit(CallMetric, name="first_agent_audio_ms", value=round(elapsed, 1))
             self.state = "speaking"
+            self._spoke.add(ev.get("response_id", ""))
             await self.s.play(ev["item_id"], ev["delta"])
         elif kind == "input_audio_buffer.speech_started":
             self.s.control.speech_started()
@@ -230,8 +231,12 @@ class Conversation:
                     item["call_id"], item["name"], item.get("arguments") or "", item.get("id")
                 )
                 calls.append(run)
+        spoke = rid in self._spoke
+        self._spoke.discard(rid)
+        if spoke and not calls:
+            self.s.control.response_spoken()
         if calls and status == "completed":
-            self.s.spawn(self._answer_tools(calls), "tools")
+            self.s.spawn(self._answer_tools(calls, spoke), "tools")
         elif self._queued:
             await self.request_response(self._queued.pop(0))
         elif not self.s.playout.playing:
@@ -240,7 +245,7 @@ class Conversation:
     async def request_response(self, instructions: str | None = None, *, force: bool = False) -> None:
         """Ask the model to speak, unless a response is already running (then after it).
         ``force`` asks even after end_call (the goodbye itself)."""
-        if self.s.control.suppress_response() and not force and instructions is None:
+        if self.s.control.suppress_response() and not force:
             return
         if self._active is not None:
             self._queued.append(instructions)
@@ -255,6 +260,12 @@ class Conversation:
 
     def speaking(self) -> bool:
         return self._active is not None or self.s.playout.playing
+
+    async def wait_quiet(self, timeout: float) -> None:
+        """Until the agent has stopped talking (or ``timeout``)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self.speaking() and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
 
     # ---- barge-in ------------------------------------------------------------------------
     async def _barge_in(self) -> None:
@@ -307,7 +318,7 @@ class Conversation:
             await self._apply(action)
         return reply
 
-    async def _answer_tools(self, runs: list[ToolRun]) -> None:
+    async def _answer_tools(self, runs: list[ToolRun], spoke: bool) -> None:
         """Send every result of a response, then ask for the next response (without it the model
         falls silent after a tool call)."""
         filler = self.s.spawn(self._filler_after(self.s.ctx.settings.filler_after_s), "filler")
@@ -320,9 +331,17 @@ class Conversation:
         for run, reply in zip(runs, replies, strict=True):
             await self.s.send(rt.function_output(run.call_id, reply.output))
             self._tools.pop(run.call_id, None)
-        if self.s.control.suppress_response():
-            if not self.speaking():
-                await self.s.control.playback_finished()
+        control = self.s.control
+        if control.transferring:
+            return
+        if control.hangup_pending and not control.goodbye_said:
+            if spoke:
+                # The model said its goodbye in the response that ended the call.
+                control.response_spoken()
+                if not self.speaking():
+                    await control.playback_finished()
+                return
+            await self.request_response(force=True)  # let it say goodbye first
             return
         await self.request_response()
 
@@ -330,13 +349,8 @@ class Conversation:
         await asyncio.sleep(delay)
         if self._active is None and not self.s.ended.is_set():
             self.log.info("tool still running after %.1f s: filler", delay)
-            await self.s.send(
-                rt.response_create(
-                    "Tell the caller in a few words that you are still checking and it will take a moment. "
-                    "Do not say anything else.",
-                    out_of_band=True,
-                )
-            )
+            # Out of band: the filler is heard but does not become part of the conversation.
+            await self.s.send(rt.response_create(f'Say exactly: "{self.agent.filler}"', out_of_band=True))
 
     async def _apply(self, action: ToolAction) -> None:
         if action.action == "set_outcome" and action.value:

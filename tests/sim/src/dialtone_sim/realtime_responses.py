@@ -12,6 +12,7 @@ import time
 import base64
 import contextlib
 import math
+import re
 from array import array
 from typing import TYPE_CHECKING, Any
 
@@ -43,12 +44,26 @@ def _render(text: str, seed: int, format_type: str | None) -> bytes:
     return samples.tobytes()
 
 
-def start_response(session: SimSession, *, client: bool) -> ResponseRun:
+_SAY_EXACTLY = re.compile(r'exactly:\s*"([^"]+)"', re.IGNORECASE)
+
+
+def start_response(session: SimSession, *, client: bool, request: dict | None = None) -> ResponseRun:
     """Begin the next response; the caller has checked that none is active.
 
-    A client ``response.create`` after the output of the awaited tool call continues that
-    tool turn; anything else answers the pending caller turn or consumes the next one.
+    A client ``response.create`` whose instructions say ``exactly: "..."`` speaks that text (as
+    a model follows such an instruction) without consuming a turn; with ``conversation: "none"``
+    the reply stays out of the conversation. A client ``response.create`` after the output of the
+    awaited tool call continues that tool turn; anything else answers the pending caller turn or
+    consumes the next one.
     """
+    request = request or {}
+    said = _SAY_EXACTLY.search(request.get("instructions") or "")
+    if client and said:
+        run = ResponseRun(session, Turn(caller=None, agent=said.group(1)),
+                          in_conversation=request.get("conversation") != "none")
+        session.active = run
+        session.spawn(run.speak(said.group(1)))
+        return run
     wait = session.tool_wait
     if client and wait and wait["output"]:
         turn, tool_index = wait["turn"], wait["next"]
@@ -69,9 +84,10 @@ def start_response(session: SimSession, *, client: bool) -> ResponseRun:
 class ResponseRun:
     """One model response; :meth:`cancel` stops its audio at the next chunk boundary."""
 
-    def __init__(self, session: SimSession, turn: Turn) -> None:
+    def __init__(self, session: SimSession, turn: Turn, *, in_conversation: bool = True) -> None:
         self.session = session
         self.turn = turn
+        self.in_conversation = in_conversation
         self.id = session.new_id("resp")
         self.cancel_reason: str | None = None
         self._wake = asyncio.Event()
@@ -134,19 +150,22 @@ class ResponseRun:
     async def _open_item(self, item: dict) -> None:
         s = self.session
         await s.emit({"type": "response.created", "response": self._response("in_progress", [])})
-        previous, s.last_item_id = s.last_item_id, item["id"]
         await s.emit(
             {"type": "response.output_item.added", "response_id": self.id, "output_index": 0, "item": item}
         )
-        await s.emit({"type": "conversation.item.added", "previous_item_id": previous, "item": item})
-        self._previous = previous
+        self._previous = None
+        if self.in_conversation:  # an out-of-band response adds nothing to the conversation
+            previous, s.last_item_id = s.last_item_id, item["id"]
+            await s.emit({"type": "conversation.item.added", "previous_item_id": previous, "item": item})
+            self._previous = previous
 
     async def _close_item(self, item: dict, status: str, usage: dict) -> None:
         s = self.session
         await s.emit(
             {"type": "response.output_item.done", "response_id": self.id, "output_index": 0, "item": item}
         )
-        await s.emit({"type": "conversation.item.done", "previous_item_id": self._previous, "item": item})
+        if self.in_conversation:
+            await s.emit({"type": "conversation.item.done", "previous_item_id": self._previous, "item": item})
         # No longer active before response.done leaves: a client may answer it at once.
         if s.active is self:
             s.active = None

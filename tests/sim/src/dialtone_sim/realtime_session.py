@@ -120,6 +120,7 @@ class SimSession:
         self._speech_item: str | None = None
         self.last_item_id: str | None = None
         self.turn_index = 0
+        self.replaying = False  # assistant items created before any audio: a restored history
         self.pending_turn: Turn | None = None  # consumed by a caller utterance, not yet answered
         self.tool_wait: dict | None = None  # {"turn", "next", "call_id", "output"}
         self.active: ResponseRun | None = None
@@ -244,7 +245,7 @@ class SimSession:
                     event,
                 )
             else:
-                start_response(self, client=True)
+                start_response(self, client=True, request=event.get("response") or {})
         elif kind == "response.cancel":
             if self.active is None or self.active.cancel_reason:
                 await self.error(
@@ -325,6 +326,12 @@ class SimSession:
         elif item["type"] == "message" and item.get("role") == "user":
             texts = [c.get("text", "") for c in item["content"] if c.get("type") == "input_text"]
             self.text_inputs += texts
+            if self.replaying and not self.input_audio:
+                # History replayed into a new session (a client restoring a lost socket): the
+                # script continues where the conversation was instead of starting over.
+                self.turn_index += 1
+        elif item["type"] == "message" and item.get("role") == "assistant" and not self.input_audio:
+            self.replaying = True
             self.usage_state["text_in"] += sum(len(t) // 4 + 1 for t in texts)
         previous, self.last_item_id = self.last_item_id, item["id"]
         await self.emit({"type": "conversation.item.added", "previous_item_id": previous, "item": item})
