@@ -70,9 +70,14 @@ class Line:
             action()
         self.now = wall
 
-    def start_inbound(self, until_caller_ms: float) -> None:
-        for ts in range(0, int(until_caller_ms), FRAME_MS):
-            self.at(ts + OFFSET + self.d, lambda ts=ts: self.playout.on_inbound_audio(ts, self.now))
+    def start_inbound(self, ts: int = 0) -> None:
+        """Twilio's inbound frames, for as long as the simulation runs (each schedules the next)."""
+
+        def deliver() -> None:
+            self.playout.on_inbound_audio(ts, self.now)
+            self.start_inbound(ts + FRAME_MS)
+
+        self.at(ts + OFFSET + self.d, deliver)
 
     # --- the bridge sends -----------------------------------------------------------------------
     def send_probe(self) -> None:
@@ -127,7 +132,7 @@ class Line:
 def _line(d: float, *, tick_echoes: bool = False) -> Line:
     """A line whose round trip has been measured and whose inbound clock is running."""
     line = Line(d=d, playout=Playout(), tick_echoes=tick_echoes)
-    line.start_inbound(until_caller_ms=60_000)
+    line.start_inbound()
     line.run_until(OFFSET + 200)
     line.send_probe()
     line.run_until(OFFSET + 500)
@@ -135,16 +140,31 @@ def _line(d: float, *, tick_echoes: bool = False) -> Line:
     return line
 
 
-def _speak(line: Line, item: str, start_wall: float, total_ms: int, rng: random.Random) -> list[str]:
+@dataclass
+class Reply:
+    """The model's audio for one item, as the bridge forwards it."""
+
+    marks: list[str] = field(default_factory=list)
+    last_send: float = 0.0  # bridge ms of the last chunk
+    cancelled: bool = False  # the bridge drops the audio of a reply the caller interrupted
+
+
+def _speak(line: Line, item: str, start_wall: float, total_ms: int, rng: random.Random) -> Reply:
     """Schedule a reply generated faster than real time: chunks of 20-300 ms every 5-60 ms."""
-    marks: list[str] = []
+    reply = Reply()
+
+    def send(nbytes: int) -> None:
+        if not reply.cancelled:
+            reply.marks.append(line.send_audio(item, nbytes))
+
     wall, left = start_wall, total_ms * 8
     while left > 0:
         nbytes = min(left, rng.choice([160, 480, 800, 1200, 2400]))
-        line.at(wall, lambda n=nbytes: marks.append(line.send_audio(item, n)))
+        line.at(wall, lambda n=nbytes: send(n))
+        reply.last_send = wall
         left -= nbytes
         wall += rng.uniform(5, 60)
-    return marks
+    return reply
 
 
 def _barge_in(line: Line, wall: float) -> tuple[Truncation | None, float]:
@@ -171,15 +191,16 @@ def test_interrupt_cuts_where_the_caller_stopped_hearing(d: float, tick_echoes: 
     # Moments from before the first chunk lands until well after the reply finished playing.
     for i, moment in enumerate(_moments(seed=d, n=40, lo=REPLY_AT - 20, hi=REPLY_AT + REPLY_MS + 4 * d + 200)):
         line = _line(d, tick_echoes=tick_echoes)
-        _speak(line, "item_A", REPLY_AT, REPLY_MS, random.Random(1000 * d + i))
+        rng = random.Random(1000 * d + i)
+        _speak(line, "item_A", REPLY_AT + rng.uniform(0, FRAME_MS), REPLY_MS, rng)
 
         cut, clear_lands = _barge_in(line, moment)
 
         heard = line.heard_ms("item_A", clear_lands)
         if cut is None:
-            # Nothing to cut: every mark had come back, so the caller heard the whole reply.
+            # Nothing to cut: every mark had come back, so the caller heard all that was sent.
             assert not line.pending
-            assert heard == REPLY_MS
+            assert heard == line.playout.item_generated_ms("item_A")
             continue
         assert cut.item_id == "item_A"
         assert abs(cut.audio_end_ms - heard) <= TOLERANCE_MS, (
@@ -206,9 +227,28 @@ def test_interrupt_mid_stream_while_audio_is_still_arriving(d: float) -> None:
 
 
 @pytest.mark.parametrize("d", [20, 60, 80])
+def test_interrupt_after_a_reply_stalled_and_resumed(d: float) -> None:
+    # The model pauses mid-reply (a slow tool): Twilio's buffer runs dry, every mark comes back,
+    # then the same item resumes from an empty buffer.
+    for i, moment in enumerate(_moments(seed=300 + d, n=20, lo=REPLY_AT + 2000, hi=REPLY_AT + 5000)):
+        line = _line(d)
+        _speak(line, "item_A", REPLY_AT, 500, random.Random(i))
+        _speak(line, "item_A", REPLY_AT + 2000 + random.Random(i).uniform(0, FRAME_MS), 2500, random.Random(i + 1))
+
+        cut, clear_lands = _barge_in(line, moment)
+
+        heard = line.heard_ms("item_A", clear_lands)
+        if cut is None:
+            assert heard == line.playout.item_generated_ms("item_A")
+            continue
+        assert abs(cut.audio_end_ms - heard) <= TOLERANCE_MS, f"d={d} at +{moment - REPLY_AT:.0f} ms"
+        assert cut.audio_end_ms <= cut.generated_ms
+
+
+@pytest.mark.parametrize("d", [20, 60, 80])
 def test_interrupt_returns_none_once_playback_finished(d: float) -> None:
     line = _line(d)
-    marks = _speak(line, "item_A", REPLY_AT, 1000, random.Random(3))
+    marks = _speak(line, "item_A", REPLY_AT, 1000, random.Random(3)).marks
     line.run_until(REPLY_AT + 10_000)
 
     assert line.echoed[-len(marks):] == marks
@@ -236,8 +276,9 @@ def test_interrupt_just_before_the_last_echo_cuts_at_the_end_at_most() -> None:
 def test_echoes_of_cleared_marks_are_ignored(d: float) -> None:
     for i, moment in enumerate(_moments(seed=100 + d, n=10, lo=REPLY_AT + 500, hi=REPLY_AT + 2500)):
         line = _line(d)
-        _speak(line, "item_A", REPLY_AT, REPLY_MS, random.Random(i))
+        reply_a = _speak(line, "item_A", REPLY_AT, REPLY_MS, random.Random(i))
         cut, _ = _barge_in(line, moment)
+        reply_a.cancelled = True
         assert cut is not None and cut.item_id == "item_A"
         assert not line.playout.playing  # the agent is no longer speaking, as far as the bridge knows
 
@@ -283,8 +324,11 @@ def test_the_cut_names_the_reply_the_caller_was_hearing() -> None:
     # Two replies queued back to back; the caller is still in the first when they barge in.
     d = 60
     line = _line(d)
-    _speak(line, "item_A", REPLY_AT, 2000, random.Random(1))
-    _speak(line, "item_B", REPLY_AT + 200, 2000, random.Random(2))
+    reply_a = _speak(line, "item_A", REPLY_AT, 2000, random.Random(1))
+    _speak(line, "item_B", reply_a.last_send + 10, 2000, random.Random(2))
+    line.run_until(reply_a.last_send + 20)
+    assert line.now < REPLY_AT + 1000
+    assert line.playout.item_generated_ms("item_B") > 0  # both replies are queued at Twilio
 
     cut, clear_lands = _barge_in(line, REPLY_AT + 1000)
 
