@@ -5,6 +5,7 @@ five Python processes takes seconds); each test sets the simulator's scenario it
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -19,6 +20,58 @@ from dialtone_sim.realtime import RealtimeSimulator
 from dialtone_sim.twilio_api import FakeTwilioApi
 
 ACCOUNT_SID = "AC" + "0" * 31 + "1"
+HERE = Path(__file__).parent
+ROOT = HERE.parents[1]
+LAB = "+15005550096"  # all tools, long greeting, no idle prompts
+QUICK = "+15005550099"  # idle prompts after 1.5 s, two prompts
+BRIEF = "+15005550098"  # calls last at most 6 s
+ANSWERPHONE = "+15005550097"  # hangs up on voicemail
+
+TEST_AGENTS = {
+    "lab": f"""
+numbers = ["{LAB}"]
+tools = "*"
+greeting = "Welcome to the Acme laboratory line. This greeting is long on purpose, so that a caller has time to interrupt it before it ends."
+filler = "One moment, I am still checking that for you."
+[limits]
+idle_prompt_s = 0
+max_duration_s = 0
+""",
+    "quick": f"""
+numbers = ["{QUICK}"]
+greeting = "Hi, quick line."
+idle_prompt = "Are you still there?"
+goodbye = "It seems you have stepped away. Goodbye!"
+[limits]
+idle_prompt_s = 1.5
+idle_prompts = 2
+max_duration_s = 0
+""",
+    "brief": f"""
+numbers = ["{BRIEF}"]
+greeting = "Hi, brief line."
+goodbye = "We have reached our time limit for this call. Goodbye!"
+[limits]
+idle_prompt_s = 0
+max_duration_s = 6
+""",
+    "answerphone": f"""
+numbers = ["{ANSWERPHONE}"]
+voicemail = "hangup"
+[limits]
+idle_prompt_s = 0
+""",
+}
+
+
+def make_agents_dir(target: Path) -> Path:
+    """The repository's agents plus a few with settings the tests need (short limits)."""
+    shutil.copytree(ROOT / "agents", target)
+    for name, config in TEST_AGENTS.items():
+        (target / name).mkdir()
+        (target / name / "agent.toml").write_text(config)
+        (target / name / "system.md").write_text(f"You are the {name} test agent of Acme.")
+    return target
 AUTH_TOKEN = "e2e-test-auth-token-0123456789ab"
 
 
@@ -48,6 +101,8 @@ async def platform(
         twilio_auth_token=AUTH_TOKEN,
         twilio_account_sid=ACCOUNT_SID,
         twilio_api_base_url=twilio_api.base_url,
+        agents_dir=make_agents_dir(tmp_root / "agents"),
+        tools_module=str(HERE / "e2e_tools.py"),
         extra_env={"LOG_LEVEL": "INFO"},
     )
     async with p:

@@ -97,7 +97,11 @@ def load_agent(folder: Path) -> Agent:
         instructions = instructions_file.read_text().strip()
     except OSError as exc:
         raise AgentError(f"agent {folder.name}: cannot read instructions {instructions_file}: {exc}") from exc
-    limits = Limits(**raw.pop("limits", {}))
+    limits_raw = raw.pop("limits", {})
+    unknown_limits = set(limits_raw) - set(Limits.__dataclass_fields__)
+    if unknown_limits:
+        raise AgentError(f"agent {folder.name}: unknown limits {sorted(unknown_limits)}")
+    limits = Limits(**limits_raw)
     tools = raw.pop("tools", "*")
     known = set(Agent.__dataclass_fields__) - {"name", "instructions", "limits", "tools"}
     unknown = set(raw) - known

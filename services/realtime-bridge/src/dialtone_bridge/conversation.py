@@ -125,13 +125,14 @@ class Conversation:
         for run in self._tools.values():
             run.task.cancel()
 
-    async def restore(self) -> None:
-        """A new socket after a lost one: replay the conversation so far as text items, so the
-        caller keeps talking to the same agent that remembers what was said."""
-        for line in self.lines[-60:]:
-            event = rt.user_text(line.text) if line.role == "caller" else rt.assistant_text(line.text)
-            await self.s.send(event)
+    def history(self) -> list[str]:
+        """A new socket after a lost one: the conversation so far as text items, so the caller
+        keeps talking to the same agent that remembers what was said."""
         self._active = None
+        return [
+            rt.user_text(line.text) if line.role == "caller" else rt.assistant_text(line.text)
+            for line in self.lines[-60:]
+        ]
 
     def socket_lost(self) -> None:
         self._active = None

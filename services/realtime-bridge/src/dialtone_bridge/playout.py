@@ -6,9 +6,11 @@ what the caller heard, not what we sent. Echoed marks say "played up to here", b
 network trip late, so we place everything on the caller's own clock:
 
 * Inbound media timestamps are the caller's clock. Marks travel on the same ordered stream, so
-  the mark echo that follows a frame stamped ``ts`` was emitted at caller time ~``ts + 10 ms``.
-  That gives an exact anchor: byte position P had played at caller time T.
-* After an anchor, playout is continuous at 8 bytes/ms, capped by what was sent.
+  the mark echo that follows a frame stamped ``ts`` was emitted at caller time ``ts`` (within one
+  frame). That gives an anchor: byte position P had played at caller time T.
+* After an anchor, playout goes on in whole 20 ms frames, capped by what was sent. Where the
+  estimate is uncertain it errs early: telling the model the caller heard words they did not is
+  worse than the reverse.
 * A clear sent now reaches the caller one network trip later. The one-way delay comes from a probe
   mark sent while nothing is buffered: its echo returns after exactly one round trip.
 * When audio starts from an empty buffer there is no anchor yet; playout then starts when the first
@@ -98,7 +100,7 @@ class Playout:
             self._marks.popitem(last=False)
         self.played_to = max(self.played_to, pos)
         if self._have_clock:
-            self._anchor = (self._last_ts + FRAME_MS / 2, pos)
+            self._anchor = (self._last_ts, pos)
 
     @property
     def playing(self) -> bool:
@@ -111,7 +113,8 @@ class Playout:
             return self.played_to
         t_anchor, pos = self._anchor
         t = self.caller_now(wall_ms) + at_caller_in_ms
-        estimate = pos + int(max(0.0, t - t_anchor) * BYTES_PER_MS)
+        frames = int(max(0.0, t - t_anchor) // FRAME_MS)
+        estimate = pos + frames * FRAME_MS * BYTES_PER_MS
         return max(self.played_to, min(estimate, self.sent))
 
     def interrupt(self, wall_ms: float) -> Truncation | None:

@@ -172,9 +172,10 @@ class CallSession:
                 ws = await rt.open_socket(s.openai_realtime_url, s.openai_realtime_model, key)
                 await ws.send(rt.session_update(await self.conversation.session_config()))
                 await self._await_session(ws)
-                self.ws = ws
                 if restore:
-                    await self.conversation.restore()
+                    for event in self.conversation.history():
+                        await ws.send(event)
+                self.ws = ws
                 self.ready.set()
                 await self._flush_backlog()
                 return

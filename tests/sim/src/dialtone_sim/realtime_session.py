@@ -225,6 +225,10 @@ class SimSession:
 
     async def _expire(self, after_s: float) -> None:
         await asyncio.sleep(after_s)
+        await self.expire()
+
+    async def expire(self) -> None:
+        """End the session now as the real API does at 60 minutes: ``session_expired``, close 1001."""
         await self.error("session_expired", "Your session hit the maximum duration of 60 minutes.")
         assert self._ws is not None
         await self._ws.close(1001, "session_expired")
@@ -326,13 +330,13 @@ class SimSession:
         elif item["type"] == "message" and item.get("role") == "user":
             texts = [c.get("text", "") for c in item["content"] if c.get("type") == "input_text"]
             self.text_inputs += texts
+            self.usage_state["text_in"] += sum(len(t) // 4 + 1 for t in texts)
             if self.replaying and not self.input_audio:
                 # History replayed into a new session (a client restoring a lost socket): the
                 # script continues where the conversation was instead of starting over.
                 self.turn_index += 1
         elif item["type"] == "message" and item.get("role") == "assistant" and not self.input_audio:
             self.replaying = True
-            self.usage_state["text_in"] += sum(len(t) // 4 + 1 for t in texts)
         previous, self.last_item_id = self.last_item_id, item["id"]
         await self.emit({"type": "conversation.item.added", "previous_item_id": previous, "item": item})
         await self.emit({"type": "conversation.item.done", "previous_item_id": previous, "item": item})

@@ -1,0 +1,213 @@
+"""Natural conversation: barge-in, agent speaks first, fillers, races, lost sockets, DTMF."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from dialtone_dev.platform import Platform
+from dialtone_sim.realtime import RealtimeSimulator
+from dialtone_sim.scenario import Scenario, ToolCall, Turn
+from dialtone_sim.twilio_edge import SimCall, dial
+
+from .conftest import ACCOUNT_SID, AUTH_TOKEN, LAB, Admin, metric, poll
+
+pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
+
+
+async def call_lab(platform: Platform, to: str = LAB, **kwargs) -> SimCall:
+    return await dial(platform.gateway_url, AUTH_TOKEN, public_base_url=platform.public_base_url,
+                      account_sid=ACCOUNT_SID, from_="+15005550001", to=to, **kwargs)
+
+
+def common_prefix(a: bytes, b: bytes) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+async def test_barge_in_cuts_the_reply_where_the_caller_was(platform: Platform, realtime: RealtimeSimulator):
+    realtime.scenario = Scenario(turns=[Turn(caller="Sorry, one question.", agent="Of course, go ahead.")])
+    before = len(realtime.sessions)
+    call = await call_lab(platform, one_way_delay_ms=60)
+    await call.wait_heard(1500, timeout=20)  # the long greeting is playing
+    await call.say("Sorry, one question.")
+    await call.wait_quiet(timeout=20)
+    await call.hangup()
+    session = realtime.sessions[before]
+
+    assert len(call.clears) == 1 and len(session.truncations) == 1
+    item_id, audio_end_ms, _ = session.truncations[0]
+    greeting = bytes(session.output_audio[item_id])
+    heard = bytes(call.heard)
+    start = heard.find(greeting[:1600])
+    assert start >= 0
+    clear_at = call.clears[0][1]
+    played_ms = (clear_at - start) / 8
+    # The truncate point is what the caller had really played when the clear reached them.
+    print(f"barge-in: truncated at {audio_end_ms} ms, caller had played {played_ms:.0f} ms")
+    assert abs(audio_end_ms - played_ms) <= 40, (audio_end_ms, played_ms)
+    assert audio_end_ms < len(greeting) / 8
+    # After the interruption the caller heard nothing more of that reply.
+    assert common_prefix(heard[start:], greeting) <= clear_at - start
+    assert heard.find(greeting[clear_at - start + 160: clear_at - start + 960], clear_at) == -1
+    # ... and then the answer to what they said.
+    answer = bytes(session.output_audio[session.output_order[-1]])
+    assert session.output_order[-1] != item_id and heard.find(answer[:800], clear_at) >= 0
+
+
+async def test_no_clear_or_truncate_once_playback_has_finished(platform: Platform, realtime: RealtimeSimulator):
+    realtime.scenario = Scenario(turns=[Turn(caller="Thanks.", agent="You're welcome.")])
+    before = len(realtime.sessions)
+    call = await call_lab(platform, one_way_delay_ms=60)
+    await call.wait_quiet(since=0, timeout=30)  # the whole greeting played out
+    await call.say("Thanks.")
+    await call.wait_quiet(timeout=20)
+    await call.hangup()
+    assert call.clears == []
+    assert realtime.sessions[before].truncations == []
+
+
+async def test_agent_speaks_first_and_time_to_first_audio_is_recorded(
+    platform: Platform, realtime: RealtimeSimulator, admin: Admin
+):
+    realtime.scenario = Scenario(turns=[])
+    call = await call_lab(platform, to="+15005550006")
+    await call.wait_quiet(since=0, timeout=20)  # the caller says nothing at all
+    await call.hangup()
+    assert len(call.heard) > 8000
+    session = await admin.session(call.call_sid)
+    assert session["transcript"][0]["role"] == "agent"
+    assert session["transcript"][0]["text"].startswith("Thanks for calling Acme support")
+    assert 0 < session["metrics"]["first_agent_audio_ms"] < 5000
+
+
+async def test_slow_tool_gets_a_filler_then_the_answer(platform: Platform, realtime: RealtimeSimulator, admin: Admin):
+    realtime.scenario = Scenario(turns=[
+        Turn(caller="Can I have my report?", agent="Your report is ready.",
+             tools=[ToolCall("slow_report", {"seconds": 3})]),
+    ])
+    before = len(realtime.sessions)
+    call = await call_lab(platform)
+    await call.wait_quiet(since=0, timeout=30)
+    await call.say("Can I have my report?")
+    heard_before = len(call.media_received)
+    await poll(lambda: any(e.get("response", {}).get("conversation") == "none"
+                           for e in realtime.sessions[before].client_events if e["type"] == "response.create"),
+               timeout=10, what="a filler response")
+    await poll(lambda: "Your report is ready." in [e.get("transcript") for e in realtime.sessions[before].server_events
+                                                   if e["type"] == "response.output_audio_transcript.done"],
+               timeout=15, what="the answer")
+    await call.wait_quiet(since=heard_before, timeout=20)
+    await call.hangup()
+    session = await admin.session(call.call_sid)
+    agent_lines = [line["text"] for line in session["transcript"] if line["role"] == "agent"]
+    assert agent_lines[-2:] == ["One moment, I am still checking that for you.", "Your report is ready."]
+    assert session["tool_calls"][0]["name"] == "slow_report" and session["tool_calls"][0]["ok"]
+    sim = realtime.sessions[before]
+    filler, answer = (bytes(sim.output_audio[i]) for i in sim.output_order[-2:])
+    heard = bytes(call.heard)
+    assert 0 <= heard.find(filler[:800]) < heard.find(answer[:800])
+
+
+async def test_tool_result_after_the_caller_hung_up_is_dropped(platform: Platform, realtime: RealtimeSimulator, admin: Admin):
+    realtime.scenario = Scenario(turns=[
+        Turn(caller="Report please.", agent="Here it is.", tools=[ToolCall("slow_report", {"seconds": 2.5})]),
+    ])
+    before = len(realtime.sessions)
+    call = await call_lab(platform)
+    await call.wait_quiet(since=0, timeout=30)
+    await call.say("Report please.")
+    sim = realtime.sessions[before]
+    await poll(lambda: any(e["type"] == "response.function_call_arguments.done" for e in sim.server_events),
+               timeout=10, what="the tool call")
+    await call.hangup()
+    session = await admin.session(call.call_sid)
+    assert session["end_reason"] == "caller_hangup"
+    await asyncio.sleep(3)  # let the slow tool finish on the runner
+    assert sim.tool_outputs == []  # nothing was sent to a closed conversation
+    log = platform.services["realtime-bridge"].log_path.read_text()
+    assert not [line for line in log.splitlines() if call.call_sid in line and ("ERROR" in line or "Traceback" in line)]
+
+
+async def test_response_races_are_absorbed_and_other_errors_logged_and_counted(
+    platform: Platform, realtime: RealtimeSimulator, admin: Admin
+):
+    realtime.scenario = Scenario(turns=[Turn(caller="Hello there.", agent="Hello! How can I help?")])
+    metrics = f"http://127.0.0.1:{platform.ports.bridge}/metrics"
+    codes = ["conversation_already_has_active_response", "response_cancel_not_active", "server_error"]
+    counted = {c: await metric(metrics, "dialtone_bridge_realtime_errors_total", code=c) for c in codes}
+    before = len(realtime.sessions)
+    call = await call_lab(platform)
+    await call.wait_quiet(since=0, timeout=30)
+    sim = realtime.sessions[before]
+    await sim.error("conversation_already_has_active_response", "Conversation already has an active response.")
+    await sim.error("response_cancel_not_active", "Cancellation failed: no active response found")
+    await sim.emit({"type": "error", "error": {"type": "server_error", "code": "server_error",
+                                               "message": "The server had an error", "param": None, "event_id": None}})
+    await call.say("Hello there.")
+    await call.wait_quiet(timeout=20)  # the conversation went on
+    await call.hangup()
+    session = await admin.session(call.call_sid)
+    assert [line["text"] for line in session["transcript"]][-2:] == ["Hello there.", "Hello! How can I help?"]
+    for code in codes:
+        assert await metric(metrics, "dialtone_bridge_realtime_errors_total", code=code) == counted[code] + 1
+    log = platform.services["realtime-bridge"].log_path.read_text().splitlines()
+    errors = [line for line in log if call.call_sid in line and "ERROR" in line]
+    assert len(errors) == 1 and "Realtime error server_error" in errors[0]
+
+
+@pytest.mark.parametrize("how", ["session_expired", "network_drop"])
+async def test_lost_realtime_socket_is_restored_and_the_caller_keeps_talking(
+    platform: Platform, realtime: RealtimeSimulator, admin: Admin, how: str
+):
+    realtime.scenario = Scenario(turns=[
+        Turn(caller="My name is Ada.", agent="Nice to meet you, Ada."),
+        Turn(caller="What did I say my name was?", agent="You said Ada."),
+    ])
+    before = len(realtime.sessions)
+    call = await call_lab(platform, to="+15005550006")
+    await call.wait_quiet(since=0, timeout=30)
+    await call.say("My name is Ada.")
+    await call.wait_quiet(timeout=20)
+    first = realtime.sessions[before]
+    if how == "session_expired":
+        await first.expire()
+    else:
+        await realtime.drop(first)
+    await poll(lambda: len(realtime.sessions) > before + 1, timeout=10, what="a new Realtime session")
+    second = realtime.sessions[before + 1]
+    await call.say("What did I say my name was?")
+    await call.wait_quiet(timeout=20)
+    await call.hangup()
+
+    # The new socket got the same agent and the conversation so far.
+    updates = [e for e in second.client_events if e["type"] == "session.update"]
+    assert updates and updates[0]["session"]["instructions"] == \
+        [e for e in first.client_events if e["type"] == "session.update"][0]["session"]["instructions"]
+    restored = [e["item"] for e in second.client_events if e["type"] == "conversation.item.create"]
+    texts = [c.get("text") for item in restored for c in item["content"]]
+    assert "My name is Ada." in texts and "Nice to meet you, Ada." in texts
+    session = await admin.session(call.call_sid)
+    assert [(line["role"], line["text"]) for line in session["transcript"]][-4:] == [
+        ("caller", "My name is Ada."), ("agent", "Nice to meet you, Ada."),
+        ("caller", "What did I say my name was?"), ("agent", "You said Ada."),
+    ]
+    assert session["end_reason"] == "caller_hangup"
+
+
+async def test_dtmf_reaches_the_model_and_the_transcript(platform: Platform, realtime: RealtimeSimulator, admin: Admin):
+    realtime.scenario = Scenario(turns=[Turn(caller=None, agent="You chose billing.")])
+    before = len(realtime.sessions)
+    call = await call_lab(platform)
+    await call.wait_quiet(since=0, timeout=30)
+    await call.press("1")
+    await call.wait_quiet(timeout=20)
+    await call.hangup()
+    assert realtime.sessions[before].text_inputs == ["The caller pressed 1 on the keypad."]
+    session = await admin.session(call.call_sid)
+    lines = [(line["role"], line["text"], line["source"]) for line in session["transcript"]]
+    assert lines[-2:] == [("caller", "pressed 1", "dtmf"), ("agent", "You chose billing.", "speech")]
