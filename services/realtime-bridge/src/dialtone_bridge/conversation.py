@@ -24,6 +24,7 @@ from dialtone_proto.events import (
     AgentChanged,
     CallMetric,
     CallStarted,
+    CallStatus,
     OutcomeSet,
     ToolCalled,
     TranscriptLine,
@@ -107,6 +108,10 @@ class Conversation:
             variables=o.parameters,
         )
         answered_by = o.parameters.get("answered_by", "")
+        if answered_by:
+            # Who answered (answering-machine detection), as Twilio told the voice webhook.
+            self.s.events.emit(CallStatus, status="in-progress", source="bridge", answered_by=answered_by,
+                               direction=o.direction)
         if answered_by.startswith("machine") or answered_by == "fax":
             await self._voicemail(answered_by)
         elif self.agent.greeting:

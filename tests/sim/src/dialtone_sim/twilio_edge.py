@@ -379,6 +379,7 @@ async def dial(
     one_way_delay_ms: float = 0,
     sign: bool = True,
     extra_params: dict[str, str] | None = None,
+    webhook_path: str = "/twilio-voice",
 ) -> SimCall:
     """Place an inbound call against the gateway at ``base_url`` and return it streaming.
 
@@ -387,6 +388,7 @@ async def dial(
             against); defaults to ``base_url``.
         sign: send ``X-Twilio-Signature`` headers (False to test rejection).
         one_way_delay_ms: latency added to every message in each direction.
+        webhook_path: path and query of the voice webhook (an outbound call's ``url``).
 
     Raises:
         WebhookRejected: the webhook answered non-200.
@@ -398,10 +400,10 @@ async def dial(
     params = {"CallSid": call_sid, "AccountSid": account_sid, "From": from_, "To": to,
               "CallStatus": "in-progress", "Direction": "inbound", "ApiVersion": "2010-04-01",
               **(extra_params or {})}  # fmt: skip
-    webhook = (public_base_url or base_url).rstrip("/") + "/twilio-voice"
+    webhook = (public_base_url or base_url).rstrip("/") + webhook_path
     headers = {"X-Twilio-Signature": validator.compute_signature(webhook, params)} if sign else {}
     async with aiohttp.ClientSession() as http:
-        async with http.post(base_url.rstrip("/") + "/twilio-voice", data=params, headers=headers) as resp:
+        async with http.post(base_url.rstrip("/") + webhook_path, data=params, headers=headers) as resp:
             if resp.status != 200:
                 raise WebhookRejected(resp.status)
             twiml = await resp.text()
