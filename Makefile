@@ -22,7 +22,8 @@ run: install  ## start everything (embedded NATS/PostgreSQL, simulator without O
 call: install  ## place one simulated call through the running platform and print its session
 	$(UV) run --frozen python -m dialtone_dev call
 
-test: install  ## unit, integration and end-to-end tiers
+test: install  ## lint, then the unit, integration and end-to-end tiers
+	$(UV) run --frozen ruff check .
 	$(UV) run --frozen pytest
 
 test-unit: install

@@ -14,7 +14,6 @@ from typing import Any
 import aiohttp
 import pytest
 import pytest_asyncio
-
 from dialtone_dev.platform import Platform, Ports
 from dialtone_sim.realtime import RealtimeSimulator
 from dialtone_sim.twilio_api import FakeTwilioApi

@@ -3,6 +3,7 @@
 import asyncio
 
 from dialtone_tools import tool
+
 from examples.tools import *  # noqa: F403  (every example tool, as a user would extend them)
 from examples.tools import setup  # noqa: F401  (the example's table set-up hook)
 

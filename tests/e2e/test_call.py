@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from dialtone_dev.platform import Platform
 from dialtone_sim.oracle import check_client_event, check_server_event
 from dialtone_sim.realtime import RealtimeSimulator

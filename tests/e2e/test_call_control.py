@@ -7,14 +7,13 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
-
 from dialtone_dev.platform import Platform
 from dialtone_sim.realtime import RealtimeSimulator
 from dialtone_sim.scenario import Scenario, ToolCall, Turn
 from dialtone_sim.twilio_api import FakeTwilioApi
 from dialtone_sim.twilio_edge import SimCall, dial
 
-from .conftest import ACCOUNT_SID, ANSWERPHONE, AUTH_TOKEN, BRIEF, QUICK, Admin, poll
+from .conftest import ACCOUNT_SID, AUTH_TOKEN, BRIEF, QUICK, Admin, poll
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import nats
 import pytest
-
 from dialtone_dev.platform import Platform
 from dialtone_proto.contract import ContractError, check_message
 from dialtone_sim.realtime import RealtimeSimulator

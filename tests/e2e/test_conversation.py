@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-
 from dialtone_dev.platform import Platform
 from dialtone_sim.realtime import RealtimeSimulator
 from dialtone_sim.scenario import Scenario, ToolCall, Turn

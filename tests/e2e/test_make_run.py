@@ -10,7 +10,6 @@ import signal
 from pathlib import Path
 
 import pytest
-
 from dialtone_common.embedded import free_port
 
 from .conftest import poll

@@ -7,14 +7,13 @@ import signal
 
 import orjson
 import pytest
-from twilio.request_validator import RequestValidator
-from websockets.asyncio.client import connect
-
 from dialtone_common.embedded import free_port
 from dialtone_dev.platform import Platform
 from dialtone_sim.realtime import RealtimeSimulator
 from dialtone_sim.scenario import Scenario, ToolCall, Turn
 from dialtone_sim.twilio_edge import dial
+from twilio.request_validator import RequestValidator
+from websockets.asyncio.client import connect
 
 from .conftest import ACCOUNT_SID, AUTH_TOKEN, Admin, metric
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import aiohttp
 import pytest
+from dialtone_dev.platform import Platform
 from twilio.request_validator import RequestValidator
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
-
-from dialtone_dev.platform import Platform
 
 from .conftest import AUTH_TOKEN
 

@@ -7,12 +7,11 @@ import contextlib
 import logging
 
 import nats
+from dialtone_proto import STREAM_NAME, STREAM_SUBJECTS
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError
-
-from dialtone_proto import STREAM_NAME, STREAM_SUBJECTS
 
 log = logging.getLogger(__name__)
 

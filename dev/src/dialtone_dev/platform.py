@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
-
 from dialtone_common.embedded import embedded_nats, embedded_postgres, free_port
 
 ROOT = Path(__file__).resolve().parents[3]

@@ -8,19 +8,19 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
+from dialtone_common import bus
+from dialtone_proto import subjects
+from dialtone_proto.events import CallStatus, encode_event
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import PlainTextResponse, Response
 from nats.js.errors import NoStreamResponseError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from dialtone_common import bus
 from dialtone_gateway import metrics as m
 from dialtone_gateway.settings import GatewaySettings
 from dialtone_gateway.signatures import SignatureChecker
 from dialtone_gateway.streams import MediaStream
 from dialtone_gateway.twiml import connect_stream
-from dialtone_proto import subjects
-from dialtone_proto.events import CallStatus, encode_event
 
 log = logging.getLogger("dialtone.gateway")
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import uvicorn
-
 from dialtone_common import logs
+
 from dialtone_gateway.app import create_app
 from dialtone_gateway.settings import GatewaySettings
 

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field, SecretStr
-
 from dialtone_common.settings import ServiceSettings
+from pydantic import AliasChoices, Field, SecretStr
 
 
 class GatewaySettings(ServiceSettings):

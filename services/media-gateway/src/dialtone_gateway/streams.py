@@ -16,16 +16,16 @@ import time
 from collections import deque
 
 import nats.errors
+from dialtone_common.logs import CallLog
+from dialtone_proto import CallAnswer, CallOffer, subjects
+from dialtone_proto.frames import FrameError, Kind, decode_frame, encode_control, encode_frame
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from dialtone_common.logs import CallLog
 from dialtone_gateway import metrics as m
 from dialtone_gateway import twilio_protocol as tp
 from dialtone_gateway.settings import GatewaySettings
-from dialtone_proto import CallAnswer, CallOffer, subjects
-from dialtone_proto.frames import FrameError, Kind, decode_frame, encode_control, encode_frame
 
 log = logging.getLogger("dialtone.gateway.stream")
 

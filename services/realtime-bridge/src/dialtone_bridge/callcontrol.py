@@ -11,13 +11,13 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
+from dialtone_proto.events import CallStatus, CallTransferred
+from dialtone_proto.frames import Kind
+from dialtone_proto.tools import ToolAction
 from twilio.base.exceptions import TwilioRestException
 from twilio.twiml.voice_response import VoiceResponse
 
 from dialtone_bridge.settings import BridgeSettings
-from dialtone_proto.events import CallStatus, CallTransferred
-from dialtone_proto.frames import Kind
-from dialtone_proto.tools import ToolAction
 
 if TYPE_CHECKING:
     from twilio.rest import Client

@@ -8,6 +8,7 @@ has actually heard (barge-in), which tool calls a response is waiting on, and th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -15,11 +16,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import orjson
-
-from dialtone_bridge import metrics as m
-from dialtone_bridge import realtime as rt
-from dialtone_bridge.agents import Agent
-from dialtone_bridge.pricing import cost_usd
 from dialtone_proto.events import (
     AgentChanged,
     CallMetric,
@@ -32,6 +28,11 @@ from dialtone_proto.events import (
 )
 from dialtone_proto.frames import Kind
 from dialtone_proto.tools import ToolAction, ToolCallReply, ToolCallRequest, ToolSpec
+
+from dialtone_bridge import metrics as m
+from dialtone_bridge import realtime as rt
+from dialtone_bridge.agents import Agent
+from dialtone_bridge.pricing import cost_usd
 
 if TYPE_CHECKING:
     from dialtone_bridge.session import CallSession
@@ -79,6 +80,7 @@ class Conversation:
         self.lines: list[Line] = []  # what was said, for restoring a lost socket
         self._first_audio = False
         self._spoke: set[str] = set()  # responses that produced audio
+        self._quiet = asyncio.Event()  # set whenever the agent stops talking
         self.outcome: str | None = None
         self.state = "listening"
         self._catalog: dict[str, ToolSpec] = {}
@@ -246,6 +248,7 @@ class Conversation:
         elif self._queued:
             await self.request_response(self._queued.pop(0))
         elif not self.s.playout.playing:
+            self._quiet.set()
             await self.s.control.playback_finished()
 
     async def request_response(self, instructions: str | None = None, *, force: bool = False) -> None:
@@ -269,9 +272,11 @@ class Conversation:
 
     async def wait_quiet(self, timeout: float) -> None:
         """Until the agent has stopped talking (or ``timeout``)."""
-        deadline = asyncio.get_running_loop().time() + timeout
-        while self.speaking() and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.05)
+        if self.speaking():
+            self._quiet.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._quiet.wait()
 
     # ---- barge-in ------------------------------------------------------------------------
     async def _barge_in(self) -> None:
@@ -387,6 +392,7 @@ class Conversation:
     # ---- caller side ---------------------------------------------------------------------
     async def on_mark(self, name: str) -> None:
         if not self.s.playout.playing and self._active is None:
+            self._quiet.set()
             await self.s.control.playback_finished()
 
     async def on_dtmf(self, digit: str) -> None:

@@ -7,13 +7,14 @@ import logging
 import uuid
 from contextlib import AsyncExitStack
 
+from dialtone_common import bus, logs, runtime
+from dialtone_common.health import HealthServer
+
 from dialtone_bridge.agents import AgentBook
 from dialtone_bridge.service import Bridge
 from dialtone_bridge.session import BridgeContext
 from dialtone_bridge.settings import BridgeSettings
 from dialtone_bridge.toolclient import ToolClient
-from dialtone_common import bus, logs, runtime
-from dialtone_common.health import HealthServer
 
 log = logging.getLogger("dialtone.bridge")
 

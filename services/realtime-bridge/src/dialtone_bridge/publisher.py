@@ -12,10 +12,9 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
+from dialtone_proto.events import encode_event
 from nats.js import JetStreamContext
 from prometheus_client import Counter
-
-from dialtone_proto.events import encode_event
 
 EVENTS = Counter("dialtone_bridge_events_published_total", "Call events published", ["type"])
 EVENT_RETRIES = Counter("dialtone_bridge_event_publish_retries_total", "Event publish retries")

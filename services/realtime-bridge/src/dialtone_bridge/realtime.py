@@ -8,10 +8,10 @@ import base64
 from typing import Any
 
 import orjson
+from dialtone_proto.tools import ToolSpec
 from websockets.asyncio.client import ClientConnection, connect
 
 from dialtone_bridge.agents import Agent
-from dialtone_proto.tools import ToolSpec
 
 AUDIO_FORMAT = {"type": "audio/pcmu"}
 

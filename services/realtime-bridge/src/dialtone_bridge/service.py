@@ -7,14 +7,14 @@ import contextlib
 import logging
 from datetime import UTC, datetime
 
+from dialtone_proto import CallAnswer, CallOffer, subjects
+from dialtone_proto.live import LiveCall
 from nats.aio.msg import Msg
 from pydantic import ValidationError
 
 from dialtone_bridge import metrics as m
 from dialtone_bridge.agents import AgentError
 from dialtone_bridge.session import BridgeContext, CallSession
-from dialtone_proto import CallAnswer, CallOffer, subjects
-from dialtone_proto.live import LiveCall
 
 log = logging.getLogger("dialtone.bridge")
 

@@ -16,6 +16,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from dialtone_common.logs import CallLog
+from dialtone_proto import CallOffer, subjects
+from dialtone_proto.events import CallEnded
+from dialtone_proto.frames import FrameError, Kind, decode_frame, encode_control, encode_frame
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -29,10 +33,6 @@ from dialtone_bridge.playout import Playout
 from dialtone_bridge.publisher import EventPublisher
 from dialtone_bridge.settings import BridgeSettings
 from dialtone_bridge.toolclient import ToolClient
-from dialtone_common.logs import CallLog
-from dialtone_proto import CallOffer, subjects
-from dialtone_proto.events import CallEnded
-from dialtone_proto.frames import FrameError, Kind, decode_frame, encode_control, encode_frame
 
 if TYPE_CHECKING:
     from dialtone_bridge.callcontrol import TwilioControlFactory

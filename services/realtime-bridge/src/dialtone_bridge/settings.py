@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
-
 from dialtone_common.settings import ServiceSettings
+from pydantic import Field, SecretStr
 
 # USD per 1M tokens. Cached input tokens are a subset of input tokens and are billed at the cached price.
 DEFAULT_PRICES: dict[str, dict[str, float]] = {

@@ -7,11 +7,10 @@ import logging
 import time
 
 import nats.errors
-from nats.aio.client import Client
-from pydantic import ValidationError
-
 from dialtone_proto import subjects
 from dialtone_proto.tools import ToolCallReply, ToolCallRequest, ToolCatalog, ToolSpec
+from nats.aio.client import Client
+from pydantic import ValidationError
 
 log = logging.getLogger("dialtone.bridge.tools")
 

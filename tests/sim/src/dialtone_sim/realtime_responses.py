@@ -8,11 +8,11 @@ scenario rules in :mod:`.scenario`.
 from __future__ import annotations
 
 import asyncio
-import time
 import base64
 import contextlib
 import math
 import re
+import time
 from array import array
 from typing import TYPE_CHECKING, Any
 

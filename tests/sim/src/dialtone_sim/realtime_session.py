@@ -9,10 +9,10 @@ decide "is a response active?" does so synchronously, before its first ``await``
 from __future__ import annotations
 
 import asyncio
-import time
 import base64
 import copy
 import logging
+import time
 from array import array
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
