@@ -48,7 +48,7 @@ class MediaStream:
         self._out_sub = None
         self._claim_task: asyncio.Task | None = None
         self._pending = bytearray()
-        self._flush_handle: asyncio.TimerHandle | None = None
+        self._flush_task: asyncio.Task | None = None
         self._min_bytes = settings.min_chunk_ms * 8
         self._bad_logged = 0
         self._stopped = False
@@ -198,8 +198,8 @@ class MediaStream:
                 self._pending += frame.payload
                 if len(self._pending) >= self._min_bytes:
                     await self._flush(pad=False)
-                elif self._flush_handle is None:
-                    self._flush_handle = asyncio.get_running_loop().call_later(FLUSH_AFTER_S, self._flush_soon)
+                elif self._flush_task is None:
+                    self._flush_task = asyncio.create_task(self._flush_later(), name=f"flush-{self.call_id}")
             elif frame.kind is Kind.MARK:
                 await self._flush(pad=True)
                 await self._send(tp.mark(self.stream_sid, str(frame.json()["name"])), "mark")
@@ -216,14 +216,15 @@ class MediaStream:
             m.BAD_FRAMES.inc()
             self.log.warning("bad frame from the bus: %s", exc)
 
-    def _flush_soon(self) -> None:
-        self._flush_handle = None
-        asyncio.ensure_future(self._flush(pad=True))  # noqa: RUF006  (short, self-contained send)
+    async def _flush_later(self) -> None:
+        await asyncio.sleep(FLUSH_AFTER_S)
+        self._flush_task = None
+        await self._flush(pad=True)
 
     async def _flush(self, *, pad: bool) -> None:
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
-            self._flush_handle = None
+        if self._flush_task is not None and self._flush_task is not asyncio.current_task():
+            self._flush_task.cancel()
+        self._flush_task = None
         if not self._pending:
             return
         if pad and len(self._pending) < self._min_bytes:
@@ -254,8 +255,8 @@ class MediaStream:
     # ---- end -----------------------------------------------------------------------------
     async def _finish(self, reason: str) -> None:
         m.STREAMS_ACTIVE.dec()
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
+        if self._flush_task is not None:
+            self._flush_task.cancel()
         if self._claim_task is not None and not self._claim_task.done():
             self._claim_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
