@@ -1,8 +1,11 @@
 """``make bench``: N concurrent simulated calls through the whole platform.
 
 Prints the platform's added latency per audio frame in each direction (p50/p99), the CPU seconds
-each service spends per call-minute, and the frames lost. The simulators run in this process and
-stamp every frame on the same monotonic clock:
+each service spends per call-minute, and the frames lost.
+
+The simulators run in processes of their own (the Realtime simulator in one, the simulated callers
+in ``--workers`` more), so their own event loops do not inflate the figures, and they stamp every
+frame with ``time.monotonic()``, which on Linux is one clock for every process of the machine:
 
 * caller -> model: a 20 ms frame leaves the Twilio edge simulator at ``t0`` and is appended at the
   Realtime simulator at ``t1`` (matched by byte offset in the call's audio);
@@ -10,7 +13,7 @@ stamp every frame on the same monotonic clock:
   edge as one media message at ``t1`` (the bridge marks every delta, so deltas and media messages
   correspond one to one).
 
-The simulators share the machine with the services, so these are figures under that load.
+Everything shares the machine's cores with the services: these are figures under that load.
 """
 
 from __future__ import annotations
@@ -18,16 +21,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import bisect
+import multiprocessing
 import os
-import statistics
+import pickle
+import signal
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
-from dialtone_sim.realtime import RealtimeSimulator
-from dialtone_sim.scenario import Scenario, Turn
-from dialtone_sim.twilio_edge import SimCall, dial
+from dialtone_common.embedded import free_port
 
 from dialtone_dev.platform import Platform, Ports
 from dialtone_dev.settings import DevSettings
@@ -40,13 +44,71 @@ LINES = [
 ]
 
 
-def _scenario() -> Scenario:
-    return Scenario(
+@dataclass
+class CallRecord:
+    sent_audio: bytes
+    sent_times: list[float]
+    media_received: list[tuple[float, int]]
+    hung_up_at: float
+
+
+@dataclass
+class SessionRecord:
+    input_audio: bytes
+    input_times: list[tuple[float, int]]
+    output_times: list[tuple[float, int]]
+
+
+# ---- the simulator processes ---------------------------------------------------------------
+def _realtime_process(port: int, out: str, ready: multiprocessing.Event) -> None:
+    from dialtone_sim.realtime import RealtimeSimulator
+    from dialtone_sim.scenario import Scenario, Turn
+
+    scenario = Scenario(
         turns=[Turn(caller=line, agent="Sure, let me help you with that right away.") for line in LINES],
         fallback_agent="Is there anything else I can help you with today?",
     )
 
+    async def serve() -> None:
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        async with RealtimeSimulator(scenario, port=port, validate=False, speed=4.0) as sim:
+            ready.set()
+            await stop.wait()
+            records = [SessionRecord(bytes(s.input_audio), s.input_times, s.output_times) for s in sim.sessions]
+        Path(out).write_bytes(pickle.dumps(records))
 
+    asyncio.run(serve())
+
+
+def _caller_process(first: int, count: int, duration: float, target: dict, out: str) -> None:
+    from dialtone_sim.twilio_edge import dial
+
+    async def one(index: int) -> CallRecord:
+        await asyncio.sleep((index - first) * 0.05)  # stagger so the calls do not all speak on one tick
+        call = await dial(target["gateway_url"], target["token"], public_base_url=target["public_base_url"],
+                          account_sid=target["account_sid"], from_=f"+1500555{index:04d}", to="+15005550006")
+        deadline = time.monotonic() + duration
+        try:
+            await call.wait_quiet(since=0, timeout=30)
+            turn = 0
+            while time.monotonic() < deadline:
+                await call.say(LINES[turn % len(LINES)])
+                await call.wait_quiet(timeout=30)
+                turn += 1
+        finally:
+            hung_up_at = time.monotonic()
+            await call.hangup()
+        return CallRecord(bytes(call.sent_audio), call.sent_times, call.media_received, hung_up_at)
+
+    async def run() -> list:
+        return await asyncio.gather(*(one(i) for i in range(first, first + count)), return_exceptions=True)
+
+    results = asyncio.run(run())
+    Path(out).write_bytes(pickle.dumps([r if isinstance(r, CallRecord) else repr(r) for r in results]))
+
+
+# ---- figures ---------------------------------------------------------------------------------
 def _pct(values: list[float], p: float) -> float:
     if not values:
         return float("nan")
@@ -54,89 +116,102 @@ def _pct(values: list[float], p: float) -> float:
     return values[min(len(values) - 1, int(p / 100 * len(values)))]
 
 
-async def _caller(platform: Platform, index: int, duration: float) -> SimCall:
-    await asyncio.sleep(index * 0.05)  # stagger so the calls do not all speak on the same tick
-    call = await dial(platform.gateway_url, platform.twilio_auth_token, public_base_url=platform.public_base_url,
-                      account_sid=platform.twilio_account_sid, from_=f"+1500555{index:04d}", to="+15005550006")
-    deadline = time.monotonic() + duration
-    try:
-        await call.wait_quiet(since=0, timeout=30)
-        turn = 0
-        while time.monotonic() < deadline:
-            await call.say(LINES[turn % len(LINES)])
-            await call.wait_quiet(timeout=30)
-            turn += 1
-    finally:
-        await call.hangup()
-    return call
-
-
-def _inbound_latencies(call: SimCall, session) -> tuple[list[float], int]:
+def _inbound(call: CallRecord, session: SessionRecord) -> tuple[list[float], int]:
     """Per frame: Twilio edge send -> Realtime append. Returns latencies (ms) and frames lost."""
     ends = [end for _, end in session.input_times]
     times = [t for t, _ in session.input_times]
-    out = []
-    frames = len(call.sent_times)
     received = len(session.input_audio) // 160
+    out = []
     for k, sent in enumerate(call.sent_times[:received]):
         i = bisect.bisect_right(ends, k * 160)
         if i < len(times):
             out.append((times[i] - sent) * 1000)
-    return out, max(0, frames - received)
+    return out, max(0, len(call.sent_times) - received)
 
 
-def _outbound_latencies(call: SimCall, session) -> tuple[list[float], int]:
-    sent = session.output_times
-    got = call.media_received
+def _outbound(call: CallRecord, session: SessionRecord) -> tuple[list[float], int]:
+    """Per delta: Realtime send -> Twilio edge arrival. A delta sent in the last second before the
+    caller hung up may still be on its way: it is not counted as lost."""
+    sent, got = session.output_times, call.media_received
     n = min(len(sent), len(got))
-    return [(got[k][0] - sent[k][0]) * 1000 for k in range(n)], max(0, len(sent) - len(got))
+    due = sum(1 for t, _ in sent if t < call.hung_up_at - 1.0)
+    return [(got[k][0] - sent[k][0]) * 1000 for k in range(n)], max(0, due - len(got))
 
 
-async def bench(calls: int, duration: float) -> None:
+def _cpu(proc: psutil.Process) -> float:
+    times = proc.cpu_times()
+    return times.user + times.system
+
+
+async def bench(calls: int, duration: float, workers: int) -> None:
     settings = DevSettings()
-    data_dir = Path(tempfile.mkdtemp(prefix="dialtone-bench-"))
-    async with RealtimeSimulator(_scenario(), validate=False, speed=4.0) as sim:
-        platform = Platform(data_dir=data_dir, ports=Ports.free(), nats_url=settings.nats_url,
-                            database_url=settings.database_url, realtime_url=sim.url)
+    tmp = Path(tempfile.mkdtemp(prefix="dialtone-bench-"))
+    ctx = multiprocessing.get_context("spawn")
+    sim_port = free_port()
+    ready = ctx.Event()
+    sim = ctx.Process(target=_realtime_process, args=(sim_port, str(tmp / "sessions.pkl"), ready))
+    sim.start()
+    await asyncio.to_thread(ready.wait, 30)
+    platform = Platform(data_dir=tmp / "platform", ports=Ports.free(), nats_url=settings.nats_url,
+                        database_url=settings.database_url, realtime_url=f"ws://127.0.0.1:{sim_port}/v1/realtime")
+    try:
         async with platform:
             procs = {s.name: psutil.Process(s.pid) for s in platform.services.values()}
-            cpu0 = {n: sum(p.cpu_times()[:2]) for n, p in procs.items()}
-            me0 = sum(psutil.Process(os.getpid()).cpu_times()[:2])
+            cpu0 = {n: _cpu(p) for n, p in procs.items()}
+            target = {"gateway_url": platform.gateway_url, "token": platform.twilio_auth_token,
+                      "public_base_url": platform.public_base_url, "account_sid": platform.twilio_account_sid}
+            print(f"running {calls} concurrent calls for ~{duration:.0f} s each "
+                  f"({workers} caller processes, 1 Realtime simulator process) ...", flush=True)
             wall0 = time.monotonic()
-            print(f"running {calls} concurrent calls for ~{duration:.0f} s each ...", flush=True)
-            results = await asyncio.gather(*(_caller(platform, i, duration) for i in range(calls)),
-                                           return_exceptions=True)
+            share = [calls // workers + (1 if i < calls % workers else 0) for i in range(workers)]
+            callers = []
+            for i, count in enumerate(share):
+                p = ctx.Process(target=_caller_process,
+                                args=(sum(share[:i]), count, duration, target, str(tmp / f"calls-{i}.pkl")))
+                p.start()
+                callers.append(p)
+            sim_cpu0 = _cpu(psutil.Process(sim.pid))
+            for p in callers:
+                await asyncio.to_thread(p.join)
             wall = time.monotonic() - wall0
             await asyncio.sleep(1.0)
-            cpu = {n: sum(p.cpu_times()[:2]) - cpu0[n] for n, p in procs.items()}
-            me = sum(psutil.Process(os.getpid()).cpu_times()[:2]) - me0
+            cpu = {n: _cpu(p) - cpu0[n] for n, p in procs.items()}
+            sim_cpu = _cpu(psutil.Process(sim.pid)) - sim_cpu0
+    finally:
+        if sim.is_alive():
+            os.kill(sim.pid, signal.SIGTERM)
+        await asyncio.to_thread(sim.join, 30)
 
-    ok = [r for r in results if isinstance(r, SimCall)]
-    failed = [r for r in results if not isinstance(r, SimCall)]
+    results = [r for i in range(workers) for r in pickle.loads((tmp / f"calls-{i}.pkl").read_bytes())]
+    sessions: list[SessionRecord] = pickle.loads((tmp / "sessions.pkl").read_bytes())
+    ok = [r for r in results if isinstance(r, CallRecord)]
+    failed = [r for r in results if not isinstance(r, CallRecord)]
     inbound: list[float] = []
     outbound: list[float] = []
     lost_in = lost_out = 0
-    unmatched = list(sim.sessions)
+    by_audio: dict[bytes, list[SessionRecord]] = {}
+    for s in sessions:
+        by_audio.setdefault(s.input_audio, []).append(s)
     for call in ok:
-        session = next((s for s in unmatched if bytes(s.input_audio[:len(call.sent_audio)]) == bytes(call.sent_audio)
-                        or bytes(call.sent_audio).startswith(bytes(s.input_audio))), None)
-        if session is None:
+        # Identical audio means identical calls: any one-to-one pairing measures the same thing.
+        candidates = by_audio.get(call.sent_audio) or []
+        if not candidates:
             lost_in += len(call.sent_times)
             continue
-        unmatched.remove(session)
-        lat, lost = _inbound_latencies(call, session)
-        inbound += lat
+        session = candidates.pop()
+        latencies, lost = _inbound(call, session)
+        inbound += latencies
         lost_in += lost
-        lat, lost = _outbound_latencies(call, session)
-        outbound += lat
+        latencies, lost = _outbound(call, session)
+        outbound += latencies
         lost_out += lost
     call_minutes = sum(len(c.sent_times) * 0.02 for c in ok) / 60
     print()
     print(f"Dialtone bench: {len(ok)} calls completed, {len(failed)} failed, {call_minutes:.1f} call-minutes, "
           f"{wall:.1f} s wall, {os.cpu_count()} cores")
     for error in failed[:3]:
-        print(f"  failure: {error!r}")
-    print("Added latency per audio frame (ms):")
+        print(f"  failure: {error}")
+    print("Added latency per audio frame (ms), simulator to simulator through all services:")
     print(f"  caller -> model : p50 {_pct(inbound, 50):6.2f}   p99 {_pct(inbound, 99):6.2f}   ({len(inbound)} frames)")
     print(f"  model -> caller : p50 {_pct(outbound, 50):6.2f}   p99 {_pct(outbound, 99):6.2f}   ({len(outbound)} chunks)")
     print(f"Frames lost: caller -> model {lost_in}, model -> caller {lost_out}")
@@ -145,14 +220,13 @@ async def bench(calls: int, duration: float) -> None:
         print(f"  {name:<18} {seconds / max(call_minutes, 1e-9):7.3f}   ({seconds:.1f} s)")
     total = sum(cpu.values())
     print(f"  {'platform total':<18} {total / max(call_minutes, 1e-9):7.3f}   ({total:.1f} s)")
-    print(f"  {'(simulators)':<18} {me / max(call_minutes, 1e-9):7.3f}   ({me:.1f} s, not part of the platform)")
-    if inbound:
-        print(f"  mean caller->model {statistics.mean(inbound):.2f} ms")
+    print(f"  {'(Realtime sim)':<18} {sim_cpu / max(call_minutes, 1e-9):7.3f}   ({sim_cpu:.1f} s, not the platform)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="dialtone bench")
     parser.add_argument("--calls", type=int, default=50)
     parser.add_argument("--duration", type=float, default=20.0, help="seconds each call lasts (about)")
+    parser.add_argument("--workers", type=int, default=2, help="processes running the simulated callers")
     args = parser.parse_args()
-    asyncio.run(bench(args.calls, args.duration))
+    asyncio.run(bench(args.calls, args.duration, max(1, args.workers)))
