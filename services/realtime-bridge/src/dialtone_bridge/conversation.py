@@ -248,8 +248,7 @@ class Conversation:
         elif self._queued:
             await self.request_response(self._queued.pop(0))
         elif not self.s.playout.playing:
-            self._quiet.set()
-            await self.s.control.playback_finished()
+            self._settled()
 
     async def request_response(self, instructions: str | None = None, *, force: bool = False) -> None:
         """Ask the model to speak, unless a response is already running (then after it).
@@ -262,6 +261,12 @@ class Conversation:
         self._active = "pending"  # until response.created names it: no second create in between
         if not await self.s.send(rt.response_create(instructions)):
             self._active = None
+
+    def _settled(self) -> None:
+        """The agent fell quiet. What follows (an idle timer, a REST hang-up) runs as its own task,
+        so neither the caller's audio nor the model's events wait on Twilio's API."""
+        self._quiet.set()
+        self.s.spawn(self.s.control.playback_finished(), "settled")
 
     def busy(self) -> bool:
         """The agent is talking or working: not a moment to prompt an idle caller."""
@@ -392,8 +397,7 @@ class Conversation:
     # ---- caller side ---------------------------------------------------------------------
     async def on_mark(self, name: str) -> None:
         if not self.s.playout.playing and self._active is None:
-            self._quiet.set()
-            await self.s.control.playback_finished()
+            self._settled()
 
     async def on_dtmf(self, digit: str) -> None:
         item_id = f"dtmf_{uuid.uuid4().hex[:16]}"
