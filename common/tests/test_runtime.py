@@ -6,7 +6,6 @@ import asyncio
 from pathlib import Path
 
 import pytest
-
 from dialtone_common.db import migration_files
 from dialtone_common.health import HealthServer
 
