@@ -20,13 +20,13 @@ def scenario() -> Scenario:
         turns=[
             Turn(
                 caller=CALLER_LINES[0],
-                agent="I found your account, Ada. You're on the Pro plan and your balance is zero.",
+                agent="I found your account, Ada. You're on the Pro plan, with a balance of forty-two fifty.",
                 tools=[ToolCall("lookup_customer", {"phone": CALLER})],
             ),
             Turn(
                 caller=CALLER_LINES[1],
-                agent="Yes, order A1001 shipped yesterday and should arrive tomorrow.",
-                tools=[ToolCall("check_order_status", {"order_id": "A1001"})],
+                agent="Yes, your latest order, A1002, has shipped and is on its way.",
+                tools=[ToolCall("check_order_status", {"order_id": "A1002"})],
             ),
             Turn(
                 caller=CALLER_LINES[2],
