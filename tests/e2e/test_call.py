@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from dialtone_dev.platform import Platform
 from dialtone_sim.oracle import check_client_event, check_server_event
@@ -50,6 +52,8 @@ async def test_three_turn_call_yields_one_complete_session(platform: Platform, r
     realtime.scenario = SCENARIO
     before = len(realtime.sessions)
     call = await converse(platform, LINES)
+    # The bridge closed the model's socket as soon as the caller hung up (it bills while open).
+    await asyncio.wait_for(realtime.sessions[before].closed.wait(), 1.0)
     session = await admin.session(call.call_sid)
 
     # One session for the call, listed by GET /sessions.
