@@ -74,6 +74,10 @@ class CallControl:
         self.hangup_pending: str | None = None  # why we will hang up once the goodbye has played
         self.goodbye_said = False
         self.transferring = False
+        self.caller_speaking = False
+        self.ending: str | None = None  # set before we end the call through Twilio
+        self.hung_up = False
+        self._op: asyncio.Task | None = None  # a hang-up or transfer in flight
         self._idle_task: asyncio.Task | None = None
         self._prompts = 0
         self._limit_task: asyncio.Task | None = None
@@ -91,10 +95,14 @@ class CallControl:
 
     def speech_started(self) -> None:
         """The caller spoke: they are not idle."""
+        self.caller_speaking = True
         self._prompts = 0
         if self._idle_task is not None:
             self._idle_task.cancel()
             self._idle_task = None
+
+    def speech_stopped(self) -> None:
+        self.caller_speaking = False
 
     async def playback_finished(self) -> None:
         """Everything the agent said has played at the caller, and no response is running."""
@@ -102,8 +110,8 @@ class CallControl:
             if self.goodbye_said:
                 await self.hang_up(self.hangup_pending)
             return
-        if self.transferring or self.s.ended.is_set():
-            return
+        if self.transferring or self.s.ended.is_set() or self.caller_speaking:
+            return  # (a caller who is talking is not idle; their turn will bring a response)
         limits = self.s.conversation.agent.limits
         if limits.idle_prompt_s > 0 and self._idle_task is None:
             self._idle_task = self.s.spawn(self._idle(limits.idle_prompt_s), "idle")
@@ -111,7 +119,7 @@ class CallControl:
     async def _idle(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
         self._idle_task = None
-        if self.s.conversation.busy() or self.hangup_pending:
+        if self.s.conversation.busy() or self.hangup_pending or self.caller_speaking:
             return
         agent = self.s.conversation.agent
         if self._prompts >= agent.limits.idle_prompts:
@@ -120,7 +128,7 @@ class CallControl:
             return
         self._prompts += 1
         self.log.info("caller silent for %.0f s: prompt %d", seconds, self._prompts)
-        await self.s.conversation.request_response(f'Say exactly: "{agent.idle_prompt}"')
+        await self.s.conversation.request_response(f'Say exactly: "{agent.idle_prompt}"', purpose="prompt")
 
     def _pending(self, reason: str) -> None:
         self.hangup_pending, self.goodbye_said = reason, False
@@ -138,10 +146,10 @@ class CallControl:
             return
         self._pending(reason)
         words = text or self.s.conversation.agent.goodbye
-        await self.s.conversation.request_response(f'Say exactly: "{words}"', force=True)
+        await self.s.conversation.request_response(f'Say exactly: "{words}"', purpose="goodbye", force=True)
 
-    def response_spoken(self) -> None:
-        """A response with audio finished while a hang-up waits: that was the goodbye."""
+    def goodbye_done(self) -> None:
+        """The goodbye (the response asked for it, or the one that ended the call) has been said."""
         if self.hangup_pending:
             self.goodbye_said = True
 
@@ -159,6 +167,7 @@ class CallControl:
             await self.transfer(action.detail)
 
     async def transfer(self, reason: str | None) -> None:
+        self._op = asyncio.current_task()
         agent = self.s.conversation.agent
         target = agent.transfer_number
         if not target:
@@ -170,12 +179,13 @@ class CallControl:
         self.s.events.emit(CallTransferred, target=target, agent=agent.name)
         twiml = VoiceResponse()
         twiml.dial(target)
+        self.ending = "transferred"
         if self.twilio is not None:
             try:
                 await self.twilio.redirect(self.s.call_id, str(twiml))
             except Exception as exc:
                 self.log.error("transfer to %s failed: %s", target, exc)
-                self.transferring = False
+                self.transferring, self.ending = False, None
                 return
         self.log.info("transferred to %s (%s)", target, reason)
         self.s.events.emit(CallStatus, status="transferred", source="bridge")
@@ -183,8 +193,9 @@ class CallControl:
 
     async def hang_up(self, reason: str) -> None:
         """End the call on Twilio's side (REST), then our side."""
-        if self.s.ended.is_set():
+        if self.s.ended.is_set() or self.hung_up:
             return
+        self.hung_up, self.ending, self._op = True, reason, asyncio.current_task()
         if self.twilio is not None:
             # Closing the media socket does not end a Twilio call: only REST does.
             try:
@@ -196,3 +207,30 @@ class CallControl:
         await self.s.send_frame(Kind.HANGUP, {"reason": reason})
         self.s.events.emit(CallStatus, status="completed", source="bridge")
         self.s.end(reason)
+
+    def stream_stopped(self, reason: str) -> None:
+        """The media stream ended. If we are ending the call ourselves, the stop is its echo: let
+        the hang-up or transfer finish and keep its reason."""
+        op = self._op
+        if op is not None and not op.done() and op is not asyncio.current_task():
+            self.s.spawn(self._end_after(op, reason), "end-after")
+        else:
+            self.s.end(self.ending or reason)
+
+    async def _end_after(self, op: asyncio.Task, reason: str) -> None:
+        await asyncio.wait([op], timeout=5)
+        self.s.end(self.ending or reason)
+
+    async def release_line(self, reason: str) -> None:
+        """The bridge is giving the call up (shutdown, failure): free the caller's line rather than
+        leave them in silence."""
+        if self.hung_up or self.transferring:
+            return
+        self.hung_up = True
+        if self.twilio is not None:
+            try:
+                async with asyncio.timeout(5):
+                    await self.twilio.hang_up(self.s.call_id)
+            except Exception as exc:
+                self.log.error("REST hang-up on %s failed: %s", reason, exc)
+        await self.s.send_frame(Kind.HANGUP, {"reason": reason})

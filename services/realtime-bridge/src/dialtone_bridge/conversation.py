@@ -12,7 +12,7 @@ import contextlib
 import logging
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -33,6 +33,7 @@ from dialtone_bridge import metrics as m
 from dialtone_bridge import realtime as rt
 from dialtone_bridge.agents import Agent
 from dialtone_bridge.pricing import cost_usd
+from dialtone_bridge.responses import Purpose, Request, Responses
 
 if TYPE_CHECKING:
     from dialtone_bridge.session import CallSession
@@ -58,13 +59,6 @@ class ToolRun:
     task: asyncio.Task
 
 
-@dataclass
-class Pending:
-    """Tool calls of one response, answered together once the response is done."""
-
-    runs: list[ToolRun] = field(default_factory=list)
-
-
 class Conversation:
     def __init__(self, session: CallSession, agent: Agent) -> None:
         self.s = session
@@ -74,8 +68,8 @@ class Conversation:
         self._agent_text: dict[str, str] = {}
         self._truncated: set[str] = set()
         self._cancelled: set[str] = set()
-        self._active: str | None = None  # the response in progress
-        self._queued: list[str | None] = []  # responses to ask for once the active one is done
+        self.responses = Responses()
+        self._oob_items: set[str] = set()  # items of out-of-band responses (fillers)
         self._tools: dict[str, ToolRun] = {}  # tool call_id -> run
         self.lines: list[Line] = []  # what was said, for restoring a lost socket
         self._first_audio = False
@@ -84,6 +78,7 @@ class Conversation:
         self.outcome: str | None = None
         self.state = "listening"
         self._catalog: dict[str, ToolSpec] = {}
+        self.voice = agent.voice  # fixed once the caller has heard it, even across handoffs
 
     # ---- session -------------------------------------------------------------------------
     async def session_config(self) -> dict[str, Any]:
@@ -94,7 +89,10 @@ class Conversation:
             self.log.warning("agent %s names tools the runners do not offer: %s", self.agent.name, missing)
         self._catalog = {n: catalog[n] for n in names}
         s = self.s.ctx.settings
-        return rt.session_config(self.agent, list(self._catalog.values()), s.openai_realtime_model, s.transcription_model)
+        session = rt.session_config(self.agent, list(self._catalog.values()), s.openai_realtime_model,
+                                    s.transcription_model)
+        session["audio"]["output"]["voice"] = self.voice
+        return session
 
     async def started(self) -> None:
         o = self.s.offer
@@ -117,7 +115,8 @@ class Conversation:
         if answered_by.startswith("machine") or answered_by == "fax":
             await self._voicemail(answered_by)
         elif self.agent.greeting:
-            await self.request_response(f'Greet the caller by saying exactly: "{self.agent.greeting}"')
+            await self.request_response(f'Greet the caller by saying exactly: "{self.agent.greeting}"',
+                                        purpose="greeting")
 
     async def _voicemail(self, answered_by: str) -> None:
         """An answering machine picked up: leave the agent's message, or hang up, as it says."""
@@ -126,7 +125,7 @@ class Conversation:
             await self.s.control.say_goodbye("voicemail_left", self.agent.voicemail_message)
         else:
             self.log.info("voicemail (%s): hanging up", answered_by)
-            await self.s.control.hang_up("voicemail_hangup")
+            self.s.spawn(self.s.control.hang_up("voicemail_hangup"), "hang-up")
 
     def finished(self) -> None:
         for run in self._tools.values():
@@ -135,14 +134,14 @@ class Conversation:
     def history(self) -> list[str]:
         """A new socket after a lost one: the conversation so far as text items, so the caller
         keeps talking to the same agent that remembers what was said."""
-        self._active = None
+        self.responses.reset()
         return [
             rt.user_text(line.text) if line.role == "caller" else rt.assistant_text(line.text)
             for line in self.lines[-60:]
         ]
 
     def socket_lost(self) -> None:
-        self._active = None
+        self.responses.reset()
 
     # ---- ordering ------------------------------------------------------------------------
     def _place(self, item_id: str) -> int:
@@ -151,9 +150,10 @@ class Conversation:
             seq = self._order[item_id] = len(self._order)
         return seq
 
-    def _line(self, item_id: str, role: str, text: str, **extra: Any) -> None:
+    def _line(self, item_id: str, role: str, text: str, *, remember: bool = True, **extra: Any) -> None:
         seq = self._place(item_id)
-        self.lines.append(Line(seq, role, text))
+        if remember:
+            self.lines.append(Line(seq, role, text))
         self.s.events.emit(TranscriptLine, item_id=item_id, seq=seq, role=role, text=text, agent=self.agent.name, **extra)
 
     # ---- server events -------------------------------------------------------------------
@@ -169,10 +169,16 @@ class Conversation:
                 self.s.events.emit(CallMetric, name="first_agent_audio_ms", value=round(elapsed, 1))
             self.state = "speaking"
             self._spoke.add(ev.get("response_id", ""))
+            if self.responses.purpose_of(ev.get("response_id", "")) == "filler":
+                self._oob_items.add(ev["item_id"])
             await self.s.play(ev["item_id"], ev["delta"])
+        elif kind == "response.output_audio.done":
+            await self.s.flush_audio(ev["item_id"])
         elif kind == "input_audio_buffer.speech_started":
             self.s.control.speech_started()
             await self._barge_in()
+        elif kind == "input_audio_buffer.speech_stopped":
+            self.s.control.speech_stopped()
         elif kind == "input_audio_buffer.committed":
             self._place(ev["item_id"])
         elif kind == "conversation.item.added":
@@ -180,12 +186,15 @@ class Conversation:
         elif kind == "conversation.item.input_audio_transcription.completed":
             await self._caller_said(ev)
         elif kind == "response.created":
-            self._active = ev["response"]["id"]
+            self.responses.created(ev["response"]["id"])
             self.state = "speaking"
         elif kind == "response.output_audio_transcript.done":
             self._agent_text[ev["item_id"]] = ev.get("transcript") or ""
-        elif kind == "response.function_call_arguments.done":
-            self._start_tool(ev["call_id"], ev["name"], ev.get("arguments") or "", ev.get("item_id"))
+        elif kind == "response.output_item.done":
+            item = ev.get("item") or {}
+            # Arguments are final only in a completed item: a cancelled response may cut them off.
+            if item.get("type") == "function_call" and item.get("status") == "completed":
+                self._start_tool(item["call_id"], item["name"], item.get("arguments") or "", item.get("id"))
         elif kind == "response.done":
             await self._response_done(ev["response"])
         elif kind == "error":
@@ -194,8 +203,7 @@ class Conversation:
     def _error(self, error: dict[str, Any]) -> None:
         code = str(error.get("code") or error.get("type") or "unknown")
         m.REALTIME_ERRORS.labels(code).inc()
-        if self._active == "pending":
-            self._active = None  # our response.create was refused; do not wait for it forever
+        self.responses.refused(error.get("event_id"), code)
         if code in BENIGN_ERRORS:
             # A race with the server's own turn-taking: the conversation simply goes on.
             self.log.info("Realtime race (%s) ignored", code)
@@ -215,8 +223,8 @@ class Conversation:
 
     async def _response_done(self, response: dict[str, Any]) -> None:
         rid = response.get("id", "")
-        if self._active in (rid, "pending"):
-            self._active = None
+        request = self.responses.done(rid)
+        purpose = request.purpose if request else "reply"
         self.state = "listening"
         status = response.get("status")
         if usage := response.get("usage"):
@@ -233,34 +241,52 @@ class Conversation:
                     text = " ".join(c.get("transcript") or c.get("text") or "" for c in item.get("content") or [])
                 if text.strip():
                     interrupted = status == "cancelled" or item["id"] in self._truncated
-                    self._line(item["id"], "agent", text.strip(), interrupted=interrupted)
+                    # A filler was heard, so it is in the transcript, but the model never had it.
+                    self._line(item["id"], "agent", text.strip(), interrupted=interrupted,
+                               remember=purpose != "filler")
             elif item.get("type") == "function_call":
-                run = self._tools.get(item["call_id"]) or self._start_tool(
-                    item["call_id"], item["name"], item.get("arguments") or "", item.get("id")
-                )
-                calls.append(run)
+                if status == "completed":
+                    calls.append(self._tools.get(item["call_id"]) or self._start_tool(
+                        item["call_id"], item["name"], item.get("arguments") or "", item.get("id")))
+                elif run := self._tools.pop(item["call_id"], None):
+                    run.task.cancel()  # the response was cut short: its tool call never happened
         spoke = rid in self._spoke
         self._spoke.discard(rid)
-        if spoke and not calls:
-            self.s.control.response_spoken()
-        if calls and status == "completed":
+        if spoke and purpose == "goodbye":
+            self.s.control.goodbye_done()
+        if not self.s.playout.playing:
+            self._quiet.set()
+        if calls:
             self.s.spawn(self._answer_tools(calls, spoke), "tools")
-        elif self._queued:
-            await self.request_response(self._queued.pop(0))
+        elif self.responses.queue:
+            await self._send_next()
         elif not self.s.playout.playing:
             self._settled()
 
-    async def request_response(self, instructions: str | None = None, *, force: bool = False) -> None:
+    async def request_response(self, instructions: str | None = None, *, purpose: Purpose = "reply",
+                               force: bool = False) -> None:
         """Ask the model to speak, unless a response is already running (then after it).
-        ``force`` asks even after end_call (the goodbye itself)."""
+        ``force`` asks even after the goodbye (the goodbye itself)."""
         if self.s.control.suppress_response() and not force:
             return
-        if self._active is not None:
-            self._queued.append(instructions)
+        request = Request(instructions, purpose, force)
+        if self.responses.active is not None:
+            self.responses.queue.append(request)
             return
-        self._active = "pending"  # until response.created names it: no second create in between
-        if not await self.s.send(rt.response_create(instructions)):
-            self._active = None
+        await self._send(request)
+
+    async def _send(self, request: Request) -> None:
+        event_id = self.responses.sending(request)
+        event = rt.response_create(request.instructions, out_of_band=request.out_of_band, event_id=event_id)
+        if not await self.s.send(event):
+            self.responses.send_failed(event_id)
+
+    async def _send_next(self) -> None:
+        while self.responses.queue and self.responses.active is None:
+            request = self.responses.queue.popleft()
+            if self.s.control.suppress_response() and not request.force:
+                continue
+            await self._send(request)
 
     def _settled(self) -> None:
         """The agent fell quiet. What follows (an idle timer, a REST hang-up) runs as its own task,
@@ -270,10 +296,10 @@ class Conversation:
 
     def busy(self) -> bool:
         """The agent is talking or working: not a moment to prompt an idle caller."""
-        return self._active is not None or bool(self._tools) or self.s.playout.playing
+        return self.speaking() or bool(self._tools) or bool(self.responses.queue)
 
     def speaking(self) -> bool:
-        return self._active is not None or self.s.playout.playing
+        return self.responses.active is not None or self.s.playout.playing
 
     async def wait_quiet(self, timeout: float) -> None:
         """Until the agent has stopped talking (or ``timeout``)."""
@@ -285,13 +311,16 @@ class Conversation:
 
     # ---- barge-in ------------------------------------------------------------------------
     async def _barge_in(self) -> None:
+        self.s.drop_audio()
         cut = self.s.playout.interrupt(self.s.clock.ms())
         if cut is None:
             return  # playback had finished: nothing to clear or truncate
         m.BARGE_INS.inc()
-        if self._active:
-            self._cancelled.add(self._active)
+        if self.responses.active:
+            self._cancelled.add(self.responses.active)
         await self.s.send_frame(Kind.CLEAR)
+        if cut.item_id in self._oob_items:
+            return  # a filler is not in the conversation: there is nothing to truncate
         self._truncated.add(cut.item_id)
         await self.s.send(rt.truncate(cut.item_id, cut.audio_end_ms))
         self.log.info(
@@ -353,20 +382,19 @@ class Conversation:
         if control.hangup_pending and not control.goodbye_said:
             if spoke:
                 # The model said its goodbye in the response that ended the call.
-                control.response_spoken()
+                control.goodbye_done()
                 if not self.speaking():
-                    await control.playback_finished()
+                    self._settled()
                 return
-            await self.request_response(force=True)  # let it say goodbye first
+            await self.request_response(purpose="goodbye", force=True)  # let it say goodbye first
             return
         await self.request_response()
 
     async def _filler_after(self, delay: float) -> None:
         await asyncio.sleep(delay)
-        if self._active is None and not self.s.ended.is_set():
+        if self.responses.active is None and not self.s.ended.is_set():
             self.log.info("tool still running after %.1f s: filler", delay)
-            # Out of band: the filler is heard but does not become part of the conversation.
-            await self.s.send(rt.response_create(f'Say exactly: "{self.agent.filler}"', out_of_band=True))
+            await self._send(Request(f'Say exactly: "{self.agent.filler}"', "filler"))
 
     async def _apply(self, action: ToolAction) -> None:
         if action.action == "set_outcome" and action.value:
@@ -387,16 +415,14 @@ class Conversation:
             self.log.warning("agent %s may not hand off to %s", self.agent.name, to_agent)
             return
         previous, self.agent = self.agent, agents[to_agent]
-        session = await self.session_config()
-        # The voice cannot change once audio was produced: keep the one the caller already hears.
-        session["audio"]["output"]["voice"] = previous.voice
-        await self.s.send(rt.session_update(session))
+        # session_config keeps the voice: it cannot change once the caller has heard it.
+        await self.s.send(rt.session_update(await self.session_config()))
         self.s.events.emit(AgentChanged, from_agent=previous.name, to_agent=to_agent)
         self.log.info("handoff %s -> %s", previous.name, to_agent)
 
     # ---- caller side ---------------------------------------------------------------------
     async def on_mark(self, name: str) -> None:
-        if not self.s.playout.playing and self._active is None:
+        if not self.s.playout.playing and self.responses.active is None:
             self._settled()
 
     async def on_dtmf(self, digit: str) -> None:

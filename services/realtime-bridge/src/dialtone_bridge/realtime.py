@@ -94,9 +94,13 @@ def assistant_text(text: str, item_id: str | None = None) -> str:
     return orjson.dumps({"type": "conversation.item.create", "item": item}).decode()
 
 
-def response_create(instructions: str | None = None, *, out_of_band: bool = False) -> str:
+def response_create(instructions: str | None = None, *, out_of_band: bool = False, event_id: str | None = None) -> str:
     """Ask for a response. ``instructions`` steer this one response (greeting, filler, goodbye);
-    ``out_of_band`` keeps it out of the conversation (a filler while a tool runs)."""
+    ``out_of_band`` keeps it out of the conversation (a filler while a tool runs); ``event_id``
+    lets an ``error`` be matched to this request."""
+    event: dict[str, Any] = {"type": "response.create"}
+    if event_id:
+        event["event_id"] = event_id
     response: dict[str, Any] = {}
     if instructions:
         response["instructions"] = instructions
@@ -104,9 +108,9 @@ def response_create(instructions: str | None = None, *, out_of_band: bool = Fals
         response["conversation"] = "none"
         response["output_modalities"] = ["audio"]
         response["tool_choice"] = "none"
-    if not response:
-        return '{"type":"response.create"}'
-    return orjson.dumps({"type": "response.create", "response": response}).decode()
+    if response:
+        event["response"] = response
+    return orjson.dumps(event).decode()
 
 
 def response_cancel() -> str:

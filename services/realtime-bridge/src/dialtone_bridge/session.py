@@ -41,6 +41,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("dialtone.bridge.call")
 
 BACKLOG_BYTES = 8000 * 30  # 30 s of caller audio kept while the model socket (re)connects
+MIN_CHUNK = 320  # agent audio goes to the gateway in chunks of at least 40 ms (each then marked)
+STREAM_SILENT_S = 10.0  # Twilio sends media every 20 ms: this long without a frame, the stream is gone
+# Ends after which the caller may still be on the line: the bridge must free it.
+LINE_STILL_OPEN = {"bridge_shutdown", "bridge_error", "stream_lost", "realtime_unavailable", "realtime_lost"}
 
 
 @dataclass
@@ -87,6 +91,8 @@ class CallSession:
         self._sub = None
         self._out_seq = 0
         self._tasks: set[asyncio.Task] = set()
+        self._pending_audio: tuple[str, bytearray] | None = None  # (item, bytes) not yet 40 ms
+        self._last_frame = time.monotonic()
         self.conversation: Conversation = Conversation(self, agent)
         self.control = CallControl(self, ctx.twilio)
 
@@ -110,16 +116,30 @@ class CallSession:
             except RealtimeUnavailable as exc:
                 self.log.error("could not reach the Realtime API: %s", exc)
                 self.end("realtime_unavailable")
-                await self.send_frame(Kind.HANGUP, {"reason": "realtime_unavailable"})
                 return
-            reader = self.spawn(self._read_loop(), "reader")
+            self.spawn(self._read_loop(), "reader")
+            self.spawn(self._watch_stream(), "watchdog")
             self.control.start()
             await self.conversation.started()
             await self.ended.wait()
-            reader.cancel()
+        except Exception:
+            self.log.exception("call failed")
+            self.end("bridge_error")
         finally:
+            if self.end_reason in LINE_STILL_OPEN:
+                with contextlib.suppress(Exception):
+                    await self.control.release_line(self.end_reason)
             await self._teardown()
             m.CALLS_ACTIVE.dec()
+
+    async def _watch_stream(self) -> None:
+        """A stream that stopped sending media without a stop (a gateway that died) ends the call."""
+        while True:
+            await asyncio.sleep(STREAM_SILENT_S / 4)
+            if time.monotonic() - self._last_frame > STREAM_SILENT_S:
+                self.log.warning("no media from the gateway for %.0f s: ending the call", STREAM_SILENT_S)
+                self.end("stream_lost")
+                return
 
     def end(self, reason: str) -> None:
         """End the call (idempotent). The socket is closed at once by ``run``'s teardown."""
@@ -138,6 +158,8 @@ class CallSession:
         self._tasks.discard(task)
         if not task.cancelled() and (exc := task.exception()) is not None:
             self.log.error("task %s failed: %r", task.get_name(), exc, exc_info=exc)
+            if task.get_name().startswith("reader-"):
+                self.end("bridge_error")  # without its reader the call would be silent forever
 
     async def _teardown(self) -> None:
         ws, self.ws = self.ws, None
@@ -168,6 +190,7 @@ class CallSession:
         for attempt in range(s.connect_attempts):
             if self.ended.is_set():
                 return
+            ws = None
             try:
                 ws = await rt.open_socket(s.openai_realtime_url, s.openai_realtime_model, key)
                 await ws.send(rt.session_update(await self.conversation.session_config()))
@@ -175,15 +198,20 @@ class CallSession:
                 if restore:
                     for event in self.conversation.history():
                         await ws.send(event)
-                self.ws = ws
+                self.ws, ws = ws, None
                 self.ready.set()
                 await self._flush_backlog()
                 return
-            except (OSError, InvalidHandshake, InvalidStatus, ConnectionClosed, TimeoutError, RealtimeUnavailable) as exc:
+            except (OSError, InvalidHandshake, InvalidStatus, ConnectionClosed, TimeoutError, RealtimeUnavailable,
+                    ValueError) as exc:
                 last = exc
                 self.log.warning("Realtime connect attempt %d failed: %s", attempt + 1, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+            finally:
+                if ws is not None:  # a socket that was not handed over must not linger (and bill)
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(ws.close(), 1.0)
         raise RealtimeUnavailable(str(last))
 
     async def _await_session(self, ws: ClientConnection) -> None:
@@ -217,7 +245,12 @@ class CallSession:
                         continue
                     if event.get("type") == "error" and (event.get("error") or {}).get("code") == "session_expired":
                         cause = "session_expired"
-                    await self.conversation.on_event(event)
+                    try:
+                        await self.conversation.on_event(event)
+                    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                        # One event we cannot use must not end the conversation.
+                        m.REALTIME_ERRORS.labels("bad_event").inc()
+                        self.log.error("could not handle %s event: %r", event.get("type"), exc)
             except ConnectionClosed as exc:
                 cause = cause if cause != "closed" else f"closed {exc.rcvd.code if exc.rcvd else 'abnormally'}"
             if self.ended.is_set():
@@ -232,7 +265,6 @@ class CallSession:
             except RealtimeUnavailable as exc:
                 self.log.error("Realtime socket could not be restored: %s", exc)
                 self.end("realtime_lost")
-                await self.send_frame(Kind.HANGUP, {"reason": "realtime_lost"})
                 return
 
     async def send(self, event: str) -> bool:
@@ -254,6 +286,7 @@ class CallSession:
             m.BAD_FRAMES.inc()
             self.log.warning("bad frame from the gateway: %s", exc)
             return
+        self._last_frame = time.monotonic()
         try:
             if frame.kind is Kind.AUDIO:
                 self.playout.on_inbound_audio(frame.ts, self.clock.ms())
@@ -272,8 +305,9 @@ class CallSession:
             elif frame.kind is Kind.DTMF:
                 await self.conversation.on_dtmf(str(frame.json().get("digit", "")))
             elif frame.kind is Kind.STOP:
-                self.log.info("stream stopped (%s)", frame.json().get("reason"))
-                self.end("caller_hangup" if frame.json().get("reason") == "stop" else "stream_closed")
+                reason = frame.json().get("reason")
+                self.log.info("stream stopped (%s)", reason)
+                self.control.stream_stopped("caller_hangup" if reason == "stop" else "stream_closed")
         except FrameError as exc:
             m.BAD_FRAMES.inc()
             self.log.warning("bad control frame: %s", exc)
@@ -307,8 +341,28 @@ class CallSession:
         await self.ctx.nc.publish(subjects.call_out(self.call_id), data)
 
     async def play(self, item_id: str, audio_b64: str) -> None:
-        """Agent audio from the model to the caller, followed by a mark to follow its playout."""
+        """Agent audio from the model to the caller, in chunks of at least 40 ms, each followed by
+        a mark to follow its playout (a mark makes the gateway flush, so a shorter chunk would be
+        padded with silence mid-sentence)."""
         audio = base64.b64decode(audio_b64)
+        if self._pending_audio is not None and self._pending_audio[0] != item_id:
+            await self.flush_audio(self._pending_audio[0])
+        if self._pending_audio is None:
+            self._pending_audio = (item_id, bytearray())
+        buffer = self._pending_audio[1]
+        buffer += audio
+        if len(buffer) >= MIN_CHUNK:
+            await self.flush_audio(item_id)
+
+    def drop_audio(self) -> None:
+        """Barge-in: audio held back for coalescing will never be played."""
+        self._pending_audio = None
+
+    async def flush_audio(self, item_id: str) -> None:
+        """Send what is held of ``item_id``'s audio (its end, or a change of item)."""
+        if self._pending_audio is None or self._pending_audio[0] != item_id or not self._pending_audio[1]:
+            return
+        audio, self._pending_audio = bytes(self._pending_audio[1]), None
         await self.send_frame(Kind.AUDIO, audio=audio)
         mark = self.playout.on_audio_sent(item_id, len(audio), self.clock.ms())
         await self.send_frame(Kind.MARK, {"name": mark})
