@@ -1,0 +1,199 @@
+"""The conversation's bookkeeping under the races a real call produces, against a fake session:
+refused responses, queued goodbyes, cancelled tool calls, transfers without speech, idle callers."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import types
+
+import orjson
+import pytest
+from dialtone_bridge.agents import Agent, Limits
+from dialtone_bridge.callcontrol import CallControl
+from dialtone_bridge.conversation import Conversation
+from dialtone_bridge.playout import Playout
+from dialtone_proto.tools import ToolAction, ToolCallReply, ToolSpec
+
+pytestmark = pytest.mark.unit
+
+
+class Events:
+    def __init__(self) -> None:
+        self.out: list[tuple[str, dict]] = []
+
+    def emit(self, cls, **fields):
+        self.out.append((cls.__name__, fields))
+
+
+class Tools:
+    def __init__(self, delay: float = 0.0, actions=()) -> None:
+        self.delay, self.actions, self.calls = delay, list(actions), []
+
+    async def catalog(self):
+        return {"x": ToolSpec(name="x", description="x", parameters={"type": "object"}, timeout_s=5)}
+
+    async def call(self, request, timeout_s=None):
+        self.calls.append(request.name)
+        await asyncio.sleep(self.delay)
+        return ToolCallReply(ok=True, output={"ok": True}, actions=self.actions)
+
+
+class FakeSession:
+    """What ``Conversation`` and ``CallControl`` use of a ``CallSession``."""
+
+    def __init__(self, agent: Agent, tools: Tools | None = None, filler_after_s: float = 1.5) -> None:
+        self.log = logging.getLogger("test")
+        self.call_id = "CA1"
+        self.offer = types.SimpleNamespace(from_number="+1", to_number="+2", parameters={}, stream_sid="MZ",
+                                           account_sid="AC", direction="inbound")
+        settings = types.SimpleNamespace(filler_after_s=filler_after_s, openai_realtime_model="gpt-realtime",
+                                         transcription_model="t", prices={})
+        self.ctx = types.SimpleNamespace(settings=settings, tools=tools or Tools(), twilio=None, agents=None,
+                                         bridge_id="bridge-test")
+        self.events, self.playout = Events(), Playout()
+        self.ended, self.end_reason = asyncio.Event(), None
+        self.sent: list[dict] = []
+        self.frames: list[tuple[str, object]] = []
+        self.tasks: set[asyncio.Task] = set()
+        self.conversation = Conversation(self, agent)
+        self.control = CallControl(self, None)
+        self.clock = types.SimpleNamespace(ms=lambda: asyncio.get_running_loop().time() * 1000)
+
+    async def send(self, event: str) -> bool:
+        self.sent.append(orjson.loads(event))
+        return True
+
+    async def send_frame(self, kind, body=None, audio=b"") -> None:
+        self.frames.append((kind.name, body))
+
+    def spawn(self, coro, name):
+        task = asyncio.create_task(coro, name=name)
+        self.tasks.add(task)
+        return task
+
+    def end(self, reason):
+        if not self.ended.is_set():
+            self.end_reason = reason
+            self.ended.set()
+
+    async def play(self, item_id, audio_b64):
+        mark = self.playout.on_audio_sent(item_id, len(base64.b64decode(audio_b64)), self.clock.ms())
+        self.frames.append(("MARK", mark))
+
+    async def flush_audio(self, item_id):
+        pass
+
+    def drop_audio(self):
+        pass
+
+    def creates(self) -> list[dict]:
+        return [e for e in self.sent if e["type"] == "response.create"]
+
+
+def call_item(call_id="c1", status="completed"):
+    return {"type": "function_call", "id": f"fc_{call_id}", "call_id": call_id, "name": "x", "arguments": "{}",
+            "status": status}
+
+
+async def tool_response(c: Conversation, rid: str, status: str = "completed") -> None:
+    await c.on_event({"type": "response.created", "response": {"id": rid}})
+    await c.on_event({"type": "response.output_item.done", "item": call_item(status=status)})
+    await c.on_event({"type": "response.done", "response": {"id": rid, "status": status, "output": [call_item(status=status)]}})
+
+
+async def poll(condition, timeout=3.0):
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+async def test_the_answer_after_a_filler_waits_for_the_filler_to_finish() -> None:
+    s = FakeSession(Agent(name="a", instructions="i", filler="One moment."), Tools(delay=0.3), filler_after_s=0.1)
+    c = s.conversation
+    await tool_response(c, "R1")
+    await poll(lambda: len(s.creates()) == 1)  # the filler
+    assert s.creates()[0]["response"]["conversation"] == "none"
+    await poll(lambda: any(e["type"] == "conversation.item.create" for e in s.sent))  # the tool's result
+    assert len(s.creates()) == 1  # no second response.create while the filler runs: it would be refused
+    await c.on_event({"type": "response.created", "response": {"id": "F"}})
+    await c.on_event({"type": "response.done", "response": {"id": "F", "status": "completed", "output": []}})
+    assert len(s.creates()) == 2 and "response" not in s.creates()[1]  # now the answer
+
+
+async def test_a_request_refused_in_a_race_is_asked_for_again() -> None:
+    s = FakeSession(Agent(name="a", instructions="i", greeting="Hello!"))
+    c = s.conversation
+    await c.started()
+    greeting = s.creates()[0]
+    # The caller spoke at once: server VAD started a response, and our greeting raced it.
+    await c.on_event({"type": "response.created", "response": {"id": "VAD"}})
+    await c.on_event({"type": "error", "error": {"type": "invalid_request_error",
+                                                 "code": "conversation_already_has_active_response",
+                                                 "event_id": greeting["event_id"]}})
+    assert len(s.creates()) == 1
+    await c.on_event({"type": "response.done", "response": {"id": "VAD", "status": "completed", "output": []}})
+    assert len(s.creates()) == 2
+    assert s.creates()[1]["response"]["instructions"] == greeting["response"]["instructions"]
+
+
+async def test_a_goodbye_queued_behind_a_reply_is_said_before_the_hang_up() -> None:
+    s = FakeSession(Agent(name="a", instructions="i", goodbye="Bye now."))
+    c = s.conversation
+    await c.on_event({"type": "response.created", "response": {"id": "R1"}})
+    await c.on_event({"type": "response.output_audio.delta", "response_id": "R1", "item_id": "i1",
+                      "delta": base64.b64encode(b"\xff" * 800).decode()})
+    await s.control.say_goodbye("max_duration")
+    await c.on_event({"type": "response.done", "response": {"id": "R1", "status": "completed", "output": []}})
+    assert not s.control.goodbye_said  # that was not the goodbye
+    assert s.creates()[-1]["response"]["instructions"] == 'Say exactly: "Bye now."'
+    mark = [f for f in s.frames if f[0] == "MARK"][-1][1]
+    s.playout.on_mark(mark, s.clock.ms())
+    await c.on_mark(mark)
+    await asyncio.sleep(0.05)
+    assert s.end_reason is None  # R1 played out, but the goodbye has not been said yet
+    await c.on_event({"type": "response.created", "response": {"id": "G"}})
+    await c.on_event({"type": "response.output_audio.delta", "response_id": "G", "item_id": "i2",
+                      "delta": base64.b64encode(b"\xff" * 800).decode()})
+    await c.on_event({"type": "response.done", "response": {"id": "G", "status": "completed", "output": []}})
+    mark = [f for f in s.frames if f[0] == "MARK"][-1][1]
+    s.playout.on_mark(mark, s.clock.ms())
+    await c.on_mark(mark)
+    await poll(lambda: s.end_reason is not None)
+    assert s.end_reason == "max_duration" and ("HANGUP", {"reason": "max_duration"}) in s.frames
+
+
+async def test_a_cancelled_response_runs_no_tool_and_idle_prompts_still_come() -> None:
+    tools = Tools()
+    s = FakeSession(Agent(name="a", instructions="i", limits=Limits(idle_prompt_s=0.1)), tools)
+    c = s.conversation
+    await c.on_event({"type": "input_audio_buffer.speech_started", "item_id": "u1", "audio_start_ms": 1})
+    await c.on_event({"type": "input_audio_buffer.speech_stopped", "item_id": "u1", "audio_end_ms": 900})
+    await tool_response(c, "R1", status="cancelled")
+    assert tools.calls == [] and not c.busy()
+    await poll(lambda: any("Are you still there" in (e.get("response", {}).get("instructions") or "")
+                           for e in s.creates()))
+
+
+async def test_a_transfer_without_speech_is_not_delayed() -> None:
+    action = ToolAction(action="transfer_call", detail="asked")
+    s = FakeSession(Agent(name="a", instructions="i", transfer_number="+15551234567"), Tools(actions=[action]))
+    await tool_response(s.conversation, "R1")
+    async with asyncio.timeout(1.0):
+        await s.ended.wait()
+    assert s.end_reason == "transferred"
+    assert [name for name, _ in s.events.out if name == "CallTransferred"]
+
+
+async def test_no_idle_prompt_while_the_caller_is_still_talking() -> None:
+    s = FakeSession(Agent(name="a", instructions="i", limits=Limits(idle_prompt_s=0.1)))
+    c = s.conversation
+    s.playout.on_inbound_audio(0, s.clock.ms())
+    await c.on_event({"type": "response.created", "response": {"id": "R1"}})
+    await c.on_event({"type": "response.output_audio.delta", "response_id": "R1", "item_id": "i1",
+                      "delta": base64.b64encode(b"\xff" * 8000).decode()})
+    await c.on_event({"type": "input_audio_buffer.speech_started", "item_id": "u1", "audio_start_ms": 1})
+    await c.on_event({"type": "response.done", "response": {"id": "R1", "status": "cancelled", "output": []}})
+    await asyncio.sleep(0.4)  # the caller is still talking: no speech_stopped yet
+    assert s.creates() == []
