@@ -104,8 +104,9 @@ async def tool_response(c: Conversation, rid: str, status: str = "completed") ->
 
 
 async def poll(condition, timeout=3.0):
+    """Wait for ``condition`` with a deadline (the fake session signals nothing to wait on)."""
     async with asyncio.timeout(timeout):
-        while not condition():
+        while not condition():  # noqa: ASYNC110
             await asyncio.sleep(0.01)
 
 
