@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from dialtone_sim.audio import silence
+from dialtone_sim.audio import energy, silence
 from dialtone_sim.oracle import OracleError, check_client_event, check_server_event
 from dialtone_sim.realtime import RealtimeSimulator
 from dialtone_sim.scenario import Scenario
-from dialtone_sim.speech import synthesize
+from dialtone_sim.speech import VOICED_ENERGY, synthesize
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -56,7 +56,10 @@ async def test_full_turn_with_tool_call(sim: RealtimeSimulator) -> None:
         started = (await c.wait_type("input_audio_buffer.speech_started"))[0]
         assert started["audio_start_ms"] == 0  # 200 ms of silence, 300 ms of prefix padding
         stopped = (await c.wait_type("input_audio_buffer.speech_stopped"))[0]
-        speech_end_ms = 200 + len(speech) // 8
+        # Speech ends at its last voiced frame (real speech from espeak-ng ends in a little silence).
+        frames = [speech[i : i + 160] for i in range(0, len(speech), 160)]
+        last_voiced = max(i for i, frame in enumerate(frames) if energy(frame) > VOICED_ENERGY)
+        speech_end_ms = 200 + (last_voiced + 1) * 20
         assert speech_end_ms + 500 <= stopped["audio_end_ms"] <= speech_end_ms + 560
         committed = (await c.wait_type("input_audio_buffer.committed"))[0]
         assert committed["item_id"] == started["item_id"] == stopped["item_id"]
