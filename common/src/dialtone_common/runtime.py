@@ -28,4 +28,9 @@ def run(main: Callable[[AsyncExitStack, asyncio.Event], Awaitable[None]]) -> Non
             log.info("stopping")
 
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_runner())
+        try:
+            import uvloop  # a faster event loop: most of a service's CPU is loop and socket work
+        except ImportError:
+            asyncio.run(_runner())
+        else:
+            uvloop.run(_runner())
