@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import bisect
+import contextlib
 import multiprocessing
 import os
 import pickle
@@ -61,8 +62,11 @@ class SessionRecord:
 
 # ---- the simulator processes ---------------------------------------------------------------
 def _realtime_process(port: int, out: str, ready: multiprocessing.Event) -> None:
+    from dialtone_sim import speech
     from dialtone_sim.realtime import RealtimeSimulator
     from dialtone_sim.scenario import Scenario, Turn
+
+    speech.real_speech(False)  # espeak-ng per reply would cost more CPU than the platform itself
 
     scenario = Scenario(
         turns=[Turn(caller=line, agent="Sure, let me help you with that right away.") for line in LINES],
@@ -82,7 +86,10 @@ def _realtime_process(port: int, out: str, ready: multiprocessing.Event) -> None
 
 
 def _caller_process(first: int, count: int, duration: float, target: dict, out: str) -> None:
+    from dialtone_sim import speech
     from dialtone_sim.twilio_edge import dial
+
+    speech.real_speech(False)
 
     async def one(index: int) -> CallRecord:
         await asyncio.sleep((index - first) * 0.05)  # stagger so the calls do not all speak on one tick
@@ -161,7 +168,7 @@ async def bench(calls: int, duration: float, workers: int) -> None:
             target = {"gateway_url": platform.gateway_url, "token": platform.twilio_auth_token,
                       "public_base_url": platform.public_base_url, "account_sid": platform.twilio_account_sid}
             print(f"running {calls} concurrent calls for ~{duration:.0f} s each "
-                  f"({workers} caller processes, 1 Realtime simulator process) ...", flush=True)
+                  f"({workers} caller processes, 1 Realtime simulator process, synthetic speech) ...", flush=True)
             wall0 = time.monotonic()
             share = [calls // workers + (1 if i < calls % workers else 0) for i in range(workers)]
             callers = []
@@ -171,6 +178,13 @@ async def bench(calls: int, duration: float, workers: int) -> None:
                 p.start()
                 callers.append(p)
             sim_cpu0 = _cpu(psutil.Process(sim.pid))
+            caller_procs = [psutil.Process(p.pid) for p in callers]
+            caller_cpu = dict.fromkeys(range(len(callers)), 0.0)
+            while any(p.is_alive() for p in callers):  # sample: a finished process's CPU is gone
+                for i, proc in enumerate(caller_procs):
+                    with contextlib.suppress(psutil.Error):
+                        caller_cpu[i] = _cpu(proc)
+                await asyncio.sleep(0.5)
             for p in callers:
                 await asyncio.to_thread(p.join)
             wall = time.monotonic() - wall0
@@ -221,6 +235,11 @@ async def bench(calls: int, duration: float, workers: int) -> None:
     total = sum(cpu.values())
     print(f"  {'platform total':<18} {total / max(call_minutes, 1e-9):7.3f}   ({total:.1f} s)")
     print(f"  {'(Realtime sim)':<18} {sim_cpu / max(call_minutes, 1e-9):7.3f}   ({sim_cpu:.1f} s, not the platform)")
+    callers_cpu = sum(caller_cpu.values())
+    print(f"  {'(callers)':<18} {callers_cpu / max(call_minutes, 1e-9):7.3f}   ({callers_cpu:.1f} s, not the platform)")
+    busy = (total + sim_cpu + callers_cpu) / (wall * (os.cpu_count() or 1))
+    print(f"Machine busy: {busy:.0%} of {os.cpu_count()} cores during the run"
+          + ("  (saturated: latency includes queueing behind the simulators)" if busy > 0.8 else ""))
 
 
 def main() -> None:

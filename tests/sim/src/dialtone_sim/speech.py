@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .audio import decode, encode, pad_to_frame
 
-__all__ = ["VOICED_ENERGY", "from_wav", "have_espeak", "synthesize"]
+__all__ = ["VOICED_ENERGY", "from_wav", "have_espeak", "real_speech", "synthesize"]
 
 VOICED_ENERGY = 300.0
 """Mean absolute amplitude above which a 20 ms frame counts as voiced (the sim's VAD threshold)."""
@@ -32,9 +32,20 @@ _MAX_MS = 6000
 _MIN_MS = 400
 
 
+_REAL_SPEECH = True
+
+
+def real_speech(enabled: bool) -> None:
+    """Use espeak-ng when available (the default), or always the cheap synthetic signal: the
+    benchmark keeps the simulators' CPU out of the platform's way with it."""
+    global _REAL_SPEECH
+    _REAL_SPEECH = enabled
+    synthesize.cache_clear()
+
+
 def have_espeak() -> bool:
-    """True when real speech synthesis (espeak-ng piped through sox) is available."""
-    return shutil.which("espeak-ng") is not None and shutil.which("sox") is not None
+    """True when real speech synthesis (espeak-ng piped through sox) is available and enabled."""
+    return _REAL_SPEECH and shutil.which("espeak-ng") is not None and shutil.which("sox") is not None
 
 
 def _rng(text: str, seed: int) -> random.Random:
