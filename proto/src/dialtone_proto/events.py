@@ -12,7 +12,6 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from dialtone_proto import subjects
@@ -192,6 +191,3 @@ def event_schema() -> dict[str, Any]:
     """JSON Schema of every event, for documentation and other languages."""
     return _adapter.json_schema()
 
-
-def dumps(obj: Any) -> bytes:
-    return orjson.dumps(obj)

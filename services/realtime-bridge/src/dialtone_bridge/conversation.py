@@ -42,7 +42,6 @@ log = logging.getLogger("dialtone.bridge.conversation")
 
 # Errors that are races between our requests and the server's own turn-taking, not failures.
 BENIGN_ERRORS = {"conversation_already_has_active_response", "response_cancel_not_active"}
-CONTROL_TOOLS = {"set_outcome", "end_call", "transfer_call", "handoff"}
 
 
 @dataclass
