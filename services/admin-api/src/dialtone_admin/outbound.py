@@ -12,17 +12,15 @@ from __future__ import annotations
 
 import logging
 import re
-import warnings
 from typing import Any
 from urllib.parse import urlencode
 
 import aiohttp
+from dialtone_common.twilio_rest import rest_client
 from fastapi import APIRouter, Depends, HTTPException, Request, status
 from prometheus_client import Counter
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from twilio.base.exceptions import TwilioRestException
-from twilio.http.async_http_client import AsyncTwilioHttpClient
-from twilio.rest import Client
 
 from dialtone_admin.auth import require_token
 from dialtone_admin.settings import AdminSettings
@@ -113,19 +111,6 @@ def voice_url(public_base_url: str, agent: str | None, variables: dict[str, str]
     return f"{base}?{urlencode(query)}" if query else base
 
 
-class _QuietAsyncHttpClient(AsyncTwilioHttpClient):
-    """twilio-python 9.x passes ``aiohttp.BasicAuth`` as ``auth=``, which aiohttp 3.14 deprecates.
-
-    The warnings are the SDK's to fix; they are silenced around its requests only, by message.
-    """
-
-    async def request(self, *args: Any, **kwargs: Any) -> Any:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", "BasicAuth is deprecated", DeprecationWarning)
-            warnings.filterwarnings("ignore", "The 'auth' parameter is deprecated", DeprecationWarning)
-            return await super().request(*args, **kwargs)
-
-
 class Dialer:
     """The Twilio REST client of this admin API instance (one HTTP session, closed on shutdown).
 
@@ -136,12 +121,9 @@ class Dialer:
     def __init__(self, settings: AdminSettings) -> None:
         assert settings.twilio_account_sid and settings.twilio_auth_token
         self._settings = settings
-        self._http = _QuietAsyncHttpClient()
-        self.client = Client(
-            settings.twilio_account_sid, settings.twilio_auth_token.get_secret_value(), http_client=self._http
+        self.client, self._http = rest_client(
+            settings.twilio_account_sid, settings.twilio_auth_token.get_secret_value(), settings.twilio_api_base_url
         )
-        if settings.twilio_api_base_url:
-            self.client.api.base_url = settings.twilio_api_base_url.rstrip("/")
 
     @classmethod
     def from_settings(cls, settings: AdminSettings) -> Dialer | None:

@@ -11,6 +11,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
+from dialtone_common.twilio_rest import rest_client
 from dialtone_proto.events import CallStatus, CallTransferred
 from dialtone_proto.frames import Kind
 from dialtone_proto.tools import ToolAction
@@ -20,8 +21,6 @@ from twilio.twiml.voice_response import VoiceResponse
 from dialtone_bridge.settings import BridgeSettings
 
 if TYPE_CHECKING:
-    from twilio.rest import Client
-
     from dialtone_bridge.session import CallSession
 
 log = logging.getLogger("dialtone.bridge.control")
@@ -33,21 +32,11 @@ class TwilioControlFactory:
     """One Twilio REST client per bridge, shared by its calls."""
 
     def __init__(self, settings: BridgeSettings) -> None:
-        import warnings
-
-        from twilio.http.async_http_client import AsyncTwilioHttpClient
-        from twilio.rest import Client
-
-        self._http = AsyncTwilioHttpClient()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            self.client: Client = Client(
-                settings.twilio_account_sid,
-                settings.twilio_auth_token.get_secret_value() if settings.twilio_auth_token else None,
-                http_client=self._http,
-            )
-        if settings.twilio_api_base_url:
-            self.client.api.base_url = settings.twilio_api_base_url.rstrip("/")
+        self.client, self._http = rest_client(
+            settings.twilio_account_sid or "",
+            settings.twilio_auth_token.get_secret_value() if settings.twilio_auth_token else "",
+            settings.twilio_api_base_url,
+        )
 
     async def hang_up(self, call_sid: str) -> None:
         try:
@@ -60,9 +49,7 @@ class TwilioControlFactory:
         await self.client.calls(call_sid).update_async(twiml=twiml)
 
     async def close(self) -> None:
-        session = getattr(self._http, "session", None)
-        if session is not None:
-            await session.close()
+        await self._http.close()
 
 
 class CallControl:
