@@ -15,7 +15,12 @@ class ServiceSettings(BaseSettings):
     nats_url: str = Field(default="nats://127.0.0.1:4222", description="NATS server(s), comma-separated")
     log_level: str = "INFO"
     instance_id: str = Field(default="", description="name of this instance in logs and metrics")
-    metrics_host: str = "0.0.0.0"
+    metrics_host: str = Field(
+        default="127.0.0.1",
+        description="address /metrics and /healthz listen on; the default serves this machine only. "
+        "Set METRICS_HOST=0.0.0.0 (or one interface's address) for a scraper on another host or outside "
+        "the container, and keep that port off the internet",
+    )
 
     def nats_servers(self) -> list[str]:
         return [s.strip() for s in self.nats_url.split(",") if s.strip()]
