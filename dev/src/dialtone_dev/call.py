@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 
 from dialtone_dev.demo import CALLER, CALLER_LINES, SUPPORT_NUMBER
+from dialtone_dev.run import RUN_FILE, SECRETS_FILE
 from dialtone_dev.settings import DevSettings
 
 
@@ -51,21 +52,48 @@ def format_session(session: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def signing_token(settings: DevSettings, run: dict[str, Any]) -> str:
+    """The Twilio auth token to sign the simulated call with: ``TWILIO_AUTH_TOKEN`` when set,
+    else the development token ``make run`` generated."""
+    if settings.twilio_auth_token is not None:
+        return settings.twilio_auth_token.get_secret_value()
+    if run.get("twilio_auth_token_from") == "environment":
+        raise LookupError("the platform runs with TWILIO_AUTH_TOKEN from its environment: "
+                          "set the same TWILIO_AUTH_TOKEN for make call")
+    path = settings.dialtone_data_dir / SECRETS_FILE
+    try:
+        return json.loads(path.read_text())["twilio_auth_token"]
+    except (OSError, ValueError, KeyError):
+        raise LookupError(f"no development Twilio token in {path}: set TWILIO_AUTH_TOKEN") from None
+
+
 async def place_call() -> int:
-    from dialtone_sim.twilio_edge import place_scripted_call
+    from dialtone_sim.twilio_edge import WebhookRejected, place_scripted_call
 
     settings = DevSettings()
-    run_file = settings.dialtone_data_dir / "run.json"
+    run_file = settings.dialtone_data_dir / RUN_FILE
     if not run_file.exists():
         print(f"no running platform found ({run_file} missing): start it with `make run`", file=sys.stderr)
         return 1
     run = json.loads(Path(run_file).read_text())
+    try:
+        token = signing_token(settings, run)
+    except LookupError as exc:
+        print(f"make call: {exc}", file=sys.stderr)
+        return 1
     print(f"calling {SUPPORT_NUMBER} from {CALLER} through {run['gateway_url']} ...", flush=True)
-    call = await place_scripted_call(
-        run["gateway_url"], run["twilio_auth_token"], CALLER_LINES,
-        public_base_url=run["public_base_url"], account_sid=run["twilio_account_sid"],
-        from_=CALLER, to=SUPPORT_NUMBER,
-    )
+    try:
+        call = await place_scripted_call(
+            run["gateway_url"], token, CALLER_LINES,
+            public_base_url=run["public_base_url"], account_sid=run["twilio_account_sid"],
+            from_=CALLER, to=SUPPORT_NUMBER,
+        )
+    except WebhookRejected as exc:
+        if exc.status != 403:
+            raise
+        print("make call: the gateway refused the call's signature: TWILIO_AUTH_TOKEN must be the token "
+              "make run was started with (unset both to use the development token)", file=sys.stderr)
+        return 1
     print(f"call {call.call_sid} finished: heard {len(call.heard) / 8000:.1f} s of agent audio", flush=True)
     session = await fetch_session(run["admin_url"], run["admin_token"], call.call_sid)
     print(format_session(session))

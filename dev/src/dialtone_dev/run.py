@@ -3,6 +3,12 @@
 Embedded NATS and PostgreSQL when no URLs are set, migrations, the five services, and the Realtime
 simulator when ``OPENAI_API_KEY`` is unset. Writes ``.dialtone/run.json`` for ``make call``.
 Ctrl-C stops everything in order.
+
+The data directory is private (0700) and so are the two files in it that ``make call`` reads, from
+the moment they exist (0600): ``secrets.json``, the development credentials generated once and
+kept, and ``run.json``, where the running platform is. ``run.json`` names the admin token (the
+banner prints it too) but never the Twilio auth token: ``make call`` signs with
+``TWILIO_AUTH_TOKEN`` from its own environment, else with the development token.
 """
 
 from __future__ import annotations
@@ -14,14 +20,60 @@ import os
 import secrets
 import signal
 import sys
+from pathlib import Path
+from typing import Any
 
 from dialtone_dev.demo import scenario
 from dialtone_dev.platform import Platform, Ports
 from dialtone_dev.settings import DevSettings
 
+RUN_FILE = "run.json"
+SECRETS_FILE = "secrets.json"
+
 
 def _secret(value) -> str | None:
     return value.get_secret_value() if value is not None else None
+
+
+def private_data_dir(path: Path) -> Path:
+    """Create the data directory (and its parents) for its owner only, or tighten an existing one."""
+    path = path.resolve()
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.chmod(0o700)
+    return path
+
+
+def write_private(path: Path, data: dict[str, Any]) -> None:
+    """Write ``data`` as JSON to ``path``, readable by its owner only from the first byte.
+
+    The file is created 0600 under a temporary name and renamed over ``path``, so an older file
+    (perhaps world-readable) is replaced whole and a reader never sees half of it."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def dev_secrets(data_dir: Path) -> dict[str, str]:
+    """The development credentials kept in ``secrets.json``, generated on first use.
+
+    They are kept so that ``make call`` and a dashboard tab keep working across restarts; real
+    credentials come from the environment and are never written here."""
+    path = data_dir / SECRETS_FILE
+    saved = json.loads(path.read_text()) if path.exists() else {}
+    fresh = dict(saved)
+    fresh.setdefault("twilio_auth_token", secrets.token_hex(16))
+    fresh.setdefault("twilio_account_sid", "AC" + secrets.token_hex(16))
+    fresh.setdefault("admin_token", secrets.token_urlsafe(24))
+    if fresh != saved or path.stat().st_mode & 0o077:
+        write_private(path, fresh)
+    return fresh
 
 
 def _banner(p: Platform, simulated: bool) -> str:
@@ -51,17 +103,8 @@ def _banner(p: Platform, simulated: bool) -> str:
 
 async def run_platform() -> None:
     settings = DevSettings()
-    data_dir = settings.dialtone_data_dir.resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    saved_path = data_dir / "secrets.json"
-    saved = json.loads(saved_path.read_text()) if saved_path.exists() else {}
-    # Development credentials are generated once and kept, so make call and a browser tab keep working
-    # across restarts. Real ones come from the environment.
-    saved.setdefault("twilio_auth_token", secrets.token_hex(16))
-    saved.setdefault("twilio_account_sid", "AC" + secrets.token_hex(16))
-    saved.setdefault("admin_token", secrets.token_urlsafe(24))
-    saved_path.write_text(json.dumps(saved))
-    os.chmod(saved_path, 0o600)
+    data_dir = private_data_dir(settings.dialtone_data_dir)
+    saved = dev_secrets(data_dir)
 
     api_key = _secret(settings.openai_api_key)
     stop = asyncio.Event()
@@ -96,25 +139,25 @@ async def run_platform() -> None:
             echo=lambda line: print(line, flush=True),
         )
         await stack.enter_async_context(platform)
-        (data_dir / "run.json").write_text(
-            json.dumps(
-                {
-                    "gateway_url": platform.gateway_url,
-                    "public_base_url": platform.public_base_url,
-                    "admin_url": platform.admin_url,
-                    "twilio_auth_token": platform.twilio_auth_token,
-                    "twilio_account_sid": platform.twilio_account_sid,
-                    "admin_token": platform.admin_token,
-                    "simulated": not api_key,
-                    "pid": os.getpid(),
-                }
-            )
+        write_private(
+            data_dir / RUN_FILE,
+            {
+                "gateway_url": platform.gateway_url,
+                "public_base_url": platform.public_base_url,
+                "admin_url": platform.admin_url,
+                "twilio_account_sid": platform.twilio_account_sid,
+                # Which token signs: make call uses the same one (it cannot tell otherwise).
+                "twilio_auth_token_from": "environment" if settings.twilio_auth_token else "development",
+                "admin_token": platform.admin_token,
+                "simulated": not api_key,
+                "pid": os.getpid(),
+            },
         )
         print(_banner(platform, simulated=not api_key), flush=True)
         await stop.wait()
         print("\nstopping Dialtone...", flush=True)
     with contextlib.suppress(OSError):
-        (data_dir / "run.json").unlink()
+        (data_dir / RUN_FILE).unlink()
     print("stopped.", flush=True)
 
 
