@@ -61,7 +61,7 @@ def test_payload_of_exactly_the_limit_round_trips() -> None:
         pytest.param(struct.pack(">BBHII", 2, Kind.AUDIO, 0, 0, 0) + b"\xff", id="version-2"),
         pytest.param(struct.pack(">BBHII", 0, Kind.AUDIO, 0, 0, 0), id="version-0"),
         pytest.param(struct.pack(">BBHII", 1, 0, 0, 0, 0), id="kind-0"),
-        pytest.param(struct.pack(">BBHII", 1, 7, 0, 0, 0), id="kind-7"),
+        pytest.param(struct.pack(">BBHII", 1, 8, 0, 0, 0), id="kind-8"),
         pytest.param(struct.pack(">BBHII", 1, 255, 0, 0, 0), id="kind-255"),
         pytest.param(struct.pack(">BBHII", 1, Kind.AUDIO, 0, 0, 0) + b"\xff" * (MAX_PAYLOAD + 1), id="oversize"),
     ],

@@ -10,12 +10,16 @@ pytestmark = pytest.mark.unit
 
 CALL_SID = "CA" + "0123456789abcdef" * 2
 
-BUILDERS = [subjects.call_in, subjects.call_out, subjects.live, lambda c: subjects.event(c, "call.started")]
+KEY = "Zq3-_" * 5
+BUILDERS = [
+    lambda c: subjects.call_in(c, KEY), lambda c: subjects.call_out(c, KEY), subjects.live,
+    lambda c: subjects.event(c, "call.started"),
+]
 
 
 def test_subjects_of_a_twilio_call_sid() -> None:
-    assert subjects.call_in(CALL_SID) == f"dt.v1.call.{CALL_SID}.in"
-    assert subjects.call_out(CALL_SID) == f"dt.v1.call.{CALL_SID}.out"
+    assert subjects.call_in(CALL_SID, KEY) == f"dt.v1.call.{CALL_SID}.{KEY}.in"
+    assert subjects.call_out(CALL_SID, KEY) == f"dt.v1.call.{CALL_SID}.{KEY}.out"
     assert subjects.live(CALL_SID) == f"dt.v1.live.{CALL_SID}"
 
 
@@ -33,7 +37,15 @@ def test_event_subjects_fall_under_the_stream_filter() -> None:
 @pytest.mark.parametrize("call_id", ["a", "A" * 64, "call_1-2", "-_-", CALL_SID])
 def test_valid_call_ids_are_accepted(call_id: str) -> None:
     assert check_call_id(call_id) == call_id
-    assert subjects.call_in(call_id).split(".")[3] == call_id
+    assert subjects.call_in(call_id, KEY).split(".")[3] == call_id
+
+
+@pytest.mark.parametrize("key", ["", "a.b", "*", ">", "k\n", "x" * 65])
+def test_stream_keys_that_would_break_a_subject_are_refused(key: str) -> None:
+    with pytest.raises(InvalidCallId):
+        subjects.call_in(CALL_SID, key)
+    with pytest.raises(InvalidCallId):
+        subjects.call_out(CALL_SID, key)
 
 
 @pytest.mark.parametrize(

@@ -7,11 +7,12 @@ import contextlib
 import logging
 
 import nats
-from dialtone_proto import STREAM_NAME, STREAM_SUBJECTS
+from dialtone_proto import STREAM_NAME, STREAM_SUBJECTS, subjects
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import DiscardPolicy, KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError
+from nats.js.kv import KeyValue
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,36 @@ async def close(nc: Client, timeout: float = 10.0) -> None:
         log.info("nats drain skipped (%s); closing", type(exc).__name__)
         with contextlib.suppress(Exception):
             await nc.close()
+
+
+# A call record outlives the longest call Twilio allows (4 hours by default) with room to spare.
+CALL_RECORD_TTL_S = 6 * 3600
+
+
+async def ensure_calls_bucket(js: JetStreamContext, replicas: int = 1) -> KeyValue:
+    """The KV bucket of call records (``dialtone_proto.calls.CallRecord``); created if missing.
+    Safe to call from every gateway and bridge at start-up."""
+    config = KeyValueConfig(
+        bucket=subjects.CALLS_BUCKET,
+        description="Dialtone calls: the signed webhook's facts and the stream holding each call",
+        history=1,
+        ttl=CALL_RECORD_TTL_S,
+        max_value_size=16 * 1024,
+        storage=StorageType.FILE,
+        replicas=replicas,
+    )
+    for attempt in range(20):
+        try:
+            try:
+                return await js.create_key_value(config)
+            except BadRequestError:  # it exists with other settings (an operator's): use it as it is
+                return await js.key_value(subjects.CALLS_BUCKET)
+        except Exception as exc:  # JetStream may still be electing a leader right after start
+            if attempt == 19:
+                raise
+            log.info("waiting for JetStream (calls bucket): %s", exc)
+            await asyncio.sleep(0.25)
+    raise AssertionError("unreachable")
 
 
 async def ensure_stream(js: JetStreamContext) -> None:

@@ -6,7 +6,7 @@ JSON message carries ``"v": 1``.
 """
 
 from dialtone_proto import subjects
-from dialtone_proto.calls import CallAnswer, CallOffer
+from dialtone_proto.calls import CallAnswer, CallOffer, CallRecord
 from dialtone_proto.events import (
     EVENT_TYPES,
     STREAM_NAME,
@@ -42,6 +42,7 @@ __all__ = [
     "CallTransferred",
     "CallEnded",
     "CallOffer",
+    "CallRecord",
     "CallStarted",
     "Event",
     "Frame",

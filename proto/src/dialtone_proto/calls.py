@@ -1,28 +1,94 @@
-"""Request/reply messages for claiming a call (``dt.v1.calls.offer``)."""
+"""Calls: the record the signed webhook leaves, and the offer/answer that hands a call to a bridge.
+
+A call's facts (who called whom, which agent, the variables of an outbound call) come only from
+Twilio's signed voice webhook. The media-gateway keeps them as a ``CallRecord`` in the NATS KV
+bucket ``subjects.CALLS_BUCKET`` until the call's media stream starts; the stream's own
+``customParameters`` are never trusted. The record then says which gateway stream holds the call
+and under which stream key, and a bridge takes an offer only when the record agrees with it.
+"""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+_CALL_ID = r"^[A-Za-z0-9_-]{1,64}$"  # pydantic (Rust regex): $ is the very end
+_KEY = r"^[A-Za-z0-9_-]{16,64}$"
+
+Direction = Literal["inbound", "outbound"]
+
+
+class CallRecord(BaseModel):
+    """The KV value of one call, written by the gateway.
+
+    ``state`` moves ``pending`` (webhook answered) -> ``streaming`` (a stream holds the call) ->
+    ``ended``, and never back, so a second stream for a call (a replayed upgrade, an attacker with
+    the CallSid) is refused. ``stream_key`` and ``epoch`` change when the gateway re-offers the call
+    after losing its bridge; every change is a compare-and-set on the KV revision.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    v: Literal[1] = 1
+    type: Literal["call.record"] = "call.record"
+    call_id: str = Field(pattern=_CALL_ID)
+    account_sid: str | None = None
+    from_number: str | None = Field(default=None, max_length=64)
+    to_number: str | None = Field(default=None, max_length=64)
+    direction: Direction = "inbound"
+    agent: str | None = Field(default=None, max_length=64)
+    variables: dict[str, str] = Field(default_factory=dict)
+    created_at: datetime
+    state: Literal["pending", "streaming", "ended"] = "pending"
+    stream_key: str | None = Field(default=None, pattern=_KEY)
+    gateway_id: str | None = None
+    epoch: int = Field(default=0, ge=0)
+
 
 class CallOffer(BaseModel):
-    """Sent by the media-gateway when Twilio starts a stream; one bridge claims it."""
+    """Sent by the media-gateway when a stream starts (``epoch`` 0) or when it re-offers a call
+    whose bridge went silent (``epoch`` 1, 2, ...); one bridge of the queue group claims it.
+
+    The caller's details are copied from the ``CallRecord``; a bridge re-reads the record and
+    refuses an offer whose ``stream_key`` and ``epoch`` it does not confirm."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     v: Literal[1] = 1
     type: Literal["call.offer"] = "call.offer"
-    call_id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    call_id: str = Field(pattern=_CALL_ID)
     stream_sid: str
+    stream_key: str = Field(pattern=_KEY)
+    epoch: int = Field(default=0, ge=0)
     account_sid: str | None = None
     from_number: str | None = None
     to_number: str | None = None
-    direction: Literal["inbound", "outbound"] = "inbound"
+    direction: Direction = "inbound"
     agent: str | None = None
     parameters: dict[str, str] = Field(default_factory=dict)
     gateway_id: str | None = None
+
+    def confirmed_by(self, record: CallRecord) -> bool:
+        """Whether the call's record says this offer's stream holds the call now."""
+        return (
+            record.call_id == self.call_id
+            and record.state == "streaming"
+            and record.stream_key == self.stream_key
+            and record.epoch == self.epoch
+        )
+
+    def with_record(self, record: CallRecord) -> CallOffer:
+        """This offer with the caller's details taken from the record (the trusted source)."""
+        return self.model_copy(update={
+            "account_sid": record.account_sid,
+            "from_number": record.from_number,
+            "to_number": record.to_number,
+            "direction": record.direction,
+            "agent": record.agent,
+            "parameters": dict(record.variables),
+        })
 
 
 class CallAnswer(BaseModel):

@@ -12,7 +12,7 @@ import orjson
 from pydantic import BaseModel, ValidationError
 
 from dialtone_proto import subjects
-from dialtone_proto.calls import CallAnswer, CallOffer
+from dialtone_proto.calls import CallAnswer, CallOffer, CallRecord
 from dialtone_proto.events import STREAM_NAME, decode_event
 from dialtone_proto.frames import FrameError, Kind, decode_frame
 from dialtone_proto.live import LiveCall
@@ -24,7 +24,7 @@ _REPLIES: dict[str, type[BaseModel]] = {
     "tools.result": ToolCallReply,
 }
 _IN_KINDS = {Kind.AUDIO, Kind.MARK, Kind.DTMF, Kind.STOP}
-_OUT_KINDS = {Kind.AUDIO, Kind.MARK, Kind.CLEAR, Kind.HANGUP}
+_OUT_KINDS = {Kind.AUDIO, Kind.MARK, Kind.CLEAR, Kind.HANGUP, Kind.HEARTBEAT}
 
 
 class ContractError(ValueError):
@@ -41,6 +41,11 @@ def check_message(subject: str, data: bytes, headers: dict[str, str] | None = No
 
 def _check(subject: str, data: bytes, headers: dict[str, str]) -> str:
     parts = subject.split(".")
+    if subject.startswith(f"$KV.{subjects.CALLS_BUCKET}.") and data:
+        record = CallRecord.model_validate_json(data)
+        if subject.split(".", 2)[2] != record.call_id:
+            raise ContractError(f"{subject}: record of call {record.call_id}")
+        return "kv:call.record"
     if subject.startswith(("$JS.", "$SRV.", "$KV.", "$O.")):
         return "nats-internal"
     if subject.startswith("_INBOX.") or subject.startswith("$JS.ACK."):
@@ -64,15 +69,16 @@ def _check(subject: str, data: bytes, headers: dict[str, str]) -> str:
         return "tools.call"
     if subject == subjects.TOOLS_CATALOG:
         return "tools.catalog-request"
-    if len(parts) == 5 and parts[2] == "call" and parts[4] in ("in", "out"):
+    if len(parts) == 6 and parts[2] == "call" and parts[5] in ("in", "out"):
         subjects.check_call_id(parts[3])
+        subjects.check_stream_key(parts[4])
         frame = decode_frame(data)
-        allowed = _IN_KINDS if parts[4] == "in" else _OUT_KINDS
+        allowed = _IN_KINDS if parts[5] == "in" else _OUT_KINDS
         if frame.kind not in allowed:
-            raise ContractError(f"{subject}: {frame.kind.name} not allowed on {parts[4]}")
+            raise ContractError(f"{subject}: {frame.kind.name} not allowed on {parts[5]}")
         if frame.kind is not Kind.AUDIO:
             frame.json()
-        return f"frame:{parts[4]}:{frame.kind.name}"
+        return f"frame:{parts[5]}:{frame.kind.name}"
     if len(parts) == 5 and parts[2] == "events":
         event = decode_event(data)
         if event.subject != subject:
@@ -95,13 +101,15 @@ def describe() -> dict[str, Any]:
     return {
         "subjects": {
             "offer": subjects.CALL_OFFER,
-            "in": f"{subjects.PREFIX}.call.<call_id>.in",
-            "out": f"{subjects.PREFIX}.call.<call_id>.out",
+            "in": f"{subjects.PREFIX}.call.<call_id>.<stream_key>.in",
+            "out": f"{subjects.PREFIX}.call.<call_id>.<stream_key>.out",
+            "calls_bucket": subjects.CALLS_BUCKET,
             "events": subjects.EVENTS_ALL,
             "tools": [subjects.TOOLS_CATALOG, subjects.TOOLS_CALL],
         },
         "events": event_schema(),
         "offer": CallOffer.model_json_schema(),
+        "record": CallRecord.model_json_schema(),
         "answer": CallAnswer.model_json_schema(),
         "tool_request": ToolCallRequest.model_json_schema(),
         "tool_reply": ToolCallReply.model_json_schema(),

@@ -2,7 +2,7 @@
 
 Audio is the hot path (50 frames a second per call and direction), so it travels as raw mu-law
 bytes behind a 12-byte header, never as base64 JSON. Control messages (mark, clear, dtmf, stop,
-hangup) use the same subject and header so they stay ordered with the audio around them.
+hangup, heartbeat) use the same subject and header so they stay ordered with the audio around them.
 
     offset size field
     0      1    version (1)
@@ -37,6 +37,7 @@ class Kind(enum.IntEnum):
     DTMF = 4  # in: {"digit"}
     STOP = 5  # in: the stream stopped {"reason"}
     HANGUP = 6  # out: close the media socket {"reason"}
+    HEARTBEAT = 7  # out: the bridge still holds the call {"bridge"}; its absence is a lost bridge
 
 
 class FrameError(ValueError):

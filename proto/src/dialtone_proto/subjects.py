@@ -4,8 +4,12 @@ Layout (all under ``dt.v1``):
 
 - ``dt.v1.calls.offer``            request/reply; a media-gateway offers a new call, one bridge of the
                                    ``realtime-bridge`` queue group claims it.
-- ``dt.v1.call.<call_id>.in``      core NATS, gateway -> bridge: caller audio and control frames.
-- ``dt.v1.call.<call_id>.out``     core NATS, bridge -> gateway: agent audio and control frames.
+- ``dt.v1.call.<call_id>.<key>.in``  core NATS, gateway -> bridge: caller audio and control frames.
+- ``dt.v1.call.<call_id>.<key>.out`` core NATS, bridge -> gateway: agent audio, control, heartbeats.
+                                   ``key`` is the stream key: a random token the gateway stream
+                                   holding the call draws (and draws anew when it re-offers the
+                                   call), so only that stream and the bridge it offered the call to
+                                   share the subjects; frames from anyone else reach no one.
 - ``dt.v1.events.<call_id>.<type>`` JetStream stream ``DIALTONE_EVENTS``: durable call events.
 - ``dt.v1.tools.catalog`` / ``dt.v1.tools.call``  the tool-runner's ``nats.micro`` endpoints.
 - ``dt.v1.live.<call_id>``         core NATS heartbeat of a live call (for the admin live view).
@@ -36,14 +40,21 @@ def check_call_id(call_id: str) -> str:
     return call_id
 
 
-def call_in(call_id: str) -> str:
-    """Caller audio and control, gateway -> bridge."""
-    return f"{PREFIX}.call.{check_call_id(call_id)}.in"
+def check_stream_key(key: str) -> str:
+    """Return ``key`` if it is safe as one subject token, else raise ``InvalidCallId``."""
+    if not isinstance(key, str) or not _TOKEN.match(key):
+        raise InvalidCallId(f"invalid stream key {key!r}")
+    return key
 
 
-def call_out(call_id: str) -> str:
-    """Agent audio and control, bridge -> gateway."""
-    return f"{PREFIX}.call.{check_call_id(call_id)}.out"
+def call_in(call_id: str, key: str) -> str:
+    """Caller audio and control, gateway -> bridge, of the stream holding the call under ``key``."""
+    return f"{PREFIX}.call.{check_call_id(call_id)}.{check_stream_key(key)}.in"
+
+
+def call_out(call_id: str, key: str) -> str:
+    """Agent audio, control and heartbeats, bridge -> gateway."""
+    return f"{PREFIX}.call.{check_call_id(call_id)}.{check_stream_key(key)}.out"
 
 
 def event(call_id: str, event_type: str) -> str:
@@ -57,3 +68,7 @@ def live(call_id: str) -> str:
 
 
 LIVE_ALL = f"{PREFIX}.live.*"
+
+# NATS KV bucket of calls, keyed by call id: what the signed voice webhook said about the call
+# (from, to, direction, agent, variables), then which gateway stream holds it under which key.
+CALLS_BUCKET = "dialtone_calls"

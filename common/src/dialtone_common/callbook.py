@@ -1,0 +1,123 @@
+"""The call records in NATS KV: what the signed webhook said, and which stream holds each call.
+
+The media-gateway writes a ``CallRecord`` when Twilio's signed voice webhook arrives, claims it
+for the one media stream that may carry the call, re-keys it when it re-offers the call to another
+bridge, and marks it ended. Every change after the first write is a compare-and-set on the KV
+revision, so two gateways (or a replayed upgrade racing the real one) can never both hold a call.
+Bridges only read: an offer is taken only if the record confirms it.
+
+Errors::
+
+    CallBookUnavailable   NATS or JetStream did not answer (a 503 to Twilio, a refused offer)
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+
+import nats.errors
+import nats.js.errors
+from dialtone_proto import CallRecord, subjects
+from nats.js.kv import KeyValue
+from pydantic import ValidationError
+
+log = logging.getLogger(__name__)
+
+_TIMEOUT_ERRORS = (nats.errors.Error, nats.js.errors.Error, TimeoutError, OSError)
+
+
+class CallBookUnavailable(RuntimeError):
+    """The KV store did not answer; nothing was decided."""
+
+
+class CallBook:
+    """Reads and changes call records. ``kv`` is the bucket from ``bus.ensure_calls_bucket``."""
+
+    def __init__(self, kv: KeyValue) -> None:
+        self._kv = kv
+
+    async def get(self, call_id: str) -> CallRecord | None:
+        """The record of ``call_id``, or None if there is none (or it is not a record)."""
+        entry = await self._entry(call_id)
+        return entry[0] if entry else None
+
+    async def register(self, record: CallRecord) -> CallRecord:
+        """Keep what a signed voice webhook said. A webhook that comes again for a call not yet
+        streaming (Twilio retried, or fetched it again) replaces the record; once a stream holds
+        the call the record is kept as it is and returned."""
+        subjects.check_call_id(record.call_id)
+        data = record.model_dump_json().encode()
+        for _ in range(5):
+            entry = await self._entry(record.call_id)
+            try:
+                if entry is None:
+                    await self._kv.create(record.call_id, data)
+                    return record
+                current, revision = entry
+                if current.state != "pending":
+                    return current
+                await self._kv.update(record.call_id, data, last=revision)
+                return record
+            except nats.js.errors.KeyWrongLastSequenceError:
+                continue  # another gateway wrote first: look again
+            except _TIMEOUT_ERRORS as exc:
+                raise CallBookUnavailable(str(exc)) from exc
+        raise CallBookUnavailable(f"call {record.call_id}: record kept changing")
+
+    async def claim(self, call_id: str, stream_key: str, gateway_id: str) -> CallRecord | None:
+        """Make the stream with ``stream_key`` the one that holds the call (pending -> streaming).
+
+        Returns:
+            The claimed record, or None when there is no record or a stream already held the call.
+        """
+        return await self._change(
+            call_id, lambda r: r.state == "pending",
+            state="streaming", stream_key=stream_key, gateway_id=gateway_id, epoch=0,
+        )
+
+    async def rekey(self, call_id: str, old_key: str, new_key: str, epoch: int, gateway_id: str) -> CallRecord | None:
+        """Re-offering: the stream keeps the call under a new key and epoch (the old key is dead)."""
+        return await self._change(
+            call_id, lambda r: r.state == "streaming" and r.stream_key == old_key,
+            stream_key=new_key, epoch=epoch, gateway_id=gateway_id,
+        )
+
+    async def end(self, call_id: str, stream_key: str) -> CallRecord | None:
+        """The stream is over: no stream may take the call again."""
+        return await self._change(call_id, lambda r: r.stream_key == stream_key, state="ended")
+
+    async def _change(self, call_id: str, allowed, **changes: object) -> CallRecord | None:
+        for _ in range(5):
+            entry = await self._entry(call_id)
+            if entry is None or not allowed(entry[0]):
+                return None
+            record = entry[0].model_copy(update=changes)
+            try:
+                await self._kv.update(call_id, record.model_dump_json().encode(), last=entry[1])
+                return record
+            except nats.js.errors.KeyWrongLastSequenceError:
+                continue
+            except _TIMEOUT_ERRORS as exc:
+                raise CallBookUnavailable(str(exc)) from exc
+        return None
+
+    async def _entry(self, call_id: str) -> tuple[CallRecord, int] | None:
+        try:
+            entry = await self._kv.get(subjects.check_call_id(call_id))
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+            return None
+        except _TIMEOUT_ERRORS as exc:
+            raise CallBookUnavailable(str(exc)) from exc
+        if not entry.value:
+            return None
+        try:
+            return CallRecord.model_validate_json(entry.value), int(entry.revision or 0)
+        except ValidationError:
+            log.error("call record of %s is not a CallRecord: ignored", call_id)
+            return None
+
+
+def new_record(call_id: str, **fields: object) -> CallRecord:
+    """A pending record dated now."""
+    return CallRecord(call_id=call_id, created_at=datetime.now(UTC), **fields)
