@@ -23,9 +23,34 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         )
 
 
-async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
-    """Open a pool whose connections encode and decode jsonb with orjson."""
-    return await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, init=_init_connection)
+async def create_pool(
+    dsn: str,
+    *,
+    min_size: int = 1,
+    max_size: int = 10,
+    command_timeout: float | None = 30.0,
+    connect_timeout: float = 5.0,
+) -> asyncpg.Pool:
+    """Open a pool whose connections encode and decode jsonb with orjson.
+
+    Both timeouts are there so that a frozen or unreachable server turns into an error instead of
+    a wait without end (asyncpg's own defaults are no command timeout and a 60 s connect).
+
+    Args:
+        dsn: the PostgreSQL URL.
+        min_size: connections opened up front.
+        max_size: connections at most.
+        command_timeout: seconds a query may take unless the call passes its own ``timeout``.
+        connect_timeout: seconds to open a connection, the server's startup reply included.
+    """
+    return await asyncpg.create_pool(
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        init=_init_connection,
+        command_timeout=command_timeout,
+        timeout=connect_timeout,
+    )
 
 
 _MIGRATION = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
