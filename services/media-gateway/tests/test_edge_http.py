@@ -16,8 +16,9 @@ pytestmark = pytest.mark.unit
 TOKEN = "0123456789abcdef0123456789abcdef"
 BASE = "https://gateway.example.com"
 STREAM_URL = "wss://gateway.example.com/media"
+CALL = "CA" + "1" * 32
 FORM = {
-    "CallSid": "CA" + "1" * 32,
+    "CallSid": CALL,
     "AccountSid": "AC" + "2" * 32,
     "From": "+15550001",
     "To": "+15005550006",
@@ -38,31 +39,17 @@ def checker() -> SignatureChecker:
 # ---- TwiML ---------------------------------------------------------------------------------
 
 
-def test_twiml_connects_a_stream_with_parameters() -> None:
-    params = {"from": "+15550001", "to": "+15005550006", "agent": "support", "v_note": 'a&b<c>"d'}
-    root = ET.fromstring(connect_stream(STREAM_URL, params))
+def test_twiml_connects_the_call_to_its_own_stream_url_and_nothing_else() -> None:
+    url = f"{STREAM_URL}/{CALL}/{'t' * 22}"
+    root = ET.fromstring(connect_stream(url))
 
     assert root.tag == "Response"
     assert [child.tag for child in root] == ["Connect"]
-    streams = root.findall("./Connect/Stream")
-    assert len(streams) == 1
-    assert streams[0].get("url") == STREAM_URL
-    assert {p.get("name"): p.get("value") for p in streams[0].findall("Parameter")} == params
-
-
-def test_twiml_stream_url_has_no_query_string() -> None:
-    root = ET.fromstring(connect_stream(STREAM_URL, {"agent": "billing", "v_id": "7"}))
-    url = urlsplit(root.find("./Connect/Stream").get("url"))
-
-    assert url.scheme == "wss"
-    assert url.query == ""
-    assert "?" not in root.find("./Connect/Stream").get("url")
-
-
-def test_twiml_leaves_out_parameters_without_a_value() -> None:
-    root = ET.fromstring(connect_stream(STREAM_URL, {"from": "+1555", "answered_by": None, "agent": None}))
-
-    assert [p.get("name") for p in root.iter("Parameter")] == ["from"]
+    (stream,) = root.findall("./Connect/Stream")
+    assert stream.get("url") == url
+    # The call's details stay server-side: nothing a socket could echo back as its own.
+    assert stream.findall("Parameter") == []
+    assert urlsplit(url).query == ""
 
 
 # ---- signatures ----------------------------------------------------------------------------
@@ -103,23 +90,42 @@ def test_webhook_with_tampered_form_is_refused(checker: SignatureChecker) -> Non
     assert not checker.webhook("/twilio-voice", FORM | {"From": "+15559999"}, signature)
 
 
-def test_media_socket_signed_for_the_stream_url_is_accepted(checker: SignatureChecker) -> None:
-    assert checker.media_socket(_sign(STREAM_URL, {}))
+def test_media_socket_signed_for_its_own_stream_url_is_accepted(checker: SignatureChecker) -> None:
+    token = checker.stream_token(CALL)
+
+    assert checker.media_socket(CALL, token, _sign(f"{STREAM_URL}/{CALL}/{token}", {}))
+    assert checker.token_matches(CALL, token)
+
+
+def test_each_call_has_its_own_token_and_so_its_own_upgrade_signature(checker: SignatureChecker) -> None:
+    other = "CA" + "9" * 32
+    mine, theirs = checker.stream_token(CALL), checker.stream_token(other)
+
+    assert mine != theirs and len(mine) >= 22
+    assert not checker.token_matches(other, mine)
+    # A signature seen on one call's upgrade does not open another call's stream.
+    assert not checker.media_socket(other, theirs, _sign(f"{STREAM_URL}/{CALL}/{mine}", {}))
+    # Another auth token gives other tokens: the key is derived from the secret.
+    assert SignatureChecker("another-token", BASE, STREAM_URL).stream_token(CALL) != mine
+
+
+@pytest.mark.parametrize("token", ["", "short", "x" * 22, "A" * 200, "../../etc", "t\n" * 11])
+def test_forged_tokens_do_not_match(checker: SignatureChecker, token: str) -> None:
+    assert not checker.token_matches(CALL, token)
 
 
 @pytest.mark.parametrize(
     "signature",
     [
         pytest.param(_sign("wss://evil.example.com/media", {}), id="other-host"),
-        pytest.param(_sign(STREAM_URL, {}, token="another-token"), id="other-token"),
+        pytest.param(_sign(STREAM_URL, {}), id="the-bare-stream-url"),
         pytest.param(_sign(BASE + "/twilio-voice", {}), id="webhook-url"),
-        pytest.param(_sign(STREAM_URL, FORM), id="with-params"),
         pytest.param("", id="empty"),
         pytest.param(None, id="missing"),
     ],
 )
 def test_media_socket_with_a_wrong_signature_is_refused(checker: SignatureChecker, signature: str | None) -> None:
-    assert not checker.media_socket(signature)
+    assert not checker.media_socket(CALL, checker.stream_token(CALL), signature)
 
 
 def test_signature_is_checked_against_the_configured_url_not_the_local_one() -> None:
@@ -144,7 +150,9 @@ def test_signature_is_checked_against_the_configured_url_not_the_local_one() -> 
     ],
 )
 def test_stream_url_follows_the_public_base_url(base: str, stream: str) -> None:
-    assert GatewaySettings(twilio_auth_token="t", public_base_url=base).stream_url == stream
+    settings = GatewaySettings(twilio_auth_token="t", public_base_url=base)
+    assert settings.stream_base_url == stream
+    assert settings.stream_url(CALL, "tok") == f"{stream}/{CALL}/tok"
 
 
 def test_settings_read_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -155,5 +163,5 @@ def test_settings_read_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
     assert settings.twilio_auth_token.get_secret_value() == "from-env"
     assert "from-env" not in repr(settings)
-    assert settings.stream_url == "wss://voice.example.org/media"
+    assert settings.stream_base_url == "wss://voice.example.org/media"
     assert settings.port == 8123

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import random
+from datetime import UTC, datetime
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -17,14 +18,19 @@ import orjson
 import pytest
 from dialtone_gateway import streams
 from dialtone_gateway.settings import GatewaySettings
-from dialtone_gateway.streams import MediaStream
-from dialtone_proto import CallAnswer, CallOffer, subjects
+from dialtone_gateway.streams import MediaStream, StreamContext
+from dialtone_proto import CallAnswer, CallOffer, CallRecord, subjects
 from dialtone_proto.frames import Kind, decode_frame, encode_control, encode_frame
 from starlette.websockets import WebSocketState
 
 pytestmark = pytest.mark.unit
 
 CALL = "CA" + "5" * 32
+KEY = "k" * 22
+RECORD = CallRecord(
+    call_id=CALL, account_sid="AC1", from_number="+15551112222", to_number="+15005550006", agent="billing",
+    variables={"order": "42"}, created_at=datetime(2026, 1, 1, tzinfo=UTC), state="streaming", stream_key=KEY,
+)
 STREAM = "MZ" + "6" * 32
 MIN_BYTES = 320  # 40 ms of 8 kHz mu-law
 WAIT_S = 5.0  # upper bound for an event that is already due; never a synchronisation sleep
@@ -70,8 +76,8 @@ class FakeSocket:
 
 
 class FakeMsg:
-    def __init__(self, data: bytes) -> None:
-        self.data = data
+    def __init__(self, data: bytes, subject: str = "") -> None:
+        self.data, self.subject = data, subject
 
 
 class FakeSubscription:
@@ -94,10 +100,15 @@ class FakeNats:
         self.claimed = asyncio.Event()
         self.subscription = FakeSubscription()
         self.published_event = asyncio.Event()
+        self.out_subjects: list[str] = []
+        self.is_connected = True
+        self.stats = {"reconnects": 0}
 
-    async def subscribe(self, subject: str, cb: Callable[[FakeMsg], Awaitable[None]]) -> FakeSubscription:
-        assert subject == subjects.call_out(CALL)
+    async def subscribe(self, subject: str, cb: Callable[[FakeMsg], Awaitable[None]], **_: Any) -> FakeSubscription:
+        assert subject.startswith(f"dt.v1.call.{CALL}.") and subject.endswith(".out")
+        self.out_subjects.append(subject)
         self.out_cb = cb
+        self.subscription = FakeSubscription()
         self.subscribed.set()
         return self.subscription
 
@@ -120,8 +131,46 @@ class FakeNats:
                 await self.published_event.wait()
         return self.frames_in()
 
-    def frames_in(self) -> list:
-        return [decode_frame(d) for s, d in self.published if s == subjects.call_in(CALL)]
+    def frames_in(self, key: str = "") -> list:
+        subject = subjects.call_in(CALL, key or KEY)
+        return [decode_frame(d) for s, d in self.published if s == subject]
+
+
+class FakeJetStream:
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+
+    async def publish(self, subject: str, data: bytes, headers: dict[str, str], timeout: float) -> None:  # noqa: ASYNC109
+        event = orjson.loads(data)
+        assert headers["Nats-Msg-Id"] == event["id"]
+        self.events.append(event)
+
+
+class FakeCallBook:
+    """The KV call records, in memory."""
+
+    def __init__(self, record: CallRecord) -> None:
+        self.record: CallRecord | None = record
+
+    async def rekey(self, call_id: str, old_key: str, new_key: str, epoch: int, gateway_id: str) -> CallRecord | None:
+        if self.record is None or self.record.stream_key != old_key:
+            return None
+        self.record = self.record.model_copy(update={"stream_key": new_key, "epoch": epoch})
+        return self.record
+
+    async def end(self, call_id: str, stream_key: str) -> CallRecord | None:
+        if self.record is not None and self.record.stream_key == stream_key:
+            self.record = self.record.model_copy(update={"state": "ended"})
+        return self.record
+
+
+class FakeLine:
+    def __init__(self) -> None:
+        self.apologised: list[tuple[str, str | None]] = []
+
+    async def apologise(self, call_sid: str, account_sid: str | None) -> bool:
+        self.apologised.append((call_sid, account_sid))
+        return True
 
 
 START = {
@@ -151,12 +200,13 @@ def _media(seq: int, ts: int, payload: bytes) -> dict[str, Any]:
 class Call:
     """A running MediaStream with its fakes."""
 
-    def __init__(self, stream: MediaStream, ws: FakeSocket, nc: FakeNats, task: asyncio.Task) -> None:
-        self.stream, self.ws, self.nc, self.task = stream, ws, nc, task
+    def __init__(self, stream: MediaStream, ws: FakeSocket, nc: FakeNats, task: asyncio.Task,
+                 ctx: StreamContext) -> None:  # fmt: skip
+        self.stream, self.ws, self.nc, self.task, self.ctx = stream, ws, nc, task, ctx
 
     async def out(self, data: bytes) -> None:
         assert self.nc.out_cb is not None
-        await self.nc.out_cb(FakeMsg(data))
+        await self.nc.out_cb(FakeMsg(data, self.nc.out_subjects[-1]))
 
     async def audio(self, payload: bytes) -> None:
         await self.out(encode_frame(Kind.AUDIO, 0, 0, payload))
@@ -174,16 +224,22 @@ def no_flush_timer(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(streams, "FLUSH_AFTER_S", 3600.0)
 
 
-@pytest.fixture
-async def call(no_flush_timer: None) -> AsyncIterator[Call]:
-    ws, nc = FakeSocket(), FakeNats()
-    settings = GatewaySettings(twilio_auth_token="t", public_base_url="https://gw.example.com")
-    stream = MediaStream(ws, nc, settings, "gw-test")  # type: ignore[arg-type]
+async def start_call(nc: FakeNats | None = None, **settings: Any) -> Call:
+    ws, nc = FakeSocket(), nc or FakeNats()
+    config = GatewaySettings(twilio_auth_token="t", public_base_url="https://gw.example.com", **settings)
+    ctx = StreamContext(nc, FakeJetStream(), FakeCallBook(RECORD), FakeLine(), config, "gw-test")  # type: ignore[arg-type]
+    stream = MediaStream(ws, ctx, RECORD)  # type: ignore[arg-type]
     task = asyncio.create_task(stream.run())
     ws.feed({"event": "connected", "protocol": "Call", "version": "1.0.0"})
     ws.feed(START)
     await asyncio.wait_for(nc.subscribed.wait(), WAIT_S)
-    c = Call(stream, ws, nc, task)
+    return Call(stream, ws, nc, task, ctx)
+
+
+@pytest.fixture
+async def call(no_flush_timer: None) -> AsyncIterator[Call]:
+    c = await start_call()
+    ws, nc, task = c.ws, c.nc, c.task
     yield c
     nc.answer.set()
     ws.hang_up()
@@ -291,15 +347,91 @@ async def test_bad_frames_from_the_bus_are_skipped(call: Call) -> None:
 # ---- inbound -------------------------------------------------------------------------------
 
 
-async def test_the_offer_carries_the_call_and_its_parameters(call: Call) -> None:
+async def test_the_offer_carries_the_signed_record_not_the_custom_parameters(call: Call) -> None:
     call.nc.answer.set()
     await asyncio.wait_for(call.nc.claimed.wait(), WAIT_S)
 
     (offer,) = call.nc.offers
     assert (offer.call_id, offer.stream_sid, offer.account_sid) == (CALL, STREAM, "AC1")
-    assert (offer.from_number, offer.to_number, offer.agent) == ("+15550001", "+15005550006", "billing")
+    # START's customParameters say "+15550001": a caller could put anything there.
+    assert (offer.from_number, offer.to_number, offer.agent) == ("+15551112222", "+15005550006", "billing")
     assert offer.parameters == {"order": "42"}
-    assert offer.gateway_id == "gw-test"
+    assert (offer.gateway_id, offer.stream_key, offer.epoch) == ("gw-test", KEY, 0)
+
+
+async def test_a_start_for_another_call_ends_the_stream_unoffered(no_flush_timer: None) -> None:
+    ws, nc = FakeSocket(), FakeNats()
+    settings = GatewaySettings(twilio_auth_token="t", public_base_url="https://gw.example.com")
+    ctx = StreamContext(nc, FakeJetStream(), FakeCallBook(RECORD), FakeLine(), settings, "gw-test")  # type: ignore[arg-type]
+    task = asyncio.create_task(MediaStream(ws, ctx, RECORD).run())  # type: ignore[arg-type]
+    ws.feed({**START, "start": {**START["start"], "callSid": "CA" + "7" * 32}})
+    await asyncio.wait_for(task, WAIT_S)
+
+    assert ws.closed_with == 1008
+    assert nc.offers == [] and nc.out_subjects == []
+
+
+async def test_a_silent_bridge_is_fenced_off_and_the_call_re_offered(no_flush_timer: None) -> None:
+    call = await start_call(bridge_lease_s=0.2)
+    call.nc.answer.set()
+    await asyncio.wait_for(call.nc.claimed.wait(), WAIT_S)
+    async with asyncio.timeout(WAIT_S):
+        while len(call.nc.offers) < 2:  # no heartbeat ever comes: the lease runs out
+            await asyncio.sleep(0.05)
+
+    first, second = call.nc.offers
+    assert (second.epoch, second.from_number) == (1, "+15551112222")
+    assert second.stream_key != first.stream_key == KEY
+    # The old bridge hears the call is no longer its own, on the old subject only.
+    assert [(f.kind, f.json()) for f in call.nc.frames_in(KEY)] == [(Kind.STOP, {"reason": "bridge_replaced"})]
+    assert call.ctx.calls.record.stream_key == second.stream_key  # type: ignore[attr-defined]
+    assert call.nc.out_subjects[-1] == subjects.call_out(CALL, second.stream_key)
+    # Frames of the fenced-off bridge are dropped; the new bridge's reach the caller.
+    await call.nc.out_cb(FakeMsg(encode_frame(Kind.AUDIO, 0, 0, b"\x01" * 320), subjects.call_out(CALL, KEY)))
+    assert call.ws.media() == []
+    await call.audio(b"\x02" * 320)
+    assert call.ws.media() == [b"\x02" * 320]
+    assert [e["status"] for e in call.ctx.js.events] == ["bridge_lost"]  # type: ignore[attr-defined]
+    call.ws.hang_up()
+    await asyncio.wait_for(call.task, WAIT_S)
+
+
+async def test_heartbeats_keep_the_lease(no_flush_timer: None) -> None:
+    call = await start_call(bridge_lease_s=0.2)
+    call.nc.answer.set()
+    await asyncio.wait_for(call.nc.claimed.wait(), WAIT_S)
+    for _ in range(12):  # 0.6 s, three leases long
+        await call.out(encode_control(Kind.HEARTBEAT, 0, 0, {"bridge": "b1"}))
+        await asyncio.sleep(0.05)
+
+    assert len(call.nc.offers) == 1
+    assert call.ws.sent == []  # a heartbeat is not sent to Twilio
+    call.ws.hang_up()
+    await asyncio.wait_for(call.task, WAIT_S)
+
+
+async def test_no_bridge_at_all_gets_the_caller_an_apology(no_flush_timer: None) -> None:
+    nc = FakeNats()
+    nc.request = _never_answered  # type: ignore[method-assign]
+    call = await start_call(nc, claim_deadline_s=0.3, claim_timeout_s=0.05)
+    async with asyncio.timeout(WAIT_S):
+        while not call.ctx.line.apologised:  # type: ignore[attr-defined]
+            await asyncio.sleep(0.05)
+
+    assert call.ctx.line.apologised == [(CALL, "AC1")]  # type: ignore[attr-defined]
+    async with asyncio.timeout(WAIT_S):
+        while not call.ctx.js.events:  # type: ignore[attr-defined]
+            await asyncio.sleep(0.02)
+    assert [(e["type"], e["reason"]) for e in call.ctx.js.events] == [("call.ended", "no_bridge")]  # type: ignore[attr-defined]
+    call.ws.hang_up()
+    await asyncio.wait_for(call.task, WAIT_S)
+
+
+async def _never_answered(subject: str, payload: bytes, timeout: float) -> FakeMsg:  # noqa: ASYNC109
+    import nats.errors
+
+    await asyncio.sleep(timeout)
+    raise nats.errors.TimeoutError
 
 
 async def test_caller_audio_during_the_claim_reaches_the_bridge_in_order(call: Call) -> None:

@@ -4,22 +4,27 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import secrets
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 from dialtone_common import bus
+from dialtone_common.callbook import CallBook, CallBookUnavailable, new_record
 from dialtone_proto import subjects
 from dialtone_proto.events import CallStatus, encode_event
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import PlainTextResponse, Response
 from nats.js.errors import NoStreamResponseError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
 
 from dialtone_gateway import metrics as m
+from dialtone_gateway.forms import BodyRejected, read_form
+from dialtone_gateway.line import TwilioLine
 from dialtone_gateway.settings import GatewaySettings
 from dialtone_gateway.signatures import SignatureChecker
-from dialtone_gateway.streams import MediaStream
+from dialtone_gateway.streams import MediaStream, StreamContext
 from dialtone_gateway.twiml import connect_stream
 
 log = logging.getLogger("dialtone.gateway")
@@ -28,56 +33,81 @@ log = logging.getLogger("dialtone.gateway")
 def create_app(settings: GatewaySettings) -> FastAPI:
     """Build the gateway app; NATS is connected in the lifespan."""
     checker = SignatureChecker(
-        settings.twilio_auth_token.get_secret_value(), settings.public_base_url, settings.stream_url
+        settings.twilio_auth_token.get_secret_value(), settings.public_base_url, settings.stream_base_url
     )
     gateway_id = settings.instance_id or f"gateway-{uuid.uuid4().hex[:8]}"
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         nc = await bus.connect(settings.nats_servers(), name=gateway_id)
-        js = nc.jetstream()
-        await bus.ensure_stream(js)
-        app.state.nc, app.state.js = nc, js
-        log.info("media-gateway %s ready; Twilio webhook %s/twilio-voice", gateway_id, settings.public_base_url)
+        line = TwilioLine(settings)
         try:
+            js = nc.jetstream()
+            await bus.ensure_stream(js)
+            calls = CallBook(await bus.ensure_calls_bucket(js))
+            app.state.nc, app.state.js, app.state.calls = nc, js, calls
+            app.state.ctx = StreamContext(nc, js, calls, line, settings, gateway_id)
+            log.info("media-gateway %s ready; Twilio webhook %s/twilio-voice", gateway_id, settings.public_base_url)
             yield
         finally:
+            await line.close()
             await bus.close(nc)
 
-    app = FastAPI(title="Dialtone media-gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(title="Dialtone media-gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
 
-    async def _form(request: Request) -> dict[str, str]:
-        form = await request.form()
-        return {k: str(v) for k, v in form.items()}
-
-    def _path(request: Request) -> str:
-        return request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    async def _signed_form(request: Request, endpoint: str) -> dict[str, str] | Response:
+        """The webhook's fields if the body is sane and the signature good, else the refusal."""
+        try:
+            params = await read_form(request, settings.max_webhook_bytes, settings.webhook_read_timeout_s)
+        except BodyRejected as exc:
+            m.WEBHOOKS.labels(endpoint, exc.reason).inc()
+            log.warning("%s webhook refused before parsing (%s): %s", endpoint, exc.reason, exc.detail)
+            return PlainTextResponse(exc.detail, status_code=exc.status, headers={"Connection": "close"})
+        path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        if not checker.webhook(path, params, request.headers.get("x-twilio-signature")):
+            m.WEBHOOKS.labels(endpoint, "forbidden").inc()
+            log.warning("%s webhook with a bad signature refused (call %r)", endpoint, params.get("CallSid", "?")[:64])
+            return PlainTextResponse("invalid Twilio signature", status_code=403)
+        return params
 
     @app.post("/twilio-voice")
     async def twilio_voice(request: Request) -> Response:
-        params = await _form(request)
-        if not checker.webhook(_path(request), params, request.headers.get("x-twilio-signature")):
-            m.WEBHOOKS.labels("voice", "forbidden").inc()
-            log.warning("voice webhook with a bad signature refused (call %s)", params.get("CallSid", "?")[:64])
-            return PlainTextResponse("invalid Twilio signature", status_code=403)
-        m.WEBHOOKS.labels("voice", "ok").inc()
+        params = await _signed_form(request, "voice")
+        if isinstance(params, Response):
+            return params
         query = request.query_params
-        stream_params = {
-            "from": params.get("From"),
-            "to": params.get("To"),
-            "direction": params.get("Direction", "inbound"),
-            "agent": query.get("agent"),
-            "answered_by": params.get("AnsweredBy"),
-        }
-        stream_params |= {k: v for k, v in query.items() if k.startswith("v_")}
-        return Response(connect_stream(settings.stream_url, stream_params), media_type="application/xml")
+        variables = {k[2:]: v for k, v in query.items() if k.startswith("v_")}
+        if params.get("AnsweredBy"):
+            variables["answered_by"] = params["AnsweredBy"]
+        try:
+            call_id = subjects.check_call_id(params.get("CallSid", ""))
+            record = new_record(
+                call_id,
+                account_sid=params.get("AccountSid"),
+                from_number=params.get("From"),
+                to_number=params.get("To"),
+                direction="outbound" if params.get("Direction", "").startswith("outbound") else "inbound",
+                agent=query.get("agent") or settings.default_agent,
+                variables=variables,
+            )
+        except (subjects.InvalidCallId, ValidationError) as exc:
+            m.WEBHOOKS.labels("voice", "bad_request").inc()
+            return PlainTextResponse(f"invalid call: {str(exc)[:200]}", status_code=400)
+        try:
+            await request.app.state.calls.register(record)
+        except CallBookUnavailable as exc:
+            # Twilio retries a webhook that fails (and plays its error message if it keeps failing).
+            log.error("could not keep the record of call %s: %s", call_id, exc)
+            return PlainTextResponse("call store unavailable", status_code=503)
+        m.WEBHOOKS.labels("voice", "ok").inc()
+        twiml = connect_stream(settings.stream_url(call_id, checker.stream_token(call_id)))
+        return Response(twiml, media_type="application/xml")
 
     @app.post("/twilio-status")
     async def twilio_status(request: Request) -> Response:
-        params = await _form(request)
-        if not checker.webhook(_path(request), params, request.headers.get("x-twilio-signature")):
-            m.WEBHOOKS.labels("status", "forbidden").inc()
-            return PlainTextResponse("invalid Twilio signature", status_code=403)
+        params = await _signed_form(request, "status")
+        if isinstance(params, Response):
+            return params
         try:
             call_id = subjects.check_call_id(params.get("CallSid", ""))
             status = params["CallStatus"]
@@ -85,17 +115,21 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             m.WEBHOOKS.labels("status", "bad_request").inc()
             return PlainTextResponse("CallSid and CallStatus are required", status_code=400)
         seq = params.get("SequenceNumber")
-        event = CallStatus(
-            id=f"{call_id}-status-{seq if seq is not None else 'x'}-{status}-{params.get('AnsweredBy', '')}",
-            call_id=call_id,
-            at=datetime.now(UTC),
-            status=status,
-            source="twilio",
-            answered_by=params.get("AnsweredBy"),
-            sequence=int(seq) if seq and seq.isdigit() else None,
-            duration_s=int(d) if (d := params.get("CallDuration")) and d.isdigit() else None,
-            direction="outbound" if params.get("Direction", "").startswith("outbound") else "inbound",
-        )
+        try:
+            event = CallStatus(
+                id=f"{call_id}-status-{seq if seq is not None else 'x'}-{status}-{params.get('AnsweredBy', '')}"[:200],
+                call_id=call_id,
+                at=datetime.now(UTC),
+                status=status[:64],
+                source="twilio",
+                answered_by=params.get("AnsweredBy"),
+                sequence=int(seq) if seq and seq.isdigit() and len(seq) < 10 else None,
+                duration_s=int(d) if (d := params.get("CallDuration")) and d.isdigit() and len(d) < 10 else None,
+                direction="outbound" if params.get("Direction", "").startswith("outbound") else "inbound",
+            )
+        except ValidationError as exc:
+            m.WEBHOOKS.labels("status", "bad_request").inc()
+            return PlainTextResponse(f"invalid status callback: {str(exc)[:200]}", status_code=400)
         try:
             await request.app.state.js.publish(
                 event.subject, encode_event(event), headers={"Nats-Msg-Id": event.id}, timeout=5
@@ -107,15 +141,36 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         m.WEBHOOKS.labels("status", "ok").inc()
         return Response(status_code=204)
 
-    @app.websocket("/media")
-    async def media(ws: WebSocket) -> None:
-        if not checker.media_socket(ws.headers.get("x-twilio-signature")):
-            m.SOCKETS_REFUSED.labels("signature").inc()
-            log.warning("media socket with a bad signature refused")
-            await ws.close(code=1008)  # before accept: the client sees HTTP 403
-            return
+    async def _refuse(ws: WebSocket, reason: str, call_id: str) -> None:
+        m.SOCKETS_REFUSED.labels(reason).inc()
+        log.warning("media socket refused (%s) for call %r", reason, call_id[:64])
+        await ws.close(code=1008)  # before accept: the client sees HTTP 403
+
+    @app.websocket("/media/{call_id}/{token}")
+    async def media(ws: WebSocket, call_id: str, token: str) -> None:
+        try:
+            subjects.check_call_id(call_id)
+        except subjects.InvalidCallId:
+            return await _refuse(ws, "bad_call_id", call_id)
+        if not checker.media_socket(call_id, token, ws.headers.get("x-twilio-signature")):
+            return await _refuse(ws, "signature", call_id)
+        if not checker.token_matches(call_id, token):
+            return await _refuse(ws, "token", call_id)
+        calls: CallBook = ws.app.state.calls
+        stream_key = secrets.token_urlsafe(16)
+        try:
+            record = await calls.claim(call_id, stream_key, gateway_id)
+            if record is None:
+                known = await calls.get(call_id)
+                return await _refuse(ws, "unknown_call" if known is None else f"already_{known.state}", call_id)
+        except CallBookUnavailable:
+            return await _refuse(ws, "store_unavailable", call_id)
         await ws.accept()
-        await MediaStream(ws, ws.app.state.nc, settings, gateway_id).run()
+        await MediaStream(ws, ws.app.state.ctx, record).run()
+
+    @app.websocket("/media")
+    async def media_without_token(ws: WebSocket) -> None:
+        await _refuse(ws, "no_token", "-")
 
     @app.get("/healthz")
     async def healthz(request: Request) -> Response:

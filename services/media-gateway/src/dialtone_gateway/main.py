@@ -19,7 +19,10 @@ def main() -> None:
         host=settings.host,
         port=settings.port,
         log_config=None,
-        ws_max_size=4 * 1024 * 1024,  # we refuse oversize messages ourselves, with a log line and a metric
+        # Twilio's messages are a few hundred bytes. Up to 4x max_message_bytes we refuse a message
+        # ourselves (a log line, a metric, the call goes on); beyond that uvicorn closes the socket
+        # (1009) before buffering more of it.
+        ws_max_size=4 * settings.max_message_bytes,
         ws_ping_interval=None,
         timeout_graceful_shutdown=10,
     )

@@ -16,3 +16,7 @@ CLAIM_SECONDS = Histogram(
     "dialtone_gateway_claim_seconds", "Time for a bridge to claim a call",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+BRIDGE_LOST = Counter("dialtone_gateway_bridge_lost_total", "Calls whose bridge fell silent and were re-offered")
+RESCUES = Counter(
+    "dialtone_gateway_rescues_total", "Calls no bridge would take: Twilio apologised and hung up"
+)

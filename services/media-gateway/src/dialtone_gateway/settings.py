@@ -13,18 +13,38 @@ class GatewaySettings(ServiceSettings):
     )
     twilio_auth_token: SecretStr = Field(description="checks every webhook and media socket signature")
     twilio_account_sid: str | None = None
-    host: str = "0.0.0.0"
+    twilio_api_base_url: str | None = Field(default=None, description="Twilio REST base (a local fake in tests)")
+    host: str = Field(
+        default="127.0.0.1", validation_alias=AliasChoices("GATEWAY_HOST", "HOST"),
+        description="bind address; 0.0.0.0 (or a public address) only when the gateway must be reached directly",
+    )
     port: int = Field(default=8000, validation_alias=AliasChoices("GATEWAY_PORT", "PORT"))
-    claim_timeout_s: float = Field(default=2.0, description="wait for a bridge to claim a call, per try")
-    claim_deadline_s: float = Field(default=10.0, description="give up on a call nobody claims")
+    claim_timeout_s: float = Field(default=1.0, description="wait for a bridge to answer an offer, per try")
+    claim_deadline_s: float = Field(
+        default=5.0, description="no bridge took the call (or took it back) this long: apologise and hang up"
+    )
+    bridge_lease_s: float = Field(
+        default=2.0, description="a bridge silent this long (no heartbeat, no frame) has lost the call: re-offer it"
+    )
+    max_webhook_bytes: int = Field(default=64 * 1024, description="larger webhook bodies are refused unread (413)")
+    webhook_read_timeout_s: float = Field(default=5.0, description="a webhook body slower than this is refused (408)")
     max_message_bytes: int = Field(default=64 * 1024, description="larger Twilio messages are refused")
     min_chunk_ms: int = Field(default=40, description="smallest media message sent to Twilio")
     default_agent: str | None = Field(default=None, description="agent passed to the bridge when none is chosen")
+    apology: str = Field(
+        default="We are sorry, we are having technical difficulties. Please call again later. Goodbye.",
+        description="what Twilio says before hanging up when no bridge can take the call",
+    )
 
     @property
-    def stream_url(self) -> str:
-        """The Media Streams URL Twilio connects to (wss for https, ws for plain http)."""
+    def stream_base_url(self) -> str:
+        """The Media Streams URL prefix (wss for https, ws for plain http)."""
         base = self.public_base_url.rstrip("/")
         if base.startswith("https://"):
             return "wss://" + base.removeprefix("https://") + "/media"
         return "ws://" + base.removeprefix("http://") + "/media"
+
+    def stream_url(self, call_id: str, token: str) -> str:
+        """The URL of one call's stream: the call id and its token are in the path (Twilio's
+        ``<Stream url>`` takes no query string), so every call's upgrade signature differs."""
+        return f"{self.stream_base_url}/{call_id}/{token}"

@@ -1,10 +1,17 @@
 """One Twilio Media Stream: the socket on one side, the call's two bus subjects on the other.
 
 Inbound, each Twilio message is parsed at the edge (``twilio_protocol``) and caller audio goes to
-``dt.v1.call.<id>.in`` as raw frames. Outbound, frames from ``dt.v1.call.<id>.out`` become media,
-mark and clear messages; agent audio is coalesced so that Twilio never gets a media message shorter
-than ``min_chunk_ms`` (tiny chunks stutter). A bad message is counted and logged with the call id,
-and the socket carries on: one caller's garbage never ends their call, let alone another's.
+``dt.v1.call.<id>.<key>.in`` as raw frames. Outbound, frames from ``...out`` become media, mark and
+clear messages; agent audio is coalesced so that Twilio never gets a media message shorter than
+``min_chunk_ms`` (tiny chunks stutter). A bad message is counted and logged with the call id, and
+the socket carries on: one caller's garbage never ends their call, let alone another's.
+
+The stream holds its call under a stream key recorded in the call record, and offers the call to
+the bridges under that key. A bridge that holds the call sends a heartbeat frame every half second;
+when nothing comes from it for ``bridge_lease_s`` the stream fences it off (a ``stop`` on the old
+subject, then a new key, so the old bridge can no longer reach the caller) and re-offers the call.
+The bridge that takes it restores the conversation from the call's events. If no bridge takes the
+call within ``claim_deadline_s``, Twilio apologises to the caller and hangs up.
 """
 
 from __future__ import annotations
@@ -12,19 +19,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from collections import deque
+from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import nats.errors
+from dialtone_common.callbook import CallBook, CallBookUnavailable
 from dialtone_common.logs import CallLog
-from dialtone_proto import CallAnswer, CallOffer, subjects
+from dialtone_proto import CallAnswer, CallOffer, CallRecord, subjects
+from dialtone_proto.events import CallEnded, CallStatus, encode_event
 from dialtone_proto.frames import FrameError, Kind, decode_frame, encode_control, encode_frame
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from dialtone_gateway import metrics as m
 from dialtone_gateway import twilio_protocol as tp
+from dialtone_gateway.line import TwilioLine
 from dialtone_gateway.settings import GatewaySettings
 
 log = logging.getLogger("dialtone.gateway.stream")
@@ -32,26 +46,47 @@ log = logging.getLogger("dialtone.gateway.stream")
 MULAW_SILENCE = 0xFF
 BACKLOG_FRAMES = 3000  # 60 s of caller audio held while a bridge claims the call
 FLUSH_AFTER_S = 0.06  # send a short tail of agent audio if nothing follows it
+OUT_PENDING_MSGS = 5000  # frames from the bridge waiting for this stream (~100 s of audio)
+
+
+@dataclass
+class StreamContext:
+    """What every stream of this gateway shares."""
+
+    nc: Client
+    js: JetStreamContext
+    calls: CallBook
+    line: TwilioLine
+    settings: GatewaySettings
+    gateway_id: str
 
 
 class MediaStream:
-    """Owns one socket's life: parse, claim, pump both ways, tidy up."""
+    """Owns one socket's life: parse, claim, pump both ways, watch the bridge, tidy up."""
 
-    def __init__(self, ws: WebSocket, nc: Client, settings: GatewaySettings, gateway_id: str) -> None:
-        self.ws, self.nc, self.settings, self.gateway_id = ws, nc, settings, gateway_id
-        self.log: logging.LoggerAdapter = CallLog(log, call_id="-")
-        self.call_id: str | None = None
+    def __init__(self, ws: WebSocket, ctx: StreamContext, record: CallRecord) -> None:
+        assert record.stream_key is not None
+        self.ws, self.ctx, self.settings = ws, ctx, ctx.settings
+        self.nc = ctx.nc
+        self.record = record
+        self.call_id = record.call_id
+        self.key = record.stream_key
+        self.epoch = 0
+        self.log: logging.LoggerAdapter = CallLog(log, call_id=self.call_id)
         self.stream_sid: str | None = None
         self._seq = 0
         self._claimed = False
         self._backlog: deque[bytes] = deque(maxlen=BACKLOG_FRAMES)
         self._out_sub = None
+        self._out_subject = ""
         self._claim_task: asyncio.Task | None = None
+        self._watch_task: asyncio.Task | None = None
         self._pending = bytearray()
         self._flush_task: asyncio.Task | None = None
-        self._min_bytes = settings.min_chunk_ms * 8
+        self._min_bytes = settings_min_bytes(ctx.settings)
         self._bad_logged = 0
-        self._stopped = False
+        self._last_out = time.monotonic()
+        self._rescued = False
         self._send_lock = asyncio.Lock()
 
     # ---- inbound -------------------------------------------------------------------------
@@ -80,69 +115,76 @@ class MediaStream:
                     m.MESSAGES_IN.labels("stop").inc()
                     reason = "stop"
                     break
-                await self._handle(event)
+                if not await self._handle(event):
+                    reason = "refused"
+                    break
         except WebSocketDisconnect:
             pass
         finally:
             await self._finish(reason)
 
-    async def _handle(self, event: tp.Inbound) -> None:
+    async def _handle(self, event: tp.Inbound) -> bool:
+        """Act on one message; False when the stream must end (a start for another call)."""
         if isinstance(event, tp.Media):
             m.MESSAGES_IN.labels("media").inc()
-            if self.call_id is None:
+            if self.stream_sid is None:
                 self._bad("media_before_start", "media before start")
-                return
+                return True
             await self._publish_in(encode_frame(Kind.AUDIO, self._next_seq(), event.timestamp, event.payload))
         elif isinstance(event, tp.Mark):
             m.MESSAGES_IN.labels("mark").inc()
-            if self.call_id is None:
+            if self.stream_sid is None:
                 self._bad("mark_before_start", "mark before start")
-                return
+                return True
             await self._publish_in(encode_control(Kind.MARK, self._next_seq(), 0, {"name": event.name}))
         elif isinstance(event, tp.Dtmf):
             m.MESSAGES_IN.labels("dtmf").inc()
-            if self.call_id is None:
+            if self.stream_sid is None:
                 self._bad("dtmf_before_start", "dtmf before start")
-                return
+                return True
             await self._publish_in(encode_control(Kind.DTMF, self._next_seq(), 0, {"digit": event.digit}))
         elif isinstance(event, tp.Start):
             m.MESSAGES_IN.labels("start").inc()
-            await self._start(event)
+            return await self._start(event)
         elif isinstance(event, tp.Connected):
             m.MESSAGES_IN.labels("connected").inc()
+        return True
 
-    async def _start(self, start: tp.Start) -> None:
-        if self.call_id is not None:
+    async def _start(self, start: tp.Start) -> bool:
+        if self.stream_sid is not None:
             self._bad("duplicate_start", "second start event")
-            return
-        try:
-            subjects.check_call_id(start.call_sid)
-        except subjects.InvalidCallId:
-            self._bad("bad_call_sid", f"callSid {start.call_sid[:80]!r} is not usable")
-            return
-        self.call_id, self.stream_sid = start.call_sid, start.stream_sid
-        self.log = CallLog(log, call_id=self.call_id)
-        params = start.custom_parameters
-        variables = {k[2:]: v for k, v in params.items() if k.startswith("v_")}
-        offer = CallOffer(
-            call_id=self.call_id,
-            stream_sid=start.stream_sid,
-            account_sid=start.account_sid,
-            from_number=params.get("from"),
-            to_number=params.get("to"),
-            direction="outbound" if params.get("direction", "").startswith("outbound") else "inbound",
-            agent=params.get("agent") or self.settings.default_agent,
-            parameters=variables | ({"answered_by": params["answered_by"]} if params.get("answered_by") else {}),
-            gateway_id=self.gateway_id,
-        )
+            return True
+        if start.call_sid != self.call_id:
+            # The URL (signed, with the call's token) names one call; a start for another is an attack.
+            m.SOCKETS_REFUSED.labels("foreign_call_sid").inc()
+            self.log.warning("start names call %r, not the stream's own call: refused", start.call_sid[:64])
+            return False
+        self.stream_sid = start.stream_sid
+        if start.custom_parameters:
+            self.log.info("customParameters ignored: the call's details come from its signed webhook")
         # Subscribe before offering so the agent's first words (a greeting) cannot be missed.
-        self._out_sub = await self.nc.subscribe(subjects.call_out(self.call_id), cb=self._on_out)
-        self._claim_task = asyncio.create_task(self._claim(offer), name=f"claim-{self.call_id}")
+        await self._subscribe_out()
+        self._claim_task = asyncio.create_task(self._claim(), name=f"claim-{self.call_id}")
+        return True
 
-    async def _claim(self, offer: CallOffer) -> None:
+    def _offer(self) -> CallOffer:
+        r = self.record
+        return CallOffer(
+            call_id=self.call_id, stream_sid=self.stream_sid or "", stream_key=self.key, epoch=self.epoch,
+            account_sid=r.account_sid, from_number=r.from_number, to_number=r.to_number,
+            direction=r.direction, agent=r.agent, parameters=dict(r.variables), gateway_id=self.ctx.gateway_id,
+        )
+
+    async def _subscribe_out(self) -> None:
+        self._out_subject = subjects.call_out(self.call_id, self.key)
+        self._out_sub = await self.nc.subscribe(
+            self._out_subject, cb=self._on_out, pending_msgs_limit=OUT_PENDING_MSGS
+        )
+
+    async def _claim(self) -> None:
         started = time.monotonic()
         deadline = started + self.settings.claim_deadline_s
-        payload = offer.model_dump_json().encode()
+        payload = self._offer().model_dump_json().encode()
         while True:
             try:
                 reply = await self.nc.request(subjects.CALL_OFFER, payload, timeout=self.settings.claim_timeout_s)
@@ -152,23 +194,27 @@ class MediaStream:
                 why = answer.reason or "refused"
             except (nats.errors.NoRespondersError, nats.errors.TimeoutError) as exc:
                 why = type(exc).__name__
+            except nats.errors.Error as exc:
+                why = f"bus: {exc}"
             except ValueError as exc:
                 why = f"bad answer: {exc}"
             if time.monotonic() >= deadline:
                 m.CLAIMS.labels("failed").inc()
-                self.log.error("no realtime-bridge claimed the call: %s", why)
-                await self._close(1011)
+                self.log.error("no realtime-bridge took the call (epoch %d): %s", self.epoch, why)
+                await self._rescue("no_bridge" if self.epoch == 0 else "bridge_lost")
                 return
             m.CLAIMS.labels("retry").inc()
             await asyncio.sleep(0.2)
-        m.CLAIMS.labels("claimed").inc()
+        m.CLAIMS.labels("claimed" if self.epoch == 0 else "reclaimed").inc()
         m.CLAIM_SECONDS.observe(time.monotonic() - started)
-        self.log.info("call claimed by %s (agent %s)", answer.bridge_id, answer.agent)
+        self.log.info("call claimed by %s (agent %s, epoch %d)", answer.bridge_id, answer.agent, self.epoch)
         # Frames that arrive while the backlog drains join its end; the flag flips only once it is
         # empty, with no await in between, so the bridge sees every frame in order.
         while self._backlog:
-            await self.nc.publish(subjects.call_in(self.call_id), self._backlog.popleft())
+            await self.nc.publish(subjects.call_in(self.call_id, self.key), self._backlog.popleft())
         self._claimed = True
+        self._last_out = time.monotonic()
+        self._watch_task = asyncio.create_task(self._watch_bridge(), name=f"lease-{self.call_id}")
 
     async def _publish_in(self, frame: bytes) -> None:
         if not self._claimed:
@@ -177,7 +223,7 @@ class MediaStream:
             self._backlog.append(frame)
             return
         # nats-py's publish appends to the outgoing buffer; it waits only when that buffer is full.
-        await self.nc.publish(subjects.call_in(self.call_id), frame)
+        await self.nc.publish(subjects.call_in(self.call_id, self.key), frame)
 
     def _next_seq(self) -> int:
         self._seq += 1
@@ -190,8 +236,96 @@ class MediaStream:
         if self._bad_logged <= 10 or self._bad_logged % 100 == 0:
             self.log.warning("bad Twilio message (%s): %s [%d so far]", reason, detail[:200], self._bad_logged)
 
+    # ---- the bridge's lease --------------------------------------------------------------
+    async def _watch_bridge(self) -> None:
+        """Re-offer the call when its bridge falls silent. A gap that is our own fault (this
+        process stalled, or NATS is down and reconnecting) is never blamed on the bridge."""
+        lease = self.settings.bridge_lease_s
+        tick = lease / 4
+        reconnects = self.nc.stats.get("reconnects", 0)
+        expected = time.monotonic() + tick
+        while True:
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            stalled = now - expected > lease / 2
+            expected = now + tick
+            if stalled or not self.nc.is_connected or self.nc.stats.get("reconnects", 0) != reconnects:
+                reconnects = self.nc.stats.get("reconnects", 0)
+                self._last_out = now
+                continue
+            if now - self._last_out > lease:
+                break
+        self._watch_task = None
+        await self._reoffer(now - self._last_out)
+
+    async def _reoffer(self, silent_s: float) -> None:
+        m.BRIDGE_LOST.inc()
+        self.log.warning("bridge silent for %.1f s: re-offering the call", silent_s)
+        self._publish_event(CallStatus(
+            id=f"{self.call_id}-bridge-lost-{self.epoch}", call_id=self.call_id, at=datetime.now(UTC),
+            status="bridge_lost", source="gateway",
+        ))
+        old_key, new_key = self.key, secrets.token_urlsafe(16)
+        self._claimed = False
+        # Fence the old bridge off: should it still be alive, it hears the call is no longer its own.
+        with contextlib.suppress(Exception):
+            await self.nc.publish(
+                subjects.call_in(self.call_id, old_key),
+                encode_control(Kind.STOP, self._next_seq(), 0, {"reason": "bridge_replaced"}),
+            )
+        try:
+            record = await self.ctx.calls.rekey(self.call_id, old_key, new_key, self.epoch + 1, self.ctx.gateway_id)
+        except CallBookUnavailable as exc:
+            record = None
+            self.log.error("could not re-key the call record: %s", exc)
+        if record is None:
+            await self._rescue("bridge_lost")
+            return
+        self.record, self.key, self.epoch = record, new_key, self.epoch + 1
+        old_sub, self._out_sub = self._out_sub, None
+        if old_sub is not None:
+            with contextlib.suppress(Exception):
+                await old_sub.unsubscribe()
+        self._pending.clear()
+        await self._subscribe_out()
+        self._claim_task = asyncio.create_task(self._claim(), name=f"reclaim-{self.call_id}")
+
+    async def _rescue(self, reason: str) -> None:
+        """No bridge: Twilio says sorry and hangs up (the stream's ``stop`` then ends it here)."""
+        if self._rescued:
+            return
+        self._rescued = True
+        m.RESCUES.inc()
+        self._publish_event(CallEnded(
+            id=f"{self.call_id}-gateway-ended", call_id=self.call_id, at=datetime.now(UTC), reason=reason,
+        ))
+        if await self.ctx.line.apologise(self.call_id, self.record.account_sid):
+            self.log.warning("no bridge for the call (%s): Twilio apologises and hangs up", reason)
+        else:
+            self.log.error("no bridge for the call (%s) and no Twilio REST: closing the stream", reason)
+            await self._close(1011)
+
+    def _publish_event(self, event: CallStatus | CallEnded) -> None:
+        async def publish() -> None:
+            for _ in range(10):
+                try:
+                    await self.ctx.js.publish(
+                        event.subject, encode_event(event), headers={"Nats-Msg-Id": event.id}, timeout=2
+                    )
+                    return
+                except Exception as exc:  # the bus is down: retry with the same id (deduplicated)
+                    self.log.warning("could not record %s: %s", event.type, exc)
+                    await asyncio.sleep(0.5)
+
+        task = asyncio.create_task(publish(), name=f"event-{event.id}")
+        _BACKGROUND.add(task)
+        task.add_done_callback(_BACKGROUND.discard)
+
     # ---- outbound ------------------------------------------------------------------------
     async def _on_out(self, msg: Msg) -> None:
+        if msg.subject != self._out_subject:
+            return  # a frame of a fenced-off bridge, still in flight
+        self._last_out = time.monotonic()
         try:
             frame = decode_frame(msg.data)
             if frame.kind is Kind.AUDIO:
@@ -202,14 +336,16 @@ class MediaStream:
                     self._flush_task = asyncio.create_task(self._flush_later(), name=f"flush-{self.call_id}")
             elif frame.kind is Kind.MARK:
                 await self._flush(pad=True)
-                await self._send(tp.mark(self.stream_sid, str(frame.json()["name"])), "mark")
+                await self._send(tp.mark(self.stream_sid or "", str(frame.json()["name"])), "mark")
             elif frame.kind is Kind.CLEAR:
                 self._pending.clear()
-                await self._send(tp.clear(self.stream_sid), "clear")
+                await self._send(tp.clear(self.stream_sid or ""), "clear")
             elif frame.kind is Kind.HANGUP:
                 await self._flush(pad=True)
                 self.log.info("bridge ended the stream: %s", frame.json().get("reason"))
                 await self._close(1000)
+            elif frame.kind is Kind.HEARTBEAT:
+                pass
             else:
                 raise FrameError(f"{frame.kind.name} is not an outbound kind")
         except (FrameError, KeyError) as exc:
@@ -235,7 +371,7 @@ class MediaStream:
             return
         payload, self._pending = bytes(self._pending), bytearray()
         m.AUDIO_OUT_BYTES.inc(len(payload))
-        await self._send(tp.media(self.stream_sid, payload), "media")
+        await self._send(tp.media(self.stream_sid or "", payload), "media")
 
     async def _send(self, text: str, event: str) -> None:
         if self.ws.application_state is not WebSocketState.CONNECTED:
@@ -255,21 +391,32 @@ class MediaStream:
     # ---- end -----------------------------------------------------------------------------
     async def _finish(self, reason: str) -> None:
         m.STREAMS_ACTIVE.dec()
-        if self._flush_task is not None:
-            self._flush_task.cancel()
+        for task in (self._flush_task, self._watch_task):
+            if task is not None:
+                task.cancel()
         if self._claim_task is not None and not self._claim_task.done():
             self._claim_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._claim_task
-        if self.call_id is not None:
+        if self.stream_sid is not None:
             with contextlib.suppress(Exception):
-                if not self._claimed:
-                    self._claimed = True  # publish the stop even if nobody claimed: a late bridge must end too
+                self._claimed = True  # publish the stop even if nobody claimed: a late bridge must end too
                 await self.nc.publish(
-                    subjects.call_in(self.call_id), encode_control(Kind.STOP, self._next_seq(), 0, {"reason": reason})
+                    subjects.call_in(self.call_id, self.key),
+                    encode_control(Kind.STOP, self._next_seq(), 0, {"reason": reason}),
                 )
             self.log.info("stream ended (%s)", reason)
+        with contextlib.suppress(Exception):
+            await self.ctx.calls.end(self.call_id, self.key)
         if self._out_sub is not None:
             with contextlib.suppress(Exception):
                 await self._out_sub.unsubscribe()
-        await self._close(1000)
+        await self._close(1000 if reason != "refused" else 1008)
+
+
+_BACKGROUND: set[asyncio.Task] = set()  # event publishes that outlive their stream's teardown
+
+
+def settings_min_bytes(settings: GatewaySettings) -> int:
+    """Bytes of 8 kHz mu-law in the smallest media message sent to Twilio."""
+    return settings.min_chunk_ms * 8

@@ -5,14 +5,11 @@ from __future__ import annotations
 from twilio.twiml.voice_response import VoiceResponse
 
 
-def connect_stream(stream_url: str, parameters: dict[str, str]) -> str:
-    """Connect the call to a bidirectional Media Stream. The URL takes no query string, so values
-    travel as ``<Parameter>`` and come back in ``start.customParameters``. Nothing follows
-    ``</Connect>``: when the stream ends the call ends, unless the bridge redirects it (transfer)."""
+def connect_stream(stream_url: str) -> str:
+    """Connect the call to a bidirectional Media Stream at the call's own URL. No ``<Parameter>``
+    is sent: the call's details stay server-side (the call record), since whatever comes back in
+    ``start.customParameters`` is only as trustworthy as the socket it arrives on. Nothing follows
+    ``</Connect>``: when the stream ends the call ends, unless it is redirected (transfer, apology)."""
     response = VoiceResponse()
-    connect = response.connect()
-    stream = connect.stream(url=stream_url)
-    for name, value in parameters.items():
-        if value is not None:
-            stream.parameter(name=name, value=value)
+    response.connect().stream(url=stream_url)
     return str(response)

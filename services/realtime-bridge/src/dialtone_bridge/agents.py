@@ -53,6 +53,8 @@ class Agent:
     idle_prompt: str = "Are you still there?"
     goodbye: str = "Thank you for calling. Goodbye!"
     filler: str = "One moment, I'm still checking that for you."
+    # Said when another bridge takes the call over after this one's bridge was lost.
+    resumed: str = "Sorry, the line dropped for a moment. Please go on."
 
     @property
     def silence_duration_ms(self) -> int:

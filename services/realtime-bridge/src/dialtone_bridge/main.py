@@ -8,6 +8,7 @@ import uuid
 from contextlib import AsyncExitStack
 
 from dialtone_common import bus, logs, runtime
+from dialtone_common.callbook import CallBook
 from dialtone_common.health import HealthServer
 
 from dialtone_bridge.agents import AgentBook
@@ -34,7 +35,7 @@ async def serve(stack: AsyncExitStack, stop: asyncio.Event, settings: BridgeSett
         stack.push_async_callback(twilio.close)
     ctx = BridgeContext(nc=nc, js=js, settings=settings, agents=agents, tools=ToolClient(nc, settings.tool_timeout_s),
                         bridge_id=bridge_id, twilio=twilio)
-    bridge = Bridge(ctx)
+    bridge = Bridge(ctx, CallBook(await bus.ensure_calls_bucket(js)))
     await bridge.start()
     stack.push_async_callback(bridge.drain)
     health = HealthServer(settings.metrics_host, settings.metrics_port,

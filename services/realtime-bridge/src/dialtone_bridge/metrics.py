@@ -19,3 +19,4 @@ FIRST_AUDIO_SECONDS = Histogram(
     buckets=(0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10),
 )
 BAD_FRAMES = Counter("dialtone_bridge_bad_frames_total", "Malformed frames from the bus")
+RECOVERED = Counter("dialtone_bridge_calls_recovered_total", "Calls taken over from a lost bridge")

@@ -24,15 +24,18 @@ GIVE_UP_AFTER_S = 300.0
 
 
 class EventPublisher:
-    def __init__(self, js: JetStreamContext, call_id: str, log: logging.LoggerAdapter) -> None:
+    def __init__(self, js: JetStreamContext, call_id: str, log: logging.LoggerAdapter, epoch: int = 0) -> None:
         self._js, self.call_id, self.log = js, call_id, log
+        # A bridge that takes a call over (epoch 1, 2, ...) numbers its events afresh under its own
+        # prefix: reusing the lost bridge's ids would make JetStream drop them as duplicates.
+        self._prefix = call_id if epoch == 0 else f"{call_id}-r{epoch}"
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._n = 0
         self._task = asyncio.create_task(self._run(), name=f"events-{call_id}")
 
     def next_id(self) -> str:
         self._n += 1
-        return f"{self.call_id}-{self._n}"
+        return f"{self._prefix}-{self._n}"
 
     def emit(self, cls: type, **fields: Any) -> Any:
         """Build an event of ``cls`` for this call and queue it; returns the event."""

@@ -1,4 +1,11 @@
-"""The bridge instance: claims calls from the queue group and runs one ``CallSession`` each."""
+"""The bridge instance: claims calls from the queue group and runs one ``CallSession`` each.
+
+An offer is taken only when the call's record (written by the gateway from Twilio's signed webhook)
+confirms that the offering stream holds the call under that stream key and epoch; the caller's
+details come from that record. Every half second the bridge renews its lease on each call with a
+heartbeat frame; a gateway that stops hearing them re-offers the call, and the bridge that takes a
+re-offered call (epoch > 0) restores its conversation from the call's events.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +14,14 @@ import contextlib
 import logging
 from datetime import UTC, datetime
 
+from dialtone_common.callbook import CallBook, CallBookUnavailable
 from dialtone_proto import CallAnswer, CallOffer, subjects
 from dialtone_proto.live import LiveCall
 from nats.aio.msg import Msg
 from pydantic import ValidationError
 
 from dialtone_bridge import metrics as m
+from dialtone_bridge import recovery
 from dialtone_bridge.agents import AgentError
 from dialtone_bridge.session import BridgeContext, CallSession
 
@@ -20,18 +29,20 @@ log = logging.getLogger("dialtone.bridge")
 
 
 class Bridge:
-    def __init__(self, ctx: BridgeContext) -> None:
-        self.ctx = ctx
+    def __init__(self, ctx: BridgeContext, calls: CallBook) -> None:
+        self.ctx, self.calls = ctx, calls
         self.sessions: dict[str, CallSession] = {}
         self._started_at: dict[str, datetime] = {}
         self._tasks: set[asyncio.Task] = set()
         self._sub = None
         self._heartbeat: asyncio.Task | None = None
+        self._leases: asyncio.Task | None = None
         self.draining = False
 
     async def start(self) -> None:
         self._sub = await self.ctx.nc.subscribe(subjects.CALL_OFFER, queue=subjects.BRIDGE_QUEUE, cb=self._on_offer)
         self._heartbeat = asyncio.create_task(self._heartbeats(), name="heartbeats")
+        self._leases = asyncio.create_task(self._renew_leases(), name="leases")
         log.info("bridge %s claiming calls on %s", self.ctx.bridge_id, subjects.CALL_OFFER)
 
     async def _answer(self, msg: Msg, call_id: str, accepted: bool, agent: str | None = None, reason: str | None = None) -> None:
@@ -47,22 +58,47 @@ class Bridge:
             log.warning("malformed call offer refused: %s", exc.errors()[:2])
             await self._answer(msg, "invalid", False, reason="malformed offer")
             return
-        if offer.call_id in self.sessions:  # the gateway retried an offer we already hold
-            await self._answer(msg, offer.call_id, True, self.sessions[offer.call_id].conversation.agent.name)
+        held = self.sessions.get(offer.call_id)
+        if held is not None:
+            if held.offer.stream_key == offer.stream_key:  # the gateway retried an offer we took
+                await self._answer(msg, offer.call_id, True, held.conversation.agent.name)
+            else:  # re-offered while our old session is still being fenced off: the gateway retries
+                await self._answer(msg, offer.call_id, False, reason="busy: previous stream ending")
             return
         if self.draining or len(self.sessions) >= self.ctx.settings.max_calls:
             await self._answer(msg, offer.call_id, False, reason="draining" if self.draining else "full")
             return
         try:
-            agent = self.ctx.agents.choose(name=offer.agent, to_number=offer.to_number)
+            record = await self.calls.get(offer.call_id)
+        except CallBookUnavailable as exc:
+            await self._answer(msg, offer.call_id, False, reason=f"unavailable: call record: {exc}")
+            return
+        if record is None or not offer.confirmed_by(record):
+            log.warning("offer of call %s refused: its record does not name that stream (%s)", offer.call_id,
+                        "no record" if record is None else f"{record.state}, epoch {record.epoch}")
+            await self._answer(msg, offer.call_id, False, reason="unconfirmed: not the stream holding the call")
+            return
+        offer = offer.with_record(record)
+        restored = None
+        if offer.epoch > 0:
+            try:
+                restored = await recovery.load(self.ctx.js, offer.call_id)
+            except Exception as exc:  # JetStream trouble: the gateway retries, or apologises
+                log.error("call %s: could not read its events: %s", offer.call_id, exc)
+                await self._answer(msg, offer.call_id, False, reason="unavailable: events")
+                return
+        try:
+            agent = self.ctx.agents.choose(
+                name=restored.agent if restored else offer.agent, to_number=offer.to_number
+            )
         except AgentError as exc:
             log.error("call %s refused: %s", offer.call_id, exc)
             await self._answer(msg, offer.call_id, False, reason=f"no agent: {exc}")
             return
-        session = CallSession(self.ctx, offer, agent)
+        session = CallSession(self.ctx, offer, agent, restored)
         await session.attach()
         self.sessions[offer.call_id] = session
-        self._started_at[offer.call_id] = datetime.now(UTC)
+        self._started_at[offer.call_id] = restored.started_at if restored else datetime.now(UTC)
         await self._answer(msg, offer.call_id, True, agent.name)
         session.log.info("claimed call from %s to %s (agent %s)", offer.from_number, offer.to_number, agent.name)
         task = asyncio.create_task(self._run(session), name=f"call-{offer.call_id}")
@@ -77,6 +113,14 @@ class Bridge:
         finally:
             self.sessions.pop(session.call_id, None)
             self._started_at.pop(session.call_id, None)
+
+    async def _renew_leases(self) -> None:
+        """A heartbeat frame to the gateway of every call, every ``call_heartbeat_s``."""
+        while True:
+            await asyncio.sleep(self.ctx.settings.call_heartbeat_s)
+            for session in list(self.sessions.values()):
+                with contextlib.suppress(Exception):
+                    await session.heartbeat()
 
     async def _heartbeats(self) -> None:
         """Announce live calls for the admin API's live view."""
@@ -106,7 +150,8 @@ class Bridge:
                 session.end("bridge_shutdown")
             if pending:
                 await asyncio.wait(pending, timeout=10)
-        if self._heartbeat:
-            self._heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._heartbeat
+        for task in (self._heartbeat, self._leases):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from dialtone_common.logs import CallLog
 from dialtone_proto import CallOffer, subjects
-from dialtone_proto.events import CallEnded
+from dialtone_proto.events import CallEnded, CallStatus
 from dialtone_proto.frames import FrameError, Kind, decode_frame, encode_control, encode_frame
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -31,6 +31,7 @@ from dialtone_bridge import realtime as rt
 from dialtone_bridge.agents import Agent, AgentBook
 from dialtone_bridge.playout import Playout
 from dialtone_bridge.publisher import EventPublisher
+from dialtone_bridge.recovery import Restored
 from dialtone_bridge.settings import BridgeSettings
 from dialtone_bridge.toolclient import ToolClient
 
@@ -45,6 +46,9 @@ MIN_CHUNK = 320  # agent audio goes to the gateway in chunks of at least 40 ms (
 STREAM_SILENT_S = 10.0  # Twilio sends media every 20 ms: this long without a frame, the stream is gone
 # Ends after which the caller may still be on the line: the bridge must free it.
 LINE_STILL_OPEN = {"bridge_shutdown", "bridge_error", "stream_lost", "realtime_unavailable", "realtime_lost"}
+# The gateway gave the call to another bridge (this one was silent too long): it goes on there, so
+# this bridge neither frees the line nor reports the call ended.
+REPLACED = "bridge_replaced"
 
 
 @dataclass
@@ -73,14 +77,19 @@ class _Clock:
 
 
 class CallSession:
-    def __init__(self, ctx: BridgeContext, offer: CallOffer, agent: Agent) -> None:
+    def __init__(self, ctx: BridgeContext, offer: CallOffer, agent: Agent, restored: Restored | None = None) -> None:
+        """``offer`` carries the caller's details from the call record; ``restored`` is the
+        conversation so far when this bridge takes over a call whose bridge was lost."""
         from dialtone_bridge.callcontrol import CallControl
         from dialtone_bridge.conversation import Conversation
 
         self.ctx, self.offer, self.call_id = ctx, offer, offer.call_id
+        self.restored = restored
         self.log = CallLog(log, call_id=offer.call_id)
         self.clock = _Clock()
-        self.events = EventPublisher(ctx.js, offer.call_id, self.log)
+        self.events = EventPublisher(ctx.js, offer.call_id, self.log, offer.epoch)
+        self._in_subject = subjects.call_in(offer.call_id, offer.stream_key)
+        self._out_subject = subjects.call_out(offer.call_id, offer.stream_key)
         self.playout = Playout()
         self.ws: ClientConnection | None = None
         self.ready = asyncio.Event()
@@ -94,15 +103,15 @@ class CallSession:
         self._pending_audio: tuple[str, bytearray] | None = None  # (item, bytes) not yet 40 ms
         self._last_frame = time.monotonic()
         self.conversation: Conversation = Conversation(self, agent)
+        if restored is not None:
+            self.conversation.restore(restored)
         self.control = CallControl(self, ctx.twilio)
 
     # ---- lifecycle -------------------------------------------------------------------------
     async def attach(self) -> None:
         """Subscribe to the caller's frames. Called before the claim is answered, so no frame
         sent after the gateway hears "accepted" can be missed."""
-        self._sub = await self.ctx.nc.subscribe(
-            subjects.call_in(self.call_id), cb=self._on_in, pending_msgs_limit=20000
-        )
+        self._sub = await self.ctx.nc.subscribe(self._in_subject, cb=self._on_in, pending_msgs_limit=20000)
 
     async def run(self) -> None:
         """The whole call, from the first socket to the last event."""
@@ -112,7 +121,7 @@ class CallSession:
             if probe:
                 await self.send_frame(Kind.MARK, {"name": probe})
             try:
-                await self._connect(restore=False)
+                await self._connect(restore=self.restored is not None)
             except RealtimeUnavailable as exc:
                 self.log.error("could not reach the Realtime API: %s", exc)
                 self.end("realtime_unavailable")
@@ -120,7 +129,10 @@ class CallSession:
             self.spawn(self._read_loop(), "reader")
             self.spawn(self._watch_stream(), "watchdog")
             self.control.start()
-            await self.conversation.started()
+            if self.restored is None:
+                await self.conversation.started()
+            else:
+                await self._resumed()
             await self.ended.wait()
         except Exception:
             self.log.exception("call failed")
@@ -132,10 +144,30 @@ class CallSession:
             await self._teardown()
             m.CALLS_ACTIVE.dec()
 
+    async def _resumed(self) -> None:
+        """This bridge took the call over: say so in the session, and let the caller know."""
+        restored = self.restored
+        assert restored is not None
+        self.events.emit(CallStatus, status="recovered", source="bridge")
+        self.log.warning("took the call over: %d lines restored from %d events", len(restored.lines), restored.events)
+        m.RECOVERED.inc()
+        agent = self.conversation.agent
+        if agent.resumed:
+            await self.conversation.request_response(f'Say exactly: "{agent.resumed}"', purpose="reply")
+
+    async def heartbeat(self) -> None:
+        """Tell the gateway this bridge still holds the call (its lease)."""
+        if not self.ended.is_set():
+            await self.send_frame(Kind.HEARTBEAT, {"bridge": self.ctx.bridge_id})
+
     async def _watch_stream(self) -> None:
-        """A stream that stopped sending media without a stop (a gateway that died) ends the call."""
+        """A stream that stopped sending media without a stop (a gateway that died) ends the call.
+        While NATS itself is down nothing arrives from any gateway: that is not the stream's fault."""
         while True:
             await asyncio.sleep(STREAM_SILENT_S / 4)
+            if not self.ctx.nc.is_connected:
+                self._last_frame = time.monotonic()
+                continue
             if time.monotonic() - self._last_frame > STREAM_SILENT_S:
                 self.log.warning("no media from the gateway for %.0f s: ending the call", STREAM_SILENT_S)
                 self.end("stream_lost")
@@ -176,7 +208,8 @@ class CallSession:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
         self.conversation.finished()
-        self.events.emit(CallEnded, reason=self.end_reason)
+        if self.end_reason != REPLACED:
+            self.events.emit(CallEnded, reason=self.end_reason)
         await self.events.close()
         m.CALLS.labels(self.end_reason).inc()
         self.log.info("call ended (%s) after %.1f s", self.end_reason, self.clock.ms() / 1000)
@@ -307,7 +340,10 @@ class CallSession:
             elif frame.kind is Kind.STOP:
                 reason = frame.json().get("reason")
                 self.log.info("stream stopped (%s)", reason)
-                self.control.stream_stopped("caller_hangup" if reason == "stop" else "stream_closed")
+                if reason == REPLACED:
+                    self.end(REPLACED)
+                else:
+                    self.control.stream_stopped("caller_hangup" if reason == "stop" else "stream_closed")
         except FrameError as exc:
             m.BAD_FRAMES.inc()
             self.log.warning("bad control frame: %s", exc)
@@ -338,7 +374,7 @@ class CallSession:
             if kind is Kind.AUDIO
             else encode_control(kind, self._out_seq - 1, int(self.clock.ms()), body or {})
         )
-        await self.ctx.nc.publish(subjects.call_out(self.call_id), data)
+        await self.ctx.nc.publish(self._out_subject, data)
 
     async def play(self, item_id: str, audio_b64: str) -> None:
         """Agent audio from the model to the caller, in chunks of at least 40 ms, each followed by

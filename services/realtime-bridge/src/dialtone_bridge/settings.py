@@ -43,4 +43,7 @@ class BridgeSettings(ServiceSettings):
     twilio_account_sid: str | None = None
     twilio_auth_token: SecretStr | None = None
     twilio_api_base_url: str | None = Field(default=None, description="Twilio REST base (a local fake in tests)")
-    heartbeat_s: float = 5.0
+    heartbeat_s: float = Field(default=5.0, description="live-call heartbeat for the admin API's live view")
+    call_heartbeat_s: float = Field(
+        default=0.5, description="lease heartbeat to each call's gateway; keep well under its BRIDGE_LEASE_S"
+    )
