@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import random
-from datetime import UTC, datetime
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -375,9 +375,7 @@ async def test_a_silent_bridge_is_fenced_off_and_the_call_re_offered(no_flush_ti
     call = await start_call(bridge_lease_s=0.2)
     call.nc.answer.set()
     await asyncio.wait_for(call.nc.claimed.wait(), WAIT_S)
-    async with asyncio.timeout(WAIT_S):
-        while len(call.nc.offers) < 2:  # no heartbeat ever comes: the lease runs out
-            await asyncio.sleep(0.05)
+    await until(lambda: len(call.nc.offers) >= 2)  # no heartbeat ever comes: the lease runs out
 
     first, second = call.nc.offers
     assert (second.epoch, second.from_number) == (1, "+15551112222")
@@ -414,17 +412,20 @@ async def test_no_bridge_at_all_gets_the_caller_an_apology(no_flush_timer: None)
     nc = FakeNats()
     nc.request = _never_answered  # type: ignore[method-assign]
     call = await start_call(nc, claim_deadline_s=0.3, claim_timeout_s=0.05)
-    async with asyncio.timeout(WAIT_S):
-        while not call.ctx.line.apologised:  # type: ignore[attr-defined]
-            await asyncio.sleep(0.05)
+    await until(lambda: call.ctx.line.apologised)  # type: ignore[attr-defined]
 
     assert call.ctx.line.apologised == [(CALL, "AC1")]  # type: ignore[attr-defined]
-    async with asyncio.timeout(WAIT_S):
-        while not call.ctx.js.events:  # type: ignore[attr-defined]
-            await asyncio.sleep(0.02)
+    await until(lambda: call.ctx.js.events)  # type: ignore[attr-defined]
     assert [(e["type"], e["reason"]) for e in call.ctx.js.events] == [("call.ended", "no_bridge")]  # type: ignore[attr-defined]
     call.ws.hang_up()
     await asyncio.wait_for(call.task, WAIT_S)
+
+
+async def until(condition: Callable[[], object]) -> None:
+    """Poll the fakes (bounded) until ``condition()`` holds."""
+    async with asyncio.timeout(WAIT_S):
+        while not condition():  # noqa: ASYNC110 - the fakes have no events to wait on
+            await asyncio.sleep(0.02)
 
 
 async def _never_answered(subject: str, payload: bytes, timeout: float) -> FakeMsg:  # noqa: ASYNC109
