@@ -1,5 +1,6 @@
 """deploy/Caddyfile, run by a real Caddy in front of two recording backends: what it publishes,
-what it keeps private and what it refuses. CI must install Caddy (Debian: ``apt-get install caddy``)."""
+what it keeps private and what it refuses. Skipped without Caddy (Debian: ``apt-get install caddy``),
+except where ``DIALTONE_REQUIRE_CADDY=1`` (CI) makes that a failure."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ LIMIT = 64 * 1024  # the media-gateway's own webhook limit (max_webhook_bytes)
 def _caddy() -> str:
     found = shutil.which("caddy")
     if found is None:
-        if os.environ.get("CI"):
+        if os.environ.get("DIALTONE_REQUIRE_CADDY") == "1":  # CI sets it: a skip there would hide a broken file
             pytest.fail("caddy is not installed: CI must install it (apt-get install caddy)")
         pytest.skip("caddy is not installed (apt-get install caddy)")
     return found
