@@ -216,3 +216,12 @@ async def test_concurrency_limit(executor: Executor) -> None:
         assert sorted(r.duration_ms for r in replies)[1] >= 390
     finally:
         limited.close()
+
+
+async def test_arguments_over_64_kib_are_refused_unparsed(executor: Executor) -> None:
+    limit = 64 * 1024
+    padded = '{"a": 2' + " " * (limit - len('{"a": 2}')) + "}"  # valid JSON of exactly the limit
+    assert (await executor.execute(request("add", padded))).output == 3
+    reply = await executor.execute(request("add", padded[:-1] + " }"))
+    assert not reply.ok
+    assert reply.output == {"error": f"invalid arguments: {limit + 1} bytes, over the {limit}-byte limit"}

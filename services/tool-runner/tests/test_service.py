@@ -197,3 +197,41 @@ async def _call_received(client: Client) -> bool:
     msg = await client.request(f"$SRV.STATS.{subjects.TOOLS_SERVICE}", b"", timeout=2)
     stats = orjson.loads(msg.data)
     return any(e["name"] == "call" and e["num_requests"] > 0 for e in stats["endpoints"])
+
+
+async def _get(port: int, path: str) -> tuple[int, str]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    data = (await reader.read()).decode()
+    writer.close()
+    head, _, body = data.partition("\r\n\r\n")
+    return int(head.split(" ")[1]), body
+
+
+async def test_oversized_requests_and_arguments_are_refused_with_a_reason(
+    nats_url: str, client: Client, slow_tools: str
+) -> None:
+    async with ToolRunner(settings(nats_url, "bounded", slow_tools)):
+        # Arguments over 64 KiB: a tool error the model hears, the tool never runs.
+        reply = await call(client, "slow_echo", {"n": 1, "pad": "x" * 100_000})
+        assert not reply.ok and "over the 65536-byte limit" in reply.output["error"], reply
+        # A request too big to be a tool call at all is refused before parsing.
+        huge = b'{"name": "' + b"x" * 200_000 + b'"}'
+        msg = await client.request(subjects.TOOLS_CALL, huge, timeout=5)
+        assert msg.headers and msg.headers["Nats-Service-Error-Code"] == "413"
+        assert "over the" in msg.headers["Nats-Service-Error"]
+        assert (await call(client, "slow_echo", {"n": 2})).output == 2
+
+
+async def test_healthz_is_unhealthy_while_the_runner_drains(nats_url: str, client: Client, slow_tools: str) -> None:
+    runner = ToolRunner(settings(nats_url, "draining", slow_tools))
+    await runner.__aenter__()
+    assert await _get(runner.health.port, "/healthz") == (200, "ok\n")
+    in_flight = asyncio.create_task(call(client, "slow_echo", {"n": 3, "delay": 1.5}))
+    await poll(lambda: runner.service.in_flight > 0, "the call to reach the runner")
+    stopping = asyncio.create_task(runner.__aexit__(None, None, None))
+    await poll(lambda: not runner.service.serving, "the runner to stop taking calls")
+    status, body = await _get(runner.health.port, "/healthz")
+    assert status == 503 and "stopping" in body
+    assert (await in_flight).output == 3
+    await stopping

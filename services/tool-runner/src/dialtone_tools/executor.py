@@ -31,6 +31,8 @@ from dialtone_tools.registry import Registry, Tool
 
 log = logging.getLogger(__name__)
 
+MAX_ARGUMENTS_BYTES = 64 * 1024  # a model's arguments are a few hundred bytes; parsing is bounded
+
 
 class _Failure(Exception):
     """A call that ends with ``ok=false``; ``result`` is the metric label."""
@@ -144,6 +146,9 @@ class Executor:
 
     def _arguments(self, found: Tool, raw: str) -> dict[str, Any]:
         """Parse and validate the model's argument string into keyword arguments."""
+        size = len(raw.encode())
+        if size > MAX_ARGUMENTS_BYTES:
+            raise _Failure("invalid", f"invalid arguments: {size} bytes, over the {MAX_ARGUMENTS_BYTES}-byte limit")
         try:
             parsed = json.loads(raw) if raw.strip() else {}
         except json.JSONDecodeError as exc:

@@ -30,7 +30,7 @@ from nats.micro.request import Request, ServiceError
 from pydantic import ValidationError
 
 from dialtone_tools.database import Database
-from dialtone_tools.executor import Executor
+from dialtone_tools.executor import MAX_ARGUMENTS_BYTES, Executor
 from dialtone_tools.registry import Registry
 from dialtone_tools.settings import ToolSettings
 
@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 
 QUEUE_GROUP = "dialtone-tools"
 VERSION = "0.1.0"
+# A request carries the model's arguments (at most MAX_ARGUMENTS_BYTES, which JSON escaping may
+# double) and a few short fields.
+MAX_REQUEST_BYTES = 2 * MAX_ARGUMENTS_BYTES + 16 * 1024
 
 
 class ToolService:
@@ -59,6 +62,11 @@ class ToolService:
         """Calls received and not yet answered."""
         return len(self._tasks)
 
+    @property
+    def serving(self) -> bool:
+        """Whether the endpoints take requests: started and not stopping."""
+        return self._service is not None
+
     async def start(self) -> None:
         """Register the service and its two endpoints."""
         self._service = await nats.micro.add_service(
@@ -78,6 +86,9 @@ class ToolService:
         await req.respond(catalog.model_dump_json().encode())
 
     async def _call(self, req: Request) -> None:
+        if len(req.data) > MAX_REQUEST_BYTES:  # refused unparsed; the arguments' own limit is the executor's
+            raise ServiceError("413", f"tool call request of {len(req.data)} bytes is over the "
+                                      f"{MAX_REQUEST_BYTES}-byte limit")
         try:
             request = ToolCallRequest.model_validate_json(req.data)
         except ValidationError as exc:
@@ -97,7 +108,10 @@ class ToolService:
             log.exception("could not send the reply of %s (call %s)", request.name, request.call_id)
 
     async def stop(self, grace_s: float = 30.0) -> None:
-        """Stop taking requests, answer every request already taken (waiting up to ``grace_s``)."""
+        """Stop taking requests, answer every request already taken (waiting up to ``grace_s``).
+
+        The PING/INFO/STATS subscriptions go last: a bridge waiting on a call here checks PING to
+        tell a runner that is finishing its calls from one that is gone."""
         service, self._service = self._service, None
         if service is not None:
             for endpoint in service._endpoints:  # see the module docstring: drain, do not unsubscribe
@@ -105,8 +119,6 @@ class ToolService:
                     with contextlib.suppress(Exception):
                         await endpoint._subscription.drain()
             service._endpoints = []
-            with contextlib.suppress(Exception):
-                await service.stop()  # drains the PING/INFO/STATS subscriptions
         if self._tasks:
             log.info("waiting for %d tool calls in flight", len(self._tasks))
             _, pending = await asyncio.wait(set(self._tasks), timeout=grace_s)
@@ -115,6 +127,9 @@ class ToolService:
             if pending:
                 log.warning("abandoned %d tool calls still running after %ss", len(pending), grace_s)
                 await asyncio.gather(*pending, return_exceptions=True)
+        if service is not None:
+            with contextlib.suppress(Exception):
+                await service.stop()  # drains the PING/INFO/STATS subscriptions
 
 
 class ToolRunner:
@@ -164,14 +179,21 @@ class ToolRunner:
         nc = await bus.connect(self.settings.nats_servers(), name=f"dialtone-tools-{self.runner_id}")
         stack.push_async_callback(nc.close)
         self.health = await stack.enter_async_context(
-            HealthServer(self.settings.metrics_host, self.settings.metrics_port,
-                         lambda: None if nc.is_connected else "not connected to NATS")
+            HealthServer(self.settings.metrics_host, self.settings.metrics_port, lambda: self._problem(nc))
         )
         self.service = ToolService(nc, self.executor)
         await self.service.start()
         stack.push_async_callback(self.service.stop, self.settings.drain_timeout_s)
         log.info("tool runner %s serving %d tools: %s", self.runner_id, len(self.registry),
                  ", ".join(self.registry.names()))
+
+    def _problem(self, nc: Client) -> str | None:
+        """What ``/healthz`` reports: None while this runner takes tool calls, else why it does not."""
+        if not nc.is_connected:
+            return "not connected to NATS"
+        if self.service is None or not self.service.serving:
+            return "not taking tool calls (starting or stopping)"
+        return None
 
     async def __aexit__(self, *exc: object) -> None:
         await self._stack.aclose()
