@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import xml.etree.ElementTree as ET
+
 import aiohttp
 import pytest
 from dialtone_dev.platform import Platform
@@ -17,10 +19,10 @@ FORM = {"CallSid": "CA" + "1" * 32, "AccountSid": "AC" + "2" * 32, "From": "+150
         "To": "+15005550006", "CallStatus": "ringing", "Direction": "inbound"}
 
 
-async def post_voice(platform: Platform, signature: str | None) -> tuple[int, str]:
+async def post_voice(platform: Platform, signature: str | None, form: dict[str, str] = FORM) -> tuple[int, str]:
     headers = {"X-Twilio-Signature": signature} if signature is not None else {}
     async with aiohttp.ClientSession() as http:
-        async with http.post(f"{platform.gateway_url}/twilio-voice", data=FORM, headers=headers) as r:
+        async with http.post(f"{platform.gateway_url}/twilio-voice", data=form, headers=headers) as r:
             return r.status, await r.text()
 
 
@@ -33,13 +35,19 @@ async def test_webhook_requires_a_valid_signature(platform: Platform):
     assert (await post_voice(platform, wrong))[0] == 403
     status, twiml = await post_voice(platform, good)
     assert status == 200
-    assert '<Stream url="ws://127.0.0.1' in twiml and "/media" in twiml
-    assert '<Parameter name="from" value="+15005550001"' in twiml
+    stream = ET.fromstring(twiml).find("./Connect/Stream")
+    assert stream is not None
+    assert stream.get("url", "").startswith(platform.public_base_url.replace("http://", "ws://") + f"/media/{FORM['CallSid']}/")
+    assert stream.findall("Parameter") == []  # the caller's number is not handed to the socket to echo
 
 
 async def test_media_socket_upgrade_requires_a_valid_signature(platform: Platform):
-    stream_url = platform.public_base_url.replace("http://", "ws://") + "/media"
-    ws_url = platform.gateway_url.replace("http://", "ws://") + "/media"
+    form = FORM | {"CallSid": "CA" + "3" * 32}
+    url = f"{platform.public_base_url}/twilio-voice"
+    _, twiml = await post_voice(platform, RequestValidator(AUTH_TOKEN).compute_signature(url, form), form)
+    stream_url = ET.fromstring(twiml).find("./Connect/Stream").get("url")  # type: ignore[union-attr]
+    ws_url = stream_url.replace(platform.public_base_url.replace("http://", "ws://"),
+                                platform.gateway_url.replace("http://", "ws://"))
     for headers in ({}, {"X-Twilio-Signature": RequestValidator("wrong").compute_signature(stream_url, {})}):
         with pytest.raises(InvalidStatus) as refused:
             async with connect(ws_url, additional_headers=headers):
@@ -48,3 +56,8 @@ async def test_media_socket_upgrade_requires_a_valid_signature(platform: Platfor
     good = RequestValidator(AUTH_TOKEN).compute_signature(stream_url, {})
     async with connect(ws_url, additional_headers={"X-Twilio-Signature": good}) as ws:
         await ws.send('{"event":"connected","protocol":"Call","version":"1.0.0"}')
+    # That upgrade held the call's stream: the same signed upgrade again is refused.
+    with pytest.raises(InvalidStatus) as replayed:
+        async with connect(ws_url, additional_headers={"X-Twilio-Signature": good}):
+            pass
+    assert replayed.value.response.status_code == 403
