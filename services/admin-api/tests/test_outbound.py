@@ -131,7 +131,9 @@ async def test_bad_requests_are_422_with_a_clear_message(make_client, fake, body
 async def test_without_a_caller_id_is_422(make_client, fake: FakeTwilioApi) -> None:
     async with make_client(outbound_from_number=None) as client:
         r = await client.post("/calls", json={"to": "+15551234567"}, headers=AUTH)
-    assert r.status_code == 422 and "OUTBOUND_FROM_NUMBER" in r.json()["detail"]
+    assert r.status_code == 422
+    [error] = r.json()["detail"]
+    assert error["loc"] == ["body", "from"] and "OUTBOUND_FROM_NUMBER" in error["msg"]
     assert fake.calls == {}
 
 
@@ -151,6 +153,7 @@ async def test_without_twilio_credentials_is_503(make_client, fake: FakeTwilioAp
         ({"twilio_auth_token": "not-the-token"}, 401, 20003),
     ],
 )
+@pytest.mark.expect_sim_errors(r"twilio api: POST /2010-04-01/Accounts/AC\d+/Calls.json: bad credentials \(401\)")
 async def test_twilio_refusal_is_502_with_its_code_and_no_secret(
     make_client, fake: FakeTwilioApi, overrides: dict, twilio_status: int, code: int
 ) -> None:

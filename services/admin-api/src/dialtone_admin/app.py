@@ -4,76 +4,89 @@ Twilio, and the dashboard."""
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from datetime import datetime
-from importlib import resources
 from typing import Annotated
 
-import asyncpg
 from dialtone_common import bus
-from dialtone_common.db import create_pool
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
-from fastapi.responses import HTMLResponse, JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
+from dialtone_admin import errors, pages
 from dialtone_admin.auth import require_token
 from dialtone_admin.cursor import InvalidCursor
+from dialtone_admin.database import Database, DatabaseUnavailable
+from dialtone_admin.errors import responses
 from dialtone_admin.live import LiveCalls
+from dialtone_admin.middleware import Metrics, SecurityHeaders
 from dialtone_admin.models import LivePage, SessionDetail, SessionPage
 from dialtone_admin.outbound import Dialer
 from dialtone_admin.outbound import router as calls_router
+from dialtone_admin.params import MAX_TEXT, Text, UtcTime
 from dialtone_admin.sessions import SessionFilter, get_session, list_sessions
 from dialtone_admin.settings import AdminSettings
 
 log = logging.getLogger(__name__)
 
-REQUESTS = Counter("dialtone_admin_requests_total", "HTTP requests", ["method", "route", "status"])
-LATENCY = Histogram("dialtone_admin_request_seconds", "HTTP request latency", ["method", "route"])
-
-_DASHBOARD = resources.files("dialtone_admin").joinpath("dashboard.html").read_text(encoding="utf-8")
+HEALTH_TIMEOUT_S = 2.0
+MAX_SEARCH = 200
 
 
-def _pool(request: Request) -> asyncpg.Pool:
-    return request.app.state.pool
+def _db(request: Request) -> Database:
+    return request.app.state.db
 
 
 api = APIRouter(dependencies=[Depends(require_token)])
+Filter = Annotated[Text | None, Query(max_length=MAX_TEXT)]
 
 
-@api.get("/sessions", response_model=SessionPage, tags=["sessions"])
+@api.get("/sessions", response_model=SessionPage, tags=["sessions"], responses=responses(400, 401, 503))
 async def sessions_page(
-    pool: Annotated[asyncpg.Pool, Depends(_pool)],
+    db: Annotated[Database, Depends(_db)],
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
-    outcome: str | None = None,
-    status: str | None = None,
-    agent: str | None = None,
-    since: Annotated[datetime | None, Query(description="started at or after (ISO 8601; UTC if no zone)")] = None,
-    until: Annotated[datetime | None, Query(description="started before (ISO 8601; UTC if no zone)")] = None,
-    q: Annotated[str | None, Query(max_length=500, description="words said in the call (full-text search)")] = None,
+    cursor: Annotated[
+        Text | None, Query(max_length=MAX_TEXT, description="next_cursor of the previous page")
+    ] = None,
+    outcome: Filter = None,
+    status: Filter = None,
+    agent: Filter = None,
+    since: Annotated[
+        UtcTime | None, Query(description="started at or after (ISO 8601; UTC if no zone; years 1-9999)")
+    ] = None,
+    until: Annotated[
+        UtcTime | None, Query(description="started before (ISO 8601; UTC if no zone; years 1-9999)")
+    ] = None,
+    q: Annotated[
+        Text | None,
+        Query(max_length=MAX_SEARCH, description="words said in the call (full-text search, web search syntax)"),
+    ] = None,
 ) -> dict:
     """Sessions, newest first, with keyset pagination."""
     filters = SessionFilter(outcome=outcome, status=status, agent=agent, since=since, until=until, q=q)
     try:
-        items, next_cursor = await list_sessions(pool, filters, limit, cursor)
+        async with db.connection() as conn:
+            items, next_cursor = await list_sessions(conn, filters, limit, cursor)
     except InvalidCursor as exc:
         raise HTTPException(400, detail=str(exc)) from exc
     return {"items": items, "next_cursor": next_cursor}
 
 
-@api.get("/sessions/{call_sid}", response_model=SessionDetail, tags=["sessions"])
-async def session_detail(call_sid: str, pool: Annotated[asyncpg.Pool, Depends(_pool)]) -> dict:
+@api.get(
+    "/sessions/{call_sid}", response_model=SessionDetail, tags=["sessions"], responses=responses(401, 404, 503)
+)
+async def session_detail(
+    call_sid: Annotated[Text, Path(max_length=MAX_TEXT)], db: Annotated[Database, Depends(_db)]
+) -> dict:
     """One call: summary, transcript, tool calls, usage, status history, metrics and handoffs."""
-    async with pool.acquire() as conn:
+    async with db.connection() as conn:
         detail = await get_session(conn, call_sid)
     if detail is None:
         raise HTTPException(404, detail=f"no session {call_sid!r}")
     return detail
 
 
-@api.get("/live", response_model=LivePage, tags=["live"])
+@api.get("/live", response_model=LivePage, tags=["live"], responses=responses(401))
 async def live_calls(request: Request) -> dict:
     """Calls in progress, from their bridges' heartbeats."""
     live: LiveCalls = request.app.state.live
@@ -85,14 +98,14 @@ def create_app(settings: AdminSettings) -> FastAPI:
 
     Args:
         settings: configuration; ``admin_token`` guards every route but ``/healthz``,
-            ``/metrics`` and the dashboard shell (which asks for the token itself).
+            ``/metrics``, the docs and the dashboard shell (which asks for the token itself).
     """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
-            pool = await create_pool(settings.database_url)
-            stack.push_async_callback(pool.close)
+            db = await Database.open(settings.database_url, settings.db_timeout_s)
+            stack.push_async_callback(db.close)
             nc = await bus.connect(settings.nats_servers(), f"admin-api{settings.instance_id}")
             stack.push_async_callback(bus.close, nc)
             live = LiveCalls(settings.live_ttl_s)
@@ -101,39 +114,38 @@ def create_app(settings: AdminSettings) -> FastAPI:
             dialer = Dialer.from_settings(settings)
             if dialer is not None:
                 stack.push_async_callback(dialer.close)
-            app.state.pool, app.state.live, app.state.dialer = pool, live, dialer
+            app.state.db, app.state.live, app.state.dialer = db, live, dialer
             log.info("admin API ready")
             yield
 
-    app = FastAPI(title="Dialtone admin API", version="1", lifespan=lifespan)
+    app = FastAPI(title="Dialtone admin API", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.settings = settings
-
-    @app.middleware("http")
-    async def measure(request: Request, call_next):  # type: ignore[no-untyped-def]
-        started = time.perf_counter()
-        response = await call_next(request)
-        # The route template, not the raw path, so call ids do not explode the label set.
-        route = getattr(request.scope.get("route"), "path", "unmatched")
-        LATENCY.labels(request.method, route).observe(time.perf_counter() - started)
-        REQUESTS.labels(request.method, route, str(response.status_code)).inc()
-        return response
+    # The last added is the outermost: security headers go on every response, the 500s too.
+    app.add_middleware(Metrics)
+    app.add_middleware(SecurityHeaders)
+    errors.install(app)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz(request: Request) -> Response:
+        db: Database = request.app.state.db
         try:
-            await request.app.state.pool.fetchval("SELECT 1", timeout=2)
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            return JSONResponse({"status": "database unavailable", "error": type(exc).__name__}, 503)
+            # The whole check within its timeout, waiting for a connection included.
+            async with db.connection(HEALTH_TIMEOUT_S) as conn:
+                await conn.fetchval("SELECT 1")
+        except DatabaseUnavailable as exc:
+            cause = type(exc.__cause__).__name__
+            return JSONResponse(
+                {"status": "database unavailable", "error": cause},
+                503,
+                headers={"Retry-After": str(errors.RETRY_AFTER_S)},
+            )
         return JSONResponse({"status": "ok"})
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/", include_in_schema=False)
-    async def dashboard() -> HTMLResponse:
-        return HTMLResponse(_DASHBOARD)
-
+    pages.install(app)
     app.include_router(api)
     app.include_router(calls_router)
     return app

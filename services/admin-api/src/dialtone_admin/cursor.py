@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-from datetime import datetime
+from datetime import UTC, datetime
 
 import orjson
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+_UNCHANGED = "invalid cursor: pass back next_cursor from a previous page unchanged"
 
 
 class InvalidCursor(ValueError):
@@ -42,7 +45,16 @@ def decode_cursor(cursor: str) -> tuple[datetime, int]:
         started, row_id = orjson.loads(raw)
         when = datetime.fromisoformat(started)
     except (binascii.Error, ValueError, TypeError, orjson.JSONDecodeError) as exc:
-        raise InvalidCursor("invalid cursor: pass back next_cursor from a previous page unchanged") from exc
-    if when.tzinfo is None or not isinstance(row_id, int) or isinstance(row_id, bool):
-        raise InvalidCursor("invalid cursor: pass back next_cursor from a previous page unchanged")
+        raise InvalidCursor(_UNCHANGED) from exc
+    if (
+        when.tzinfo is None
+        or not isinstance(row_id, int)
+        or isinstance(row_id, bool)
+        or not INT64_MIN <= row_id <= INT64_MAX  # ids are bigint: a larger one cannot be a bound
+    ):
+        raise InvalidCursor(_UNCHANGED)
+    try:
+        when = when.astimezone(UTC)  # a time PostgreSQL can take (year 1 at +14:00 is out of range)
+    except OverflowError as exc:
+        raise InvalidCursor(_UNCHANGED) from exc
     return when, row_id

@@ -18,6 +18,14 @@ def main() -> None:
     settings = AdminSettings()
     logs.setup(settings.log_level, "admin-api")
     config = uvicorn.Config(
-        create_app(settings), host=settings.host, port=settings.port, log_config=None, proxy_headers=True
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        # X-Forwarded-For/-Proto are believed only from the configured proxies (by default a proxy
+        # on this machine, such as Caddy); from any other peer they are ignored, so a client
+        # cannot pass itself off as another address in the logs.
+        proxy_headers=True,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
     )
     uvicorn.Server(config).run()

@@ -18,20 +18,24 @@ from urllib.parse import urlencode
 import aiohttp
 from dialtone_common.twilio_rest import rest_client
 from fastapi import APIRouter, Depends, HTTPException, Request, status
+from fastapi.exceptions import RequestValidationError
 from prometheus_client import Counter
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from twilio.base.exceptions import TwilioRestException
 
 from dialtone_admin.auth import require_token
+from dialtone_admin.errors import ErrorBody, responses
 from dialtone_admin.settings import AdminSettings
 
 log = logging.getLogger(__name__)
 
 OUTBOUND = Counter("dialtone_admin_outbound_calls_total", "Outbound calls requested, by result", ["result"])
 
-_E164 = re.compile(r"^\+[1-9][0-9]{1,14}$")
-_AGENT = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_VARIABLE = re.compile(r"^[A-Za-z0-9_]{1,40}$")
+# Matched with fullmatch: `$` would also match before a final newline ("+15551234567\n").
+E164_PATTERN = r"\+[1-9][0-9]{1,14}"
+_E164 = re.compile(E164_PATTERN)
+_AGENT = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_VARIABLE = re.compile(r"[A-Za-z0-9_]{1,40}")
 MAX_VARIABLES = 50
 MAX_VARIABLE_LENGTH = 500
 STATUS_EVENTS = ["initiated", "ringing", "answered", "completed"]
@@ -39,9 +43,18 @@ NO_CREDENTIALS = "outbound calls need TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN"
 
 
 def _e164(value: str | None, field: str) -> str | None:
-    if value is not None and not _E164.match(value):
+    if value is not None and not _E164.fullmatch(value):
         raise ValueError(f"{field} must be an E.164 phone number such as +15551234567, got {value[:40]!r}")
     return value
+
+
+def _plain_text(text: str) -> bool:
+    """No NUL and no lone surrogate (JSON can carry ``"\\ud800"``; UTF-8 cannot)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return "\x00" not in text
 
 
 class OutboundCallRequest(BaseModel):
@@ -49,13 +62,24 @@ class OutboundCallRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    to: str = Field(description="the number to call, E.164", examples=["+15551234567"])
-    agent: str | None = Field(default=None, description="the agent to connect; the gateway's default if null")
+    to: str = Field(
+        description="the number to call, E.164",
+        examples=["+15551234567"],
+        json_schema_extra={"pattern": f"^{E164_PATTERN}$"},
+    )
+    agent: str | None = Field(
+        default=None,
+        description="the agent to connect; the gateway's default if null",
+        json_schema_extra={"pattern": f"^{_AGENT.pattern}$"},
+    )
     variables: dict[str, str] = Field(
         default_factory=dict, description="values for the agent's instructions ({name} placeholders)"
     )
     from_: str | None = Field(
-        default=None, alias="from", description="caller id (a Twilio number, E.164); OUTBOUND_FROM_NUMBER if null"
+        default=None,
+        alias="from",
+        description="caller id (a Twilio number, E.164); OUTBOUND_FROM_NUMBER if null",
+        json_schema_extra={"pattern": f"^{E164_PATTERN}$"},
     )
     machine_detection: bool = Field(default=True, description="ask Twilio whether a human or a machine answered")
 
@@ -72,7 +96,7 @@ class OutboundCallRequest(BaseModel):
     @field_validator("agent")
     @classmethod
     def _check_agent(cls, value: str | None) -> str | None:
-        if value is not None and not _AGENT.match(value):
+        if value is not None and not _AGENT.fullmatch(value):
             raise ValueError("agent must be 1-64 characters of letters, digits, '_' or '-'")
         return value
 
@@ -82,11 +106,27 @@ class OutboundCallRequest(BaseModel):
         if len(value) > MAX_VARIABLES:
             raise ValueError(f"at most {MAX_VARIABLES} variables")
         for name, text in value.items():
-            if not _VARIABLE.match(name):
+            if not _VARIABLE.fullmatch(name):
                 raise ValueError(f"variable name {name[:50]!r} must be 1-40 characters of letters, digits or '_'")
             if len(text) > MAX_VARIABLE_LENGTH:
                 raise ValueError(f"variable {name!r} is longer than {MAX_VARIABLE_LENGTH} characters")
+            # It travels in the voice URL (UTF-8, percent-encoded) into the agent's instructions.
+            if not _plain_text(text):
+                raise ValueError(f"variable {name!r} must be UTF-8 text without NUL characters")
         return value
+
+
+class TwilioFailure(BaseModel):
+    message: str = Field(description="Twilio refused the call, or could not be reached")
+    twilio_status: int | None = Field(default=None, description="Twilio's HTTP status")
+    twilio_code: int | None = Field(default=None, description="Twilio's error code")
+    twilio_message: str | None = Field(default=None, description="Twilio's explanation")
+
+
+class TwilioFailureBody(BaseModel):
+    """The body of a 502 from ``POST /calls``."""
+
+    detail: TwilioFailure
 
 
 class OutboundCallResponse(BaseModel):
@@ -171,13 +211,16 @@ router = APIRouter(dependencies=[Depends(require_token)])
     response_model_by_alias=True,
     tags=["calls"],
     responses={
-        422: {"description": "invalid number, agent or variables, or no caller id"},
-        502: {"description": "Twilio refused the call or could not be reached"},
-        503: {"description": NO_CREDENTIALS},
+        **responses(401),
+        502: {"model": TwilioFailureBody, "description": "Twilio refused the call or could not be reached"},
+        503: {"model": ErrorBody, "description": NO_CREDENTIALS},
     },
 )
 async def place_call(body: OutboundCallRequest, request: Request) -> OutboundCallResponse:
-    """Place an outbound call that an agent handles once it is answered."""
+    """Place an outbound call that an agent handles once it is answered.
+
+    A 422 names what is wrong: the number, the agent, a variable, or no caller id at all.
+    """
     dialer: Dialer | None = request.app.state.dialer
     settings: AdminSettings = request.app.state.settings
     if dialer is None:
@@ -186,8 +229,10 @@ async def place_call(body: OutboundCallRequest, request: Request) -> OutboundCal
     from_number = body.from_ or settings.outbound_from_number
     if not from_number:
         OUTBOUND.labels("invalid").inc()
-        raise HTTPException(
-            422, detail="no caller id: pass 'from' or set OUTBOUND_FROM_NUMBER"
+        # The same shape as every other 422, so a client reads one error format.
+        raise RequestValidationError(
+            [{"type": "missing", "loc": ("body", "from"), "input": None,
+              "msg": "no caller id: pass 'from' or set OUTBOUND_FROM_NUMBER"}]
         )
     try:
         placed = await dialer.place(body, from_number)

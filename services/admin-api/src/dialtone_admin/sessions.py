@@ -6,6 +6,8 @@ user text, so each combination of filters still gets an index-friendly plan.
 
 from __future__ import annotations
 
+import itertools
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -25,6 +27,17 @@ _SEARCH = (
     "EXISTS (SELECT 1 FROM transcript_lines l WHERE l.call_sid = s.call_sid"
     " AND to_tsvector('simple', l.text) @@ websearch_to_tsquery('simple', {}))"
 )
+
+# websearch_to_tsquery reads a '-' before a word as NOT, and some 33 of them in a row overflow its
+# operator stack (an internal error, "tsquery stack too small"). Nobody types more than a few.
+MAX_NEGATIONS = 5
+_NEGATION = re.compile(r"(?<!\w)-")  # a '-' that starts a word; inside one ("e-mail") it joins
+
+
+def search_text(q: str) -> str:
+    """``q`` for websearch_to_tsquery, with any '-' past the first ``MAX_NEGATIONS`` read as a space."""
+    seen = itertools.count(1)
+    return _NEGATION.sub(lambda m: "-" if next(seen) <= MAX_NEGATIONS else " ", q)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +100,7 @@ async def list_sessions(
     if filters.until is not None:
         where.append(f"s.started_at < {param(_aware(filters.until))}")
     if filters.q is not None and filters.q.strip():
-        where.append(_SEARCH.format(param(filters.q.strip())))
+        where.append(_SEARCH.format(param(search_text(filters.q.strip()))))
     if cursor is not None:
         started_at, row_id = decode_cursor(cursor)
         where.append(f"(s.started_at, s.id) < ({param(started_at)}::timestamptz, {param(row_id)}::bigint)")

@@ -12,7 +12,22 @@ class AdminSettings(ServiceSettings):
     database_url: str = Field(description="PostgreSQL DSN")
     admin_token: SecretStr = Field(description="bearer token for the API and the dashboard")
     port: int = Field(default=8001, validation_alias=AliasChoices("ADMIN_PORT", "port"))
-    host: str = "0.0.0.0"
+    host: str = Field(
+        default="127.0.0.1",
+        validation_alias=AliasChoices("ADMIN_HOST", "HOST"),
+        description="bind address (ADMIN_HOST or HOST). The default serves this machine only, such as a "
+        "reverse proxy in front (deploy/Caddyfile); 0.0.0.0 or a public address only when the API must be "
+        "reached directly, and then over TLS",
+    )
+    forwarded_allow_ips: str = Field(
+        default="127.0.0.1",
+        description="proxies (comma-separated addresses or networks) whose X-Forwarded-For/-Proto are "
+        "believed; requests from anywhere else are taken at their socket address",
+    )
+    db_timeout_s: float = Field(
+        default=1.5, gt=0, description="a request's database work, waiting for a connection included, "
+        "longer than this answers 503 (a frozen or overloaded database)"
+    )
     live_ttl_s: float = Field(default=15.0, gt=0, description="a live call not heard from for this long is gone")
 
     # Outbound calls (POST /calls) go through Twilio's REST API; without credentials they answer 503.

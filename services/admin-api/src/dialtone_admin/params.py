@@ -1,0 +1,38 @@
+"""Types of the API's query and path parameters, checked at the edge so that nothing PostgreSQL
+would refuse reaches it: a refusal there is a 400 at best, here it is a 422 that names the field.
+
+- Text never holds NUL (``\\x00``): PostgreSQL text cannot store it.
+- Times are taken as UTC when they carry no zone, and must stay within 0001-01-01 .. 9999-12-31
+  once converted to UTC (``0001-01-01T00:00+14:00`` would be in year 0).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated
+
+from pydantic import AfterValidator
+
+MAX_TEXT = 200  # filters and ids: far above any agent name, outcome, status or call id
+
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters (\\x00)")
+    return value
+
+
+def _utc(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("must be between 0001-01-01 and 9999-12-31 in UTC") from None
+
+
+Text = Annotated[str, AfterValidator(_no_nul)]
+"""A string without NUL characters."""
+
+UtcTime = Annotated[datetime, AfterValidator(_utc)]
+"""A point in time, converted to UTC (no zone means UTC), within years 1 to 9999 in UTC."""
