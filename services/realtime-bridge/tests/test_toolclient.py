@@ -14,6 +14,7 @@ from pathlib import Path
 import nats
 import orjson
 import pytest
+from dialtone_bridge import toolclient
 from dialtone_bridge.toolclient import ToolClient
 from dialtone_proto import ToolCallRequest
 from dialtone_tools.service import ToolRunner
@@ -141,3 +142,16 @@ async def test_a_runner_stopping_gracefully_mid_call_still_answers(nc: Client, n
     await runner.__aexit__(None, None, None)  # drains: the call in flight is answered first
     reply = await pending
     assert reply.ok and reply.output == 5 and reply.runner_id == "leaving", reply
+
+
+async def test_a_stale_catalog_is_kept_after_about_a_second_without_a_runner(
+    nc: Client, nats_url: str, tools_module: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = ToolClient(nc, TIMEOUT_S)
+    settings = ToolSettings(nats_url=nats_url, instance_id="gone", metrics_port=0, tools_module=tools_module)
+    async with ToolRunner(settings):
+        assert "slow_echo" in await client.catalog()
+    monkeypatch.setattr(toolclient, "CATALOG_TTL_S", 0.0)  # the cached catalog is due for a refresh
+    started = time.monotonic()
+    assert "slow_echo" in await client.catalog()  # calls starting now still get their tools
+    assert time.monotonic() - started < 1.5
