@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 import signal
+import xml.etree.ElementTree as ET
 
+import aiohttp
 import orjson
 import pytest
 from dialtone_common.embedded import free_port
@@ -124,21 +127,35 @@ async def test_garbage_on_the_media_socket_is_counted_and_harms_no_other_call(
     before = {r: await metric(metrics_url, name, reason=r) for r in reasons}
 
     healthy = asyncio.create_task(one_call(platform, ["What are your opening hours?", "Thank you, goodbye."]))
-    stream_url = platform.public_base_url.replace("http://", "ws://") + "/media"
-    signature = RequestValidator(AUTH_TOKEN).compute_signature(stream_url, {})
-    ws_url = platform.gateway_url.replace("http://", "ws://") + "/media"
-    async with connect(ws_url, additional_headers={"X-Twilio-Signature": signature}, max_size=None) as ws:
+    # A stream of its own (a signed webhook, then its signed upgrade) that sends garbage.
+    call_sid = "CA" + secrets.token_hex(16)
+    form = {"CallSid": call_sid, "AccountSid": ACCOUNT_SID, "From": CALLER, "To": "+15005550006",
+            "CallStatus": "in-progress", "Direction": "inbound"}
+    validator = RequestValidator(AUTH_TOKEN)
+    signature = validator.compute_signature(f"{platform.public_base_url}/twilio-voice", form)
+    async with aiohttp.ClientSession() as http, http.post(
+        f"{platform.gateway_url}/twilio-voice", data=form, headers={"X-Twilio-Signature": signature}
+    ) as r:
+        stream_url = ET.fromstring(await r.text()).find("./Connect/Stream").get("url")  # type: ignore[union-attr]
+    ws_url = stream_url.replace(platform.public_base_url.replace("http://", "ws://"),
+                                platform.gateway_url.replace("http://", "ws://"))
+    headers = {"X-Twilio-Signature": validator.compute_signature(stream_url, {})}
+    async with connect(ws_url, additional_headers=headers, max_size=None) as ws:
         await ws.send("this is not json {")
         await ws.send(orjson.dumps({"event": "bogus", "streamSid": "MZ1"}).decode())
         await ws.send(orjson.dumps({"event": "media", "streamSid": "MZ1", "sequenceNumber": "2",
                                     "media": {"track": "inbound", "chunk": "1", "timestamp": "0",
                                               "payload": "////"}}).decode())
-        await ws.send('{"event":"media","pad":"' + "x" * (1024 * 1024) + '"}')
+        await ws.send('{"event":"media","pad":"' + "x" * (100 * 1024) + '"}')
         await ws.send("[1, 2, 3]")
         # The socket is still open and usable after all that.
         await ws.send('{"event":"connected","protocol":"Call","version":"1.0.0"}')
         await asyncio.sleep(0.5)
         assert ws.state.name == "OPEN"
+        # Past four times the message limit the socket itself refuses to buffer it: closed with 1009.
+        await ws.send('{"event":"media","pad":"' + "x" * (1024 * 1024) + '"}')
+        await asyncio.wait_for(ws.wait_closed(), 10)
+        assert ws.close_code == 1009
 
     call = await healthy
     session = await admin.session(call.call_sid)
