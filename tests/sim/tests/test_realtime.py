@@ -90,6 +90,13 @@ async def test_full_turn_with_tool_call(sim: RealtimeSimulator) -> None:
     assert not session.violations
 
 
+@pytest.mark.expect_sim_errors(
+    r"session 0: 'session.update' refused \(unknown_parameter\).*colour",
+    r"session 0: 'input_audio_buffer.speech_started' refused \(invalid_value\)",
+    r"session 0: beta-shaped 'session.update' event \(closed 4000\)",
+    r"session 1: connected with the beta header",
+    r"connection with a wrong API key \(HTTP 401\)",
+)
 async def test_invalid_and_beta_events(sim: RealtimeSimulator) -> None:
     async with client(sim.url) as c:
         await c.wait_type("session.created")
@@ -106,6 +113,9 @@ async def test_invalid_and_beta_events(sim: RealtimeSimulator) -> None:
         )
         await c.wait(lambda: c.ws.close_code is not None)
         assert c.ws.close_code == 4000 and c.ws.close_reason == "beta_api_shape_disabled"
+    # Refused events are kept apart: client_events holds only what the model took.
+    assert sim.sessions[0].client_events == []
+    assert [e.get("event_id") for e, _ in sim.sessions[0].refused_events] == ["bad_1", "bad_2", None]
 
     async with connect(
         sim.url, additional_headers={"Authorization": "Bearer sk-test", "OpenAI-Beta": "realtime=v1"}
@@ -124,6 +134,10 @@ async def test_invalid_and_beta_events(sim: RealtimeSimulator) -> None:
         check_client_event({"type": "response.audio.delta", "delta": ""})
 
 
+@pytest.mark.expect_sim_errors(
+    r"'conversation.item.truncate' refused \(invalid_value\): Invalid 'audio_end_ms': \d+ms is beyond",
+    r"'conversation.item.truncate' refused \(invalid_value\): Invalid 'audio_end_ms': 0\. Expected",
+)
 async def test_active_response_errors_truncate_and_barge_in() -> None:
     async with RealtimeSimulator(SCRIPT, speed=1.0, audio_chunk_ms=100) as sim:
         async with client(sim.url, key=None) as c:
@@ -147,6 +161,10 @@ async def test_active_response_errors_truncate_and_barge_in() -> None:
                 errors[2]["error"]["code"] == "invalid_value"
                 and "audio_end_ms" in errors[2]["error"]["message"]
             )
+            # Trap 8: a truncate to 0 ms (nothing heard) is refused too.
+            await c.send({"type": "conversation.item.truncate", "item_id": item, "content_index": 0,
+                          "audio_end_ms": 0})  # fmt: skip
+            assert (await c.wait_type("error", 4))[3]["error"]["param"] == "audio_end_ms"
             await c.send(
                 {
                     "type": "conversation.item.truncate",
@@ -170,7 +188,13 @@ async def test_active_response_errors_truncate_and_barge_in() -> None:
             assert len(session.output_audio[item]) < len(synthesize("Hello, table bookings.", 0))
             call = (await c.wait_type("response.function_call_arguments.done"))[0]
             assert call["name"] == "book_table"  # the caller's turn was answered automatically
-        assert not sim.violations and not sim.server_violations
+        # The races are refused but are not violations; refused events never count as accepted.
+        refused = [(e["type"], err["code"]) for e, err in session.refused_events]
+        assert refused[:2] == [("response.cancel", "response_cancel_not_active"),
+                               ("response.create", "conversation_already_has_active_response")]  # fmt: skip
+        assert [e["type"] for e in session.client_events if e["type"] != "input_audio_buffer.append"] == [
+            "session.update", "response.create", "conversation.item.truncate"]  # fmt: skip
+        assert len(sim.violations) == 2 and not sim.server_violations
 
 
 async def test_trap5_format_reset_and_text_input(sim: RealtimeSimulator) -> None:

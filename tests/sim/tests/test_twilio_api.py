@@ -81,6 +81,7 @@ async def test_unknown_call_is_404_code_20404(client: Client) -> None:
     assert raised.value.status == 404 and raised.value.code == 20404
 
 
+@pytest.mark.expect_sim_errors(r"twilio api: POST /2010-04-01/Accounts/AC0+/Calls.json: bad credentials \(401\)")
 async def test_wrong_credentials_are_rejected(fake: FakeTwilioApi) -> None:
     http = AsyncTwilioHttpClient()
     try:

@@ -186,6 +186,8 @@ async def test_say_playout_marks_and_clear(gateway: FakeGateway) -> None:
     await call.hangup()
 
 
+@pytest.mark.expect_sim_errors(r"wrong streamSid 'MZwrong'", r"media: 80 bytes \(< 40 ms\)",
+                               r"unknown event 'dance'", r"not a JSON event")  # fmt: skip
 async def test_one_way_delay_and_protocol_errors(gateway: FakeGateway) -> None:
     call = await place(gateway, one_way_delay_ms=100)
     sid = call.stream_sid
@@ -230,3 +232,61 @@ def test_playout_unit() -> None:
     p.add_mark("m3")
     p.clear()
     assert echoed[-1] == "m3" and p.tick() == 0 and len(p.heard) == 300
+
+
+async def test_jitter_and_bursts_keep_order_but_bunch_arrivals(gateway: FakeGateway) -> None:
+    call = await place(gateway, one_way_delay_ms=20, jitter_ms=120, burst_ms=60, seed=7)
+    await until(lambda: len(gateway.events("media")) >= 60, timeout=10)
+    sid = call.stream_sid
+    for n in range(5):  # agent audio and marks come back through the same kind of network
+        await gateway.send({"event": "media", "streamSid": sid,
+                            "media": {"payload": base64.b64encode(silence(60)).decode()}})  # fmt: skip
+        await gateway.send({"event": "mark", "streamSid": sid, "mark": {"name": f"m{n}"}})
+    await until(lambda: len(gateway.events("mark")) == 5, timeout=5)
+    await call.hangup()
+    await until(lambda: gateway.events("stop"))
+
+    numbered = [m for _, m in gateway.received if m["event"] != "connected"]
+    assert [int(m["sequenceNumber"]) for m in numbered] == list(range(1, len(numbered) + 1))  # order kept
+    assert call.marks_echoed == [f"m{n}" for n in range(5)]
+    arrivals = [t for t, m in gateway.received if m["event"] == "media"][:60]
+    gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
+    # Bunched: most frames land together (no 20 ms spacing), then a long wait for the next burst.
+    assert sum(g < 0.005 for g in gaps) > len(gaps) / 2, gaps
+    assert max(gaps) >= 0.05, gaps
+    # The caller's clock is untouched: timestamps still say 20 ms apart.
+    assert [m["media"]["timestamp"] for m in gateway.events("media")[:60]] == [str(20 * i) for i in range(60)]
+    assert not call.protocol_errors and call.ended_by == "caller"
+
+
+# twilio-python 9.x's async client uses aiohttp.BasicAuth, which aiohttp 3.14 deprecates (the SDK's to fix).
+@pytest.mark.filterwarnings("ignore:BasicAuth is deprecated:DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:The 'auth' parameter is deprecated:DeprecationWarning")
+async def test_a_rest_hang_up_or_redirect_stops_the_open_stream(
+    gateway: FakeGateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dialtone_sim.twilio_api import FakeTwilioApi
+    from twilio.http.async_http_client import AsyncTwilioHttpClient
+    from twilio.rest import Client
+
+    monkeypatch.delenv("TWILIO_EDGE", raising=False)
+    monkeypatch.delenv("TWILIO_REGION", raising=False)
+    account = "AC" + "0" * 32
+    async with FakeTwilioApi(account, TOKEN) as api:
+        http = AsyncTwilioHttpClient()
+        rest = Client(account, TOKEN, http_client=http)
+        rest.api.base_url = api.base_url
+        try:
+            for update in ({"status": "completed"}, {"twiml": "<Response><Dial>+15005550010</Dial></Response>"}):
+                gateway.connected.clear()
+                call = await place(gateway, account_sid=account)
+                stops = len(gateway.events("stop"))
+                # An inbound call nobody registered with the API: Twilio knows it by its open stream.
+                await rest.calls(call.call_sid).update_async(**update)
+                await call.wait_closed(5)
+                await until(lambda: len(gateway.events("stop")) == stops + 1)  # noqa: B023
+                assert gateway.events("stop")[-1]["stop"]["callSid"] == call.call_sid
+                assert call.ended_by == "twilio" and not call.closed_by_server
+                assert api.calls[call.call_sid].direction == "inbound"
+        finally:
+            await http.close()

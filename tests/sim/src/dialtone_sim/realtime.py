@@ -9,6 +9,18 @@ Usage::
 
 The handshake, beta-shape rejection and lifetime of sessions live here; the conversation itself
 is :class:`~dialtone_sim.realtime_session.SimSession`.
+
+What the simulator saw go wrong is kept in three lists, each also appended, prefixed with its
+kind and session, to one chronological log (:meth:`RealtimeSimulator.sim_errors`, judged by
+:mod:`dialtone_sim.verdicts`):
+
+- ``violations``: what the client did that the real API refuses: an event the SDK types reject,
+  a refused request (a truncate past the audio, an unknown item, a voice change after audio...),
+  the retired beta shape, a wrong key. Only the races that server VAD makes unavoidable
+  (``conversation_already_has_active_response``, ``response_cancel_not_active``) are not
+  violations; every refused event, races included, is in the session's ``refused_events``.
+- ``server_violations``: events the simulator itself sent that fail the SDK oracle.
+- ``internal_errors``: the simulator's own exceptions.
 """
 
 from __future__ import annotations
@@ -24,6 +36,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from . import verdicts
 from .realtime_session import SimSession
 from .scenario import Scenario
 
@@ -67,8 +80,24 @@ class RealtimeSimulator:
         self.sessions: list[SimSession] = []
         self.violations: list[str] = []
         self.server_violations: list[str] = []
+        self.internal_errors: list[str] = []
+        self._log: list[str] = []
+        # Account-wide rate limits, reported with rate_limits.updated at every response.
+        self.rate_limits = {"requests": [5000, 5000], "tokens": [400_000, 400_000]}  # name: [limit, remaining]
         self._server: Server | None = None
         self._connections: dict[int, ServerConnection] = {}
+        verdicts.register(self)
+
+    def sim_errors(self) -> list[str]:
+        """Every violation, server violation and internal error so far, oldest first."""
+        return self._log
+
+    def record(self, kind: str, message: str, session: SimSession | None = None) -> None:
+        """Record a ``violation``, ``server_violation`` or ``internal_error``."""
+        where = f"session {session.index}: " if session is not None else ""
+        {"violation": self.violations, "server_violation": self.server_violations,
+         "internal_error": self.internal_errors}[kind].append(f"{where}{message}")  # fmt: skip
+        self._log.append(f"realtime {kind}: {where}{message}")
 
     @property
     def url(self) -> str:
@@ -114,8 +143,10 @@ class RealtimeSimulator:
 
     def _check_request(self, connection: ServerConnection, request: Request) -> Response | None:
         if urlsplit(request.path).path != "/v1/realtime":
+            self.record("violation", f"connection to unknown path {request.path!r} (HTTP 404)")
             return connection.respond(HTTPStatus.NOT_FOUND, "Not found\n")
         if self.api_key is not None and request.headers.get("Authorization") != f"Bearer {self.api_key}":
+            self.record("violation", "connection with a wrong API key (HTTP 401)")
             return connection.respond(HTTPStatus.UNAUTHORIZED, "Incorrect API key provided\n")
         return None
 
@@ -126,11 +157,13 @@ class RealtimeSimulator:
             model=query.get("model", ["gpt-realtime"])[0],
             headers={k.lower(): v for k, v in ws.request.headers.raw_items()},
         )
+        session._sim = self
         self.sessions.append(session)
         self._connections[session.index] = ws
         log.info("realtime session %d opened (model %s)", session.index, session.model)
         try:
             if "realtime=v1" in session.headers.get("openai-beta", ""):
+                session.violation("connected with the beta header OpenAI-Beta: realtime=v1 (closed 4000)")
                 await ws.close(4000, "beta_api_shape_disabled")
                 return
             await session.serve(self, ws)
@@ -138,7 +171,7 @@ class RealtimeSimulator:
             pass  # the client left mid-event
         except Exception as exc:
             log.exception("realtime session %d failed", session.index)
-            session.internal_errors.append(repr(exc))
+            session.internal_error(repr(exc))
         finally:
             await session.shutdown()
             # wait_closed() after an abort can lag; the code may still be None then.

@@ -1,8 +1,10 @@
 """What the simulated model says: one :class:`ResponseRun` per ``response.created``.
 
-A run either speaks (audio deltas paced at ``speed`` x real time, cancellable between chunks)
-or makes one scripted function call. :func:`start_response` decides which, following the
-scenario rules in :mod:`.scenario`.
+A run produces the output items one response of the scenario's plan holds (:meth:`Turn.plan`),
+in order: spoken messages (audio deltas paced at ``speed`` x real time, cancellable between
+deltas) and function calls. :func:`start_response` decides which response comes next. Every run
+reports the account's rate limits (``rate_limits.updated``) after ``response.created``, as the
+real API does, and ends ``completed``, ``cancelled``, ``incomplete`` or ``failed``.
 """
 
 from __future__ import annotations
@@ -10,16 +12,19 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import copy
+import itertools
 import math
 import re
 import time
 from array import array
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from .audio import decode
-from .scenario import ToolCall, Turn
+from .scenario import Item, ToolCall, Turn
 from .speech import synthesize
 
 if TYPE_CHECKING:
@@ -45,6 +50,9 @@ def _render(text: str, seed: int, format_type: str | None) -> bytes:
 
 
 _SAY_EXACTLY = re.compile(r'exactly:\s*"([^"]+)"', re.IGNORECASE)
+_FAILED = {"type": "failed", "error": {
+    "type": "server_error", "code": "server_error",
+    "message": "The server had an error while processing your request. Sorry about that!"}}  # fmt: skip
 
 
 def start_response(session: SimSession, *, client: bool, request: dict | None = None) -> ResponseRun:
@@ -52,45 +60,61 @@ def start_response(session: SimSession, *, client: bool, request: dict | None = 
 
     A client ``response.create`` whose instructions say ``exactly: "..."`` speaks that text (as
     a model follows such an instruction) without consuming a turn; with ``conversation: "none"``
-    the reply stays out of the conversation. A client ``response.create`` after the output of the
-    awaited tool call continues that tool turn; anything else answers the pending caller turn or
-    consumes the next one.
+    the reply stays out of the conversation. A client ``response.create`` once the outputs of
+    every awaited tool call are in continues that tool turn; anything else gives the pending
+    response (a caller turn not yet answered, or a failed response tried again) or consumes the
+    next turn.
     """
     request = request or {}
     said = _SAY_EXACTLY.search(request.get("instructions") or "")
     if client and said:
-        run = ResponseRun(session, Turn(caller=None, agent=said.group(1)),
-                          in_conversation=request.get("conversation") != "none")
-        session.active = run
-        session.spawn(run.speak(said.group(1)))
-        return run
-    wait = session.tool_wait
-    if client and wait and wait["output"]:
-        turn, tool_index = wait["turn"], wait["next"]
+        run = ResponseRun(session, [Item(text=said.group(1))], in_conversation=request.get("conversation") != "none")
     else:
-        turn, tool_index = session.pending_turn or session.next_turn(), 0
-    session.pending_turn, session.tool_wait = None, None
-    run = ResponseRun(session, turn)
+        wait = session.tool_wait
+        if client and wait and wait["outputs"] >= wait["call_ids"]:
+            turn, step = wait["turn"], wait["next"]
+        elif session.pending is not None:
+            turn, step = session.pending
+        else:
+            turn, step = session.next_turn(), 0
+        session.pending, session.tool_wait = None, None
+        plan = turn.plan()
+        step = min(step, len(plan) - 1)
+        last = step == len(plan) - 1
+        fail = last and session.failures.get(id(turn), 0) < turn.failures
+        if fail:
+            session.failures[id(turn)] = session.failures.get(id(turn), 0) + 1
+        run = ResponseRun(session, plan[step], turn=turn, step=step, fail=fail,
+                          incomplete=turn.incomplete if last else None)  # fmt: skip
     session.active = run
-    if tool_index < len(turn.tools):
-        call_id = session.new_id("call")
-        session.tool_wait = {"turn": turn, "next": tool_index + 1, "call_id": call_id, "output": False}
-        session.spawn(run.function_call(turn.tools[tool_index], call_id))
-    else:
-        session.spawn(run.speak(turn.agent))
+    session.spawn(run.run())
     return run
 
 
 class ResponseRun:
-    """One model response; :meth:`cancel` stops its audio at the next chunk boundary."""
+    """One model response; :meth:`cancel` stops its audio at the next delta boundary."""
 
-    def __init__(self, session: SimSession, turn: Turn, *, in_conversation: bool = True) -> None:
+    def __init__(
+        self,
+        session: SimSession,
+        items: list[Item],
+        *,
+        turn: Turn | None = None,
+        step: int = 0,
+        in_conversation: bool = True,
+        fail: bool = False,
+        incomplete: str | None = None,
+    ) -> None:
         self.session = session
-        self.turn = turn
+        self.items = items
+        self.turn, self.step = turn, step
         self.in_conversation = in_conversation
+        self.fail, self.incomplete = fail, incomplete
         self.id = session.new_id("resp")
         self.cancel_reason: str | None = None
         self._wake = asyncio.Event()
+        scenario = session.scenario
+        self.chunks = (turn.audio_chunks if turn else ()) or scenario.audio_chunks
 
     def cancel(self, reason: str) -> None:
         """Cancel with ``reason`` (``turn_detected`` or ``client_cancelled``)."""
@@ -101,9 +125,13 @@ class ResponseRun:
     # ---- helpers --------------------------------------------------------------------------
     def _response(self, status: str, output: list, usage: dict | None = None) -> dict[str, Any]:
         out = self.session.session["audio"]["output"]
-        details = None
+        details: dict[str, Any] | None = None
         if status == "cancelled":
             details = {"type": "cancelled", "reason": self.cancel_reason}
+        elif status == "incomplete":
+            details = {"type": "incomplete", "reason": self.incomplete}
+        elif status == "failed":
+            details = copy.deepcopy(_FAILED)
         elif status == "completed":
             details = {"type": "completed"}
         return {
@@ -140,6 +168,21 @@ class ResponseRun:
             "output_token_details": {"text_tokens": text_out, "audio_tokens": audio_out},
         }  # fmt: skip
 
+    async def _rate_limits(self) -> None:
+        """``rate_limits.updated``: a request and a reservation of output tokens taken from the
+        account's limits (shared by every session of the simulator)."""
+        sim = self.session._sim
+        if sim is None:
+            return
+        limits = sim.rate_limits
+        limits["requests"][1] = max(0, limits["requests"][1] - 1)
+        limits["tokens"][1] = max(0, limits["tokens"][1] - 4096)
+        await self.session.emit({"type": "rate_limits.updated", "rate_limits": [
+            {"name": name, "limit": limit, "remaining": remaining,
+             "reset_seconds": round(60 * (1 - remaining / limit), 3)}
+            for name, (limit, remaining) in limits.items()
+        ]})  # fmt: skip
+
     async def _pace(self, deadline: float) -> None:
         delay = deadline - asyncio.get_running_loop().time()
         if delay > 0:
@@ -147,29 +190,29 @@ class ResponseRun:
                 async with asyncio.timeout(delay):
                     await self._wake.wait()
 
-    async def _open_item(self, item: dict) -> None:
+    def _sizes(self, bpm: int, default_ms: int) -> Iterator[int]:
+        """Byte sizes of successive audio deltas: the scripted pattern (cycled) or regular."""
+        if not self.chunks:
+            return itertools.repeat(default_ms * bpm)
+        return itertools.cycle(max(1, n * bpm // 8) for n in self.chunks)
+
+    async def _open_item(self, index: int, item: dict) -> None:
         s = self.session
-        await s.emit({"type": "response.created", "response": self._response("in_progress", [])})
         await s.emit(
-            {"type": "response.output_item.added", "response_id": self.id, "output_index": 0, "item": item}
+            {"type": "response.output_item.added", "response_id": self.id, "output_index": index, "item": item}
         )
         self._previous = None
         if self.in_conversation:  # an out-of-band response adds nothing to the conversation
-            previous, s.last_item_id = s.last_item_id, item["id"]
-            await s.emit({"type": "conversation.item.added", "previous_item_id": previous, "item": item})
-            self._previous = previous
+            self._previous = s.add_item(item["id"])
+            await s.emit({"type": "conversation.item.added", "previous_item_id": self._previous, "item": item})
 
-    async def _close_item(self, item: dict, status: str, usage: dict) -> None:
+    async def _close_item(self, index: int, item: dict) -> None:
         s = self.session
         await s.emit(
-            {"type": "response.output_item.done", "response_id": self.id, "output_index": 0, "item": item}
+            {"type": "response.output_item.done", "response_id": self.id, "output_index": index, "item": item}
         )
         if self.in_conversation:
             await s.emit({"type": "conversation.item.done", "previous_item_id": self._previous, "item": item})
-        # No longer active before response.done leaves: a client may answer it at once.
-        if s.active is self:
-            s.active = None
-        await s.emit({"type": "response.done", "response": self._response(status, [item], usage)})
 
     def _release(self) -> None:
         """Stop being the active response; start the one a caller turn left waiting, if any."""
@@ -181,98 +224,121 @@ class ResponseRun:
             with contextlib.suppress(RuntimeError):  # the loop is closing with the session
                 start_response(s, client=False)
 
-    # ---- the two kinds of response --------------------------------------------------------
-    async def function_call(self, tool: ToolCall, call_id: str) -> None:
-        """A response whose single output item is a function call."""
+    # ---- the response ---------------------------------------------------------------------
+    async def run(self) -> None:
+        """The whole response: created, rate limits, each output item in order, done."""
         s = self.session
         try:
-            item_id, arguments = s.new_id("item"), orjson.dumps(tool.arguments).decode()
-            item = {"id": item_id, "object": "realtime.item", "type": "function_call", "status": "in_progress",
-                    "name": tool.name, "call_id": call_id, "arguments": ""}  # fmt: skip
-            await self._open_item(item)
-            where = {"response_id": self.id, "item_id": item_id, "output_index": 0, "call_id": call_id}
-            step = max(1, math.ceil(len(arguments) / 3))
-            for i in range(0, len(arguments), step):
-                await s.emit(
-                    {
-                        "type": "response.function_call_arguments.delta",
-                        **where,
-                        "delta": arguments[i : i + step],
-                    }
-                )
-            await s.emit(
-                {
-                    "type": "response.function_call_arguments.done",
-                    **where,
-                    "name": tool.name,
-                    "arguments": arguments,
-                }
-            )
-            item = {**item, "status": "completed", "arguments": arguments}
-            await self._close_item(item, "completed", self._usage(arguments, 0))
+            await s.emit({"type": "response.created", "response": self._response("in_progress", [])})
+            await self._rate_limits()
+            if self.fail:
+                # Failed before any output; the next response tries the same step again.
+                if self.turn is not None:
+                    s.pending = (self.turn, self.step)
+                if s.active is self:
+                    s.active = None
+                await s.emit({"type": "response.done", "response": self._response("failed", [], None)})
+                return
+            outputs: list[dict] = []
+            text, audio_ms, start_audio_ms = "", 0, s.audio_ms
+            last = len(self.items) - 1
+            for index, planned in enumerate(self.items):
+                if self.cancel_reason:
+                    break
+                if planned.tool is not None:
+                    item = await self._function_call(index, planned.tool)
+                    text += item["arguments"]
+                else:
+                    item, generated_ms = await self._speak(
+                        index, planned.text or "", cut=self.incomplete is not None and index == last
+                    )
+                    text += item["content"][0]["transcript"]
+                    audio_ms += generated_ms
+                outputs.append(item)
+            if self.cancel_reason:
+                status = "cancelled"
+            elif self.incomplete:
+                status = "incomplete"
+            else:
+                status = "completed"
+            call_ids = {i["call_id"] for i in outputs if i["type"] == "function_call"}
+            if status == "completed" and call_ids and self.turn is not None:
+                s.tool_wait = {"turn": self.turn, "next": self.step + 1, "call_ids": call_ids, "outputs": set()}
+            usage = self._usage(text, audio_ms)
+            # No longer active before response.done leaves: a client may answer it at once.
+            if s.active is self:
+                s.active = None
+            await s.emit({"type": "response.done", "response": self._response(status, outputs, usage)})
+            td = s.turn_detection or {}
+            if status == "completed" and audio_ms and td.get("idle_timeout_ms"):
+                # The idle clock starts when the reply has been played out (audio time).
+                s.idle_deadline_ms = start_audio_ms + audio_ms + td["idle_timeout_ms"]
         finally:
             self._release()
 
-    async def speak(self, text: str) -> None:
-        """A spoken reply: audio deltas paced at ``speed`` x real time, with its transcript."""
+    async def _function_call(self, index: int, tool: ToolCall) -> dict:
+        """A function call item, its arguments streamed in three deltas."""
+        s = self.session
+        item_id, call_id, arguments = s.new_id("item"), s.new_id("call"), orjson.dumps(tool.arguments).decode()
+        item = {"id": item_id, "object": "realtime.item", "type": "function_call", "status": "in_progress",
+                "name": tool.name, "call_id": call_id, "arguments": ""}  # fmt: skip
+        await self._open_item(index, item)
+        where = {"response_id": self.id, "item_id": item_id, "output_index": index, "call_id": call_id}
+        step = max(1, math.ceil(len(arguments) / 3))
+        for i in range(0, len(arguments), step):
+            await s.emit({"type": "response.function_call_arguments.delta", **where, "delta": arguments[i : i + step]})
+        await s.emit({"type": "response.function_call_arguments.done", **where, "name": tool.name, "arguments": arguments})
+        item = {**item, "status": "completed", "arguments": arguments}
+        await self._close_item(index, item)
+        return item
+
+    async def _speak(self, index: int, text: str, *, cut: bool = False) -> tuple[dict, int]:
+        """A spoken message item: audio deltas paced at ``speed`` x real time, with its transcript.
+        ``cut`` stops it half-way (an incomplete response). Returns the item and its audio ms."""
         s = self.session
         sim = s._sim
-        try:
-            fmt = s.session["audio"]["output"]["format"].get("type")
-            bpm = bytes_per_ms(fmt)
-            item_id = s.new_id("item")
-            s.output_audio[item_id], s.item_bpm[item_id] = bytearray(), bpm
-            s.output_order.append(item_id)
-            start_audio_ms = s.audio_ms
-            item = {"id": item_id, "object": "realtime.item", "type": "message", "role": "assistant",
-                    "status": "in_progress", "content": []}  # fmt: skip
-            await self._open_item(item)
-            where = {"response_id": self.id, "item_id": item_id, "output_index": 0, "content_index": 0}
-            await s.emit(
-                {"type": "response.content_part.added", **where, "part": {"type": "audio", "transcript": ""}}
-            )
-            # Unique per item (seeded by session and item), so a test can find it in a recording.
-            audio = await asyncio.to_thread(_render, text, s.index * 1000 + len(s.output_order), fmt)
-            chunk_ms = sim.audio_chunk_ms if sim else 100
-            speed = sim.speed if sim else 0
-            words, spoken = text.split(" "), 0
-            start = asyncio.get_running_loop().time()
-            for i, offset in enumerate(range(0, len(audio), chunk_ms * bpm)):
-                if self.cancel_reason:
-                    break
-                piece = audio[offset : offset + chunk_ms * bpm]
-                s.output_audio[item_id] += piece
-                s.audio_produced = True
-                s.output_times.append((time.monotonic(), len(piece)))
-                await s.emit(
-                    {
-                        "type": "response.output_audio.delta",
-                        **where,
-                        "delta": base64.b64encode(piece).decode(),
-                    }
-                )
-                said = math.ceil(len(words) * (offset + len(piece)) / len(audio))
-                if said > spoken:
-                    delta = (" " if spoken else "") + " ".join(words[spoken:said])
-                    spoken = said
-                    await s.emit({"type": "response.output_audio_transcript.delta", **where, "delta": delta})
-                if speed > 0:
-                    await self._pace(start + (i + 1) * chunk_ms / 1000 / speed)
-            transcript = " ".join(words[:spoken])
-            cancelled = self.cancel_reason is not None
-            await s.emit({"type": "response.output_audio.done", **where})
-            await s.emit({"type": "response.output_audio_transcript.done", **where, "transcript": transcript})
-            part = {"type": "audio", "transcript": transcript}
-            await s.emit({"type": "response.content_part.done", **where, "part": part})
-            item = {**item, "status": "incomplete" if cancelled else "completed",
-                    "content": [{"type": "output_audio", "transcript": transcript}]}  # fmt: skip
-            generated_ms = len(s.output_audio[item_id]) // bpm
-            await self._close_item(
-                item, "cancelled" if cancelled else "completed", self._usage(transcript, generated_ms)
-            )
-            td = s.turn_detection or {}
-            if not cancelled and td.get("idle_timeout_ms"):
-                # The idle clock starts when the reply has been played out (audio time).
-                s.idle_deadline_ms = start_audio_ms + generated_ms + td["idle_timeout_ms"]
-        finally:
-            self._release()
+        fmt = s.session["audio"]["output"]["format"].get("type")
+        bpm = bytes_per_ms(fmt)
+        item_id = s.new_id("item")
+        s.output_audio[item_id], s.item_bpm[item_id] = bytearray(), bpm
+        s.output_order.append(item_id)
+        item = {"id": item_id, "object": "realtime.item", "type": "message", "role": "assistant",
+                "status": "in_progress", "content": []}  # fmt: skip
+        await self._open_item(index, item)
+        where = {"response_id": self.id, "item_id": item_id, "output_index": index, "content_index": 0}
+        await s.emit({"type": "response.content_part.added", **where, "part": {"type": "audio", "transcript": ""}})
+        # Unique per item (seeded by session and item), so a test can find it in a recording.
+        audio = await asyncio.to_thread(_render, text, s.index * 1000 + len(s.output_order), fmt)
+        if cut:
+            audio = audio[: len(audio) // 2 // (20 * bpm) * (20 * bpm)]
+            full = len(audio) * 2
+        else:
+            full = len(audio)
+        speed = sim.speed if sim else 0
+        words, spoken, offset = text.split(" "), 0, 0
+        start = asyncio.get_running_loop().time()
+        sizes = self._sizes(bpm, sim.audio_chunk_ms if sim else 100)
+        while offset < len(audio) and not self.cancel_reason:
+            piece = audio[offset : offset + next(sizes)]
+            offset += len(piece)
+            s.output_audio[item_id] += piece
+            s.audio_produced = True
+            s.output_times.append((time.monotonic(), len(piece)))
+            await s.emit({"type": "response.output_audio.delta", **where, "delta": base64.b64encode(piece).decode()})
+            said = math.ceil(len(words) * offset / full)
+            if said > spoken:
+                delta = (" " if spoken else "") + " ".join(words[spoken:said])
+                spoken = said
+                await s.emit({"type": "response.output_audio_transcript.delta", **where, "delta": delta})
+            if speed > 0:
+                await self._pace(start + offset / bpm / 1000 / speed)
+        transcript = " ".join(words[:spoken])
+        stopped = self.cancel_reason is not None or cut
+        await s.emit({"type": "response.output_audio.done", **where})
+        await s.emit({"type": "response.output_audio_transcript.done", **where, "transcript": transcript})
+        part = {"type": "audio", "transcript": transcript}
+        await s.emit({"type": "response.content_part.done", **where, "part": part})
+        item = {**item, "status": "incomplete" if stopped else "completed",
+                "content": [{"type": "output_audio", "transcript": transcript}]}  # fmt: skip
+        await self._close_item(index, item)
+        return item, len(s.output_audio[item_id]) // bpm

@@ -4,6 +4,11 @@
 the client events; what the model says is produced by :mod:`.realtime_responses`. All state is
 touched only from the event loop, so event handlers run without locks; a handler that needs to
 decide "is a response active?" does so synchronously, before its first ``await``.
+
+A client event is either accepted, and then kept in ``client_events``, or refused with an
+``error`` event, as the real API does, and then kept with that error in ``refused_events``
+(never in ``client_events``): a test asserting on ``client_events`` asserts on what the model
+really took. A handler refuses by raising :class:`Refusal` before it changes any state.
 """
 
 from __future__ import annotations
@@ -52,6 +57,16 @@ _BETA_SESSION_KEYS = {
     "turn_detection", "voice", "modalities",
 }  # fmt: skip
 _BETA_RESPONSE_KEYS = {"modalities", "voice", "output_audio_format"}
+# Refusals that server VAD makes unavoidable: a client meets them in any real call.
+RACES = {"conversation_already_has_active_response", "response_cancel_not_active"}
+
+
+class Refusal(Exception):
+    """A client event the real API answers with an ``error`` event (and otherwise ignores)."""
+
+    def __init__(self, code: str, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.code, self.message, self.param = code, message, param
 
 
 def _is_beta_shaped(event: Any) -> bool:
@@ -75,7 +90,8 @@ class SimSession:
     model: str
     headers: dict[str, str]
     session: dict[str, Any] = field(default_factory=dict)
-    client_events: list[dict] = field(default_factory=list)
+    client_events: list[dict] = field(default_factory=list)  # accepted only
+    refused_events: list[tuple[dict, dict]] = field(default_factory=list)  # (event, the error sent)
     server_events: list[dict] = field(default_factory=list)
     violations: list[str] = field(default_factory=list)
     server_violations: list[str] = field(default_factory=list)
@@ -88,6 +104,7 @@ class SimSession:
     output_order: list[str] = field(default_factory=list)
     tool_outputs: list[dict] = field(default_factory=list)
     truncations: list[tuple[str, int, float]] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)  # items the client deleted, in order
     text_inputs: list[str] = field(default_factory=list)
     closed: asyncio.Event = field(default_factory=asyncio.Event)
     close_code: int | None = None
@@ -121,8 +138,12 @@ class SimSession:
         self.last_item_id: str | None = None
         self.turn_index = 0
         self.replaying = False  # assistant items created before any audio: a restored history
-        self.pending_turn: Turn | None = None  # consumed by a caller utterance, not yet answered
-        self.tool_wait: dict | None = None  # {"turn", "next", "call_id", "output"}
+        # (turn, step): the response of a turn's plan to give next; set by a caller utterance
+        # (step 0) or a failed response (the same step again).
+        self.pending: tuple[Turn, int] | None = None
+        self.tool_wait: dict | None = None  # {"turn", "next", "call_ids", "outputs"}
+        self.failures: dict[int, int] = {}  # id(turn) -> failed responses so far
+        self.items: list[str] = []  # ids of the conversation's items, in order
         self.active: ResponseRun | None = None
         self.respond_after_active = False
         self.audio_produced = False
@@ -160,7 +181,26 @@ class SimSession:
             pass  # the client went away; nothing left to say
         except Exception as exc:  # a simulator bug: keep it visible to tests, keep serving
             log.exception("realtime sim session %d task failed", self.index)
-            self.internal_errors.append(repr(exc))
+            self.internal_error(repr(exc))
+
+    # ---- records --------------------------------------------------------------------------
+    def violation(self, message: str) -> None:
+        """The client did something the real API refuses."""
+        self.violations.append(message)
+        if self._sim is not None:
+            self._sim.record("violation", message, self)
+
+    def internal_error(self, message: str) -> None:
+        """The simulator itself failed."""
+        self.internal_errors.append(message)
+        if self._sim is not None:
+            self._sim.record("internal_error", message, self)
+
+    def add_item(self, item_id: str) -> str | None:
+        """Append an item to the conversation; returns the id of the one before it."""
+        previous, self.last_item_id = self.last_item_id, item_id
+        self.items.append(item_id)
+        return previous
 
     async def emit(self, event: dict) -> None:
         """Send one server event (validated first when the simulator validates)."""
@@ -171,7 +211,7 @@ class SimSession:
             except OracleError as exc:
                 self.server_violations.append(str(exc))
                 if self._sim:
-                    self._sim.server_violations.append(str(exc))
+                    self._sim.record("server_violation", str(exc), self)
         self.server_events.append(event)
         assert self._ws is not None
         await self._ws.send(orjson.dumps(event).decode())
@@ -204,24 +244,34 @@ class SimSession:
             try:
                 event = orjson.loads(message)
             except orjson.JSONDecodeError:
+                self.violation(f"not JSON: {message[:80]!r}")
                 await self.error("invalid_json", "The event is not valid JSON.")
                 continue
-            self.client_events.append(event)
             if _is_beta_shaped(event):
+                self.violation(f"beta-shaped {event.get('type')!r} event (closed 4000)")
+                self.refused_events.append((event, {"code": "beta_api_shape_disabled"}))
                 await ws.close(4000, "beta_api_shape_disabled")
                 return
-            if sim.validate:
-                try:
-                    check_client_event(event)
-                except OracleError as exc:
-                    self.violations.append(str(exc))
-                    sim.violations.append(f"session {self.index}: {exc}")
-                    await self.error(exc.code, str(exc), event, exc.param)
-                    continue
             try:
-                await self._dispatch(event)
-            except (KeyError, TypeError, ValueError, AttributeError) as exc:  # only unvalidated input
-                await self.error("invalid_value", f"Could not process event: {exc!r}", event)
+                if sim.validate:
+                    try:
+                        check_client_event(event)
+                    except OracleError as exc:
+                        raise Refusal(exc.code, str(exc), exc.param) from exc
+                try:
+                    await self._dispatch(event)
+                except (KeyError, TypeError, ValueError, AttributeError) as exc:  # only unvalidated input
+                    raise Refusal("invalid_value", f"Could not process event: {exc!r}") from exc
+            except Refusal as refusal:
+                await self._refuse(event, refusal)
+
+    async def _refuse(self, event: Any, refusal: Refusal) -> None:
+        kind = event.get("type") if isinstance(event, dict) else None
+        error = {"code": refusal.code, "message": refusal.message, "param": refusal.param}
+        self.refused_events.append((event, error))
+        if refusal.code not in RACES:
+            self.violation(f"{kind!r} refused ({refusal.code}): {refusal.message}")
+        await self.error(refusal.code, refusal.message, event, refusal.param)
 
     async def _expire(self, after_s: float) -> None:
         await asyncio.sleep(after_s)
@@ -235,53 +285,55 @@ class SimSession:
 
     # ---- client events --------------------------------------------------------------------
     async def _dispatch(self, event: dict) -> None:
+        """Check the event (raising :class:`Refusal`), record it as accepted, then act on it."""
         kind = event.get("type")
+        accept = self.client_events.append
         if kind == "input_audio_buffer.append":
-            await self._append(base64.b64decode(event["audio"]))
+            audio = base64.b64decode(event["audio"])
+            accept(event)
+            await self._append(audio)
         elif kind == "session.update":
             await self._update_session(event)
         elif kind == "response.create":
             if self.active is not None:
-                await self.error(
+                raise Refusal(
                     "conversation_already_has_active_response",
                     f"Conversation already has an active response in progress: {self.active.id}. "
                     "Wait until the response is finished before creating a new one.",
-                    event,
                 )
-            else:
-                start_response(self, client=True, request=event.get("response") or {})
+            accept(event)
+            start_response(self, client=True, request=event.get("response") or {})
         elif kind == "response.cancel":
             if self.active is None or self.active.cancel_reason:
-                await self.error(
-                    "response_cancel_not_active", "Cancellation failed: no active response found", event
-                )
-            else:
-                self.active.cancel("client_cancelled")
+                raise Refusal("response_cancel_not_active", "Cancellation failed: no active response found")
+            accept(event)
+            self.active.cancel("client_cancelled")
         elif kind == "conversation.item.create":
             await self._create_item(event)
         elif kind == "conversation.item.truncate":
             await self._truncate(event)
+        elif kind == "conversation.item.delete":
+            await self._delete(event)
         elif kind == "input_audio_buffer.commit":
             if self.audio_ms - self._buffer_start_ms < 100:
-                await self.error(
+                raise Refusal(
                     "input_audio_buffer_commit_empty",
                     "Error committing input audio buffer: buffer too small. Expected at least 100ms of audio.",
-                    event,
                 )
-            else:
-                await self._commit(self._speech_item or self.new_id("item"), auto=False)
+            accept(event)
+            await self._commit(self._speech_item or self.new_id("item"), auto=False)
         elif kind == "input_audio_buffer.clear":
+            accept(event)
             self._vad.reset()
             self._buffer_start_ms, self._speech_item = self.audio_ms, None
             await self.emit({"type": "input_audio_buffer.cleared"})
-        else:  # valid GA events this phone simulator does not model (item.delete, ...)
-            await self.error("unsupported_event", f"The simulator does not support {kind!r}.", event)
+        else:  # valid GA events this phone simulator does not model (item.retrieve, ...)
+            raise Refusal("unsupported_event", f"The simulator does not support {kind!r}.")
 
     async def _update_session(self, event: dict) -> None:
         update = event["session"]
         if update.get("type", "realtime") != "realtime":
-            await self.error("invalid_value", "Only realtime sessions are simulated.", event, "session.type")
-            return
+            raise Refusal("invalid_value", "Only realtime sessions are simulated.", "session.type")
         new = copy.deepcopy(self.session)
         for key, value in update.items():
             if key != "audio":
@@ -302,13 +354,12 @@ class SimSession:
             new["audio"]["output"].get("voice"),
         )
         if self.audio_produced and new_voice != old_voice:
-            await self.error(
+            raise Refusal(
                 "cannot_update_voice",
                 "Cannot update a conversation's voice if assistant audio is present.",
-                event,
                 "session.audio.output.voice",
             )
-            return
+        self.client_events.append(event)
         self.session = new
         await self.emit({"type": "session.updated", "session": copy.deepcopy(new)})
 
@@ -320,13 +371,16 @@ class SimSession:
 
     async def _create_item(self, event: dict) -> None:
         item = dict(event["item"])
+        if item.get("id") in self.items:
+            raise Refusal("invalid_value", f"Item with id '{item['id']}' already exists.", "item.id")
+        self.client_events.append(event)
         item.setdefault("id", self.new_id("item"))
         item.setdefault("object", "realtime.item")
         item.setdefault("status", "completed")
         if item["type"] == "function_call_output":
             self.tool_outputs.append({"call_id": item["call_id"], "output": item["output"]})
-            if self.tool_wait and self.tool_wait["call_id"] == item["call_id"]:
-                self.tool_wait["output"] = True
+            if self.tool_wait and item["call_id"] in self.tool_wait["call_ids"]:
+                self.tool_wait["outputs"].add(item["call_id"])
         elif item["type"] == "message" and item.get("role") == "user":
             texts = [c.get("text", "") for c in item["content"] if c.get("type") == "input_text"]
             self.text_inputs += texts
@@ -337,28 +391,42 @@ class SimSession:
                 self.turn_index += 1
         elif item["type"] == "message" and item.get("role") == "assistant" and not self.input_audio:
             self.replaying = True
-        previous, self.last_item_id = self.last_item_id, item["id"]
+        previous = self.add_item(item["id"])
         await self.emit({"type": "conversation.item.added", "previous_item_id": previous, "item": item})
         await self.emit({"type": "conversation.item.done", "previous_item_id": previous, "item": item})
 
     async def _truncate(self, event: dict) -> None:
         item_id, end_ms = event["item_id"], event["audio_end_ms"]
-        if item_id not in self.output_audio:
-            await self.error("invalid_value", f"Item with item_id '{item_id}' not found.", event, "item_id")
-            return
+        if item_id not in self.output_audio or item_id not in self.items:
+            raise Refusal("invalid_value", f"Item with item_id '{item_id}' not found.", "item_id")
         generated_ms = len(self.output_audio[item_id]) // self.item_bpm[item_id]
-        if end_ms > generated_ms or end_ms < 0:
-            await self.error(
+        if end_ms > generated_ms:
+            raise Refusal(
                 "invalid_value",
                 f"Invalid 'audio_end_ms': {end_ms}ms is beyond the {generated_ms}ms of audio "
                 f"generated for item {item_id}.",
-                event,
                 "audio_end_ms",
             )
-            return
+        if end_ms <= 0:
+            # Trap 8: a truncate to nothing is refused; delete the item (or cancel) instead.
+            raise Refusal(
+                "invalid_value", f"Invalid 'audio_end_ms': {end_ms}. Expected a value greater than 0.", "audio_end_ms"
+            )
+        self.client_events.append(event)
         self.truncations.append((item_id, end_ms, asyncio.get_running_loop().time()))
         await self.emit({"type": "conversation.item.truncated", "item_id": item_id,
                          "content_index": event["content_index"], "audio_end_ms": end_ms})  # fmt: skip
+
+    async def _delete(self, event: dict) -> None:
+        item_id = event["item_id"]
+        if item_id not in self.items:
+            raise Refusal("invalid_value", f"Item with item_id '{item_id}' not found.", "item_id")
+        self.client_events.append(event)
+        self.items.remove(item_id)
+        self.deleted.append(item_id)
+        if self.last_item_id == item_id:
+            self.last_item_id = self.items[-1] if self.items else None
+        await self.emit({"type": "conversation.item.deleted", "item_id": item_id})
 
     # ---- input audio and VAD --------------------------------------------------------------
     async def _append(self, data: bytes) -> None:
@@ -426,9 +494,10 @@ class SimSession:
         self._buffer_start_ms, self._speech_item = self.audio_ms, None
         self.committed_ms += audio_ms
         self.usage_state["audio_in"] += audio_ms // 100
-        turn = self.pending_turn = self.next_turn()
+        turn = self.next_turn()
+        self.pending = (turn, 0)
         transcript = turn.caller if turn.caller is not None else "(unscripted)"
-        previous, self.last_item_id = self.last_item_id, item_id
+        previous = self.add_item(item_id)
         item = {"id": item_id, "object": "realtime.item", "type": "message", "role": "user",
                 "status": "completed", "content": [{"type": "input_audio", "transcript": None}]}  # fmt: skip
         await self.emit(
@@ -437,16 +506,24 @@ class SimSession:
         await self.emit({"type": "conversation.item.added", "previous_item_id": previous, "item": item})
         await self.emit({"type": "conversation.item.done", "previous_item_id": previous, "item": item})
         if self.session["audio"]["input"].get("transcription"):
-            self.spawn(self._transcribe(item_id, transcript, audio_ms))
+            self.spawn(self._transcribe(item_id, transcript, audio_ms, fails=turn.transcription_fails))
         if auto:
             if self.active is None:
                 start_response(self, client=False)
             else:  # the interrupted response is still winding down: answer right after it
                 self.respond_after_active = True
 
-    async def _transcribe(self, item_id: str, transcript: str, audio_ms: int) -> None:
+    async def _transcribe(self, item_id: str, transcript: str, audio_ms: int, *, fails: bool) -> None:
         # The transcription model runs beside the conversation: it lands 50-150 ms later.
         await asyncio.sleep((50 + (self._counter * 37) % 100) / 1000)
+        if fails:
+            # The caller's words have no text (trap 9); the shape of the API reference's example.
+            await self.emit({
+                "type": "conversation.item.input_audio_transcription.failed", "item_id": item_id,
+                "content_index": 0, "error": {"type": "transcription_error", "code": "audio_unintelligible",
+                                              "message": "The audio could not be transcribed.", "param": None},
+            })  # fmt: skip
+            return
         words = transcript.split(" ")
         third = max(1, len(words) // 3)
         for i in range(0, len(words), third):

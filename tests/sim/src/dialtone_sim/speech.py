@@ -6,6 +6,11 @@ syllable rate of ~4-6 Hz, with harmonics and a little noise. Either way the resu
 enough for the Realtime simulator's VAD (:data:`VOICED_ENERGY`), whose threshold 0xFF silence
 never reaches, and different ``(text, seed)`` pairs give different bytes, so a test can find a
 given utterance inside a recording.
+
+CI must prove the real speech path: with ``DIALTONE_REQUIRE_SPEECH=1`` in the environment (set by
+``.ci/run``) there is no fallback, and :func:`synthesize` raises :class:`SpeechUnavailable` when
+espeak-ng or sox is missing or fails. (This test helper reads that one variable itself; the
+services read theirs only in their ``settings.py``.)
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
+import os
 import random
 import shutil
 import subprocess
@@ -22,7 +28,9 @@ from pathlib import Path
 
 from .audio import decode, encode, pad_to_frame
 
-__all__ = ["VOICED_ENERGY", "from_wav", "have_espeak", "real_speech", "synthesize"]
+__all__ = [
+    "VOICED_ENERGY", "SpeechUnavailable", "from_wav", "have_espeak", "real_speech", "speech_required", "synthesize",
+]  # fmt: skip
 
 VOICED_ENERGY = 300.0
 """Mean absolute amplitude above which a 20 ms frame counts as voiced (the sim's VAD threshold)."""
@@ -33,6 +41,16 @@ _MIN_MS = 400
 
 
 _REAL_SPEECH = True
+REQUIRE_ENV = "DIALTONE_REQUIRE_SPEECH"
+
+
+class SpeechUnavailable(RuntimeError):
+    """Real speech is required (``DIALTONE_REQUIRE_SPEECH=1``) but espeak-ng/sox cannot make it."""
+
+
+def speech_required() -> bool:
+    """Whether falling back to the synthetic signal is forbidden (CI)."""
+    return os.environ.get(REQUIRE_ENV) == "1"
 
 
 def real_speech(enabled: bool) -> None:
@@ -109,12 +127,20 @@ def synthesize(text: str, seed: int = 0) -> bytes:
     Args:
         text: the words; the fallback signal lasts ~60 ms per character (0.4-6 s).
         seed: varies the voice so each (text, seed) pair has its own bytes.
+
+    Raises:
+        SpeechUnavailable: ``DIALTONE_REQUIRE_SPEECH=1`` and espeak-ng/sox are missing or fail
+            (unless :func:`real_speech` turned real speech off on purpose).
     """
     if have_espeak():
         try:
             return pad_to_frame(_espeak(text, seed))
-        except (OSError, subprocess.SubprocessError):
-            pass  # a broken install must not break the tests: fall back to the signal
+        except (OSError, subprocess.SubprocessError) as exc:
+            if speech_required():
+                raise SpeechUnavailable(f"espeak-ng/sox failed: {exc!r}") from exc
+            # Outside CI a broken install must not break the tests: fall back to the signal.
+    elif _REAL_SPEECH and speech_required():
+        raise SpeechUnavailable(f"{REQUIRE_ENV}=1 but espeak-ng and sox are not both on PATH")
     return pad_to_frame(_signal(text, seed))
 
 

@@ -16,6 +16,16 @@ its history of updates, so a test can assert "hung up via REST" or "redirected t
 
 ``post_status`` plays Twilio's part in the other direction: a status callback form POST to the
 call's ``StatusCallback`` URL, signed with ``X-Twilio-Signature`` exactly as Twilio signs it.
+
+The fake and the simulated Twilio edge are one Twilio: a call whose media stream is open
+(:func:`~dialtone_sim.twilio_edge.open_call`, by CallSid) is known to the API even if no test
+registered it, and an update that ends it (``Status=completed|canceled``) or replaces its TwiML
+(``Twiml=``/``Url=``) stops that stream: it gets ``stop`` and closes, as real Twilio does.
+
+Requests real Twilio would refuse as the client's mistake (bad credentials, another account, a
+missing parameter, an unknown resource path) are kept in ``errors`` (judged by
+:mod:`dialtone_sim.verdicts`). A 404 for an unknown or finished call is not one: a client must
+expect it when a call ends under it.
 """
 
 from __future__ import annotations
@@ -30,6 +40,9 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 from twilio.request_validator import RequestValidator
+
+from . import verdicts
+from .twilio_edge import open_call
 
 API_VERSION = "2010-04-01"
 _ENDED = {"completed", "canceled", "busy", "failed", "no-answer"}
@@ -143,10 +156,16 @@ class FakeTwilioApi:
         self.host, self.port = host, port
         self.requests: list[RecordedRequest] = []
         self.calls: dict[str, FakeCall] = {}
+        self.errors: list[str] = []
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
         self._validator = RequestValidator(auth_token)
         self._expected_auth = "Basic " + base64.b64encode(f"{account_sid}:{auth_token}".encode()).decode()
+        verdicts.register(self)
+
+    def sim_errors(self) -> list[str]:
+        """Every request refused as the client's mistake so far."""
+        return self.errors
 
     @property
     def base_url(self) -> str:
@@ -197,11 +216,17 @@ class FakeTwilioApi:
                 {k: [str(v) for v in form.getall(k)] for k in set(form)} if form else {},
             )
         )
+        where = f"{request.method} {request.path}"
         if request.headers.get("Authorization") != self._expected_auth:
+            self.errors.append(f"twilio api: {where}: bad credentials (401)")
             return _error(401, 20003, "Authentication Error - invalid username")
         if request.match_info.get("account") != self.account_sid:
+            self.errors.append(f"twilio api: {where}: unknown account or resource (404)")
             return _error(404, 20404, f"The requested resource {request.path} was not found")
-        return await handler(request)
+        response = await handler(request)
+        if response.status == 400:
+            self.errors.append(f"twilio api: {where}: bad request (400): {getattr(response, 'text', '')}")
+        return response
 
     async def _create(self, request: web.Request) -> web.Response:
         form = await request.post()
@@ -228,8 +253,15 @@ class FakeTwilioApi:
         self.calls[call.sid] = call
         return web.json_response(call.resource(self._base_path), status=201)
 
+    def _known(self, sid: str) -> FakeCall | None:
+        """A call of ``calls``, or one whose media stream is open (Twilio knows every call)."""
+        if sid not in self.calls and (stream := open_call(sid)) is not None and stream.account_sid == self.account_sid:
+            self.calls[sid] = FakeCall(sid=sid, account_sid=self.account_sid, to=stream.to, from_=stream.from_,
+                                       direction="inbound", status="in-progress", started=datetime.now(UTC))  # fmt: skip
+        return self.calls.get(sid)
+
     async def _update(self, request: web.Request) -> web.Response:
-        call = self.calls.get(request.match_info["sid"])
+        call = self._known(request.match_info["sid"])
         if call is None:
             return _error(404, 20404, f"The requested resource {request.path} was not found")
         form = {k: str(v) for k, v in (await request.post()).items()}
@@ -243,10 +275,13 @@ class FakeTwilioApi:
             call.url, call.twiml = form["Url"], None
         if "StatusCallback" in form:
             call.status_callback = form["StatusCallback"]
+        if form.get("Status") in ("completed", "canceled") or "Twiml" in form or "Url" in form:
+            if (stream := open_call(call.sid)) is not None:
+                stream.stopped_by_twilio()  # the call left <Connect><Stream>: the stream ends
         return web.json_response(call.resource(self._base_path))
 
     async def _fetch(self, request: web.Request) -> web.Response:
-        call = self.calls.get(request.match_info["sid"])
+        call = self._known(request.match_info["sid"])
         if call is None:
             return _error(404, 20404, f"The requested resource {request.path} was not found")
         return web.json_response(call.resource(self._base_path))

@@ -3,7 +3,19 @@
 :func:`dial` does what Twilio does for an inbound call: POST the signed voice webhook, read the
 TwiML, open the signed Media Streams WebSocket, send ``connected`` and ``start``, then stream
 ``media`` every 20 ms (speech when the caller talks, silence otherwise) while playing the agent's
-audio out in real time, echoing marks and honouring ``clear`` (PROTOCOLS.md 1.2-1.3).
+audio out in real time, echoing marks and honouring ``clear``.
+
+The network between Twilio and the gateway is not kind: ``one_way_delay_ms`` delays every message,
+``jitter_ms`` adds a random extra delay to each (a late message holds back the ones behind it, as
+TCP keeps order, so they arrive together), and ``burst_ms`` releases messages only at the end of
+each such period, in bursts. Both directions suffer alike.
+
+Twilio ends the stream itself when its REST API ends or redirects the call: the
+:class:`~dialtone_sim.twilio_api.FakeTwilioApi` finds the open call by CallSid (:func:`open_call`)
+and the call sends ``stop`` and closes the socket (:meth:`SimCall.stopped_by_twilio`).
+
+What real Twilio would warn about (wrong streamSid, bad JSON, unknown fields, audio too short to
+play smoothly) is kept in ``protocol_errors`` and judged by :mod:`dialtone_sim.verdicts`.
 
 Exceptions::
 
@@ -18,8 +30,11 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import math
+import random
 import secrets
 import time
+import weakref
 import xml.etree.ElementTree as ET
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -31,11 +46,12 @@ from twilio.request_validator import RequestValidator
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from . import verdicts
 from .audio import FRAME_BYTES, SILENCE_BYTE
 from .playout import Playout
 from .speech import synthesize
 
-__all__ = ["SimCall", "StreamRejected", "WebhookRejected", "dial", "place_scripted_call"]
+__all__ = ["Network", "SimCall", "StreamRejected", "WebhookRejected", "dial", "open_call", "place_scripted_call"]
 
 _FRAME_S = 0.02
 _SILENCE_FRAME = bytes([SILENCE_BYTE]) * FRAME_BYTES
@@ -67,18 +83,50 @@ def _sid(prefix: str) -> str:
     return prefix + secrets.token_hex(16)
 
 
-class _DelayLine:
-    """FIFO that hands each item on ``delay_s`` after it was put in: one direction of the wire."""
+class Network:
+    """How one direction of the wire treats messages (all times in ms).
 
-    def __init__(self, delay_s: float, deliver: Callable[[Any], Awaitable[None]]) -> None:
-        self.delay_s = delay_s
+    Args:
+        delay_ms: fixed one-way delay.
+        jitter_ms: each message is delayed by a further random 0..``jitter_ms``; order is kept,
+            so a late message holds back the ones after it and they arrive in a bunch.
+        burst_ms: messages are released only at multiples of this period, in bursts.
+        seed: the jitter's random seed (runs are reproducible).
+    """
+
+    def __init__(self, delay_ms: float = 0, jitter_ms: float = 0, burst_ms: float = 0, seed: int = 0) -> None:
+        self.delay_s, self.jitter_s, self.burst_s = delay_ms / 1000, jitter_ms / 1000, burst_ms / 1000
+        self._rng = random.Random(seed)
+        self._last_due = 0.0
+        self._epoch = time.monotonic()
+
+    @property
+    def worst_s(self) -> float:
+        """The longest a message can take."""
+        return self.delay_s + self.jitter_s + self.burst_s
+
+    def due(self, now: float) -> float:
+        """When a message put in at ``now`` comes out (never before the one put in before it)."""
+        due = now + self.delay_s + (self._rng.uniform(0, self.jitter_s) if self.jitter_s else 0.0)
+        if self.burst_s:
+            due = self._epoch + math.ceil((due - self._epoch) / self.burst_s) * self.burst_s
+        self._last_due = max(self._last_due, due)
+        return self._last_due
+
+
+class _DelayLine:
+    """FIFO that hands each item on when its :class:`Network` says: one direction of the wire."""
+
+    def __init__(self, network: Network, deliver: Callable[[Any], Awaitable[None]]) -> None:
+        self.network = network
+        self.delay_s = network.worst_s
         self._deliver = deliver
         self._queue: asyncio.Queue[tuple[float, Any]] = asyncio.Queue()
         self.pending = 0  # put but not yet delivered
 
     def put(self, item: Any) -> None:
         self.pending += 1
-        self._queue.put_nowait((time.monotonic() + self.delay_s, item))
+        self._queue.put_nowait((self.network.due(time.monotonic()), item))
 
     async def run(self) -> None:
         while True:
@@ -101,11 +149,15 @@ class SimCall:
         marks_echoed: mark names echoed back to the gateway, in order.
         clears: ``(monotonic time, len(heard))`` when each ``clear`` took effect.
         protocol_errors: what real Twilio would warn about (wrong streamSid, bad JSON, ...).
+        ended_by: who ended the stream: ``caller`` (:meth:`hangup`), ``gateway`` (it closed
+            the socket) or ``twilio`` (a REST update ended or redirected the call).
     """
 
     def __init__(self, ws: ClientConnection, *, account_sid: str, call_sid: str,
-                 custom_parameters: dict[str, str], one_way_delay_ms: float) -> None:  # fmt: skip
+                 custom_parameters: dict[str, str], inbound: Network, outbound: Network,
+                 from_: str = "", to: str = "") -> None:  # fmt: skip
         self.account_sid, self.call_sid = account_sid, call_sid
+        self.from_, self.to = from_, to
         self.stream_sid = _sid("MZ")
         self.custom_parameters = custom_parameters
         self.sent_audio = bytearray()
@@ -116,6 +168,8 @@ class SimCall:
         self.messages_sent: list[dict] = []
         self.messages_received: list[dict] = []
         self.protocol_errors: list[str] = []
+        self._errors: list[str] = []
+        self.ended_by: str | None = None
         self.closed_by_server = False
         self.close_code: int | None = None
         self._ws = ws
@@ -130,10 +184,19 @@ class SimCall:
         self._closed = asyncio.Event()
         self._hanging_up = False
         self._finishing = False
-        delay_s = one_way_delay_ms / 1000
-        self._outbound = _DelayLine(delay_s, self._send_now)
-        self._inbound = _DelayLine(delay_s, self._receive_now)
+        self._outbound = _DelayLine(outbound, self._send_now)
+        self._inbound = _DelayLine(inbound, self._receive_now)
         self._tasks: list[asyncio.Task] = []
+        verdicts.register(self)
+
+    def sim_errors(self) -> list[str]:
+        """Every protocol error so far, naming the call."""
+        return self._errors
+
+    def protocol_error(self, message: str) -> None:
+        """Something real Twilio would warn about (31950/31951) or that would sound wrong."""
+        self.protocol_errors.append(message)
+        self._errors.append(f"twilio call {self.call_sid}: {message}")
 
     @property
     def heard(self) -> bytearray:
@@ -148,18 +211,22 @@ class SimCall:
             "tracks": ["inbound"], "customParameters": self.custom_parameters,
             "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
         }}))  # fmt: skip
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(c)
             for c in (self._read(), self._clock(), self._outbound.run(), self._inbound.run())
         ]
+        _open_calls[self.call_sid] = self
 
     async def _finish(self, *, by_server: bool) -> None:
         if self._finishing:  # both ends hung up at once: the first one does the work
             await self._closed.wait()
             return
         self._finishing = True
+        _open_calls.pop(self.call_sid, None)
         self.closed_by_server = by_server and not self._hanging_up
+        if self.ended_by is None:
+            self.ended_by = "gateway" if self.closed_by_server else "caller"
         current = asyncio.current_task()
         others = [t for t in self._tasks if t is not current]
         for task in others:
@@ -176,6 +243,10 @@ class SimCall:
         """Send ``stop`` (after any queued messages) and close the socket."""
         if self._closed.is_set():
             return
+        if self._hanging_up:  # already on its way (Twilio ended the call): wait for the end
+            with contextlib.suppress(TimeoutError):
+                await self.wait_closed(10 + self._outbound.delay_s)
+            return
         self._hanging_up = True
         self._outbound.put(
             self._stamp({"event": "stop", "stop": {"accountSid": self.account_sid, "callSid": self.call_sid}})
@@ -186,6 +257,17 @@ class SimCall:
                 lambda: self._outbound.pending == 0 or self._closed.is_set(), 5 + self._outbound.delay_s
             )
         await self._finish(by_server=False)
+
+    def stopped_by_twilio(self) -> None:
+        """Twilio's REST API ended or redirected the call: send ``stop`` and close the stream, as
+        Twilio does (after the messages already on their way)."""
+        self._loop.call_soon_threadsafe(self._stop_from_twilio)  # the REST API may run on another loop
+
+    def _stop_from_twilio(self) -> None:
+        if self._closed.is_set() or self._hanging_up:
+            return
+        self.ended_by = "twilio"
+        self._tasks.append(self._loop.create_task(self.hangup()))
 
     async def wait_closed(self, timeout: float = 30) -> None:  # noqa: ASYNC109 - part of the test API
         """Wait until the call has ended (either side)."""
@@ -322,34 +404,42 @@ class SimCall:
             message = orjson.loads(raw)
             event = message["event"]
         except (orjson.JSONDecodeError, TypeError, KeyError):
-            self.protocol_errors.append(f"not a JSON event: {raw[:80]!r}")
+            self.protocol_error(f"not a JSON event: {raw[:80]!r}")
             return
         self.messages_received.append(message)
         if event not in _ALLOWED:
-            self.protocol_errors.append(f"unknown event {event!r}")
+            self.protocol_error(f"unknown event {event!r}")
             return
         if extra := set(message) - _ALLOWED[event]:
-            self.protocol_errors.append(f"{event}: unknown fields {sorted(extra)}")
+            self.protocol_error(f"{event}: unknown fields {sorted(extra)}")
         if message.get("streamSid") != self.stream_sid:
-            self.protocol_errors.append(f"{event}: wrong streamSid {message.get('streamSid')!r}")
+            self.protocol_error(f"{event}: wrong streamSid {message.get('streamSid')!r}")
             return  # Twilio ignores messages for another stream
         if event == "media":
             try:
                 payload = base64.b64decode(message["media"]["payload"], validate=True)
             except (KeyError, TypeError, binascii.Error):
-                self.protocol_errors.append("media: missing or invalid payload")
+                self.protocol_error("media: missing or invalid payload")
                 return
             now = time.monotonic()
             self.media_received.append((now, len(payload)))
             self._last_arrival = now
             if len(payload) < 2 * FRAME_BYTES:
-                self.protocol_errors.append(f"media: {len(payload)} bytes (< 40 ms) stutters")
+                self.protocol_error(f"media: {len(payload)} bytes (< 40 ms) stutters")
             self._playout.add_audio(payload)
         elif event == "mark":
             self._playout.add_mark(str((message.get("mark") or {}).get("name", "")))
         else:
             self._playout.clear()
             self.clears.append((time.monotonic(), len(self.heard)))
+
+
+_open_calls: weakref.WeakValueDictionary[str, SimCall] = weakref.WeakValueDictionary()
+
+
+def open_call(call_sid: str) -> SimCall | None:
+    """The call whose media stream is open now, by CallSid (what Twilio's REST API acts on)."""
+    return _open_calls.get(call_sid)
 
 
 def _ws_url(stream_url: str, base_url: str) -> str:
@@ -377,6 +467,9 @@ async def dial(
     from_: str = "+15005550001",
     to: str = "+15005550006",
     one_way_delay_ms: float = 0,
+    jitter_ms: float = 0,
+    burst_ms: float = 0,
+    seed: int = 0,
     sign: bool = True,
     extra_params: dict[str, str] | None = None,
     webhook_path: str = "/twilio-voice",
@@ -388,6 +481,9 @@ async def dial(
             against); defaults to ``base_url``.
         sign: send ``X-Twilio-Signature`` headers (False to test rejection).
         one_way_delay_ms: latency added to every message in each direction.
+        jitter_ms: a further random delay of each message, order kept (bunching).
+        burst_ms: messages delivered only at multiples of this period, in bursts.
+        seed: seeds the jitter (each direction its own stream).
         webhook_path: path and query of the voice webhook (an outbound call's ``url``).
 
     Raises:
@@ -413,8 +509,9 @@ async def dial(
         ws = await connect(_ws_url(stream_url, base_url), additional_headers=ws_headers, ping_interval=None)
     except InvalidStatus as exc:
         raise StreamRejected(exc.response.status_code) from exc
-    call = SimCall(ws, account_sid=account_sid, call_sid=call_sid, custom_parameters=custom,
-                   one_way_delay_ms=one_way_delay_ms)  # fmt: skip
+    call = SimCall(ws, account_sid=account_sid, call_sid=call_sid, custom_parameters=custom, from_=from_, to=to,
+                   inbound=Network(one_way_delay_ms, jitter_ms, burst_ms, seed=2 * seed),
+                   outbound=Network(one_way_delay_ms, jitter_ms, burst_ms, seed=2 * seed + 1))  # fmt: skip
     try:
         await call._open()
     except ConnectionClosed as exc:
