@@ -52,7 +52,12 @@ class CallStarted(_Event):
 
 class TranscriptLine(_Event):
     """One finished line of the conversation. ``seq`` is its place in the conversation, which is
-    not always the order lines finish in (caller transcription completes asynchronously)."""
+    not always the order lines finish in (caller transcription completes asynchronously).
+
+    ``interrupted``: the line stopped before its end, because the caller talked over it or the
+    model stopped early (an incomplete or failed response). ``untranscribed``: the caller spoke
+    but their words have no text (the transcription failed or came back empty); ``text`` is then
+    the empty string, and a reader shows its own placeholder."""
 
     type: Literal["transcript.line"] = "transcript.line"
     item_id: str
@@ -62,6 +67,7 @@ class TranscriptLine(_Event):
     agent: str
     source: Literal["speech", "dtmf", "text"] = "speech"
     interrupted: bool = False
+    untranscribed: bool = False
 
 
 class ToolCalled(_Event):
