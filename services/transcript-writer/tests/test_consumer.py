@@ -69,6 +69,8 @@ def full_call(call_id: str) -> list:
         AgentChanged(id=f"{call_id}-4", call_id=call_id, at=at(6), from_agent="reception", to_agent="booking"),
         TranscriptLine(id=f"{call_id}-5", call_id=call_id, at=at(8), item_id="item_c", seq=3, role="agent",
                        text="Monday at nine works.", agent="booking", interrupted=True),
+        TranscriptLine(id=f"{call_id}-12", call_id=call_id, at=at(9), item_id="item_d", seq=4, role="caller",
+                       text="", agent="booking", untranscribed=True),
         UsageReported(id=f"{call_id}-6", call_id=call_id, at=at(8), source="response", ref="resp_1",
                       model="gpt-realtime", cost_usd=0.0125,
                       usage={"input_tokens": 100, "output_tokens": 50,
@@ -104,9 +106,11 @@ async def test_full_call_produces_the_expected_session(run_consumer, publish, po
     assert (s["started_at"], s["ended_at"], s["end_reason"]) == (at(0), at(12), "transferred")
     assert (s["status"], s["outcome"], s["outcome_detail"]) == ("completed", "booked", "Mon 09:00")
     assert s["transferred_to"] == "+15550003333"
-    assert [(t["seq"], t["role"], t["agent"], t["interrupted"]) for t in s["transcript"]] == [
-        (0, "agent", "reception", False), (1, "caller", "reception", False), (3, "agent", "booking", True)]
+    assert [(t["seq"], t["role"], t["agent"], t["interrupted"], t["untranscribed"]) for t in s["transcript"]] == [
+        (0, "agent", "reception", False, False), (1, "caller", "reception", False, False),
+        (3, "agent", "booking", True, False), (4, "caller", "booking", False, True)]
     assert s["transcript"][1]["text"] == "I need to book a cleaning"
+    assert s["transcript"][3]["text"] == ""  # the caller spoke; the words have no text
     assert s["usage"] == {"input_tokens": 100, "output_tokens": 50, "input_text_tokens": 40,
                           "input_audio_tokens": 60, "cached_tokens": 10, "output_text_tokens": 10,
                           "output_audio_tokens": 40, "responses": 1, "transcription_tokens": 30}
@@ -120,7 +124,7 @@ async def test_full_call_produces_the_expected_session(run_consumer, publish, po
     assert [r["status"] for r in history] == ["in-progress", "completed"]
     changes = await pool.fetch("SELECT from_agent, to_agent FROM agent_changes WHERE call_sid = $1", call_id)
     assert [tuple(r) for r in changes] == [("reception", "booking")]
-    assert await pool.fetchval("SELECT count(*) FROM call_events WHERE call_sid = $1", call_id) == 14
+    assert await pool.fetchval("SELECT count(*) FROM call_events WHERE call_sid = $1", call_id) == 15
 
 
 async def test_republished_events_never_double_anything(run_consumer, publish, pool) -> None:
@@ -137,7 +141,7 @@ async def test_republished_events_never_double_anything(run_consumer, publish, p
     await rc.settled(last)
 
     s = await session(pool, call_id)
-    assert len(s["transcript"]) == 3
+    assert len(s["transcript"]) == 4
     assert s["cost_usd"] == Decimal("0.013")
     assert s["usage"]["responses"] == 1
     assert await pool.fetchval("SELECT count(*) FROM tool_calls WHERE call_sid = $1", call_id) == 1

@@ -21,6 +21,7 @@ EXPECTED_COLUMNS = {
     "call_events": {"event_id", "call_sid", "type", "at", "payload", "received_at"},
     "transcript_lines": {
         "call_sid", "seq", "item_id", "role", "text", "agent", "source", "interrupted", "at", "event_id",
+        "untranscribed",
     },
     "tool_calls": {
         "call_sid", "tool_call_id", "seq", "name", "agent", "arguments", "raw_arguments", "ok", "result",

@@ -67,12 +67,13 @@ WHERE call_sid = $1
 """
 
 _LINE = """
-INSERT INTO transcript_lines (call_sid, seq, item_id, role, text, agent, source, interrupted, at, event_id)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+INSERT INTO transcript_lines (call_sid, seq, item_id, role, text, agent, source, interrupted, at, event_id,
+                              untranscribed)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
 ON CONFLICT (call_sid, item_id) DO UPDATE
 SET seq = EXCLUDED.seq, role = EXCLUDED.role, text = EXCLUDED.text, agent = EXCLUDED.agent,
     source = EXCLUDED.source, interrupted = EXCLUDED.interrupted, at = EXCLUDED.at,
-    event_id = EXCLUDED.event_id
+    event_id = EXCLUDED.event_id, untranscribed = EXCLUDED.untranscribed
 """
 
 _TOOL = """
@@ -136,7 +137,8 @@ UPDATE call_sessions s
 SET transcript = COALESCE((
         SELECT jsonb_agg(jsonb_build_object(
                    'seq', l.seq, 'role', l.role, 'text', l.text, 'agent', l.agent,
-                   'source', l.source, 'interrupted', l.interrupted, 'at', l.at)
+                   'source', l.source, 'interrupted', l.interrupted, 'untranscribed', l.untranscribed,
+                   'at', l.at)
                ORDER BY l.seq, l.at, l.item_id)
         FROM transcript_lines l WHERE l.call_sid = s.call_sid), '[]'::jsonb),
     updated_at = now()
@@ -213,7 +215,8 @@ async def _apply(conn: asyncpg.Connection, e: Event) -> None:
             await conn.execute(_STARTED, e.call_id, e.agent, e.direction, e.from_number, e.to_number, e.stream_sid)
         case TranscriptLine():
             await conn.execute(
-                _LINE, e.call_id, e.seq, e.item_id, e.role, e.text, e.agent, e.source, e.interrupted, e.at, e.id
+                _LINE, e.call_id, e.seq, e.item_id, e.role, e.text, e.agent, e.source, e.interrupted, e.at, e.id,
+                e.untranscribed,
             )
         case ToolCalled():
             await conn.execute(
