@@ -37,6 +37,7 @@ class TranscriptEntry(BaseModel):
     agent: str
     source: str
     interrupted: bool
+    untranscribed: bool = False  # the caller spoke but the words have no text (text is empty)
     at: datetime
 
 

@@ -135,7 +135,7 @@ async def get_session(conn: asyncpg.Connection, call_sid: str) -> dict[str, Any]
     detail["transcript"] = [
         dict(r)
         for r in await conn.fetch(
-            "SELECT seq, role, text, agent, source, interrupted, at FROM transcript_lines"
+            "SELECT seq, role, text, agent, source, interrupted, untranscribed, at FROM transcript_lines"
             " WHERE call_sid = $1 ORDER BY seq, at, item_id",
             call_sid,
         )
