@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import json
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from html.parser import HTMLParser
 
 import asyncpg
 import httpx
@@ -203,3 +207,181 @@ async def test_live_calls_from_heartbeats(client, nats_url) -> None:
         assert next(i for i in items if i["call_id"] == call_id)["state"] == "speaking"
     finally:
         await nc.drain()
+
+
+def forged_cursor(started: str, row_id: int) -> str:
+    return base64.urlsafe_b64encode(json.dumps([started, row_id]).encode()).decode().rstrip("=")
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "field", "complaint"),
+    [
+        ("/sessions", {"q": "dentist\x00"}, "q", "NUL"),
+        ("/sessions", {"outcome": "\x00"}, "outcome", "NUL"),
+        ("/sessions", {"status": "completed\x00"}, "status", "NUL"),
+        ("/sessions", {"agent": "a\x00b"}, "agent", "NUL"),
+        ("/sessions", {"cursor": "\x00"}, "cursor", "NUL"),
+        ("/sessions/CA%00", {}, "call_sid", "NUL"),
+        ("/sessions", {"since": "0001-01-01T00:00+14:00"}, "since", "between 0001-01-01 and 9999-12-31"),
+        ("/sessions", {"until": "9999-12-31T23:59-14:00"}, "until", "between 0001-01-01 and 9999-12-31"),
+        ("/sessions", {"since": "10000-01-01T00:00Z"}, "since", "datetime"),
+        ("/sessions", {"q": "x" * 201}, "q", "at most 200 characters"),
+        ("/sessions", {"agent": "a" * 201}, "agent", "at most 200 characters"),
+        ("/sessions", {"limit": str(2**63)}, "limit", "less than or equal to 200"),
+        ("/sessions/" + "C" * 201, {}, "call_sid", "at most 200 characters"),
+    ],
+)
+async def test_inputs_postgresql_cannot_take_are_422_naming_the_field(
+    client, path: str, params: dict, field: str, complaint: str
+) -> None:
+    r = await client.get(path, params=params, headers=AUTH)
+    assert r.status_code == 422, r.text
+    [error] = r.json()["detail"]
+    assert error["loc"][-1] == field and complaint in error["msg"]
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    [forged_cursor("2025-03-01T12:00:00+00:00", 2**63), forged_cursor("0001-01-01T00:00:00+14:00", 1)],
+)
+async def test_cursors_postgresql_cannot_take_are_400(client, cursor: str) -> None:
+    r = await client.get("/sessions", params={"cursor": cursor}, headers=AUTH)
+    assert r.status_code == 400 and "invalid cursor" in r.json()["detail"]
+
+
+async def test_dates_at_the_edges_of_the_range_work(client, db, agent) -> None:
+    sid = await add_session(db, agent, T0)
+    assert [s["call_sid"] for s in await page_all(client, agent=agent, since="0001-01-01T00:00Z")] == [sid]
+    assert [s["call_sid"] for s in await page_all(client, agent=agent, until="9999-12-31T23:59:59Z")] == [sid]
+    # No zone means UTC: a window ending one second after the call started holds it.
+    assert len(await page_all(client, agent=agent, until="2025-03-01T12:00:01")) == 1
+
+
+@pytest.mark.parametrize("q", ["-" * 40, "- " * 40, "-(" * 40, "!" * 40, "-" * 200, '"-' * 60, "or " * 60])
+async def test_pathological_searches_answer(client, db, agent, q: str) -> None:
+    await add_session(db, agent, T0, lines=["I need a dentist appointment"])
+    r = await client.get("/sessions", params={"agent": agent, "q": q}, headers=AUTH)
+    assert r.status_code == 200, r.text
+    assert r.json()["items"] == []  # none of these is a word said in the call
+
+
+async def test_search_negation_still_works(client, db, agent) -> None:
+    dentist = await add_session(db, agent, T0, lines=["I need a dentist appointment"])
+    await add_session(db, agent, T0, lines=["I need a parcel appointment"])
+    assert [s["call_sid"] for s in await page_all(client, agent=agent, q="appointment -parcel")] == [dentist]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [("GET", "/sessions", None), ("GET", "/sessions/CAunknown", None), ("GET", "/live", None),
+     ("POST", "/calls", {"to": "+15551234567"}), ("GET", "/sessions?limit=0", None)],
+)
+async def test_data_responses_are_not_stored_and_carry_the_security_headers(
+    client, method: str, path: str, body: dict | None
+) -> None:
+    r = await client.request(method, path, json=body, headers=AUTH)
+    assert r.status_code < 500 or r.status_code == 503  # POST /calls: no Twilio credentials here
+    assert r.headers["cache-control"] == "no-store"
+    assert r.headers["x-content-type-options"] == "nosniff"
+    assert r.headers["x-frame-options"] == "DENY"
+    assert r.headers["referrer-policy"] == "no-referrer"
+    assert "frame-ancestors 'none'" in r.headers["content-security-policy"]
+
+
+class _Page(HTMLParser):
+    """What a browser would load and run from a page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inline_scripts: list[str] = []
+        self.assets: list[str] = []
+        self.inline_styles = 0
+        self._in_inline_script = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if "style" in a or tag == "style":
+            self.inline_styles += 1
+        if tag == "script" and a.get("src"):
+            self.assets.append(a["src"] or "")
+        elif tag == "script":
+            self._in_inline_script = True
+            self.inline_scripts.append("")
+        if tag == "link" and a.get("rel") in ("stylesheet", "icon", "shortcut icon") and a.get("href"):
+            self.assets.append(a["href"] or "")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "script":
+            self._in_inline_script = False
+
+    def handle_data(self, data: str) -> None:
+        if self._in_inline_script:
+            self.inline_scripts[-1] += data
+
+
+def csp_sources(policy: str, directive: str) -> list[str]:
+    for part in policy.split(";"):
+        name, *sources = part.split()
+        if name == directive:
+            return sources
+    raise AssertionError(f"no {directive} in {policy!r}")
+
+
+async def test_dashboard_runs_under_its_policy(client) -> None:
+    r = await client.get("/")
+    policy = r.headers["content-security-policy"]
+    assert csp_sources(policy, "script-src") == ["'self'"] and csp_sources(policy, "style-src") == ["'self'"]
+    assert r.headers["x-frame-options"] == "DENY" and r.headers["cache-control"] == "no-store"
+    page = _Page()
+    page.feed(r.text)
+    # Nothing inline (the policy would block it): the script and styles are files of this server.
+    assert page.inline_scripts == [] and page.inline_styles == 0
+    assert "/static/dashboard.js" in page.assets and "/static/dashboard.css" in page.assets
+    for asset in page.assets:
+        if asset.startswith("data:"):
+            continue
+        served = await client.get(asset)
+        assert served.status_code == 200, asset
+        assert served.headers["content-type"].split(";")[0] in ("text/javascript", "text/css"), asset
+        assert served.headers["x-content-type-options"] == "nosniff"
+    script = (await client.get("/static/dashboard.js")).text
+    # The token is kept per tab, not in localStorage where it outlived the browser session.
+    assert "sessionStorage" in script and "localStorage.setItem" not in script
+    styles = (await client.get("/static/dashboard.css")).text
+    assert "[hidden] { display:none !important; }" in styles
+
+
+async def test_docs_load_only_local_assets_allowed_by_the_policy(client) -> None:
+    r = await client.get("/docs")
+    assert r.status_code == 200
+    page = _Page()
+    page.feed(r.text)
+    assert page.assets and all(a.startswith("/static/swagger-ui/") for a in page.assets)
+    for asset in page.assets:
+        served = await client.get(asset)
+        assert served.status_code == 200 and len(served.content) > 500, asset
+    # Its one inline script (the SwaggerUIBundle call) runs only because its hash is in the policy.
+    allowed = csp_sources(r.headers["content-security-policy"], "script-src")
+    for script in page.inline_scripts:
+        digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+        assert f"'sha256-{digest}'" in allowed
+    assert "'unsafe-inline'" not in allowed
+    assert (await client.get("/static/swagger-ui/LICENSE")).status_code == 200
+    assert (await client.get("/redoc")).status_code == 404  # it would load from a CDN
+
+
+async def test_openapi_documents_the_error_responses(client) -> None:
+    spec = (await client.get("/openapi.json")).json()
+    documented = {
+        (path, method): set(op["responses"]) for path, ops in spec["paths"].items() for method, op in ops.items()
+    }
+    assert documented == {
+        ("/sessions", "get"): {"200", "400", "401", "422", "503"},
+        ("/sessions/{call_sid}", "get"): {"200", "401", "404", "422", "503"},
+        ("/live", "get"): {"200", "401"},
+        ("/calls", "post"): {"201", "401", "422", "502", "503"},
+    }
+    sessions = spec["paths"]["/sessions"]["get"]["responses"]
+    assert sessions["503"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorBody"}
+    assert "Retry-After" in sessions["503"]["headers"]
+    assert spec["components"]["schemas"]["ErrorBody"]["required"] == ["detail"]

@@ -109,6 +109,11 @@ async def test_needs_the_admin_token(make_client, fake: FakeTwilioApi, headers: 
         ({"to": "5551234567"}, "E.164"),
         ({"to": "+1 555 123 4567"}, "E.164"),
         ({"to": "+0551234567"}, "E.164"),
+        ({"to": "+15551234567\n"}, "E.164"),  # Python's `$` matches before a final newline
+        ({"to": "+15551234567", "from": "+15005550006\n"}, "from must be an E.164"),
+        ({"to": "+15551234567", "agent": "support\n"}, "agent must be"),
+        ({"to": "+15551234567", "variables": {"name\n": "Ann"}}, "variable name 'name"),
+        ({"to": "+15551234567", "variables": {"name": "A\x00nn"}}, "without NUL"),
         ({"to": "+15551234567", "from": "caller"}, "from must be an E.164"),
         ({"to": "+15551234567", "variables": {"first-name": "Ann"}}, "variable name 'first-name'"),
         ({"to": "+15551234567", "variables": {"": "Ann"}}, "variable name ''"),
@@ -125,6 +130,16 @@ async def test_bad_requests_are_422_with_a_clear_message(make_client, fake, body
         r = await client.post("/calls", json=body, headers=AUTH)
     assert r.status_code == 422, r.text
     assert complaint in r.text
+    assert fake.calls == {}
+
+
+async def test_a_lone_surrogate_in_a_variable_is_422_not_500(make_client, fake: FakeTwilioApi) -> None:
+    # JSON may carry "\ud800"; UTF-8 (the voice URL, the error echo) cannot.
+    body = b'{"to": "+15551234567", "variables": {"name": "\\ud800"}}'
+    async with make_client() as client:
+        r = await client.post("/calls", content=body, headers={**AUTH, "content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert "must be UTF-8 text" in r.json()["detail"][0]["msg"]
     assert fake.calls == {}
 
 

@@ -23,14 +23,13 @@ from dialtone_admin.middleware import Metrics, SecurityHeaders
 from dialtone_admin.models import LivePage, SessionDetail, SessionPage
 from dialtone_admin.outbound import Dialer
 from dialtone_admin.outbound import router as calls_router
-from dialtone_admin.params import MAX_TEXT, Text, UtcTime
+from dialtone_admin.params import Text, UtcTime
 from dialtone_admin.sessions import SessionFilter, get_session, list_sessions
 from dialtone_admin.settings import AdminSettings
 
 log = logging.getLogger(__name__)
 
 HEALTH_TIMEOUT_S = 2.0
-MAX_SEARCH = 200
 
 
 def _db(request: Request) -> Database:
@@ -38,16 +37,14 @@ def _db(request: Request) -> Database:
 
 
 api = APIRouter(dependencies=[Depends(require_token)])
-Filter = Annotated[Text | None, Query(max_length=MAX_TEXT)]
+Filter = Annotated[Text | None, Query()]
 
 
 @api.get("/sessions", response_model=SessionPage, tags=["sessions"], responses=responses(400, 401, 503))
 async def sessions_page(
     db: Annotated[Database, Depends(_db)],
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[
-        Text | None, Query(max_length=MAX_TEXT, description="next_cursor of the previous page")
-    ] = None,
+    cursor: Annotated[Text | None, Query(description="next_cursor of the previous page")] = None,
     outcome: Filter = None,
     status: Filter = None,
     agent: Filter = None,
@@ -58,8 +55,7 @@ async def sessions_page(
         UtcTime | None, Query(description="started before (ISO 8601; UTC if no zone; years 1-9999)")
     ] = None,
     q: Annotated[
-        Text | None,
-        Query(max_length=MAX_SEARCH, description="words said in the call (full-text search, web search syntax)"),
+        Text | None, Query(description="words said in the call (full-text search, web search syntax)")
     ] = None,
 ) -> dict:
     """Sessions, newest first, with keyset pagination."""
@@ -76,7 +72,7 @@ async def sessions_page(
     "/sessions/{call_sid}", response_model=SessionDetail, tags=["sessions"], responses=responses(401, 404, 503)
 )
 async def session_detail(
-    call_sid: Annotated[Text, Path(max_length=MAX_TEXT)], db: Annotated[Database, Depends(_db)]
+    call_sid: Annotated[Text, Path()], db: Annotated[Database, Depends(_db)]
 ) -> dict:
     """One call: summary, transcript, tool calls, usage, status history, metrics and handoffs."""
     async with db.connection() as conn:

@@ -11,9 +11,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated
 
-from pydantic import AfterValidator
+from pydantic import AfterValidator, StringConstraints
 
-MAX_TEXT = 200  # filters and ids: far above any agent name, outcome, status or call id
+MAX_TEXT = 200  # filters, ids, searches: far above any agent name, outcome, status, call id or query
 
 
 def _no_nul(value: str) -> str:
@@ -31,8 +31,8 @@ def _utc(value: datetime) -> datetime:
         raise ValueError("must be between 0001-01-01 and 9999-12-31 in UTC") from None
 
 
-Text = Annotated[str, AfterValidator(_no_nul)]
-"""A string without NUL characters."""
+Text = Annotated[str, StringConstraints(max_length=MAX_TEXT), AfterValidator(_no_nul)]
+"""A string of at most ``MAX_TEXT`` characters without NUL."""
 
 UtcTime = Annotated[datetime, AfterValidator(_utc)]
 """A point in time, converted to UTC (no zone means UTC), within years 1 to 9999 in UTC."""
