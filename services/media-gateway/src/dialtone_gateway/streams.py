@@ -241,7 +241,7 @@ class MediaStream:
         """Re-offer the call when its bridge falls silent. A gap that is our own fault (this
         process stalled, or NATS is down and reconnecting) is never blamed on the bridge."""
         lease = self.settings.bridge_lease_s
-        tick = lease / 4
+        tick = min(0.25, lease / 4)
         reconnects = self.nc.stats.get("reconnects", 0)
         expected = time.monotonic() + tick
         while True:
