@@ -17,11 +17,18 @@ class DevSettings(BaseSettings):
     openai_api_key: SecretStr | None = None
     openai_realtime_url: str | None = None
     public_base_url: str | None = None
-    twilio_auth_token: SecretStr | None = None
+    twilio_auth_token: SecretStr | None = Field(
+        default=None,
+        description="make run: the platform's token (unset: a development token kept in secrets.json); "
+        "make call: the token it signs with (unset: that development token). Never written to run.json",
+    )
     twilio_account_sid: str | None = None
     twilio_api_base_url: str | None = None
     admin_token: SecretStr | None = None
-    dialtone_data_dir: Path = Field(default=Path(".dialtone"), description="embedded servers' data, logs, run.json")
+    dialtone_data_dir: Path = Field(
+        default=Path(".dialtone"),
+        description="embedded servers' data, logs, run.json and secrets.json; private to its owner (0700)",
+    )
     simulator_port: int = 8765
     gateway_port: int = 8000
     admin_port: int = 8001
