@@ -53,7 +53,7 @@ async def read_form(request: Request, limit: int, timeout: float) -> dict[str, s
     except ClientDisconnect:
         raise BodyRejected(400, "disconnected", "client went away mid-body") from None
     try:
-        pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, max_num_fields=MAX_FIELDS)
+        pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, max_num_fields=MAX_FIELDS, errors="strict")
     except (UnicodeDecodeError, ValueError) as exc:
         raise BodyRejected(400, "bad_form", f"not a valid form: {exc}") from None
     if any("\x00" in k or "\x00" in v for k, v in pairs):

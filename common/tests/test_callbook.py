@@ -1,0 +1,71 @@
+"""Call records in a real NATS KV bucket: one stream per call, changes only by compare-and-set."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import nats
+import pytest
+from dialtone_common import bus
+from dialtone_common.callbook import CallBook, new_record
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
+
+KEY_A, KEY_B, KEY_C = "a" * 22, "b" * 22, "c" * 22
+
+
+@pytest.fixture
+async def book(nats_url: str) -> AsyncIterator[CallBook]:
+    nc = await nats.connect(nats_url)
+    try:
+        yield CallBook(await bus.ensure_calls_bucket(nc.jetstream()))
+    finally:
+        await nc.close()
+
+
+def _sid(n: int) -> str:
+    import secrets
+
+    return f"CA{n}" + secrets.token_hex(15)
+
+
+async def test_a_webhook_record_is_claimed_by_exactly_one_of_two_racing_streams(book: CallBook) -> None:
+    sid = _sid(1)
+    await book.register(new_record(sid, from_number="+15550001", to_number="+15550002", agent="support"))
+
+    results = await asyncio.gather(book.claim(sid, KEY_A, "gw-1"), book.claim(sid, KEY_B, "gw-2"))
+
+    winners = [r for r in results if r is not None]
+    assert len(winners) == 1
+    record = await book.get(sid)
+    assert record is not None and record.state == "streaming" and record.stream_key == winners[0].stream_key
+    assert record.from_number == "+15550001"
+
+
+async def test_a_call_without_a_webhook_cannot_be_claimed(book: CallBook) -> None:
+    assert await book.claim(_sid(2), KEY_A, "gw-1") is None
+
+
+async def test_a_repeated_webhook_does_not_disturb_a_streaming_call(book: CallBook) -> None:
+    sid = _sid(3)
+    await book.register(new_record(sid, from_number="+15550001"))
+    await book.claim(sid, KEY_A, "gw-1")
+
+    kept = await book.register(new_record(sid, from_number="+15559999"))
+
+    assert kept.state == "streaming" and kept.from_number == "+15550001"
+
+
+async def test_rekey_needs_the_current_key_and_an_ended_call_stays_ended(book: CallBook) -> None:
+    sid = _sid(4)
+    await book.register(new_record(sid))
+    await book.claim(sid, KEY_A, "gw-1")
+
+    assert await book.rekey(sid, KEY_B, KEY_C, 1, "gw-1") is None  # not the holder's key
+    moved = await book.rekey(sid, KEY_A, KEY_B, 1, "gw-1")
+    assert moved is not None and (moved.stream_key, moved.epoch) == (KEY_B, 1)
+    assert await book.end(sid, KEY_A) is None  # the old key no longer speaks for the call
+    ended = await book.end(sid, KEY_B)
+    assert ended is not None and ended.state == "ended"
+    assert await book.claim(sid, KEY_C, "gw-2") is None
