@@ -3,6 +3,26 @@
 Turn-taking is the model's (server VAD); this class keeps the bookkeeping the model cannot do for
 a phone line: which items came in which order (transcripts finish out of order), what the caller
 has actually heard (barge-in), which tool calls a response is waiting on, and the call's events.
+
+What the model sends is not always tidy, and each case has one rule here:
+
+- One response may hold several output items (a short preamble message then the answer, speech
+  then a function call, several function calls): every item is played, transcribed and run, in
+  the order of the response's output; the tool results of a response go back together, then one
+  ``response.create``.
+- Barge-in: the item being played is truncated where the caller stopped hearing it. An item the
+  caller heard nothing of (the cut fell at 0 ms, where a truncate is refused, or an item queued
+  behind the one being played) is deleted from the model's conversation, so the model does not
+  believe it said it. Their transcript lines are ``interrupted`` (a line already written when the
+  response ended is written again, flagged: the writer keeps one row per item).
+- The caller's words may fail to transcribe (``...input_audio_transcription.failed``, or an empty
+  transcript): the line is still recorded, ``untranscribed`` with empty text, never dropped.
+- A response that ends ``failed`` (or ``incomplete`` before the caller heard anything) is asked
+  for again once; if that fails too, the agent apologises (:data:`APOLOGY`) so the caller is not
+  left in silence. A failed goodbye is given up and the hang-up goes ahead; a filler or apology
+  is not retried. Lines of an ``incomplete`` response are recorded ``interrupted`` (the model
+  stopped early; the reason is logged).
+- ``rate_limits.updated`` sets the ``dialtone_bridge_realtime_rate_limit_remaining`` gauge.
 """
 
 from __future__ import annotations
@@ -42,6 +62,8 @@ log = logging.getLogger("dialtone.bridge.conversation")
 
 # Errors that are races between our requests and the server's own turn-taking, not failures.
 BENIGN_ERRORS = {"conversation_already_has_active_response", "response_cancel_not_active"}
+# Said when the model failed to answer twice in a row, rather than leave the caller in silence.
+APOLOGY = "I'm sorry, I had a problem just now. Could you say that again?"
 
 
 @dataclass
@@ -67,6 +89,10 @@ class Conversation:
         self._agent_text: dict[str, str] = {}
         self._truncated: set[str] = set()
         self._cancelled: set[str] = set()
+        self._played: list[str] = []  # message items in the order their audio went to the caller
+        self._unheard: set[str] = set()  # items the caller heard none of (deleted, no line)
+        self._to_delete: list[str] = []  # unheard items to delete once their response is done
+        self._written: dict[str, tuple[str, str]] = {}  # recent agent lines: item -> (text, purpose)
         self.responses = Responses()
         self._oob_items: set[str] = set()  # items of out-of-band responses (fillers)
         self._tools: dict[str, ToolRun] = {}  # tool call_id -> run
@@ -170,6 +196,8 @@ class Conversation:
             self._spoke.add(ev.get("response_id", ""))
             if self.responses.purpose_of(ev.get("response_id", "")) == "filler":
                 self._oob_items.add(ev["item_id"])
+            if not self._played or self._played[-1] != ev["item_id"]:
+                self._played = [*self._played[-31:], ev["item_id"]]
             await self.s.play(ev["item_id"], ev["delta"])
         elif kind == "response.output_audio.done":
             await self.s.flush_audio(ev["item_id"])
@@ -184,6 +212,13 @@ class Conversation:
             self._place(ev["item"]["id"])
         elif kind == "conversation.item.input_audio_transcription.completed":
             await self._caller_said(ev)
+        elif kind == "conversation.item.input_audio_transcription.failed":
+            error = ev.get("error") or {}
+            self._untranscribed(ev["item_id"], str(error.get("code") or error.get("type") or "failed"))
+        elif kind == "rate_limits.updated":
+            for limit in ev.get("rate_limits") or []:
+                if limit.get("name") in ("requests", "tokens") and isinstance(limit.get("remaining"), int):
+                    m.RATE_LIMIT_REMAINING.labels(limit["name"]).set(limit["remaining"])
         elif kind == "response.created":
             self.responses.created(ev["response"]["id"])
             self.state = "speaking"
@@ -213,6 +248,8 @@ class Conversation:
         text = (ev.get("transcript") or "").strip()
         if text:
             self._line(ev["item_id"], "caller", text)
+        else:
+            self._untranscribed(ev["item_id"], "empty transcript")
         if usage := ev.get("usage"):
             model = self.s.ctx.settings.transcription_model
             self.s.events.emit(
@@ -220,12 +257,29 @@ class Conversation:
                 cost_usd=cost_usd(usage, self.s.ctx.settings.prices.get(model)),
             )
 
+    def _agent_line(self, item_id: str, text: str, purpose: str, *, interrupted: bool) -> None:
+        # A filler was heard, so it is in the transcript, but the model never had it; an unheard
+        # item is deleted from the model's conversation.
+        self._line(item_id, "agent", text, interrupted=interrupted,
+                   remember=purpose != "filler" and item_id not in self._unheard)
+        self._written[item_id] = (text, purpose)
+        while len(self._written) > 32:
+            del self._written[next(iter(self._written))]
+
+    def _untranscribed(self, item_id: str, reason: str) -> None:
+        """The caller said something the transcription has no text for: keep the line, flagged
+        (not in the history a new socket gets: there is nothing to tell the model)."""
+        m.UNTRANSCRIBED.inc()
+        self.log.warning("caller's words could not be transcribed (%s)", reason)
+        self._line(item_id, "caller", "", remember=False, untranscribed=True)
+
     async def _response_done(self, response: dict[str, Any]) -> None:
         rid = response.get("id", "")
         request = self.responses.done(rid)
         purpose = request.purpose if request else "reply"
         self.state = "listening"
         status = response.get("status")
+        m.RESPONSES.labels(str(status)).inc()
         if usage := response.get("usage"):
             model = self.s.ctx.settings.openai_realtime_model
             self.s.events.emit(
@@ -233,24 +287,36 @@ class Conversation:
                 cost_usd=cost_usd(usage, self.s.ctx.settings.prices.get(model)),
             )
         calls: list[ToolRun] = []
+        cancelled = rid in self._cancelled
         for item in response.get("output") or []:
             if item.get("type") == "message" and item.get("role") == "assistant":
                 text = self._agent_text.pop(item["id"], None)
+                if cancelled and item["id"] not in self._played:
+                    self._forget(item["id"])  # its audio came after the caller cut in: never played
                 if text is None:
                     text = " ".join(c.get("transcript") or c.get("text") or "" for c in item.get("content") or [])
                 if text.strip():
-                    interrupted = status == "cancelled" or item["id"] in self._truncated
-                    # A filler was heard, so it is in the transcript, but the model never had it.
-                    self._line(item["id"], "agent", text.strip(), interrupted=interrupted,
-                               remember=purpose != "filler")
+                    # Cut short: talked over, or the model stopped (incomplete, failed, cancelled).
+                    interrupted = (item["id"] in self._truncated or item["id"] in self._unheard
+                                   or item.get("status") == "incomplete")  # fmt: skip
+                    self._agent_line(item["id"], text.strip(), purpose, interrupted=interrupted)
             elif item.get("type") == "function_call":
                 if status == "completed":
                     calls.append(self._tools.get(item["call_id"]) or self._start_tool(
                         item["call_id"], item["name"], item.get("arguments") or "", item.get("id")))
                 elif run := self._tools.pop(item["call_id"], None):
                     run.task.cancel()  # the response was cut short: its tool call never happened
+        self._cancelled.discard(rid)
+        for item_id in self._to_delete:
+            await self.s.send(rt.delete_item(item_id))
+        self._to_delete.clear()
         spoke = rid in self._spoke
         self._spoke.discard(rid)
+        if status == "incomplete":
+            details = response.get("status_details") or {}
+            self.log.warning("response %s incomplete (%s)", rid, details.get("reason"))
+        if status == "failed" or (status == "incomplete" and not spoke and not calls):
+            self._failed(request, response)
         if spoke and purpose == "goodbye":
             self.s.control.goodbye_done()
         if not self.s.playout.playing:
@@ -261,6 +327,22 @@ class Conversation:
             await self._send_next()
         elif not self.s.playout.playing:
             self._settled()
+
+    def _failed(self, request: Request | None, response: dict[str, Any]) -> None:
+        """The model did not answer: ask once more, then apologise (queued; sent once settled)."""
+        error = (response.get("status_details") or {}).get("error") or {}
+        request = request or Request()  # a response the server started itself (server VAD)
+        self.log.warning("response %s %s (%s: %s)", response.get("id"), response.get("status"),
+                         error.get("code") or error.get("type"), str(error.get("message"))[:200])
+        if request.purpose in ("filler", "apology"):
+            return  # the answer follows a filler anyway; an apology is the last resort
+        if not request.retried:
+            self.responses.queue.appendleft(request.retry())
+        elif request.purpose == "goodbye":
+            self.s.control.goodbye_done()  # the goodbye is given up: the hang-up goes ahead
+        else:
+            self.log.error("the model failed to answer twice: apologising to the caller")
+            self.responses.queue.appendleft(Request(f'Say exactly: "{APOLOGY}"', "apology"))
 
     async def request_response(self, instructions: str | None = None, *, purpose: Purpose = "reply",
                                force: bool = False) -> None:
@@ -315,17 +397,44 @@ class Conversation:
         if cut is None:
             return  # playback had finished: nothing to clear or truncate
         m.BARGE_INS.inc()
-        if self.responses.active:
-            self._cancelled.add(self.responses.active)
+        active = self.responses.active
+        if active:
+            self._cancelled.add(active)
         await self.s.send_frame(Kind.CLEAR)
-        if cut.item_id in self._oob_items:
-            return  # a filler is not in the conversation: there is nothing to truncate
-        self._truncated.add(cut.item_id)
-        await self.s.send(rt.truncate(cut.item_id, cut.audio_end_ms))
+        played = self._played
+        # Items queued behind the one being played were cleared before the caller heard any.
+        unheard = played[played.index(cut.item_id) + 1 :] if cut.item_id in played else []
+        if cut.audio_end_ms > 0:
+            self._truncated.add(cut.item_id)
+            if cut.item_id not in self._oob_items:  # a filler is not in the conversation
+                await self.s.send(rt.truncate(cut.item_id, cut.audio_end_ms))
+        else:
+            unheard.insert(0, cut.item_id)  # trap 8: a truncate to 0 ms is refused; nothing was heard
+        for item_id in unheard:
+            self._forget(item_id)
+        for item_id in ([cut.item_id] if cut.audio_end_ms > 0 else []) + unheard:
+            if written := self._written.get(item_id):  # its response ended before the caller cut in
+                seq = self._order[item_id]
+                self.lines = [line for line in self.lines if line.seq != seq]
+                self._agent_line(item_id, written[0], written[1], interrupted=True)
+                self.lines.sort(key=lambda line: line.seq)
+        if active is None:  # the response is over: its items can go now
+            for item_id in self._to_delete:
+                await self.s.send(rt.delete_item(item_id))
+            self._to_delete.clear()
         self.log.info(
-            "barge-in: cut %s at %d ms (played ~%.0f of %.0f ms)",
-            cut.item_id, cut.audio_end_ms, cut.played_ms, cut.generated_ms,
+            "barge-in: cut %s at %d ms (played ~%.0f of %.0f ms); %d unheard item(s) dropped",
+            cut.item_id, cut.audio_end_ms, cut.played_ms, cut.generated_ms, len(unheard),
         )
+
+    def _forget(self, item_id: str) -> None:
+        """The caller heard none of this item: it gets no line and leaves the model's conversation
+        (a filler never was in it), once its response is done."""
+        if item_id in self._unheard:
+            return
+        self._unheard.add(item_id)
+        if item_id not in self._oob_items:
+            self._to_delete.append(item_id)
 
     # ---- tools ---------------------------------------------------------------------------
     def _start_tool(self, call_id: str, name: str, arguments: str, item_id: str | None) -> ToolRun:

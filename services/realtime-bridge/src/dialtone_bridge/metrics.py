@@ -19,4 +19,9 @@ FIRST_AUDIO_SECONDS = Histogram(
     buckets=(0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10),
 )
 BAD_FRAMES = Counter("dialtone_bridge_bad_frames_total", "Malformed frames from the bus")
+RESPONSES = Counter("dialtone_bridge_realtime_responses_total", "Model responses by final status", ["status"])
+UNTRANSCRIBED = Counter("dialtone_bridge_untranscribed_lines_total", "Caller lines whose words have no text")
+RATE_LIMIT_REMAINING = Gauge(
+    "dialtone_bridge_realtime_rate_limit_remaining", "OpenAI account rate limit left, as last reported", ["name"]
+)
 RECOVERED = Counter("dialtone_bridge_calls_recovered_total", "Calls taken over from a lost bridge")

@@ -71,6 +71,11 @@ def truncate(item_id: str, audio_end_ms: int) -> str:
     ).decode()
 
 
+def delete_item(item_id: str) -> str:
+    """Take an item out of the conversation (agent audio the caller never heard any of)."""
+    return orjson.dumps({"type": "conversation.item.delete", "item_id": item_id}).decode()
+
+
 def function_output(call_id: str, output: Any) -> str:
     return orjson.dumps(
         {

@@ -6,6 +6,7 @@ while one runs waits in a queue, and a request the server refuses because it rac
 (``conversation_already_has_active_response``) goes back to the front of that queue. Every request
 carries its own ``event_id`` so a refusal can be matched to it, and each response remembers which
 request (and so which purpose) started it: the goodbye is the response started for the goodbye.
+A response that fails is asked for again once (:meth:`Request.retry`); see ``conversation.py``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Literal
 
-Purpose = Literal["reply", "greeting", "prompt", "goodbye", "filler"]
+Purpose = Literal["reply", "greeting", "prompt", "goodbye", "filler", "apology"]
 RACE = "conversation_already_has_active_response"
 PENDING = "pending"  # asked for, not yet named by response.created
 
@@ -24,6 +25,11 @@ class Request:
     instructions: str | None = None
     purpose: Purpose = "reply"
     force: bool = False  # still asked for once the call is winding down (the goodbye itself)
+    retried: bool = False  # asked for again after its response failed
+
+    def retry(self) -> Request:
+        """The same request, asked for a second time."""
+        return Request(self.instructions, self.purpose, self.force, retried=True)
 
     @property
     def out_of_band(self) -> bool:

@@ -1,0 +1,120 @@
+"""A fake ``CallSession`` for the conversation's unit tests: what ``Conversation`` and
+``CallControl`` use of a session, recording what they send (each client event checked against
+the SDK types, as the real API would) and the events they emit."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import types
+
+import orjson
+from dialtone_bridge.agents import Agent
+from dialtone_bridge.callcontrol import CallControl
+from dialtone_bridge.conversation import Conversation
+from dialtone_bridge.playout import Playout
+from dialtone_proto.tools import ToolCallReply, ToolSpec
+from dialtone_sim.oracle import check_client_event
+
+
+class Events:
+    def __init__(self) -> None:
+        self.out: list[tuple[str, dict]] = []
+
+    def emit(self, cls, **fields):
+        self.out.append((cls.__name__, fields))
+
+
+class Tools:
+    def __init__(self, delay: float = 0.0, actions=()) -> None:
+        self.delay, self.actions, self.calls = delay, list(actions), []
+
+    async def catalog(self):
+        return {"x": ToolSpec(name="x", description="x", parameters={"type": "object"}, timeout_s=5)}
+
+    async def call(self, request, timeout_s=None):
+        self.calls.append(request.name)
+        await asyncio.sleep(self.delay)
+        return ToolCallReply(ok=True, output={"ok": True}, actions=self.actions)
+
+
+class FakeSession:
+    """What ``Conversation`` and ``CallControl`` use of a ``CallSession``."""
+
+    def __init__(self, agent: Agent, tools: Tools | None = None, filler_after_s: float = 1.5) -> None:
+        self.log = logging.getLogger("test")
+        self.call_id = "CA1"
+        self.offer = types.SimpleNamespace(from_number="+1", to_number="+2", parameters={}, stream_sid="MZ",
+                                           account_sid="AC", direction="inbound")
+        settings = types.SimpleNamespace(filler_after_s=filler_after_s, openai_realtime_model="gpt-realtime",
+                                         transcription_model="t", prices={})
+        self.ctx = types.SimpleNamespace(settings=settings, tools=tools or Tools(), twilio=None, agents=None,
+                                         bridge_id="bridge-test")
+        self.events, self.playout = Events(), Playout()
+        self.ended, self.end_reason = asyncio.Event(), None
+        self.sent: list[dict] = []
+        self.frames: list[tuple[str, object]] = []
+        self.tasks: set[asyncio.Task] = set()
+        self.conversation = Conversation(self, agent)
+        self.control = CallControl(self, None)
+        self.clock = types.SimpleNamespace(ms=lambda: asyncio.get_running_loop().time() * 1000)
+
+    async def send(self, event: str) -> bool:
+        self.sent.append(orjson.loads(event))
+        check_client_event(self.sent[-1])
+        return True
+
+    async def send_frame(self, kind, body=None, audio=b"") -> None:
+        self.frames.append((kind.name, body))
+
+    def spawn(self, coro, name):
+        task = asyncio.create_task(coro, name=name)
+        self.tasks.add(task)
+        return task
+
+    def end(self, reason):
+        if not self.ended.is_set():
+            self.end_reason = reason
+            self.ended.set()
+
+    async def play(self, item_id, audio_b64):
+        audio = base64.b64decode(audio_b64)
+        self.frames.append(("AUDIO", (item_id, audio)))
+        mark = self.playout.on_audio_sent(item_id, len(audio), self.clock.ms())
+        self.frames.append(("MARK", mark))
+
+    async def flush_audio(self, item_id):
+        pass
+
+    def drop_audio(self):
+        pass
+
+    def creates(self) -> list[dict]:
+        return [e for e in self.sent if e["type"] == "response.create"]
+
+    def lines(self) -> list[dict]:
+        """The transcript lines emitted, in the order they were."""
+        return [fields for name, fields in self.events.out if name == "TranscriptLine"]
+
+    def heard(self) -> list[tuple[str, bytes]]:
+        """Agent audio sent to the caller, item by item, in order."""
+        return [body for kind, body in self.frames if kind == "AUDIO"]
+
+
+def call_item(call_id="c1", status="completed"):
+    return {"type": "function_call", "id": f"fc_{call_id}", "call_id": call_id, "name": "x", "arguments": "{}",
+            "status": status}
+
+
+async def tool_response(c: Conversation, rid: str, status: str = "completed") -> None:
+    await c.on_event({"type": "response.created", "response": {"id": rid}})
+    await c.on_event({"type": "response.output_item.done", "item": call_item(status=status)})
+    await c.on_event({"type": "response.done", "response": {"id": rid, "status": status, "output": [call_item(status=status)]}})
+
+
+async def poll(condition, timeout=3.0):
+    """Wait for ``condition`` with a deadline (the fake session signals nothing to wait on)."""
+    async with asyncio.timeout(timeout):
+        while not condition():  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
