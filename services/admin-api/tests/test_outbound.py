@@ -121,6 +121,7 @@ async def test_needs_the_admin_token(make_client, fake: FakeTwilioApi, headers: 
         ({"to": "+15551234567", "variables": {"n": 5}}, "valid string"),
         ({"to": "+15551234567", "agent": "../etc"}, "agent must be"),
         ({"to": "+15551234567", "machine_detection": "maybe"}, "valid boolean"),
+        ({"to": "+15551234567", "machine_detection": 0}, "valid boolean"),
         ({"to": "+15551234567", "twiml": "<Response/>"}, "Extra inputs"),
         ({}, "Field required"),
     ],

@@ -60,7 +60,8 @@ def _plain_text(text: str) -> bool:
 class OutboundCallRequest(BaseModel):
     """Body of ``POST /calls``."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    # Strict: JSON says what it means; 0 is not false and 5 is not "5".
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, strict=True)
 
     to: str = Field(
         description="the number to call, E.164",
@@ -211,6 +212,7 @@ router = APIRouter(dependencies=[Depends(require_token)])
     response_model_by_alias=True,
     tags=["calls"],
     responses={
+        400: {"model": ErrorBody, "description": "the body is not JSON text"},
         **responses(401),
         502: {"model": TwilioFailureBody, "description": "Twilio refused the call or could not be reached"},
         503: {"model": ErrorBody, "description": NO_CREDENTIALS},
