@@ -1,5 +1,5 @@
 """Fixtures of the admin API's tests: a PostgreSQL of the tests' own that they can stop, start
-again and freeze, and the API served over real HTTP."""
+again and freeze."""
 
 from __future__ import annotations
 
