@@ -15,6 +15,7 @@ import asyncpg
 import httpx
 import pytest
 from dialtone_admin.app import create_app
+from dialtone_admin.database import Database, DatabaseUnavailable, QueryRejected
 from dialtone_admin.settings import AdminSettings
 from dialtone_common import bus
 from dialtone_proto import subjects
@@ -378,7 +379,7 @@ async def test_openapi_documents_the_error_responses(client) -> None:
     }
     assert documented == {
         ("/sessions", "get"): {"200", "400", "401", "422", "503"},
-        ("/sessions/{call_sid}", "get"): {"200", "401", "404", "422", "503"},
+        ("/sessions/{call_sid}", "get"): {"200", "400", "401", "404", "422", "503"},
         ("/live", "get"): {"200", "401"},
         ("/calls", "post"): {"201", "400", "401", "422", "502", "503"},
     }
@@ -386,3 +387,24 @@ async def test_openapi_documents_the_error_responses(client) -> None:
     assert sessions["503"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorBody"}
     assert "Retry-After" in sessions["503"]["headers"]
     assert spec["components"]["schemas"]["ErrorBody"]["required"] == ["detail"]
+
+
+async def test_database_errors_become_what_a_client_can_act_on(database_url: str) -> None:
+    db = await Database.open(database_url, timeout=0.5)
+    try:
+        # A value PostgreSQL refuses (here past the edge checks on purpose): a 400, not a 500.
+        with pytest.raises(QueryRejected, match="0x00"):
+            async with db.connection() as conn:
+                await conn.fetchval("SELECT $1::text", "a\x00b")
+        # Past the deadline: unavailable (503), on time, and the interrupted connection is discarded...
+        started = time.monotonic()
+        with pytest.raises(DatabaseUnavailable) as caught:
+            async with db.connection() as conn:
+                await conn.fetchval("SELECT pg_sleep(5)")
+        assert time.monotonic() - started < 1.5
+        assert isinstance(caught.value.__cause__, TimeoutError)
+        # ...so the next request gets a working one.
+        async with db.connection() as conn:
+            assert await conn.fetchval("SELECT 1") == 1
+    finally:
+        await db.close()

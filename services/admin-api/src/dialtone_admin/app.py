@@ -69,11 +69,12 @@ async def sessions_page(
 
 
 @api.get(
-    "/sessions/{call_sid}", response_model=SessionDetail, tags=["sessions"], responses=responses(401, 404, 503)
+    "/sessions/{call_sid}",
+    response_model=SessionDetail,
+    tags=["sessions"],
+    responses=responses(400, 401, 404, 503),
 )
-async def session_detail(
-    call_sid: Annotated[Text, Path()], db: Annotated[Database, Depends(_db)]
-) -> dict:
+async def session_detail(call_sid: Annotated[Text, Path()], db: Annotated[Database, Depends(_db)]) -> dict:
     """One call: summary, transcript, tool calls, usage, status history, metrics and handoffs."""
     async with db.connection() as conn:
         detail = await get_session(conn, call_sid)

@@ -28,7 +28,7 @@ class ErrorBody(BaseModel):
 
 
 _RESPONSES: dict[int, dict[str, Any]] = {
-    400: {"model": ErrorBody, "description": "a cursor, filter or search the API cannot use"},
+    400: {"model": ErrorBody, "description": "a cursor, or a value the database cannot take"},
     401: {
         "model": ErrorBody,
         "description": "missing or wrong bearer token",
