@@ -20,6 +20,7 @@ from dialtone_proto.tools import ToolCallReply, ToolCallRequest, ToolCatalog
 
 _REPLIES: dict[str, type[BaseModel]] = {
     "call.answer": CallAnswer,
+    "call.record": CallRecord,  # a KV get of a call record (JetStream direct get)
     "tools.catalog": ToolCatalog,
     "tools.result": ToolCallReply,
 }
@@ -53,6 +54,8 @@ def _check(subject: str, data: bytes, headers: dict[str, str]) -> str:
             return "nats-reply"
         body = orjson.loads(data)
         model = _REPLIES.get(body.get("type")) if isinstance(body, dict) else None
+        if model is None and isinstance(body, dict) and str(body.get("type", "")).startswith("io.nats."):
+            return "nats-reply"  # a JetStream API answer (e.g. a KV get that found no record)
         if model is None:
             if isinstance(body, dict) and ("stream" in body or "error" in body and "type" not in body):
                 return "nats-reply"  # JetStream publish ack / API error

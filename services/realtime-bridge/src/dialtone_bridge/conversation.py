@@ -56,6 +56,7 @@ from dialtone_bridge.pricing import cost_usd
 from dialtone_bridge.responses import Purpose, Request, Responses
 
 if TYPE_CHECKING:
+    from dialtone_bridge.recovery import Restored
     from dialtone_bridge.session import CallSession
 
 log = logging.getLogger("dialtone.bridge.conversation")
@@ -164,6 +165,14 @@ class Conversation:
             rt.user_text(line.text) if line.role == "caller" else rt.assistant_text(line.text)
             for line in self.lines[-60:]
         ]
+
+    def restore(self, restored: Restored) -> None:
+        """Take over a conversation another bridge lost: its lines (for ``history``), its outcome,
+        and its place in the transcript, so new lines follow the old ones. No greeting again."""
+        self.lines = [Line(line.seq, line.role, line.text) for line in restored.lines]
+        self._order = {f"restored-{n}": n for n in range(restored.next_seq)}
+        self.outcome = restored.outcome
+        self._first_audio = True
 
     def socket_lost(self) -> None:
         self.responses.reset()
