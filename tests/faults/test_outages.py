@@ -1,0 +1,472 @@
+"""Scenario 4 of the fault suite: a part of the platform fails while five calls are in progress.
+
+Each test holds five scripted calls at a turn boundary (greeting and first turn done, the caller
+listening), injects the fault, and lets the calls go on through it. Afterwards every call's stored
+transcript must be exactly what its caller said and heard, each line once; killed services are
+restarted on the same ports and must serve again by themselves; during a database outage the admin
+API must answer 503 quickly rather than hang, and each /healthz must say what is true.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from dialtone_dev.platform import Platform, Service
+from dialtone_sim.realtime import RealtimeSimulator
+from dialtone_sim.twilio_api import FakeTwilioApi
+from dialtone_sim.twilio_edge import SimCall, dial
+
+from .conftest import (
+    ACCOUNT_SID,
+    AUTH_TOKEN,
+    FAULT_LINE,
+    GREETING,
+    SCENARIO,
+    Answer,
+    Figures,
+    Servers,
+    http_get,
+    poll,
+)
+
+pytestmark = [pytest.mark.faults, pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
+
+CALLS = 5
+QUIET_MS = 800
+DB_OUTAGE_S = 20.0
+SESSIONS_503_WITHIN_S = 2.0  # the admin API's promise for a request during a database outage
+# /healthz checks the database within its own 2 s timeout; half a second more for a loaded machine.
+HEALTHZ_503_WITHIN_S = 2.5
+SETTLE_S = 75.0  # how long stored transcripts may take to catch up after a fault (redeliveries included)
+FULL_CALL = [("agent", GREETING)] + [(role, text) for t in SCENARIO.turns for role, text in
+                                     (("caller", t.caller), ("agent", t.agent))]
+
+
+# ---- five scripted calls that pause where the test says ----------------------------------------
+@dataclass
+class Caller:
+    call: SimCall | None = None
+    heard: list[tuple[str, str]] = field(default_factory=list)  # lines said and answered, in order
+    error: str | None = None
+
+
+class Calls:
+    """``CALLS`` scripted calls; each waits before the turns in ``pause_before`` until :meth:`go`."""
+
+    def __init__(self, platform: Platform, pause_before: tuple[int, ...] = (1,), count: int = CALLS) -> None:
+        self.platform = platform
+        self.gates = {turn: asyncio.Event() for turn in pause_before}
+        self.waiting = dict.fromkeys(pause_before, 0)
+        self.callers = [Caller() for _ in range(count)]
+        self.tasks: list[asyncio.Task] = []
+
+    def start(self) -> Calls:
+        self.tasks = [asyncio.create_task(self._converse(c, i)) for i, c in enumerate(self.callers)]
+        return self
+
+    async def _converse(self, c: Caller, index: int) -> None:
+        await asyncio.sleep(index * 0.1)  # not all on one 20 ms tick
+        p = self.platform
+        call = c.call = await dial(p.gateway_url, AUTH_TOKEN, public_base_url=p.public_base_url,
+                                   account_sid=ACCOUNT_SID, from_=f"+1500555{7000 + index:04d}", to=FAULT_LINE)
+        try:
+            await call.wait_quiet(QUIET_MS, since=0, timeout=40)
+            c.heard.append(("agent", GREETING))
+            for i, turn in enumerate(SCENARIO.turns):
+                if i in self.gates:
+                    self.waiting[i] += 1
+                    await self.gates[i].wait()
+                    if call.closed:
+                        return
+                await call.say(turn.caller)
+                await call.wait_quiet(QUIET_MS, timeout=40)
+                c.heard += [("caller", turn.caller), ("agent", turn.agent)]
+        except (ConnectionError, TimeoutError) as exc:
+            c.error = f"{type(exc).__name__}: {exc}"
+        finally:
+            await call.hangup()
+
+    async def at(self, turn: int, timeout: float = 60) -> None:
+        """Wait until every call is waiting before ``turn`` (or has ended)."""
+        await poll(lambda: self.waiting[turn] + sum(t.done() for t in self.tasks) >= len(self.tasks),
+                   timeout, what=f"every call to reach turn {turn}")
+        failed = [t.exception() for t in self.tasks if t.done() and t.exception()]
+        assert not failed, f"calls failed before the fault: {failed}"
+        assert not [c.error for c in self.callers if c.error], [c.error for c in self.callers]
+
+    def go(self, turn: int) -> None:
+        self.gates[turn].set()
+
+    async def finish(self, timeout: float = 120) -> None:
+        for gate in self.gates.values():
+            gate.set()
+        async with asyncio.timeout(timeout):
+            await asyncio.gather(*self.tasks)
+
+    def lines(self) -> int:
+        """Lines said and answered so far, all calls together."""
+        return sum(len(c.heard) for c in self.callers)
+
+    @property
+    def sids(self) -> list[str]:
+        return [c.call.call_sid for c in self.callers if c.call]
+
+
+# ---- the admin API and health ----------------------------------------------------------------
+class Admin:
+    def __init__(self, platform: Platform) -> None:
+        self.url, self.token = platform.admin_url, platform.admin_token
+
+    async def get(self, path: str, timeout: float = 10.0) -> Answer:
+        return await http_get(self.url + path, token=self.token, timeout=timeout)
+
+
+async def metric(url: str, name: str) -> float:
+    """Sum of a Prometheus metric's samples at ``url`` (0 if the service does not answer)."""
+    answer = await http_get(url, timeout=5)
+    if answer.status != 200:
+        return 0.0
+    return sum(float(line.rpartition(" ")[2]) for line in answer.body.splitlines()
+               if line.split("{", 1)[0].split(" ", 1)[0] == name)
+
+
+async def _more(url: str, name: str, than: float) -> bool:
+    return await metric(url, name) > than
+
+
+async def health(service: Service, timeout: float = 5.0) -> int | None:
+    return (await http_get(service.health_url, timeout=timeout)).status
+
+
+async def transcripts_match(admin: Admin, calls: Calls, figures: dict[str, Any], timeout: float = SETTLE_S) -> None:
+    """Wait until every call's session has ended and holds at least the lines its caller said and
+    heard; then they must be exactly those lines, in order, each once."""
+    stored: dict[str, list[tuple[str, str]]] = {}
+    ended: dict[str, bool] = {}
+
+    async def caught_up() -> bool:
+        for c in calls.callers:
+            sid = c.call.call_sid
+            answer = await admin.get(f"/sessions/{sid}")
+            if answer.status != 200:
+                return False
+            stored[sid] = [(line["role"], line["text"]) for line in answer.body["transcript"]]
+            ended[sid] = bool(answer.body.get("ended_at"))
+        return all(ended[c.call.call_sid] and len(stored[c.call.call_sid]) >= len(c.heard) for c in calls.callers)
+
+    started = time.monotonic()
+    try:
+        await poll(caught_up, timeout, interval=0.5, what="the stored transcripts to catch up")
+    except AssertionError:
+        pass  # compared below, with what is missing
+    else:
+        figures["transcripts complete after (s)"] = time.monotonic() - started
+    expected = sum(len(c.heard) for c in calls.callers)
+    have = sum(len(stored.get(c.call.call_sid, [])) for c in calls.callers)
+    doubled = sum(len(lines) - len(set(lines)) for lines in stored.values())
+    figures["lines expected / stored"] = f"{expected} / {have}"
+    figures["lines doubled"] = doubled
+    for c in calls.callers:
+        sid = c.call.call_sid
+        assert ended.get(sid), f"{sid}: session never ended; stored {stored.get(sid)}"
+        assert stored[sid] == c.heard, f"{sid}: stored transcript differs from the call\n  heard:  {c.heard}\n  stored: {stored[sid]}"
+
+
+def no_caller_errors(calls: Calls) -> None:
+    errors = {c.call.call_sid: c.error for c in calls.callers if c.error}
+    assert not errors, f"calls broke off: {errors}"
+    assert all(c.heard == FULL_CALL for c in calls.callers)
+
+
+async def kill(platform: Platform, name: str) -> Service:
+    service = platform.services[name]
+    assert await service.stop(signal.SIGKILL) == -signal.SIGKILL
+    return service
+
+
+async def restart(platform: Platform, name: str, figures: dict[str, Any], killed_at: float) -> Service:
+    service = await platform.start(name)  # same name, same ports, same environment
+    await platform.wait_healthy(timeout=30, services=[service])
+    figures["healthy again after restart (s)"] = time.monotonic() - killed_at
+    return service
+
+
+# ---- service kills -----------------------------------------------------------------------------
+async def test_transcript_writer_killed_mid_calls_loses_and_doubles_no_line(fault_platform: Platform, figures: Figures):
+    fig = figures.scenario("kill -9 transcript-writer")
+    writer_metrics = fault_platform.services["transcript-writer"].health_url.replace("/healthz", "/metrics")
+    calls = Calls(fault_platform, pause_before=(1, 2)).start()
+    await calls.at(1)
+    batches = await metric(writer_metrics, "dialtone_writer_batches_total")
+    calls.go(1)
+    # Killed as it writes the calls' second turns: a batch may be committed and not yet acknowledged.
+    await poll(lambda: _more(writer_metrics, "dialtone_writer_batches_total", batches), 30, interval=0.02,
+               what="the writer to write a batch of the second turns")
+    killed_at = time.monotonic()
+    await kill(fault_platform, "transcript-writer")
+    lines_at_kill = calls.lines()
+    await calls.at(2)  # every caller said and heard their second turn with no writer running
+    fig["lines spoken while down"] = calls.lines() - lines_at_kill
+    await restart(fault_platform, "transcript-writer", fig, killed_at)
+    calls.go(2)
+    await calls.finish()
+    no_caller_errors(calls)
+    await transcripts_match(Admin(fault_platform), calls, fig)
+    assert fig["lines spoken while down"] > 0
+
+
+async def test_tool_runner_killed_mid_calls_fails_tools_then_recovers(fault_platform: Platform, figures: Figures):
+    fig = figures.scenario("kill -9 tool-runner")
+    admin = Admin(fault_platform)
+    calls = Calls(fault_platform, pause_before=(1, 2)).start()
+    await calls.at(1)
+    killed_at = time.monotonic()
+    await kill(fault_platform, "tool-runner")
+    calls.go(1)  # the second turn calls a tool: no runner to run it
+    await calls.at(2)
+    await restart(fault_platform, "tool-runner", fig, killed_at)
+    calls.go(2)  # the third turn calls it again: the restarted runner must serve it
+    await calls.finish()
+    no_caller_errors(calls)
+    await transcripts_match(admin, calls, fig)
+    during, after = [], []
+    for sid in calls.sids:
+        tools = (await admin.get(f"/sessions/{sid}")).body["tool_calls"]
+        assert [t["name"] for t in tools] == ["opening_hours", "opening_hours"], f"{sid}: {tools}"
+        during.append(tools[0])
+        after.append(tools[1])
+    assert not [t for t in during if t["ok"]], "a tool call succeeded with no tool-runner running"
+    assert all(t["error"] for t in during), during
+    assert all(t["ok"] and t["result"]["open"] == "09:00" for t in after), f"tools after the restart: {after}"
+    fig["tool call without a runner took (ms, max)"] = max(t["duration_ms"] or 0 for t in during)
+
+
+async def test_media_gateway_killed_ends_its_calls_and_keeps_what_was_said(
+    fault_platform: Platform, fault_realtime: RealtimeSimulator, figures: Figures
+):
+    fig = figures.scenario("kill -9 media-gateway")
+    calls = Calls(fault_platform).start()
+    await calls.at(1)
+    killed_at = time.monotonic()
+    await kill(fault_platform, "media-gateway")
+    # Twilio's side of each call is a socket to the dead process: every call ends.
+    await poll(lambda: all(c.call.closed for c in calls.callers), 10, what="the calls on the dead gateway to end")
+    fig["calls ended after kill (s)"] = time.monotonic() - killed_at
+    assert {c.call.ended_by for c in calls.callers} == {"gateway"}
+    await restart(fault_platform, "media-gateway", fig, killed_at)
+    await calls.finish()
+    # What was said before the kill (greeting and first turn) is all there, once; nothing after it.
+    assert all(c.heard == FULL_CALL[:3] for c in calls.callers), [c.heard for c in calls.callers]
+    await transcripts_match(Admin(fault_platform), calls, fig)
+    fig["sessions closed after kill (s)"] = time.monotonic() - killed_at
+    # The restarted gateway takes new calls by itself.
+    fresh = Calls(fault_platform, pause_before=(), count=1).start()
+    await fresh.finish()
+    no_caller_errors(fresh)
+    await transcripts_match(Admin(fault_platform), fresh, {})
+
+
+async def test_admin_api_killed_mid_calls_serves_every_line_after_restart(fault_platform: Platform, figures: Figures):
+    fig = figures.scenario("kill -9 admin-api")
+    calls = Calls(fault_platform, pause_before=(1, 2)).start()
+    await calls.at(1)
+    killed_at = time.monotonic()
+    await kill(fault_platform, "admin-api")
+    lines_at_kill = calls.lines()
+    calls.go(1)
+    await calls.at(2)  # every caller said and heard their second turn with no admin API running
+    fig["lines spoken while down"] = calls.lines() - lines_at_kill
+    await restart(fault_platform, "admin-api", fig, killed_at)
+    calls.go(2)
+    await calls.finish()
+    no_caller_errors(calls)
+    await transcripts_match(Admin(fault_platform), calls, fig)
+
+
+# ---- NATS ---------------------------------------------------------------------------------------
+NATS_DOWN_S = 2.0
+NATS_CLIENTS = ("media-gateway", "realtime-bridge", "tool-runner", "transcript-writer")
+
+
+async def test_nats_restart_mid_calls_neither_drops_nor_hands_over_a_call(
+    fault_platform: Platform, servers: Servers, fault_twilio: FakeTwilioApi, figures: Figures
+):
+    fig = figures.scenario("NATS restart")
+    services = {name: fault_platform.services[name] for name in NATS_CLIENTS}
+    calls = Calls(fault_platform).start()
+    await calls.at(1)
+    stopped_at = time.monotonic()
+    await servers.stop_nats()
+    try:
+        # Each service that lives on NATS says so on /healthz while it is gone.
+        for name, service in services.items():
+            await poll(lambda s=service: _is(s, 503), NATS_DOWN_S, interval=0.05,
+                       what=f"{name} /healthz to say 503 with NATS down")
+        fig["every /healthz 503 after stop (s)"] = time.monotonic() - stopped_at
+        await asyncio.sleep(max(0.0, stopped_at + NATS_DOWN_S - time.monotonic()))
+    finally:
+        await servers.start_nats()
+    started_at = time.monotonic()
+    fig["NATS down for (s)"] = started_at - stopped_at
+    for name, service in services.items():
+        await poll(lambda s=service: _is(s, 200), 20, interval=0.05, what=f"{name} /healthz to say 200 again")
+    fig["every /healthz 200 after restart (s)"] = time.monotonic() - started_at
+    calls.go(1)
+    await calls.finish()
+    no_caller_errors(calls)
+    assert {c.call.ended_by for c in calls.callers} == {"caller"}
+    await transcripts_match(Admin(fault_platform), calls, fig)
+    # Nobody took a call over, and Twilio was never asked to apologise or hang up.
+    admin = Admin(fault_platform)
+    for sid in calls.sids:
+        statuses = [s["status"] for s in (await admin.get(f"/sessions/{sid}")).body["status_history"]]
+        assert not {"bridge_lost", "recovered"} & set(statuses), f"{sid} was handed over: {statuses}"
+    touched = [r.path for r in fault_twilio.requests if any(sid in r.path for sid in calls.sids)]
+    assert not touched, f"Twilio REST was used on calls that should simply have gone on: {touched}"
+
+
+async def _is(service: Service, status: int) -> bool:
+    return await health(service, 1.0) == status
+
+
+# ---- PostgreSQL ----------------------------------------------------------------------------------
+@dataclass
+class Probe:
+    """GETs one URL over and over, recording when each was sent and what came back."""
+
+    url: str
+    token: str | None = None
+    answers: list[tuple[float, Answer]] = field(default_factory=list)
+    _stop: bool = False
+
+    async def run(self) -> None:
+        while not self._stop:
+            sent = time.monotonic()
+            answer = await http_get(self.url, token=self.token, timeout=10)
+            self.answers.append((sent, answer))
+            await asyncio.sleep(0.25)
+
+    def stop(self) -> None:
+        self._stop = True
+
+    def judge(self, window_start: float, outage_end: float, limit: float) -> list[str]:
+        """Problems with the answers to requests sent during the outage: each must be a 503 with
+        Retry-After within ``limit``, unless the database came back before ``limit`` was up."""
+        problems = []
+        for sent, a in self.answers:
+            if sent < window_start or sent >= outage_end:
+                continue
+            answered_during = sent + a.seconds < outage_end
+            if answered_during or sent + limit <= outage_end:
+                if a.status != 503 or a.seconds > limit or a.retry_after is None:
+                    problems.append(f"{self.url} at +{sent - window_start:.1f}s: {a.status} after {a.seconds:.2f}s "
+                                    f"(Retry-After {a.retry_after})")
+        return problems
+
+    def first(self, status: int, after: float) -> float | None:
+        for sent, a in self.answers:
+            if sent >= after and a.status == status:
+                return sent + a.seconds - after
+        return None
+
+    def slowest(self, window_start: float, outage_end: float) -> float:
+        return max((a.seconds for sent, a in self.answers if window_start <= sent < outage_end), default=0.0)
+
+
+async def database_outage(
+    platform: Platform, fig: dict[str, Any], begin: Any, end: Any
+) -> tuple[Probe, float, float]:
+    """Five calls go on through ``DB_OUTAGE_S`` of database outage (``begin()`` .. ``end()``)."""
+    admin = Admin(platform)
+    writer = platform.services["transcript-writer"]
+    calls = Calls(platform).start()
+    await calls.at(1)
+    assert (await admin.get("/sessions?limit=5")).status == 200
+
+    sessions = Probe(admin.url + "/sessions?limit=5", admin.token)
+    healthz = Probe(platform.services["admin-api"].health_url)
+    writer_health = Probe(writer.health_url)
+    call_path = [Probe(platform.services[n].health_url) for n in ("media-gateway", "realtime-bridge")]
+    began = time.monotonic()
+    state = await begin()
+    try:
+        established = time.monotonic()
+        fig["fault in place after (s)"] = established - began
+        probes = [sessions, healthz, writer_health, *call_path]
+        tasks = [asyncio.create_task(p.run()) for p in probes]
+        calls.go(1)  # the calls go on during the outage: their lines wait in JetStream
+        await asyncio.sleep(max(0.0, began + DB_OUTAGE_S - time.monotonic()))
+    finally:
+        ended = time.monotonic()
+        await end(state)
+    back = time.monotonic()
+    fig["outage lasted (s)"] = back - began
+    # The admin API recovers by itself: no restart, its pool reconnects.
+    await poll(lambda: _admin_ok(admin), 30, interval=0.2, what="the admin API to answer 200 again")
+    fig["admin /sessions 200 again after (s)"] = time.monotonic() - back
+    await poll(lambda: _status(healthz.url, 200), 30, interval=0.2, what="admin /healthz to say 200 again")
+    await calls.finish()
+    no_caller_errors(calls)
+    await transcripts_match(admin, calls, fig)
+    await poll(lambda: _status(writer.health_url, 200), 30, interval=0.2, what="the writer's /healthz to say 200")
+    for p in probes:
+        p.stop()
+    await asyncio.gather(*tasks)
+
+    fig["admin 503 first after (s)"] = sessions.first(503, began)
+    fig["admin /sessions slowest during (s)"] = sessions.slowest(established, ended)
+    fig["admin /healthz slowest during (s)"] = healthz.slowest(established, ended)
+    fig["writer /healthz 503 first after (s)"] = writer_health.first(503, began) or "never during the outage"
+    problems = sessions.judge(established, ended, SESSIONS_503_WITHIN_S)
+    problems += healthz.judge(established, ended, HEALTHZ_503_WITHIN_S)
+    assert not problems, "the admin API during the database outage:\n  " + "\n  ".join(problems)
+    assert len([a for s, a in sessions.answers if established <= s < ended]) >= 5, "too few probes to judge"
+    # The call path does not need the database: its services stay healthy and say so.
+    for p in call_path:
+        bad = [(round(s - began, 1), a.status) for s, a in p.answers if a.status != 200]
+        assert not bad, f"{p.url} during the database outage: {bad}"
+    return writer_health, began, ended
+
+
+async def _admin_ok(admin: Admin) -> bool:
+    return (await admin.get("/sessions?limit=5", timeout=5)).status == 200
+
+
+async def _status(url: str, status: int) -> bool:
+    return (await http_get(url, timeout=5)).status == status
+
+
+async def test_postgres_stopped_20s_admin_answers_503_and_nothing_is_lost(
+    fault_platform: Platform, servers: Servers, figures: Figures
+):
+    fig = figures.scenario("PostgreSQL stopped 20 s")
+
+    async def begin() -> None:
+        await servers.stop_postgres()
+
+    async def end(_: None) -> None:
+        await servers.start_postgres()
+
+    writer_health, began, ended = await database_outage(fault_platform, fig, begin, end)
+    # The writer failed to write the calls' lines while the server was down, and said so.
+    first = writer_health.first(503, began)
+    assert first is not None and began + first < ended, "the writer's /healthz never said 503 during the outage"
+
+
+async def test_postgres_frozen_20s_admin_answers_503_and_nothing_is_lost(
+    fault_platform: Platform, servers: Servers, figures: Figures
+):
+    fig = figures.scenario("PostgreSQL frozen (SIGSTOP) 20 s")
+
+    async def begin() -> list:
+        return servers.freeze_postgres()
+
+    async def end(frozen: list) -> None:
+        servers.thaw(frozen)
+
+    await database_outage(fault_platform, fig, begin, end)
