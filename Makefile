@@ -5,7 +5,7 @@ UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 CALLS ?= 50
 DURATION ?= 20
 
-.PHONY: install run call test test-unit test-integration test-e2e bench lint clean
+.PHONY: install run call test test-unit test-integration test-e2e bench soak lint clean
 
 $(UV):
 	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet --user uv || $(PYTHON) -m pip install --quiet uv
@@ -37,6 +37,10 @@ test-e2e: install
 
 bench: install  ## N concurrent simulated calls: latency per frame, CPU per call-minute, frames lost
 	$(UV) run --frozen python -m dialtone_dev bench --calls $(CALLS) --duration $(DURATION)
+
+# CALLS is 1000 for the soak unless given (`make soak CALLS=200` or `CALLS=200 make soak`).
+soak: install  ## CALLS=1000 short calls in sequence: RSS of each service at start, after 50 calls, at the end
+	$(UV) run --frozen python -m dialtone_dev bench --soak $(if $(filter command line environment,$(origin CALLS)),$(CALLS),1000)
 
 lint: install
 	$(UV) run --frozen ruff check .

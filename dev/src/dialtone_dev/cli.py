@@ -15,7 +15,7 @@ def main() -> None:
     elif command == "bench":
         from dialtone_dev.bench import main as run
     else:
-        print("usage: dialtone run | call | bench [--calls N]", file=sys.stderr)
+        print("usage: dialtone run | call | bench [--calls N | --soak N]", file=sys.stderr)
         sys.exit(2)
     run()
 
