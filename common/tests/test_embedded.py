@@ -23,10 +23,11 @@ def _environ(pid: int) -> dict[str, str]:
     return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
 
 
-def _servers() -> list[psutil.Process]:
-    """The servers this process started. Only the postmaster, not its children: PostgreSQL writes
-    the children's process titles over their original environment block."""
-    return [p for p in psutil.Process().children() if p.name() in ("nats-server", "postgres")]
+def _servers(besides: set[int]) -> list[psutil.Process]:
+    """The servers this process started, other than ``besides`` (the test session's own). Only the
+    postmaster, not its children: PostgreSQL writes their process titles over their environment."""
+    return [p for p in psutil.Process().children()
+            if p.name() in ("nats-server", "postgres") and p.pid not in besides]
 
 
 @pytest.fixture
@@ -48,8 +49,9 @@ def test_server_env_keeps_only_path_locale_and_time_zone() -> None:
 
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc")
 def test_embedded_servers_do_not_inherit_the_launchers_secrets(tmp_path: Path, launcher_secrets: None) -> None:
+    already = {p.pid for p in psutil.Process().children()}
     with embedded_nats(tmp_path / "nats") as nats_url, embedded_postgres(tmp_path / "pg") as dsn:
-        servers = _servers()
+        servers = _servers(already)
         assert sorted(p.name() for p in servers) == ["nats-server", "postgres"]
         for proc in servers:
             env = _environ(proc.pid)
