@@ -198,7 +198,8 @@ class Platform:
         service_env = self.env(name) | {"INSTANCE_ID": instance} | (env or {})
         port = service_env.get("METRICS_PORT") if name not in ("media-gateway", "admin-api") else None
         log_path = self.data_dir / "logs" / f"{instance}.log"
-        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # logs name callers: private
+        log_path.touch(mode=0o600, exist_ok=True)
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", SERVICES[name],
             env=service_env, cwd=str(ROOT),

@@ -384,7 +384,7 @@ class MediaStream:
             self.log.info("could not send %s to Twilio: %s", event, exc)
 
     async def _close(self, code: int) -> None:
-        with contextlib.suppress(RuntimeError, ConnectionError):
+        with contextlib.suppress(RuntimeError, ConnectionError, WebSocketDisconnect):
             if self.ws.application_state is WebSocketState.CONNECTED:
                 await self.ws.close(code)
 
