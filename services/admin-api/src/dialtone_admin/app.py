@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 HEALTH_TIMEOUT_S = 2.0
 
 
-def _db(request: Request) -> Database:
+async def _db(request: Request) -> Database:  # async: a sync dependency would take a thread
     return request.app.state.db
 
 
