@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from dialtone_bridge.conversation import APOLOGY
 from dialtone_dev.platform import Platform
 from dialtone_sim.realtime import RealtimeSimulator
 from dialtone_sim.scenario import Scenario, ToolCall, Turn
@@ -210,3 +211,127 @@ async def test_dtmf_reaches_the_model_and_the_transcript(platform: Platform, rea
     session = await admin.session(call.call_sid)
     lines = [(line["role"], line["text"], line["source"]) for line in session["transcript"]]
     assert lines[-2:] == [("caller", "pressed 1", "dtmf"), ("agent", "You chose billing.", "speech")]
+
+
+def heard_in_order(heard: bytes, audio: list[bytes]) -> bool:
+    """Every piece of agent audio is in what the caller heard, whole and in this order."""
+    position = 0
+    for piece in audio:
+        found = heard.find(piece, position)
+        if found < 0:
+            return False
+        position = found + len(piece)
+    return True
+
+
+async def test_responses_of_several_items_over_a_jittery_line_are_heard_and_written_in_order(
+    platform: Platform, realtime: RealtimeSimulator, admin: Admin
+):
+    lookup = ToolCall("lookup_customer", {"phone": "+15005550001"})
+    # (The agent's greeting is asked for word for word: it takes no turn of the script.)
+    realtime.scenario = Scenario(turns=[
+        Turn(caller="Please look me up.", agent="I found you, Ada.", preamble="Let me look you up.", tools=[lookup]),
+        Turn(caller="And my balance?", agent="Your balance is zero dollars.", preamble="One moment."),
+        Turn(caller="Check both accounts please.", agent="Both accounts are yours.", tools=[lookup, lookup],
+             parallel_tools=True),
+    ], audio_chunks=(37, 803, 1600, 3, 400, 2411, 160))  # irregular deltas, as the real API sends
+    metrics = f"http://127.0.0.1:{platform.ports.bridge}/metrics"
+    before = len(realtime.sessions)
+    # A poor line: 30 ms each way, up to 40 ms of jitter, delivered in 60 ms bursts.
+    call = await call_lab(platform, to="+15005550006", one_way_delay_ms=30, jitter_ms=40, burst_ms=60, seed=3)
+    await call.wait_quiet(1200, since=0, timeout=30)
+    for line in ("Please look me up.", "And my balance?", "Check both accounts please."):
+        await call.say(line)
+        await call.wait_quiet(1200, timeout=30)
+    await call.hangup()
+    sim = realtime.sessions[before]
+
+    # Every item of every response reached the caller, whole and in order, and nobody cut in.
+    assert heard_in_order(bytes(call.heard), [bytes(sim.output_audio[i]) for i in sim.output_order])
+    assert len(sim.output_order) == 6 and call.clears == [] and sim.truncations == []
+    # Both parallel results were in before the model answered (else it says something else).
+    parallel = [e["item"]["call_id"] for e in sim.client_events if e["type"] == "conversation.item.create"][-2:]
+    assert len(set(parallel)) == 2 and {o["call_id"] for o in sim.tool_outputs} >= set(parallel)
+    session = await admin.session(call.call_sid)
+    assert [(line["role"], line["text"]) for line in session["transcript"]] == [
+        ("agent", "Thanks for calling Acme support, this is Marin. How can I help you today?"),
+        ("caller", "Please look me up."), ("agent", "Let me look you up."), ("agent", "I found you, Ada."),
+        ("caller", "And my balance?"), ("agent", "One moment."), ("agent", "Your balance is zero dollars."),
+        ("caller", "Check both accounts please."), ("agent", "Both accounts are yours."),
+    ]
+    assert not any(line["interrupted"] or line["untranscribed"] for line in session["transcript"])
+    tools = session["tool_calls"]
+    assert [t["name"] for t in tools] == ["lookup_customer"] * 3 and all(t["ok"] for t in tools)
+    # The speech came before its tool call in the conversation.
+    assert session["transcript"][2]["seq"] < tools[0]["seq"] < session["transcript"][3]["seq"]
+    assert await metric(metrics, "dialtone_bridge_realtime_rate_limit_remaining") > 0  # requests + tokens left
+
+
+async def test_untranscribed_words_failed_answers_and_cut_off_answers_are_handled(
+    platform: Platform, realtime: RealtimeSimulator, admin: Admin
+):
+    answer = "Our opening hours are nine to five on weekdays and ten to two on Saturdays."
+    realtime.scenario = Scenario(turns=[
+        Turn(caller="Mumble mumble.", agent="Sorry, could you repeat that?", transcription_fails=True, failures=1),
+        Turn(caller="Are you there?", agent="Yes, I am here.", failures=2),
+        Turn(caller="When are you open?", agent=answer, incomplete="max_output_tokens"),
+    ])  # fmt: skip
+    metrics = f"http://127.0.0.1:{platform.ports.bridge}/metrics"
+    failed = await metric(metrics, "dialtone_bridge_realtime_responses_total", status="failed")
+    before = len(realtime.sessions)
+    call = await call_lab(platform, to="+15005550006")
+    await call.wait_quiet(since=0, timeout=30)
+    for line in ("Mumble mumble.", "Are you there?", "When are you open?"):
+        await call.say(line)
+        await call.wait_quiet(timeout=30)
+    await call.hangup()
+    sim = realtime.sessions[before]
+
+    session = await admin.session(call.call_sid)
+    lines = [(line["role"], line["text"], line["untranscribed"], line["interrupted"]) for line in session["transcript"]]
+    assert lines[1:5] == [
+        ("caller", "", True, False),  # the caller spoke; there is no text, and the line is kept
+        ("agent", "Sorry, could you repeat that?", False, False),  # the failed answer, asked for again
+        ("caller", "Are you there?", False, False),
+        ("agent", APOLOGY, False, False),  # failed twice: the caller is not left in silence
+    ]
+    assert lines[5][:2] == ("caller", "When are you open?")
+    role, text, _, interrupted = lines[6]
+    assert role == "agent" and interrupted and answer.startswith(text) and len(text) < len(answer)
+    # Each answer the caller heard is the model's, whole: the retry and the apology really spoke.
+    spoken = [e["transcript"] for e in sim.server_events if e["type"] == "response.output_audio_transcript.done"]
+    assert "Sorry, could you repeat that?" in spoken and APOLOGY in spoken
+    assert heard_in_order(bytes(call.heard), [bytes(sim.output_audio[i]) for i in sim.output_order])
+    assert await metric(metrics, "dialtone_bridge_realtime_responses_total", status="failed") == failed + 3
+
+
+async def test_barge_in_during_a_preamble_drops_the_answer_queued_behind_it(
+    platform: Platform, realtime: RealtimeSimulator, admin: Admin
+):
+    realtime.scenario = Scenario(turns=[
+        Turn(caller="What are your opening hours?", agent="We are open from nine to five, Monday to Friday.",
+             preamble="Good question, let me just find the page with our opening hours for you."),
+        Turn(caller="Sorry, never mind.", agent="No problem at all."),
+    ])  # fmt: skip
+    before = len(realtime.sessions)
+    call = await call_lab(platform, to="+15005550006", one_way_delay_ms=40)
+    await call.wait_quiet(since=0, timeout=30)
+    await call.say("What are your opening hours?")
+    sim = realtime.sessions[before]
+    await poll(lambda: len(sim.output_order) >= 3, timeout=20, what="the preamble and the answer")
+    preamble, answer = sim.output_order[1], sim.output_order[2]
+    start = len(call.heard)
+    await call.wait_heard(start / 8 + 800, timeout=20)  # the preamble is playing; the answer waits behind it
+    await call.say("Sorry, never mind.")
+    await call.wait_quiet(timeout=20)
+    await call.hangup()
+
+    assert [t[0] for t in sim.truncations] == [preamble] and sim.deleted == [answer]
+    assert bytes(call.heard).find(bytes(sim.output_audio[answer])[:800]) == -1  # never a word of it
+    assert bytes(call.heard).find(bytes(sim.output_audio[sim.output_order[-1]])[:800]) > 0  # the next answer
+    session = await admin.session(call.call_sid)
+    lines = [(line["text"], line["interrupted"]) for line in session["transcript"] if line["role"] == "agent"]
+    assert lines[1] == ("Good question, let me just find the page with our opening hours for you.", True)
+    assert lines[-1] == ("No problem at all.", False)
+    # The answer, as far as it was generated, is written as never said in full.
+    assert all(cut and "We are open from nine to five, Monday to Friday.".startswith(text) for text, cut in lines[2:-1])
