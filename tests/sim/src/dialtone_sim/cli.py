@@ -46,7 +46,8 @@ async def _place_call(args: argparse.Namespace) -> int:
     try:
         call = await dial(
             args.base_url, args.auth_token, public_base_url=args.public_base_url,
-            from_=args.from_, to=args.to, one_way_delay_ms=args.delay_ms,
+            from_=args.from_, to=args.to, one_way_delay_ms=args.delay_ms, jitter_ms=args.jitter_ms,
+            burst_ms=args.burst_ms,
         )  # fmt: skip
     except (WebhookRejected, StreamRejected) as exc:
         print(f"call rejected: {exc}", file=sys.stderr)
@@ -70,7 +71,7 @@ async def _place_call(args: argparse.Namespace) -> int:
     print(f"  media messages   {len(call.media_received)}")
     print(f"  marks echoed     {len(call.marks_echoed)}")
     print(f"  clears           {len(call.clears)}")
-    print(f"  closed by server {call.closed_by_server}")
+    print(f"  ended by         {call.ended_by}")
     for error in call.protocol_errors[:20]:
         print(f"  protocol error   {error}")
     return 0
@@ -95,6 +96,8 @@ def _parser() -> argparse.ArgumentParser:
     call.add_argument("--from", dest="from_", default="+15005550001")
     call.add_argument("--to", default="+15005550006")
     call.add_argument("--delay-ms", type=float, default=0, help="one-way network delay")
+    call.add_argument("--jitter-ms", type=float, default=0, help="random extra delay per message (order kept)")
+    call.add_argument("--burst-ms", type=float, default=0, help="deliver messages in bursts this far apart")
     call.add_argument("--timeout", type=float, default=30, help="seconds to wait for each reply")
     return parser
 
