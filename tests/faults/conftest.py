@@ -71,17 +71,22 @@ class Servers:
         self.nats_url = self.database_url = ""
         self._nats = contextlib.ExitStack()
         self._pg = contextlib.ExitStack()
+        self._frozen: list[psutil.Process] = []
+        self.nats_up = self.pg_up = False
 
     async def start_nats(self) -> None:
         self.nats_url = await asyncio.to_thread(self._nats.enter_context, embedded_nats(self.nats_dir, self.nats_port))
+        self.nats_up = True
 
     async def stop_nats(self) -> None:
+        self.nats_up = False
         await asyncio.to_thread(self._nats.close)
 
     async def start_postgres(self) -> None:
         self.database_url = await asyncio.to_thread(
             self._pg.enter_context, embedded_postgres(self.pg_dir, self.pg_port)
         )
+        self.pg_up = True
 
     def postmaster(self) -> psutil.Process:
         pid = int((self.pg_dir / "pgdata" / "postmaster.pid").read_text().split()[0])
@@ -91,6 +96,7 @@ class Servers:
         """Fast shutdown (SIGINT: clients are disconnected, as on a real ``pg_ctl stop -m fast``);
         a smart shutdown would wait for the services' pooled connections forever."""
         pid_file = self.pg_dir / "pgdata" / "postmaster.pid"
+        self.pg_up = False
         self.postmaster().send_signal(signal.SIGINT)
         deadline = time.monotonic() + timeout
         while pid_file.exists():  # the postmaster removes it as it exits
@@ -99,24 +105,35 @@ class Servers:
             await asyncio.sleep(0.05)
         await asyncio.to_thread(self._pg.close)  # reaps the process
 
-    def freeze_postgres(self) -> list[psutil.Process]:
-        """SIGSTOP the postmaster and every process under it; returns them for :meth:`thaw`."""
+    def freeze_postgres(self) -> None:
+        """SIGSTOP the postmaster and every process under it."""
         postmaster = self.postmaster()
         postmaster.suspend()  # first: a stopped postmaster forks no new backend
-        frozen = [postmaster]
+        self._frozen = [postmaster]
         for child in postmaster.children(recursive=True):
             with contextlib.suppress(psutil.NoSuchProcess):
                 child.suspend()
-                frozen.append(child)
-        return frozen
+                self._frozen.append(child)
 
-    @staticmethod
-    def thaw(frozen: list[psutil.Process]) -> None:
+    def thaw_postgres(self) -> None:
+        """SIGCONT whatever :meth:`freeze_postgres` stopped."""
+        frozen, self._frozen = self._frozen, []
         for proc in reversed(frozen):
             with contextlib.suppress(psutil.NoSuchProcess):
                 proc.resume()
 
+    async def ensure_running(self) -> None:
+        """Undo whatever fault a failed test left in place."""
+        self.thaw_postgres()
+        if not self.nats_up:
+            await self.stop_nats()  # whatever is left of it
+            await self.start_nats()
+        if not self.pg_up:
+            await asyncio.to_thread(self._pg.close)
+            await self.start_postgres()
+
     async def close(self) -> None:
+        self.thaw_postgres()
         await asyncio.to_thread(self._nats.close)
         await asyncio.to_thread(self._pg.close)
 

@@ -11,11 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import threading
 import time
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+import pytest_asyncio
 from dialtone_dev.platform import Platform, Service
 from dialtone_sim.realtime import RealtimeSimulator
 from dialtone_sim.twilio_api import FakeTwilioApi
@@ -67,6 +72,7 @@ class Calls:
 
     def start(self) -> Calls:
         self.tasks = [asyncio.create_task(self._converse(c, i)) for i, c in enumerate(self.callers)]
+        _started.append(self)
         return self
 
     async def _converse(self, c: Caller, index: int) -> None:
@@ -115,6 +121,29 @@ class Calls:
     @property
     def sids(self) -> list[str]:
         return [c.call.call_sid for c in self.callers if c.call]
+
+
+_started: list[Calls] = []
+
+
+@pytest_asyncio.fixture(autouse=True, loop_scope="session")
+async def leave_the_platform_whole(fault_platform: Platform, servers: Servers) -> AsyncIterator[None]:
+    """Whatever a test did or failed to finish, the next one finds every server and service up and
+    no call of the last test still going."""
+    yield
+    for calls in _started:
+        for task in calls.tasks:
+            task.cancel()
+        await asyncio.gather(*calls.tasks, return_exceptions=True)
+        for c in calls.callers:
+            if c.call is not None:
+                await c.call.hangup()
+    _started.clear()
+    await servers.ensure_running()
+    dead = [s.name for s in fault_platform.services.values() if s.proc.returncode is not None]
+    for name in dead:
+        await fault_platform.start(name)
+    await fault_platform.wait_healthy(timeout=60)
 
 
 # ---- the admin API and health ----------------------------------------------------------------
@@ -337,22 +366,39 @@ async def _is(service: Service, status: int) -> bool:
 # ---- PostgreSQL ----------------------------------------------------------------------------------
 @dataclass
 class Probe:
-    """GETs one URL over and over, recording when each was sent and what came back."""
+    """GETs one URL over and over from a thread of its own (so that the test's busy event loop does
+    not add to the times), recording when each request was sent and what came back."""
 
     url: str
     token: str | None = None
     answers: list[tuple[float, Answer]] = field(default_factory=list)
-    _stop: bool = False
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
 
-    async def run(self) -> None:
-        while not self._stop:
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=f"probe {self.url}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # straight to 127.0.0.1
+        while not self._stop.is_set():
             sent = time.monotonic()
-            answer = await http_get(self.url, token=self.token, timeout=10)
+            try:
+                with opener.open(urllib.request.Request(self.url, headers=headers), timeout=10) as r:
+                    r.read()
+                    answer = Answer(r.status, time.monotonic() - sent, None, r.headers.get("Retry-After"))
+            except urllib.error.HTTPError as exc:
+                answer = Answer(exc.code, time.monotonic() - sent, None, exc.headers.get("Retry-After"))
+            except OSError:
+                answer = Answer(None, time.monotonic() - sent)
             self.answers.append((sent, answer))
-            await asyncio.sleep(0.25)
+            self._stop.wait(0.25)
 
-    def stop(self) -> None:
-        self._stop = True
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 15)
 
     def judge(self, window_start: float, outage_end: float, limit: float) -> list[str]:
         """Problems with the answers to requests sent during the outage: each must be a 503 with
@@ -392,31 +438,33 @@ async def database_outage(
     healthz = Probe(platform.services["admin-api"].health_url)
     writer_health = Probe(writer.health_url)
     call_path = [Probe(platform.services[n].health_url) for n in ("media-gateway", "realtime-bridge")]
+    probes = [sessions, healthz, writer_health, *call_path]
     began = time.monotonic()
     state = await begin()
     try:
-        established = time.monotonic()
-        fig["fault in place after (s)"] = established - began
-        probes = [sessions, healthz, writer_health, *call_path]
-        tasks = [asyncio.create_task(p.run()) for p in probes]
-        calls.go(1)  # the calls go on during the outage: their lines wait in JetStream
-        await asyncio.sleep(max(0.0, began + DB_OUTAGE_S - time.monotonic()))
+        try:
+            established = time.monotonic()
+            fig["fault in place after (s)"] = established - began
+            for p in probes:
+                p.start()
+            calls.go(1)  # the calls go on during the outage: their lines wait in JetStream
+            await asyncio.sleep(max(0.0, began + DB_OUTAGE_S - time.monotonic()))  # hold the outage
+        finally:
+            ended = time.monotonic()
+            await end(state)
+        back = time.monotonic()
+        fig["outage lasted (s)"] = back - began
+        # The admin API recovers by itself: no restart, its pool reconnects.
+        await poll(lambda: _admin_ok(admin), 30, interval=0.2, what="the admin API to answer 200 again")
+        fig["admin /sessions 200 again after (s)"] = time.monotonic() - back
+        await poll(lambda: _status(healthz.url, 200), 30, interval=0.2, what="admin /healthz to say 200 again")
+        await calls.finish()
+        no_caller_errors(calls)
+        await transcripts_match(admin, calls, fig)
+        await poll(lambda: _status(writer.health_url, 200), 30, interval=0.2,
+                   what="the writer's /healthz to say 200 again")
     finally:
-        ended = time.monotonic()
-        await end(state)
-    back = time.monotonic()
-    fig["outage lasted (s)"] = back - began
-    # The admin API recovers by itself: no restart, its pool reconnects.
-    await poll(lambda: _admin_ok(admin), 30, interval=0.2, what="the admin API to answer 200 again")
-    fig["admin /sessions 200 again after (s)"] = time.monotonic() - back
-    await poll(lambda: _status(healthz.url, 200), 30, interval=0.2, what="admin /healthz to say 200 again")
-    await calls.finish()
-    no_caller_errors(calls)
-    await transcripts_match(admin, calls, fig)
-    await poll(lambda: _status(writer.health_url, 200), 30, interval=0.2, what="the writer's /healthz to say 200")
-    for p in probes:
-        p.stop()
-    await asyncio.gather(*tasks)
+        await asyncio.gather(*(p.stop() for p in probes))
 
     fig["admin 503 first after (s)"] = sessions.first(503, began)
     fig["admin /sessions slowest during (s)"] = sessions.slowest(established, ended)
@@ -463,10 +511,10 @@ async def test_postgres_frozen_20s_admin_answers_503_and_nothing_is_lost(
 ):
     fig = figures.scenario("PostgreSQL frozen (SIGSTOP) 20 s")
 
-    async def begin() -> list:
-        return servers.freeze_postgres()
+    async def begin() -> None:
+        servers.freeze_postgres()
 
-    async def end(frozen: list) -> None:
-        servers.thaw(frozen)
+    async def end(_: None) -> None:
+        servers.thaw_postgres()
 
     await database_outage(fault_platform, fig, begin, end)
