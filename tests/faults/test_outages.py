@@ -329,6 +329,8 @@ async def test_nats_restart_mid_calls_neither_drops_nor_hands_over_a_call(
     services = {name: fault_platform.services[name] for name in NATS_CLIENTS}
     calls = Calls(fault_platform).start()
     await calls.at(1)
+    # The callers listen through the outage and speak again once the services are back on NATS.
+    # Caller audio is core NATS (at most once): speech during the outage is not promised to arrive.
     stopped_at = time.monotonic()
     await servers.stop_nats()
     try:
