@@ -47,14 +47,34 @@ async def test_a_call_without_a_webhook_cannot_be_claimed(book: CallBook) -> Non
     assert await book.claim(_sid(2), KEY_A, "gw-1") is None
 
 
-async def test_a_repeated_webhook_does_not_disturb_a_streaming_call(book: CallBook) -> None:
+async def test_the_first_webhook_of_a_call_wins(book: CallBook) -> None:
     sid = _sid(3)
-    await book.register(new_record(sid, from_number="+15550001"))
+    await book.register(new_record(sid, from_number="+15550001", agent="support"))
+
+    # A second webhook (a replay whose signed string was re-cut into other parameters) changes nothing.
+    kept = await book.register(new_record(sid, from_number="+15559999", agent="sales"))
+    assert (kept.state, kept.from_number, kept.agent) == ("pending", "+15550001", "support")
+    await book.claim(sid, KEY_A, "gw-1")
+    kept = await book.register(new_record(sid, from_number="+15559999"))
+    assert kept.state == "streaming" and kept.from_number == "+15550001"
+
+
+async def test_one_bridge_only_takes_an_offer_even_when_two_see_it(book: CallBook) -> None:
+    sid = _sid(5)
+    await book.register(new_record(sid))
     await book.claim(sid, KEY_A, "gw-1")
 
-    kept = await book.register(new_record(sid, from_number="+15559999"))
-
-    assert kept.state == "streaming" and kept.from_number == "+15550001"
+    results = await asyncio.gather(book.assign(sid, KEY_A, 0, "bridge-1"), book.assign(sid, KEY_A, 0, "bridge-2"))
+    assert len([r for r in results if r is not None]) == 1
+    winner = next(r for r in results if r is not None)
+    assert await book.assign(sid, KEY_A, 0, winner.bridge_id or "") is not None  # the winner may retry
+    assert await book.assign(sid, KEY_A, 1, winner.bridge_id or "") is None  # not an epoch the record has
+    # Re-keyed for a new epoch, the call is free for any bridge again, and the old holder no longer holds it.
+    moved = await book.rekey(sid, KEY_A, KEY_B, 1, "gw-1")
+    assert moved is not None and moved.bridge_id is None
+    assert not moved.held_by(KEY_A, 0, winner.bridge_id or "")
+    taken = await book.assign(sid, KEY_B, 1, "bridge-3")
+    assert taken is not None and taken.held_by(KEY_B, 1, "bridge-3")
 
 
 async def test_rekey_needs_the_current_key_and_an_ended_call_stays_ended(book: CallBook) -> None:
@@ -65,7 +85,7 @@ async def test_rekey_needs_the_current_key_and_an_ended_call_stays_ended(book: C
     assert await book.rekey(sid, KEY_B, KEY_C, 1, "gw-1") is None  # not the holder's key
     moved = await book.rekey(sid, KEY_A, KEY_B, 1, "gw-1")
     assert moved is not None and (moved.stream_key, moved.epoch) == (KEY_B, 1)
-    assert await book.end(sid, KEY_A) is None  # the old key no longer speaks for the call
-    ended = await book.end(sid, KEY_B)
+    assert await book.end(sid, {KEY_A}) is None  # the old key no longer speaks for the call
+    ended = await book.end(sid, {KEY_A, KEY_B})
     assert ended is not None and ended.state == "ended"
     assert await book.claim(sid, KEY_C, "gw-2") is None

@@ -121,3 +121,36 @@ async def test_with_no_bridge_left_the_caller_hears_an_apology_and_is_hung_up(
             assert [t["role"] for t in session["transcript"]] == ["agent", "caller", "agent"]
     finally:
         await _restore_bridges(platform)
+
+
+async def test_a_stalled_bridge_that_wakes_leaves_the_call_to_its_replacement(
+    platform: Platform, realtime: RealtimeSimulator, twilio_api: FakeTwilioApi, admin: Admin
+):
+    realtime.scenario = SCENARIO
+    original = platform.services["realtime-bridge"]
+    second = "realtime-bridge-2"
+    try:
+        call = await _dial(platform)
+        await _first_turn(call)
+        spare = await platform.start("realtime-bridge", instance=second, env={"METRICS_PORT": str(free_port())})
+        await platform.wait_healthy(services=[spare])
+        heard = len(call.media_received)
+        original.proc.send_signal(signal.SIGSTOP)  # frozen, not dead: it will wake up believing it holds the call
+        try:
+            await poll(lambda: len(call.media_received) > heard, 20, what="the other bridge to take the call")
+            await call.wait_quiet(1000, timeout=60, since=heard)
+        finally:
+            original.proc.send_signal(signal.SIGCONT)
+        # Awake, the old bridge learns the call is no longer its own: it neither hangs up nor ends it.
+        await poll(lambda: "stream stopped (bridge_replaced)" in original.log_path.read_text(), 20,
+                   what="the woken bridge to step aside")
+        await _finish(call)
+        assert not call.closed_by_server
+        session = await admin.session(call.call_sid, timeout=30)
+        assert session["end_reason"] == "caller_hangup" and session["outcome"] == "answered"
+        assert [t["role"] for t in session["transcript"]].count("caller") == 3
+        fake = twilio_api.calls.get(call.call_sid)
+        assert fake is None or not fake.hung_up  # nobody ended the call through Twilio
+    finally:
+        original.proc.send_signal(signal.SIGCONT)
+        await _restore_bridges(platform, second)

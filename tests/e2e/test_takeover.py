@@ -85,7 +85,7 @@ async def test_a_live_call_cannot_be_taken_over(platform: Platform, realtime: Re
     stream_url = await _webhook(platform, sid)  # the URL of the live call, as an attacker might learn it
     other = "CA" + secrets.token_hex(16)
     other_url = await _webhook(platform, other, from_="+15005550777")
-    other_token = other_url.rsplit("/", 1)[1]
+    other_token = "/".join(other_url.rsplit("/", 2)[1:])  # <issued>/<token> of another call
     base = platform.public_base_url.replace("http://", "ws://") + "/media"
     attempts = {
         # The old scheme: one URL for every call, so one signature for every call.
@@ -93,7 +93,9 @@ async def test_a_live_call_cannot_be_taken_over(platform: Platform, realtime: Re
         # The live call's own URL and signature, replayed: the call already has its stream.
         "replayed upgrade": await _refused(_ws(platform, stream_url), _sign(stream_url)),
         # A token made up for the live CallSid (even with a valid signature for that URL).
-        "forged token": await _refused(_ws(platform, f"{base}/{sid}/{'A' * 22}"), _sign(f"{base}/{sid}/{'A' * 22}")),
+        "forged token": await _refused(
+            _ws(platform, f"{base}/{sid}/{int(time.time())}/{'A' * 22}"), _sign(f"{base}/{sid}/{int(time.time())}/{'A' * 22}")
+        ),
         # Another call's token for the live CallSid.
         "another call's token": await _refused(
             _ws(platform, f"{base}/{sid}/{other_token}"), _sign(f"{base}/{sid}/{other_token}")

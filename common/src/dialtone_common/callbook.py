@@ -43,24 +43,19 @@ class CallBook:
         return entry[0] if entry else None
 
     async def register(self, record: CallRecord) -> CallRecord:
-        """Keep what a signed voice webhook said. A webhook that comes again for a call not yet
-        streaming (Twilio retried, or fetched it again) replaces the record; once a stream holds
-        the call the record is kept as it is and returned."""
+        """Keep what a signed voice webhook said. The first webhook of a call wins: a second one
+        (Twilio fetching it again, or a replay of a captured request, whose signed string can be
+        re-cut into other parameters) changes nothing, and the record kept is returned."""
         subjects.check_call_id(record.call_id)
-        data = record.model_dump_json().encode()
-        for _ in range(5):
+        for _ in range(3):
             entry = await self._entry(record.call_id)
+            if entry is not None:
+                return entry[0]
             try:
-                if entry is None:
-                    await self._kv.create(record.call_id, data)
-                    return record
-                current, revision = entry
-                if current.state != "pending":
-                    return current
-                await self._kv.update(record.call_id, data, last=revision)
+                await self._kv.create(record.call_id, record.model_dump_json().encode())
                 return record
             except nats.js.errors.KeyWrongLastSequenceError:
-                continue  # another gateway wrote first: look again
+                continue  # another gateway wrote first: keep theirs
             except _TIMEOUT_ERRORS as exc:
                 raise CallBookUnavailable(str(exc)) from exc
         raise CallBookUnavailable(f"call {record.call_id}: record kept changing")
@@ -80,12 +75,27 @@ class CallBook:
         """Re-offering: the stream keeps the call under a new key and epoch (the old key is dead)."""
         return await self._change(
             call_id, lambda r: r.state == "streaming" and r.stream_key == old_key,
-            stream_key=new_key, epoch=epoch, gateway_id=gateway_id,
+            stream_key=new_key, epoch=epoch, gateway_id=gateway_id, bridge_id=None,
         )
 
-    async def end(self, call_id: str, stream_key: str) -> CallRecord | None:
-        """The stream is over: no stream may take the call again."""
-        return await self._change(call_id, lambda r: r.stream_key == stream_key, state="ended")
+    async def assign(self, call_id: str, stream_key: str, epoch: int, bridge_id: str) -> CallRecord | None:
+        """A bridge takes the offer of ``stream_key`` at ``epoch``; None if the record names
+        another key or epoch, or another bridge already took it."""
+        return await self._change(
+            call_id,
+            lambda r: (r.state, r.stream_key, r.epoch) == ("streaming", stream_key, epoch)
+            and r.bridge_id in (None, bridge_id),
+            bridge_id=bridge_id,
+        )
+
+    async def touch(self, call_id: str, stream_key: str) -> CallRecord | None:
+        """Rewrite the record unchanged, so a call longer than the bucket's TTL keeps it."""
+        return await self._change(call_id, lambda r: r.stream_key == stream_key)
+
+    async def end(self, call_id: str, stream_keys: set[str]) -> CallRecord | None:
+        """The stream is over (it held the call under one of ``stream_keys``): no stream may take
+        the call again."""
+        return await self._change(call_id, lambda r: r.stream_key in stream_keys, state="ended")
 
     async def _change(self, call_id: str, allowed, **changes: object) -> CallRecord | None:
         for _ in range(5):

@@ -26,7 +26,9 @@ class CallRecord(BaseModel):
     ``state`` moves ``pending`` (webhook answered) -> ``streaming`` (a stream holds the call) ->
     ``ended``, and never back, so a second stream for a call (a replayed upgrade, an attacker with
     the CallSid) is refused. ``stream_key`` and ``epoch`` change when the gateway re-offers the call
-    after losing its bridge; every change is a compare-and-set on the KV revision.
+    after losing its bridge; ``bridge_id`` names the one bridge that took the current offer (the
+    gateway may send an offer twice, and two bridges may both see it). Every change is a
+    compare-and-set on the KV revision.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -45,14 +47,21 @@ class CallRecord(BaseModel):
     stream_key: str | None = Field(default=None, pattern=_KEY)
     gateway_id: str | None = None
     epoch: int = Field(default=0, ge=0)
+    bridge_id: str | None = None
+
+    def held_by(self, stream_key: str, epoch: int, bridge_id: str) -> bool:
+        """Whether this record still gives the call to ``bridge_id`` under that key and epoch (an
+        ended call still belongs to its last bridge; a re-keyed one belongs to someone else)."""
+        return (self.stream_key, self.epoch, self.bridge_id) == (stream_key, epoch, bridge_id)
 
 
 class CallOffer(BaseModel):
     """Sent by the media-gateway when a stream starts (``epoch`` 0) or when it re-offers a call
     whose bridge went silent (``epoch`` 1, 2, ...); one bridge of the queue group claims it.
 
-    The caller's details are copied from the ``CallRecord``; a bridge re-reads the record and
-    refuses an offer whose ``stream_key`` and ``epoch`` it does not confirm."""
+    The caller's details are copied from the ``CallRecord``; a bridge takes the offer only by
+    writing its own id into the record, which succeeds only for the record's current stream key
+    and epoch and only for the first bridge (``CallBook.assign``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -69,15 +78,6 @@ class CallOffer(BaseModel):
     agent: str | None = None
     parameters: dict[str, str] = Field(default_factory=dict)
     gateway_id: str | None = None
-
-    def confirmed_by(self, record: CallRecord) -> bool:
-        """Whether the call's record says this offer's stream holds the call now."""
-        return (
-            record.call_id == self.call_id
-            and record.state == "streaming"
-            and record.stream_key == self.stream_key
-            and record.epoch == self.epoch
-        )
 
     def with_record(self, record: CallRecord) -> CallOffer:
         """This offer with the caller's details taken from the record (the trusted source)."""

@@ -90,28 +90,49 @@ def test_webhook_with_tampered_form_is_refused(checker: SignatureChecker) -> Non
     assert not checker.webhook("/twilio-voice", FORM | {"From": "+15559999"}, signature)
 
 
-def test_media_socket_signed_for_its_own_stream_url_is_accepted(checker: SignatureChecker) -> None:
-    token = checker.stream_token(CALL)
+NOW = 1_800_000_000
+TTL = 300.0
 
-    assert checker.media_socket(CALL, token, _sign(f"{STREAM_URL}/{CALL}/{token}", {}))
-    assert checker.token_matches(CALL, token)
+
+def test_media_socket_signed_for_its_own_stream_url_is_accepted(checker: SignatureChecker) -> None:
+    path = checker.stream_path(CALL, NOW)
+    call, issued, token = path.split("/")
+
+    assert (call, issued) == (CALL, str(NOW))
+    assert checker.media_socket(path, _sign(f"{STREAM_URL}/{path}", {}))
+    assert checker.token_matches(CALL, issued, token, now=NOW + 5, ttl_s=TTL)
 
 
 def test_each_call_has_its_own_token_and_so_its_own_upgrade_signature(checker: SignatureChecker) -> None:
     other = "CA" + "9" * 32
-    mine, theirs = checker.stream_token(CALL), checker.stream_token(other)
+    mine, theirs = checker.stream_token(CALL, NOW), checker.stream_token(other, NOW)
 
     assert mine != theirs and len(mine) >= 22
-    assert not checker.token_matches(other, mine)
+    assert not checker.token_matches(other, str(NOW), mine, now=NOW, ttl_s=TTL)
     # A signature seen on one call's upgrade does not open another call's stream.
-    assert not checker.media_socket(other, theirs, _sign(f"{STREAM_URL}/{CALL}/{mine}", {}))
+    assert not checker.media_socket(checker.stream_path(other, NOW), _sign(f"{STREAM_URL}/{CALL}/{NOW}/{mine}", {}))
     # Another auth token gives other tokens: the key is derived from the secret.
-    assert SignatureChecker("another-token", BASE, STREAM_URL).stream_token(CALL) != mine
+    assert SignatureChecker("another-token", BASE, STREAM_URL).stream_token(CALL, NOW) != mine
+
+
+def test_a_stream_url_expires(checker: SignatureChecker) -> None:
+    token = checker.stream_token(CALL, NOW)
+
+    assert checker.token_matches(CALL, str(NOW), token, now=NOW + TTL, ttl_s=TTL)
+    assert not checker.token_matches(CALL, str(NOW), token, now=NOW + TTL + 1, ttl_s=TTL)  # a replay, later
+    assert not checker.token_matches(CALL, str(NOW), token, now=NOW - 60, ttl_s=TTL)  # issued in the future
+    # The issue time is signed: moving it forward does not renew the URL.
+    assert not checker.token_matches(CALL, str(NOW + 3600), token, now=NOW + 3600, ttl_s=TTL)
 
 
 @pytest.mark.parametrize("token", ["", "short", "x" * 22, "A" * 200, "../../etc", "t\n" * 11])
 def test_forged_tokens_do_not_match(checker: SignatureChecker, token: str) -> None:
-    assert not checker.token_matches(CALL, token)
+    assert not checker.token_matches(CALL, str(NOW), token, now=NOW, ttl_s=TTL)
+
+
+@pytest.mark.parametrize("issued", ["", "-1", "1e9", "9" * 40, " 1800000000"])
+def test_malformed_issue_times_do_not_match(checker: SignatureChecker, issued: str) -> None:
+    assert not checker.token_matches(CALL, issued, checker.stream_token(CALL, NOW), now=NOW, ttl_s=TTL)
 
 
 @pytest.mark.parametrize(
@@ -125,7 +146,7 @@ def test_forged_tokens_do_not_match(checker: SignatureChecker, token: str) -> No
     ],
 )
 def test_media_socket_with_a_wrong_signature_is_refused(checker: SignatureChecker, signature: str | None) -> None:
-    assert not checker.media_socket(CALL, checker.stream_token(CALL), signature)
+    assert not checker.media_socket(checker.stream_path(CALL, NOW), signature)
 
 
 def test_signature_is_checked_against_the_configured_url_not_the_local_one() -> None:
@@ -152,7 +173,7 @@ def test_signature_is_checked_against_the_configured_url_not_the_local_one() -> 
 def test_stream_url_follows_the_public_base_url(base: str, stream: str) -> None:
     settings = GatewaySettings(twilio_auth_token="t", public_base_url=base)
     assert settings.stream_base_url == stream
-    assert settings.stream_url(CALL, "tok") == f"{stream}/{CALL}/tok"
+    assert settings.stream_url(f"{CALL}/1/tok") == f"{stream}/{CALL}/1/tok"
 
 
 def test_settings_read_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

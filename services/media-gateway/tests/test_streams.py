@@ -158,8 +158,8 @@ class FakeCallBook:
         self.record = self.record.model_copy(update={"stream_key": new_key, "epoch": epoch})
         return self.record
 
-    async def end(self, call_id: str, stream_key: str) -> CallRecord | None:
-        if self.record is not None and self.record.stream_key == stream_key:
+    async def end(self, call_id: str, stream_keys: set[str]) -> CallRecord | None:
+        if self.record is not None and self.record.stream_key in stream_keys:
             self.record = self.record.model_copy(update={"state": "ended"})
         return self.record
 
@@ -485,3 +485,42 @@ async def test_garbage_from_twilio_does_not_end_the_call(call: Call) -> None:
     await asyncio.wait_for(call.task, WAIT_S)
 
     assert [f.kind for f in call.nc.frames_in()] == [Kind.AUDIO, Kind.STOP]
+
+
+async def test_a_call_that_ends_during_a_re_offer_is_not_offered_again(no_flush_timer: None) -> None:
+    call = await start_call(bridge_lease_s=0.2)
+    book: FakeCallBook = call.ctx.calls  # type: ignore[assignment]
+    release = asyncio.Event()
+    rekey = book.rekey
+
+    async def slow_rekey(*args: Any) -> CallRecord | None:
+        await release.wait()  # the KV store is slow to answer, and meanwhile the caller hangs up
+        return await rekey(*args)
+
+    book.rekey = slow_rekey  # type: ignore[method-assign]
+    call.nc.answer.set()
+    await asyncio.wait_for(call.nc.claimed.wait(), WAIT_S)
+    await until(lambda: call.ctx.js.events)  # type: ignore[attr-defined]  # bridge_lost: the re-offer began
+    call.ws.hang_up()
+    await asyncio.wait_for(call.task, WAIT_S)
+    release.set()
+    await asyncio.sleep(0.5)  # long enough for a leftover re-offer to show itself
+
+    assert len(call.nc.offers) == 1
+    assert book.record is not None and book.record.state == "ended"
+    assert [e["status"] for e in call.ctx.js.events] == ["bridge_lost"]  # type: ignore[attr-defined]
+
+
+async def test_caller_audio_is_dropped_not_hoarded_while_nats_is_down(call: Call) -> None:
+    call.nc.answer.set()
+    await asyncio.wait_for(call.nc.claimed.wait(), WAIT_S)
+    call.nc.is_connected = False
+    for i in range(3):
+        call.ws.feed(_media(i + 2, 20 * i, b"\xff" * 160))
+    await call.ws.drained()
+    call.nc.is_connected = True
+    call.ws.feed(_media(9, 60, b"\x01" * 160))
+    call.ws.feed({"event": "stop", "streamSid": STREAM, "sequenceNumber": "10", "stop": {}})
+    await asyncio.wait_for(call.task, WAIT_S)
+
+    assert [f.payload for f in call.nc.frames_in() if f.kind is Kind.AUDIO] == [b"\x01" * 160]

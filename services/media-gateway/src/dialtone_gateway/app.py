@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import secrets
+import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
+import nats.errors
 from dialtone_common import bus
 from dialtone_common.callbook import CallBook, CallBookUnavailable, new_record
 from dialtone_proto import subjects
@@ -28,6 +31,11 @@ from dialtone_gateway.streams import MediaStream, StreamContext
 from dialtone_gateway.twiml import connect_stream
 
 log = logging.getLogger("dialtone.gateway")
+
+# Twilio's form parameters are CamelCase names. Anything else is refused: the signed string is URL
+# and form concatenated without separators, so a replayed request could otherwise move characters
+# between a query value and an invented form key and still carry a valid signature.
+_TWILIO_PARAM = re.compile(r"[A-Z][A-Za-z0-9]{0,63}")
 
 
 def create_app(settings: GatewaySettings) -> FastAPI:
@@ -64,6 +72,9 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             log.warning("%s webhook refused before parsing (%s): %s", endpoint, exc.reason, exc.detail)
             return PlainTextResponse(exc.detail, status_code=exc.status, headers={"Connection": "close"})
         path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        if not all(_TWILIO_PARAM.fullmatch(k) for k in params):
+            m.WEBHOOKS.labels(endpoint, "bad_request").inc()
+            return PlainTextResponse("unexpected form parameters", status_code=400)
         if not checker.webhook(path, params, request.headers.get("x-twilio-signature")):
             m.WEBHOOKS.labels(endpoint, "forbidden").inc()
             log.warning("%s webhook with a bad signature refused (call %r)", endpoint, params.get("CallSid", "?")[:64])
@@ -96,11 +107,11 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         try:
             await request.app.state.calls.register(record)
         except CallBookUnavailable as exc:
-            # Twilio retries a webhook that fails (and plays its error message if it keeps failing).
+            # Twilio then goes to the number's fallback URL, if it has one, or plays its error message.
             log.error("could not keep the record of call %s: %s", call_id, exc)
             return PlainTextResponse("call store unavailable", status_code=503)
         m.WEBHOOKS.labels("voice", "ok").inc()
-        twiml = connect_stream(settings.stream_url(call_id, checker.stream_token(call_id)))
+        twiml = connect_stream(settings.stream_url(checker.stream_path(call_id, int(time.time()))))
         return Response(twiml, media_type="application/xml")
 
     @app.post("/twilio-status")
@@ -134,8 +145,9 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             await request.app.state.js.publish(
                 event.subject, encode_event(event), headers={"Nats-Msg-Id": event.id}, timeout=5
             )
-        except (NoStreamResponseError, TimeoutError) as exc:
-            # Twilio retries a callback that fails, so a 503 here loses nothing.
+        except (NoStreamResponseError, TimeoutError, nats.errors.Error) as exc:
+            # Twilio may not retry a failed status callback; a call whose end is never recorded is
+            # closed by the sweeper.
             log.error("could not record status %s of %s: %s", status, call_id, exc)
             return PlainTextResponse("event bus unavailable", status_code=503)
         m.WEBHOOKS.labels("status", "ok").inc()
@@ -146,15 +158,15 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         log.warning("media socket refused (%s) for call %r", reason, call_id[:64])
         await ws.close(code=1008)  # before accept: the client sees HTTP 403
 
-    @app.websocket("/media/{call_id}/{token}")
-    async def media(ws: WebSocket, call_id: str, token: str) -> None:
+    @app.websocket("/media/{call_id}/{issued}/{token}")
+    async def media(ws: WebSocket, call_id: str, issued: str, token: str) -> None:
         try:
             subjects.check_call_id(call_id)
         except subjects.InvalidCallId:
             return await _refuse(ws, "bad_call_id", call_id)
-        if not checker.media_socket(call_id, token, ws.headers.get("x-twilio-signature")):
+        if not checker.media_socket(f"{call_id}/{issued}/{token}", ws.headers.get("x-twilio-signature")):
             return await _refuse(ws, "signature", call_id)
-        if not checker.token_matches(call_id, token):
+        if not checker.token_matches(call_id, issued, token, now=time.time(), ttl_s=settings.stream_url_ttl_s):
             return await _refuse(ws, "token", call_id)
         calls: CallBook = ws.app.state.calls
         stream_key = secrets.token_urlsafe(16)

@@ -20,3 +20,6 @@ BRIDGE_LOST = Counter("dialtone_gateway_bridge_lost_total", "Calls whose bridge 
 RESCUES = Counter(
     "dialtone_gateway_rescues_total", "Calls no bridge would take: Twilio apologised and hung up"
 )
+FRAMES_DROPPED = Counter(
+    "dialtone_gateway_frames_dropped_total", "Caller frames that could not be sent to the bus", ["reason"]
+)

@@ -26,6 +26,9 @@ class GatewaySettings(ServiceSettings):
     bridge_lease_s: float = Field(
         default=2.0, description="a bridge silent this long (no heartbeat, no frame) has lost the call: re-offer it"
     )
+    stream_url_ttl_s: float = Field(
+        default=300.0, description="a call's stream URL opens its stream only this long after the webhook"
+    )
     max_webhook_bytes: int = Field(default=64 * 1024, description="larger webhook bodies are refused unread (413)")
     webhook_read_timeout_s: float = Field(default=5.0, description="a webhook body slower than this is refused (408)")
     max_message_bytes: int = Field(default=64 * 1024, description="larger Twilio messages are refused")
@@ -44,7 +47,7 @@ class GatewaySettings(ServiceSettings):
             return "wss://" + base.removeprefix("https://") + "/media"
         return "ws://" + base.removeprefix("http://") + "/media"
 
-    def stream_url(self, call_id: str, token: str) -> str:
-        """The URL of one call's stream: the call id and its token are in the path (Twilio's
+    def stream_url(self, path: str) -> str:
+        """The URL of one call's stream: ``path`` holds the call id and its token (Twilio's
         ``<Stream url>`` takes no query string), so every call's upgrade signature differs."""
-        return f"{self.stream_base_url}/{call_id}/{token}"
+        return f"{self.stream_base_url}/{path}"

@@ -6,9 +6,10 @@ terminator or a tunnel the Host and scheme the server sees are not the ones Twil
 
 Twilio signs the Media Streams upgrade over the stream URL alone. With one fixed URL every call's
 upgrade signature would be the same, so anyone who saw one could open a stream for any call. The
-TwiML therefore gives each call its own URL, ``/media/<CallSid>/<token>``, where the token is an
-HMAC of the CallSid under a key derived from the auth token: only a signed webhook yields it, it
-names exactly one call, and any gateway sharing the token can check it without shared state.
+TwiML therefore gives each call its own URL, ``/media/<CallSid>/<issued>/<token>``, where the token
+is an HMAC of the CallSid and the time the URL was issued, under a key derived from the auth token:
+only a signed webhook yields it, it names exactly one call, it expires (a captured upgrade cannot be
+replayed later), and any gateway sharing the auth token can check it without shared state.
 """
 
 from __future__ import annotations
@@ -38,17 +39,26 @@ class SignatureChecker:
             return False
         return self._validator.validate(self._base + path, dict(params), signature)
 
-    def stream_token(self, call_id: str) -> str:
-        """The token of ``call_id``'s stream URL (128 bits, URL-safe)."""
-        digest = hmac.new(self._stream_key, call_id.encode(), hashlib.sha256).digest()
+    def stream_token(self, call_id: str, issued: int) -> str:
+        """The token of ``call_id``'s stream URL issued at ``issued`` (Unix seconds); 128 bits."""
+        digest = hmac.new(self._stream_key, f"{call_id}/{issued}".encode(), hashlib.sha256).digest()
         return base64.urlsafe_b64encode(digest[:16]).decode().rstrip("=")
 
-    def token_matches(self, call_id: str, token: str) -> bool:
-        """Whether ``token`` is ``call_id``'s, compared in constant time."""
-        return bool(TOKEN_RE.match(token)) and hmac.compare_digest(self.stream_token(call_id), token)
+    def stream_path(self, call_id: str, issued: int) -> str:
+        """``<CallSid>/<issued>/<token>``: the part of the stream URL after ``/media/``."""
+        return f"{call_id}/{issued}/{self.stream_token(call_id, issued)}"
 
-    def media_socket(self, call_id: str, token: str, signature: str | None) -> bool:
-        """The Media Streams upgrade: the call's own stream URL, with no parameters."""
+    def token_matches(self, call_id: str, issued: str, token: str, *, now: float, ttl_s: float) -> bool:
+        """Whether ``token`` is ``call_id``'s for ``issued``, and was issued within ``ttl_s``
+        (a little clock skew between gateways is allowed); compared in constant time."""
+        if not (TOKEN_RE.match(token) and issued.isdigit() and len(issued) <= 12):
+            return False
+        if not -30 <= now - int(issued) <= ttl_s:
+            return False
+        return hmac.compare_digest(self.stream_token(call_id, int(issued)), token)
+
+    def media_socket(self, path: str, signature: str | None) -> bool:
+        """The Media Streams upgrade: the call's own stream URL (``path`` after ``/media/``)."""
         if not signature:
             return False
-        return self._validator.validate(f"{self._stream_base}/{call_id}/{token}", {}, signature)
+        return self._validator.validate(f"{self._stream_base}/{path}", {}, signature)

@@ -47,6 +47,7 @@ MULAW_SILENCE = 0xFF
 BACKLOG_FRAMES = 3000  # 60 s of caller audio held while a bridge claims the call
 FLUSH_AFTER_S = 0.06  # send a short tail of agent audio if nothing follows it
 OUT_PENDING_MSGS = 5000  # frames from the bridge waiting for this stream (~100 s of audio)
+TOUCH_EVERY_S = 1800.0  # rewrite the call record this often, so a long call outlives the bucket's TTL
 
 
 @dataclass
@@ -71,6 +72,7 @@ class MediaStream:
         self.record = record
         self.call_id = record.call_id
         self.key = record.stream_key
+        self._keys = {record.stream_key}  # every key this stream held the call under
         self.epoch = 0
         self.log: logging.LoggerAdapter = CallLog(log, call_id=self.call_id)
         self.stream_sid: str | None = None
@@ -87,6 +89,8 @@ class MediaStream:
         self._bad_logged = 0
         self._last_out = time.monotonic()
         self._rescued = False
+        self._finished = False
+        self._touched = time.monotonic()
         self._send_lock = asyncio.Lock()
 
     # ---- inbound -------------------------------------------------------------------------
@@ -182,6 +186,13 @@ class MediaStream:
         )
 
     async def _claim(self) -> None:
+        try:
+            await self._claim_once()
+        except nats.errors.Error as exc:  # the bus failed under us: the caller must not sit in silence
+            self.log.error("offering the call failed: %s", exc)
+            await self._rescue("no_bridge" if self.epoch == 0 else "bridge_lost")
+
+    async def _claim_once(self) -> None:
         started = time.monotonic()
         deadline = started + self.settings.claim_deadline_s
         payload = self._offer().model_dump_json().encode()
@@ -214,7 +225,8 @@ class MediaStream:
             await self.nc.publish(subjects.call_in(self.call_id, self.key), self._backlog.popleft())
         self._claimed = True
         self._last_out = time.monotonic()
-        self._watch_task = asyncio.create_task(self._watch_bridge(), name=f"lease-{self.call_id}")
+        if not self._finished:
+            self._watch_task = asyncio.create_task(self._watch_bridge(), name=f"lease-{self.call_id}")
 
     async def _publish_in(self, frame: bytes) -> None:
         if not self._claimed:
@@ -222,8 +234,16 @@ class MediaStream:
                 self._bad("backlog_overflow", "caller audio dropped while waiting for a bridge")
             self._backlog.append(frame)
             return
-        # nats-py's publish appends to the outgoing buffer; it waits only when that buffer is full.
-        await self.nc.publish(subjects.call_in(self.call_id, self.key), frame)
+        if not self.nc.is_connected:
+            # Audio that cannot reach a bridge now is worthless later, and buffering it for every
+            # call would fill the client's reconnect buffer: drop it, count it.
+            m.FRAMES_DROPPED.labels("nats_disconnected").inc()
+            return
+        try:
+            # nats-py's publish appends to the outgoing buffer; it waits only when that buffer is full.
+            await self.nc.publish(subjects.call_in(self.call_id, self.key), frame)
+        except nats.errors.Error:
+            m.FRAMES_DROPPED.labels("nats_error").inc()
 
     def _next_seq(self) -> int:
         self._seq += 1
@@ -239,7 +259,8 @@ class MediaStream:
     # ---- the bridge's lease --------------------------------------------------------------
     async def _watch_bridge(self) -> None:
         """Re-offer the call when its bridge falls silent. A gap that is our own fault (this
-        process stalled, or NATS is down and reconnecting) is never blamed on the bridge."""
+        process stalled, or NATS is down and reconnecting) is never blamed on the bridge. The
+        re-offer runs in this task, so the stream's end cancels it wherever it is."""
         lease = self.settings.bridge_lease_s
         tick = min(0.25, lease / 4)
         reconnects = self.nc.stats.get("reconnects", 0)
@@ -255,7 +276,10 @@ class MediaStream:
                 continue
             if now - self._last_out > lease:
                 break
-        self._watch_task = None
+            if now - self._touched > TOUCH_EVERY_S:
+                self._touched = now
+                with contextlib.suppress(CallBookUnavailable):
+                    await self.ctx.calls.touch(self.call_id, self.key)
         await self._reoffer(now - self._last_out)
 
     async def _reoffer(self, silent_s: float) -> None:
@@ -273,13 +297,24 @@ class MediaStream:
                 subjects.call_in(self.call_id, old_key),
                 encode_control(Kind.STOP, self._next_seq(), 0, {"reason": "bridge_replaced"}),
             )
-        try:
-            record = await self.ctx.calls.rekey(self.call_id, old_key, new_key, self.epoch + 1, self.ctx.gateway_id)
-        except CallBookUnavailable as exc:
-            record = None
-            self.log.error("could not re-key the call record: %s", exc)
-        if record is None:
-            await self._rescue("bridge_lost")
+        self._keys.add(new_key)
+        deadline = time.monotonic() + self.settings.claim_deadline_s
+        record = None
+        while record is None:
+            try:
+                record = await self.ctx.calls.rekey(
+                    self.call_id, old_key, new_key, self.epoch + 1, self.ctx.gateway_id
+                )
+                if record is None:
+                    break  # the record is gone or no longer ours: nobody can take the call over
+            except CallBookUnavailable as exc:
+                if time.monotonic() > deadline:
+                    break
+                self.log.warning("could not re-key the call record (%s); retrying", exc)
+                await asyncio.sleep(0.2)
+        if record is None or self._finished:
+            if not self._finished:
+                await self._rescue("bridge_lost")
             return
         self.record, self.key, self.epoch = record, new_key, self.epoch + 1
         old_sub, self._out_sub = self._out_sub, None
@@ -287,8 +322,14 @@ class MediaStream:
             with contextlib.suppress(Exception):
                 await old_sub.unsubscribe()
         self._pending.clear()
-        await self._subscribe_out()
-        self._claim_task = asyncio.create_task(self._claim(), name=f"reclaim-{self.call_id}")
+        try:
+            await self._subscribe_out()
+        except nats.errors.Error as exc:
+            self.log.error("could not listen for the new bridge: %s", exc)
+            await self._rescue("bridge_lost")
+            return
+        if not self._finished:
+            self._claim_task = asyncio.create_task(self._claim(), name=f"reclaim-{self.call_id}")
 
     async def _rescue(self, reason: str) -> None:
         """No bridge: Twilio says sorry and hangs up (the stream's ``stop`` then ends it here)."""
@@ -390,14 +431,16 @@ class MediaStream:
 
     # ---- end -----------------------------------------------------------------------------
     async def _finish(self, reason: str) -> None:
+        self._finished = True
         m.STREAMS_ACTIVE.dec()
-        for task in (self._flush_task, self._watch_task):
-            if task is not None:
-                task.cancel()
-        if self._claim_task is not None and not self._claim_task.done():
-            self._claim_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._claim_task
+        if self._flush_task is not None:
+            self._flush_task.cancel()
+        for _ in range(2):  # a re-offer being cancelled may just have started a claim, and vice versa
+            for task in (self._watch_task, self._claim_task):
+                if task is not None and not task.done():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await task
         if self.stream_sid is not None:
             with contextlib.suppress(Exception):
                 self._claimed = True  # publish the stop even if nobody claimed: a late bridge must end too
@@ -407,7 +450,7 @@ class MediaStream:
                 )
             self.log.info("stream ended (%s)", reason)
         with contextlib.suppress(Exception):
-            await self.ctx.calls.end(self.call_id, self.key)
+            await self.ctx.calls.end(self.call_id, self._keys)
         if self._out_sub is not None:
             with contextlib.suppress(Exception):
                 await self._out_sub.unsubscribe()

@@ -56,6 +56,9 @@ class Stop:
 
 
 Inbound = Connected | Start | Media | Mark | Dtmf | Stop
+# Twilio sends 20 ms (160 bytes) per message; a second of audio in one message is not Twilio. The cap
+# also bounds the audio held per call while a bridge claims it.
+MAX_MEDIA_BYTES = 8000
 _DIGITS = set("0123456789*#ABCDabcd")
 
 
@@ -73,7 +76,10 @@ def parse(text: str | bytes) -> Inbound:
             media = msg["media"]
             if media.get("track", "inbound") not in ("inbound", "inbound_track"):
                 raise BadMessage("bad_field", f"unexpected track {media.get('track')!r}")
-            return Media(int(media["timestamp"]), base64.b64decode(media["payload"], validate=True))
+            payload = base64.b64decode(media["payload"], validate=True)
+            if len(payload) > MAX_MEDIA_BYTES:
+                raise BadMessage("oversize_media", f"{len(payload)} bytes of audio in one message")
+            return Media(int(media["timestamp"]), payload)
         if event == "mark":
             return Mark(str(msg["mark"]["name"]))
         if event == "start":

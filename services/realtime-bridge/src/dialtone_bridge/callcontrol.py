@@ -167,6 +167,8 @@ class CallControl:
         twiml = VoiceResponse()
         twiml.dial(target)
         self.ending = "transferred"
+        if not await self._ours():
+            return
         if self.twilio is not None:
             try:
                 await self.twilio.redirect(self.s.call_id, str(twiml))
@@ -183,6 +185,8 @@ class CallControl:
         if self.s.ended.is_set() or self.hung_up:
             return
         self.hung_up, self.ending, self._op = True, reason, asyncio.current_task()
+        if not await self._ours():
+            return
         if self.twilio is not None:
             # Closing the media socket does not end a Twilio call: only REST does.
             try:
@@ -194,6 +198,16 @@ class CallControl:
         await self.s.send_frame(Kind.HANGUP, {"reason": reason})
         self.s.events.emit(CallStatus, status="completed", source="bridge")
         self.s.end(reason)
+
+    async def _ours(self) -> bool:
+        """Before acting on the phone line through Twilio: is the call still this bridge's?"""
+        from dialtone_bridge.session import REPLACED
+
+        if await self.s.still_holds():
+            return True
+        self.log.warning("the call was given to another bridge: not touching its line")
+        self.s.end(REPLACED)
+        return False
 
     def stream_stopped(self, reason: str) -> None:
         """The media stream ended. If we are ending the call ourselves, the stop is its echo: let

@@ -33,9 +33,10 @@ async def serve(stack: AsyncExitStack, stop: asyncio.Event, settings: BridgeSett
 
         twilio = TwilioControlFactory(settings)
         stack.push_async_callback(twilio.close)
+    calls = CallBook(await bus.ensure_calls_bucket(js))
     ctx = BridgeContext(nc=nc, js=js, settings=settings, agents=agents, tools=ToolClient(nc, settings.tool_timeout_s),
-                        bridge_id=bridge_id, twilio=twilio)
-    bridge = Bridge(ctx, CallBook(await bus.ensure_calls_bucket(js)))
+                        bridge_id=bridge_id, twilio=twilio, calls=calls)
+    bridge = Bridge(ctx, calls)
     await bridge.start()
     stack.push_async_callback(bridge.drain)
     health = HealthServer(settings.metrics_host, settings.metrics_port,

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import nats.errors
+import nats.js.errors
 from dialtone_proto import STREAM_NAME, subjects
 from dialtone_proto.events import (
     AgentChanged,
@@ -57,6 +58,10 @@ class Restored:
 
 async def load(js: JetStreamContext, call_id: str, limit: int = 5000) -> Restored | None:
     """Read ``call_id``'s events. None if the call never started (no ``call.started``)."""
+    try:
+        await js.get_last_msg(STREAM_NAME, subjects.event(call_id, "call.started"))
+    except nats.js.errors.NotFoundError:
+        return None  # nothing to restore: answered at once, not after an empty read
     subject = f"{subjects.PREFIX}.events.{subjects.check_call_id(call_id)}.*"
     sub = await js.subscribe(subject, stream=STREAM_NAME, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
     events = []

@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from dialtone_bridge import metrics as m
 from dialtone_bridge import recovery
 from dialtone_bridge.agents import AgentError
-from dialtone_bridge.session import BridgeContext, CallSession
+from dialtone_bridge.session import REPLACED, BridgeContext, CallSession
 
 log = logging.getLogger("dialtone.bridge")
 
@@ -37,6 +37,8 @@ class Bridge:
         self._sub = None
         self._heartbeat: asyncio.Task | None = None
         self._leases: asyncio.Task | None = None
+        self._offers: set[asyncio.Task] = set()
+        self._claiming: set[str] = set()  # calls whose offer is being taken now
         self.draining = False
 
     async def start(self) -> None:
@@ -52,56 +54,77 @@ class Bridge:
             await msg.respond(answer.model_dump_json().encode())
 
     async def _on_offer(self, msg: Msg) -> None:
+        """Offers are handled concurrently: taking a call over reads its events, and a bridge that
+        died with many calls must not make the others wait in one queue."""
+        task = asyncio.create_task(self._take_offer(msg), name="offer")
+        self._offers.add(task)
+        task.add_done_callback(self._offers.discard)
+
+    async def _take_offer(self, msg: Msg) -> None:
         try:
             offer = CallOffer.model_validate_json(msg.data)
         except ValidationError as exc:
             log.warning("malformed call offer refused: %s", exc.errors()[:2])
             await self._answer(msg, "invalid", False, reason="malformed offer")
             return
-        held = self.sessions.get(offer.call_id)
-        if held is not None:
-            if held.offer.stream_key == offer.stream_key:  # the gateway retried an offer we took
-                await self._answer(msg, offer.call_id, True, held.conversation.agent.name)
-            else:  # re-offered while our old session is still being fenced off: the gateway retries
-                await self._answer(msg, offer.call_id, False, reason="busy: previous stream ending")
+        call_id = offer.call_id
+        held = self.sessions.get(call_id)
+        if held is not None and held.offer.stream_key == offer.stream_key:  # the gateway retried
+            await self._answer(msg, call_id, True, held.conversation.agent.name)
+            return
+        if call_id in self._claiming:
+            await self._answer(msg, call_id, False, reason="busy: taking this call already")
             return
         if self.draining or len(self.sessions) >= self.ctx.settings.max_calls:
-            await self._answer(msg, offer.call_id, False, reason="draining" if self.draining else "full")
+            await self._answer(msg, call_id, False, reason="draining" if self.draining else "full")
             return
+        self._claiming.add(call_id)
         try:
-            record = await self.calls.get(offer.call_id)
+            await self._claim(msg, offer, held)
+        finally:
+            self._claiming.discard(call_id)
+
+    async def _claim(self, msg: Msg, offer: CallOffer, held: CallSession | None) -> None:
+        call_id, bridge_id = offer.call_id, self.ctx.bridge_id
+        # The record must say this offer's stream holds the call, and give it to this bridge alone:
+        # a repeated offer may reach two bridges, and only one may serve the call.
+        try:
+            record = await self.calls.assign(call_id, offer.stream_key, offer.epoch, bridge_id)
         except CallBookUnavailable as exc:
-            await self._answer(msg, offer.call_id, False, reason=f"unavailable: call record: {exc}")
+            await self._answer(msg, call_id, False, reason=f"unavailable: call record: {exc}")
             return
-        if record is None or not offer.confirmed_by(record):
-            log.warning("offer of call %s refused: its record does not name that stream (%s)", offer.call_id,
-                        "no record" if record is None else f"{record.state}, epoch {record.epoch}")
-            await self._answer(msg, offer.call_id, False, reason="unconfirmed: not the stream holding the call")
+        if record is None:
+            log.warning("offer of call %s refused: its record names another stream, epoch or bridge", call_id)
+            await self._answer(msg, call_id, False, reason="unconfirmed: not the stream holding the call")
             return
+        if held is not None:  # our own earlier session of this call was fenced off: it is over
+            held.end(REPLACED)
+            self.sessions.pop(call_id, None)
         offer = offer.with_record(record)
         restored = None
         if offer.epoch > 0:
             try:
-                restored = await recovery.load(self.ctx.js, offer.call_id)
+                restored = await recovery.load(self.ctx.js, call_id)
             except Exception as exc:  # JetStream trouble: the gateway retries, or apologises
-                log.error("call %s: could not read its events: %s", offer.call_id, exc)
-                await self._answer(msg, offer.call_id, False, reason="unavailable: events")
+                log.error("call %s: could not read its events: %s", call_id, exc)
+                await self._answer(msg, call_id, False, reason="unavailable: events")
+                return
+            if restored is not None and restored.ended:
+                await self._answer(msg, call_id, False, reason="ended: the call is over")
                 return
         try:
-            agent = self.ctx.agents.choose(
-                name=restored.agent if restored else offer.agent, to_number=offer.to_number
-            )
+            agent = self.ctx.agents.choose(name=restored.agent if restored else offer.agent, to_number=offer.to_number)
         except AgentError as exc:
-            log.error("call %s refused: %s", offer.call_id, exc)
-            await self._answer(msg, offer.call_id, False, reason=f"no agent: {exc}")
+            log.error("call %s refused: %s", call_id, exc)
+            await self._answer(msg, call_id, False, reason=f"no agent: {exc}")
             return
         session = CallSession(self.ctx, offer, agent, restored)
         await session.attach()
-        self.sessions[offer.call_id] = session
-        self._started_at[offer.call_id] = restored.started_at if restored else datetime.now(UTC)
-        await self._answer(msg, offer.call_id, True, agent.name)
+        self.sessions[call_id] = session
+        self._started_at[call_id] = restored.started_at if restored else datetime.now(UTC)
+        await self._answer(msg, call_id, True, agent.name)
         session.log.info("claimed call from %s to %s (agent %s)", offer.from_number, offer.to_number, agent.name)
-        task = asyncio.create_task(self._run(session), name=f"call-{offer.call_id}")
+        task = asyncio.create_task(self._run(session), name=f"call-{call_id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -111,8 +134,9 @@ class Bridge:
         except Exception:
             session.log.exception("call failed")
         finally:
-            self.sessions.pop(session.call_id, None)
-            self._started_at.pop(session.call_id, None)
+            if self.sessions.get(session.call_id) is session:  # not a newer session of the same call
+                self.sessions.pop(session.call_id, None)
+                self._started_at.pop(session.call_id, None)
 
     async def _renew_leases(self) -> None:
         """A heartbeat frame to the gateway of every call, every ``call_heartbeat_s``."""

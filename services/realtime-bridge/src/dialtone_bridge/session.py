@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from dialtone_common.callbook import CallBook, CallBookUnavailable
 from dialtone_common.logs import CallLog
 from dialtone_proto import CallOffer, subjects
 from dialtone_proto.events import CallEnded, CallStatus
@@ -62,6 +63,7 @@ class BridgeContext:
     tools: ToolClient
     bridge_id: str
     twilio: TwilioControlFactory | None = None
+    calls: CallBook | None = None  # the call records: who holds each call now
 
 
 class RealtimeUnavailable(RuntimeError):
@@ -139,8 +141,11 @@ class CallSession:
             self.end("bridge_error")
         finally:
             if self.end_reason in LINE_STILL_OPEN:
-                with contextlib.suppress(Exception):
-                    await self.control.release_line(self.end_reason)
+                if await self.still_holds():
+                    with contextlib.suppress(Exception):
+                        await self.control.release_line(self.end_reason)
+                else:  # another bridge serves the call now: leave its line and its session alone
+                    self.end_reason = REPLACED
             await self._teardown()
             m.CALLS_ACTIVE.dec()
 
@@ -155,6 +160,20 @@ class CallSession:
         if agent.resumed:
             await self.conversation.request_response(f'Say exactly: "{agent.resumed}"', purpose="reply")
 
+    async def still_holds(self) -> bool:
+        """Whether the call's record still gives the call to this bridge under this offer. A bridge
+        that was fenced off but missed the gateway's stop (it was disconnected, or stalled) learns
+        it here, before it frees the line or ends the call through Twilio. When the record cannot
+        be read, it assumes so: freeing a line beats leaving a caller in silence."""
+        if self.ctx.calls is None:
+            return True
+        try:
+            async with asyncio.timeout(2):
+                record = await self.ctx.calls.get(self.call_id)
+        except (CallBookUnavailable, TimeoutError):
+            return True
+        return record is None or record.held_by(self.offer.stream_key, self.offer.epoch, self.ctx.bridge_id)
+
     async def heartbeat(self) -> None:
         """Tell the gateway this bridge still holds the call (its lease)."""
         if not self.ended.is_set():
@@ -168,6 +187,10 @@ class CallSession:
             if not self.ctx.nc.is_connected:
                 self._last_frame = time.monotonic()
                 continue
+            if time.monotonic() - self._last_frame > STREAM_SILENT_S and not await self.still_holds():
+                self.log.warning("the call was given to another bridge: leaving it")
+                self.end(REPLACED)
+                return
             if time.monotonic() - self._last_frame > STREAM_SILENT_S:
                 self.log.warning("no media from the gateway for %.0f s: ending the call", STREAM_SILENT_S)
                 self.end("stream_lost")
