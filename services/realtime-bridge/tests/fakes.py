@@ -53,6 +53,7 @@ class FakeSession:
                                          bridge_id="bridge-test")
         self.events, self.playout = Events(), Playout()
         self.ended, self.end_reason = asyncio.Event(), None
+        self.holds = True
         self.sent: list[dict] = []
         self.frames: list[tuple[str, object]] = []
         self.tasks: set[asyncio.Task] = set()
@@ -72,6 +73,9 @@ class FakeSession:
         task = asyncio.create_task(coro, name=name)
         self.tasks.add(task)
         return task
+
+    async def still_holds(self) -> bool:
+        return self.holds  # the call record still gives the call to this bridge
 
     def end(self, reason):
         if not self.ended.is_set():
