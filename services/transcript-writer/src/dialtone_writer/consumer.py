@@ -65,12 +65,33 @@ class Consumer:
         self._filter = filter_subject
         self._sub: JetStreamContext.PullSubscription | None = None
         self._db_ok = True
+        self._db_answers = True  # the latest probe's verdict (probe_db)
 
     def health(self) -> str | None:
         """``/healthz`` check: None when healthy, else what is wrong."""
         if not self._js._nc.is_connected:  # noqa: SLF001 - the context exposes no public client
             return "nats disconnected"
-        return None if self._db_ok else "database unavailable"
+        return None if self._db_ok and self._db_answers else "database unavailable"
+
+    async def probe_db(self, stop: asyncio.Event, every_s: float = 2.0, timeout_s: float = 2.0) -> None:
+        """Ask PostgreSQL ``SELECT 1`` every ``every_s``, so ``/healthz`` tells the truth within
+        seconds even when no write is under way, or one hangs on a frozen server. A probe cut off
+        by its deadline terminates its connection: returning it would wait on the same server."""
+        while not stop.is_set():
+            try:
+                async with asyncio.timeout(timeout_s), self._pool.acquire() as conn:
+                    try:
+                        await conn.fetchval("SELECT 1")
+                    except (asyncio.CancelledError, OSError, asyncpg.InterfaceError):
+                        conn.terminate()
+                        raise
+                self._db_answers = True
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                if self._db_answers:
+                    log.warning("database probe failed: %s", type(exc).__name__)
+                self._db_answers = False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), every_s)
 
     async def start(self) -> None:
         """Create (or bind to) the durable pull consumer."""

@@ -54,6 +54,8 @@ async def _serve(stack: AsyncExitStack, stop: asyncio.Event) -> None:
     await consumer.start()
     await stack.enter_async_context(HealthServer(settings.metrics_host, settings.metrics_port, consumer.health))
     task = asyncio.create_task(consumer.run(stop), name="consumer")
+    probe = asyncio.create_task(consumer.probe_db(stop), name="db-probe")
+    stack.push_async_callback(asyncio.wait_for, probe, None)
     # Closed first on the way out: the loop sees `stop`, finishes its batch, then NATS and the pool close.
     stack.push_async_callback(asyncio.wait_for, task, None)
     task.add_done_callback(lambda _: stop.set())  # a consumer that died must take the process down
