@@ -83,8 +83,9 @@ async def ensure_calls_bucket(js: JetStreamContext, replicas: int = 1) -> KeyVal
     raise AssertionError("unreachable")
 
 
-async def ensure_stream(js: JetStreamContext) -> None:
-    """Create (or update) the call event stream. Safe to call from every service at start-up."""
+async def ensure_stream(js: JetStreamContext, replicas: int = 1) -> None:
+    """Create (or update) the call event stream with ``replicas`` copies (``JETSTREAM_REPLICAS``).
+    Safe to call from every service at start-up; an existing stream is updated to this count."""
     config = StreamConfig(
         name=STREAM_NAME,
         subjects=STREAM_SUBJECTS,
@@ -93,6 +94,7 @@ async def ensure_stream(js: JetStreamContext) -> None:
         discard=DiscardPolicy.OLD,
         max_age=7 * 24 * 3600,
         duplicate_window=10 * 60,
+        num_replicas=replicas,
     )
     for attempt in range(20):
         try:

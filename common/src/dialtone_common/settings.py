@@ -15,6 +15,11 @@ class ServiceSettings(BaseSettings):
     nats_url: str = Field(default="nats://127.0.0.1:4222", description="NATS server(s), comma-separated")
     log_level: str = "INFO"
     instance_id: str = Field(default="", description="name of this instance in logs and metrics")
+    jetstream_replicas: int = Field(
+        default=1, ge=1, le=5,
+        description="replicas of the event stream and the calls bucket when a service creates them; 3 on a "
+        "3-node NATS cluster keeps events and call records through the loss of a node",
+    )
     metrics_host: str = Field(
         default="127.0.0.1",
         description="address /metrics and /healthz listen on; the default serves this machine only. "

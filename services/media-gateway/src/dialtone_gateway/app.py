@@ -51,8 +51,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         line = TwilioLine(settings)
         try:
             js = nc.jetstream()
-            await bus.ensure_stream(js)
-            calls = CallBook(await bus.ensure_calls_bucket(js))
+            await bus.ensure_stream(js, replicas=settings.jetstream_replicas)
+            calls = CallBook(await bus.ensure_calls_bucket(js, replicas=settings.jetstream_replicas))
             app.state.nc, app.state.js, app.state.calls = nc, js, calls
             app.state.ctx = StreamContext(nc, js, calls, line, settings, gateway_id)
             log.info("media-gateway %s ready; Twilio webhook %s/twilio-voice", gateway_id, settings.public_base_url)

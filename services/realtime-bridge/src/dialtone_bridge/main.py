@@ -26,14 +26,14 @@ async def serve(stack: AsyncExitStack, stop: asyncio.Event, settings: BridgeSett
     nc = await bus.connect(settings.nats_servers(), name=bridge_id)
     stack.push_async_callback(bus.close, nc)
     js = nc.jetstream()
-    await bus.ensure_stream(js)
+    await bus.ensure_stream(js, replicas=settings.jetstream_replicas)
     twilio = None
     if settings.twilio_account_sid and settings.twilio_auth_token:
         from dialtone_bridge.callcontrol import TwilioControlFactory
 
         twilio = TwilioControlFactory(settings)
         stack.push_async_callback(twilio.close)
-    calls = CallBook(await bus.ensure_calls_bucket(js))
+    calls = CallBook(await bus.ensure_calls_bucket(js, replicas=settings.jetstream_replicas))
     ctx = BridgeContext(nc=nc, js=js, settings=settings, agents=agents, tools=ToolClient(nc, settings.tool_timeout_s),
                         bridge_id=bridge_id, twilio=twilio, calls=calls)
     bridge = Bridge(ctx, calls)

@@ -49,7 +49,7 @@ async def _serve(stack: AsyncExitStack, stop: asyncio.Event) -> None:
     nc = await bus.connect(settings.nats_servers(), f"transcript-writer{settings.instance_id}")
     stack.push_async_callback(bus.close, nc)
     js = nc.jetstream()
-    await bus.ensure_stream(js)
+    await bus.ensure_stream(js, replicas=settings.jetstream_replicas)
     consumer = Consumer(pool, js, settings)
     await consumer.start()
     await stack.enter_async_context(HealthServer(settings.metrics_host, settings.metrics_port, consumer.health))
