@@ -1,0 +1,76 @@
+"""What the deployment files are checked against: the five services as the code defines them
+(package, settings class, the port serving ``/healthz``) and the environment names each reads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from dialtone_admin.settings import AdminSettings
+from dialtone_bridge.settings import BridgeSettings
+from dialtone_common.settings import ServiceSettings
+from dialtone_gateway.settings import GatewaySettings
+from dialtone_tools.settings import ToolSettings
+from dialtone_writer.settings import WriterSettings
+from pydantic import AliasChoices
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+
+
+def env_names(settings: type[ServiceSettings]) -> dict[str, tuple[str, ...]]:
+    """Each field of a settings class with the environment names that set it (upper case),
+    aliases included: ``port`` of the gateway is ``GATEWAY_PORT`` or ``PORT``."""
+    names: dict[str, tuple[str, ...]] = {}
+    for field, info in settings.model_fields.items():
+        alias = info.validation_alias
+        if isinstance(alias, AliasChoices):
+            choices = tuple(str(c).upper() for c in alias.choices)
+        elif isinstance(alias, str):
+            choices = (alias.upper(),)
+        else:
+            choices = (field.upper(),)
+        names[field] = choices
+    return names
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str  # the deployment name: compose service, image target, Kubernetes Deployment
+    package: str  # python -m <package>
+    settings: type[ServiceSettings]
+
+    @property
+    def project(self) -> str:
+        return f"dialtone-{self.name}"
+
+    @property
+    def health_port(self) -> int:
+        """The port of /healthz: the HTTP services' own port, else the metrics port."""
+        fields = self.settings.model_fields
+        return int((fields["port"] if "port" in fields else fields["metrics_port"]).default)
+
+    @property
+    def env(self) -> dict[str, tuple[str, ...]]:
+        return env_names(self.settings)
+
+
+SERVICES = (
+    Service("media-gateway", "dialtone_gateway", GatewaySettings),
+    Service("realtime-bridge", "dialtone_bridge", BridgeSettings),
+    Service("tool-runner", "dialtone_tools", ToolSettings),
+    Service("transcript-writer", "dialtone_writer", WriterSettings),
+    Service("admin-api", "dialtone_admin", AdminSettings),
+)
+
+
+def _services_on_disk() -> set[str]:
+    return {p.parent.name for p in (ROOT / "services").glob("*/pyproject.toml")}
+
+
+@pytest.fixture(scope="session")
+def services() -> tuple[Service, ...]:
+    """The five services; a sixth one on disk without an entry here fails every deployment test."""
+    assert {s.name for s in SERVICES} == _services_on_disk()
+    return SERVICES
