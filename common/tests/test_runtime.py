@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 from dialtone_common.db import migration_files
 from dialtone_common.health import HealthServer
+from dialtone_common.metrics import service_registry
+from prometheus_client import Counter
 
 pytestmark = pytest.mark.unit
 
@@ -24,12 +26,16 @@ async def _get(port: int, path: str) -> tuple[int, str]:
 
 async def test_health_server_reports_health_and_metrics() -> None:
     problem: list[str] = []
-    async with HealthServer("127.0.0.1", 0, lambda: problem[0] if problem else None) as server:
+    registry = service_registry()
+    Counter("dialtone_test_served_total", "only in this registry", registry=registry).inc(3)
+    async with HealthServer("127.0.0.1", 0, lambda: problem[0] if problem else None, registry=registry) as server:
         assert await _get(server.port, "/healthz") == (200, "ok\n")
         problem.append("nats disconnected")
         assert await _get(server.port, "/healthz") == (503, "nats disconnected\n")
         status, body = await _get(server.port, "/metrics")
         assert status == 200 and "python_info" in body
+        assert "dialtone_test_served_total 3.0" in body  # the service's own registry, not the global one
+        assert "process_resident_memory_bytes" in body and "process_open_fds" in body
         assert (await _get(server.port, "/nope"))[0] == 404
 
 

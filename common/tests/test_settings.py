@@ -8,6 +8,7 @@ import socket
 import psutil
 import pytest
 from dialtone_common.health import HealthServer
+from dialtone_common.metrics import service_registry
 from dialtone_common.settings import ServiceSettings
 
 pytestmark = pytest.mark.unit
@@ -34,10 +35,10 @@ async def _reachable(host: str, port: int) -> bool:
 async def test_metrics_listen_on_loopback_only_unless_configured(monkeypatch: pytest.MonkeyPatch) -> None:
     outside = _outside_address()
     monkeypatch.delenv("METRICS_HOST", raising=False)
-    async with HealthServer(ServiceSettings().metrics_host, 0) as server:
+    async with HealthServer(ServiceSettings().metrics_host, 0, registry=service_registry()) as server:
         assert await _reachable("127.0.0.1", server.port)
         assert not await _reachable(outside, server.port)
 
     monkeypatch.setenv("METRICS_HOST", "0.0.0.0")
-    async with HealthServer(ServiceSettings().metrics_host, 0) as server:
+    async with HealthServer(ServiceSettings().metrics_host, 0, registry=service_registry()) as server:
         assert await _reachable(outside, server.port)

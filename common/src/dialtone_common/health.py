@@ -7,16 +7,19 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 log = logging.getLogger(__name__)
 
 
 class HealthServer:
-    """Serves ``GET /metrics`` and ``GET /healthz``. ``check`` returns None when healthy, else why not."""
+    """Serves ``GET /metrics`` (the service's own ``registry``) and ``GET /healthz``. ``check``
+    returns None when healthy, else why not."""
 
-    def __init__(self, host: str, port: int, check: Callable[[], str | None] = lambda: None) -> None:
-        self.host, self.port, self._check = host, port, check
+    def __init__(
+        self, host: str, port: int, check: Callable[[], str | None] = lambda: None, *, registry: CollectorRegistry
+    ) -> None:
+        self.host, self.port, self._check, self._registry = host, port, check, registry
         self._server: asyncio.Server | None = None
 
     async def __aenter__(self) -> HealthServer:
@@ -34,7 +37,7 @@ class HealthServer:
             request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
             path = request.split(b" ", 2)[1].decode("latin-1") if request.count(b" ") >= 2 else "/"
             if path.startswith("/metrics"):
-                status, ctype, body = "200 OK", CONTENT_TYPE_LATEST, generate_latest(REGISTRY)
+                status, ctype, body = "200 OK", CONTENT_TYPE_LATEST, generate_latest(self._registry)
             elif path.startswith("/healthz"):
                 problem = self._check()
                 status = "200 OK" if problem is None else "503 Service Unavailable"

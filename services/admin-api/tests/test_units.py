@@ -11,10 +11,10 @@ import pytest
 from dialtone_admin.app import create_app
 from dialtone_admin.cursor import InvalidCursor, decode_cursor, encode_cursor
 from dialtone_admin.live import LiveCalls
+from dialtone_admin.metrics import REGISTRY
 from dialtone_admin.sessions import MAX_NEGATIONS, search_text
 from dialtone_admin.settings import AdminSettings
 from dialtone_proto.live import LiveCall
-from prometheus_client import REGISTRY
 
 pytestmark = pytest.mark.unit
 

@@ -14,6 +14,7 @@ from dialtone_bridge.agents import Agent
 from dialtone_bridge.callcontrol import CallControl
 from dialtone_bridge.conversation import Conversation
 from dialtone_bridge.playout import Playout
+from dialtone_bridge.turns import TurnLatency
 from dialtone_proto.tools import ToolCallReply, ToolSpec
 from dialtone_sim.oracle import check_client_event
 
@@ -51,7 +52,8 @@ class FakeSession:
                                          transcription_model="t", prices={})
         self.ctx = types.SimpleNamespace(settings=settings, tools=tools or Tools(), twilio=None, agents=None,
                                          bridge_id="bridge-test")
-        self.events, self.playout = Events(), Playout()
+        self.events, self.playout, self.turns = Events(), Playout(), TurnLatency()
+        self.turn_seconds: list[float] = []  # turn latencies, as the real session observes them
         self.ended, self.end_reason = asyncio.Event(), None
         self.holds = True
         self.sent: list[dict] = []
@@ -86,6 +88,8 @@ class FakeSession:
         audio = base64.b64decode(audio_b64)
         self.frames.append(("AUDIO", (item_id, audio)))
         mark = self.playout.on_audio_sent(item_id, len(audio), self.clock.ms())
+        if (latency := self.turns.audio_sent(item_id, mark, self.clock.ms())) is not None:
+            self.turn_seconds.append(latency)
         self.frames.append(("MARK", mark))
 
     async def flush_audio(self, item_id):

@@ -7,9 +7,9 @@ from __future__ import annotations
 import base64
 
 import pytest
+from dialtone_bridge import metrics
 from dialtone_bridge.agents import Agent
 from dialtone_bridge.conversation import APOLOGY, Conversation
-from prometheus_client import REGISTRY
 
 from .fakes import FakeSession, Tools, poll
 
@@ -194,8 +194,8 @@ async def test_rate_limits_are_accepted_as_a_gauge() -> None:
         {"name": "requests", "limit": 5000, "remaining": 4999, "reset_seconds": 0.012},
         {"name": "tokens", "limit": 400000, "remaining": 395904, "reset_seconds": 0.6}]})  # fmt: skip
     gauge = "dialtone_bridge_realtime_rate_limit_remaining"
-    assert REGISTRY.get_sample_value(gauge, {"name": "requests"}) == 4999
-    assert REGISTRY.get_sample_value(gauge, {"name": "tokens"}) == 395904
+    assert metrics.REGISTRY.get_sample_value(gauge, {"name": "requests"}) == 4999
+    assert metrics.REGISTRY.get_sample_value(gauge, {"name": "tokens"}) == 395904
 
 
 async def test_barge_in_during_the_preamble_truncates_it_and_deletes_the_unheard_answer() -> None:

@@ -25,8 +25,8 @@ from dialtone_proto import (
     decode_event,
     subjects,
 )
+from dialtone_writer import metrics
 from dialtone_writer.store import write_events
-from prometheus_client import REGISTRY
 
 pytestmark = pytest.mark.integration
 
@@ -42,7 +42,7 @@ def new_call_id() -> str:
 
 
 def metric(name: str, **labels: str) -> float:
-    return REGISTRY.get_sample_value(name, labels) or 0.0
+    return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 def line(call_id: str, n: int, seq: int, role: str = "caller", text: str | None = None, t: float = 0.0):

@@ -14,10 +14,10 @@ from dialtone_common import bus
 from dialtone_common.db import create_pool
 from dialtone_proto import CallEnded, CallStarted, CallStatus, subjects
 from dialtone_proto.live import LiveCall
+from dialtone_writer import metrics
 from dialtone_writer.migrations import apply_migrations
 from dialtone_writer.settings import WriterSettings
 from dialtone_writer.sweeper import SWEPT_REASON, Sweeper, sweep_events
-from prometheus_client import REGISTRY
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -158,7 +158,7 @@ async def test_abandoned_calls_are_closed_live_and_ended_ones_are_not(
 
     settings = WriterSettings(database_url=database_url, nats_url=nats_url, sweep_interval_s=0.2,
                               sweep_after_s=1.0, sweep_live_window_s=1.0)
-    swept_before = REGISTRY.get_sample_value("dialtone_writer_sessions_swept_total") or 0.0
+    swept_before = metrics.REGISTRY.get_sample_value("dialtone_writer_sessions_swept_total") or 0.0
     beating = asyncio.create_task(heartbeats())
     sweeper = Sweeper(own_pool, nc, js, settings)
     await sweeper.start()
@@ -200,7 +200,7 @@ async def test_abandoned_calls_are_closed_live_and_ended_ones_are_not(
     assert sources == {dropped: 1, unanswered: 1}  # busy kept Twilio's word; live and ended untouched
     swept_events = await own_pool.fetch("SELECT event_id FROM call_events WHERE event_id LIKE '%-swept%'")
     assert {r["event_id"].split("-")[0] for r in swept_events} == {dropped, unanswered, busy}
-    assert (REGISTRY.get_sample_value("dialtone_writer_sessions_swept_total") or 0.0) >= swept_before + 3
+    assert (metrics.REGISTRY.get_sample_value("dialtone_writer_sessions_swept_total") or 0.0) >= swept_before + 3
 
 
 @pytest.mark.integration

@@ -11,7 +11,7 @@ from typing import Annotated
 from dialtone_common import bus
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from dialtone_admin import errors, pages
 from dialtone_admin.auth import require_token
@@ -19,6 +19,7 @@ from dialtone_admin.cursor import InvalidCursor
 from dialtone_admin.database import Database, DatabaseUnavailable
 from dialtone_admin.errors import responses
 from dialtone_admin.live import LiveCalls
+from dialtone_admin.metrics import REGISTRY
 from dialtone_admin.middleware import Metrics, SecurityHeaders
 from dialtone_admin.models import LivePage, SessionDetail, SessionPage
 from dialtone_admin.outbound import Dialer

@@ -12,14 +12,12 @@ import logging
 import time
 
 from fastapi.responses import JSONResponse
-from prometheus_client import Counter, Histogram
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-log = logging.getLogger(__name__)
+from dialtone_admin.metrics import LATENCY, REQUESTS
 
-REQUESTS = Counter("dialtone_admin_requests_total", "HTTP requests", ["method", "route", "status"])
-LATENCY = Histogram("dialtone_admin_request_seconds", "HTTP request latency", ["method", "route"])
+log = logging.getLogger(__name__)
 
 # The dashboard and the docs load scripts, styles and images from this server only, never inline
 # script (the docs page adds the hash of its one inline script), and no page may be framed.

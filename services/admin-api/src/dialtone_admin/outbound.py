@@ -19,17 +19,16 @@ import aiohttp
 from dialtone_common.twilio_rest import rest_client
 from fastapi import APIRouter, Depends, HTTPException, Request, status
 from fastapi.exceptions import RequestValidationError
-from prometheus_client import Counter
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from twilio.base.exceptions import TwilioRestException
 
 from dialtone_admin.auth import require_token
 from dialtone_admin.errors import ErrorBody, responses
+from dialtone_admin.metrics import OUTBOUND
 from dialtone_admin.settings import AdminSettings
 
 log = logging.getLogger(__name__)
 
-OUTBOUND = Counter("dialtone_admin_outbound_calls_total", "Outbound calls requested, by result", ["result"])
 
 # Matched with fullmatch: `$` would also match before a final newline ("+15551234567\n").
 E164_PATTERN = r"\+[1-9][0-9]{1,14}"

@@ -62,6 +62,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             await bus.close(nc)
 
     app = FastAPI(title="Dialtone media-gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(m.RequestMetrics)
 
     async def _signed_form(request: Request, endpoint: str) -> dict[str, str] | Response:
         """The webhook's fields if the body is sane and the signature good, else the refusal."""
@@ -193,6 +194,6 @@ def create_app(settings: GatewaySettings) -> FastAPI:
 
     @app.get("/metrics")
     async def metrics() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(m.REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     return app

@@ -1,25 +1,104 @@
-"""Prometheus metrics of the media-gateway."""
+"""Prometheus metrics of the media-gateway, in its own registry (served on ``/metrics``).
 
+The audio path uses children bound here once (``MEDIA_IN``, ``FRAMES_TO_BRIDGE``, ...), so a frame
+costs no label lookup.
+"""
+
+from __future__ import annotations
+
+from dialtone_common.metrics import service_registry
 from prometheus_client import Counter, Gauge, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-STREAMS_ACTIVE = Gauge("dialtone_gateway_streams_active", "Media Streams sockets open now")
-STREAMS_TOTAL = Counter("dialtone_gateway_streams_total", "Media Streams sockets accepted")
-SOCKETS_REFUSED = Counter("dialtone_gateway_sockets_refused_total", "Upgrades refused", ["reason"])
-WEBHOOKS = Counter("dialtone_gateway_webhooks_total", "Twilio webhooks", ["endpoint", "result"])
-MESSAGES_IN = Counter("dialtone_gateway_messages_in_total", "Twilio messages received", ["event"])
-BAD_MESSAGES = Counter("dialtone_gateway_bad_messages_total", "Malformed or unexpected Twilio messages", ["reason"])
-MESSAGES_OUT = Counter("dialtone_gateway_messages_out_total", "Messages sent to Twilio", ["event"])
-AUDIO_OUT_BYTES = Counter("dialtone_gateway_audio_out_bytes_total", "Agent audio bytes sent to Twilio")
-BAD_FRAMES = Counter("dialtone_gateway_bad_frames_total", "Malformed frames from the bus")
-CLAIMS = Counter("dialtone_gateway_claims_total", "Call offers to the bridges", ["result"])
+REGISTRY = service_registry()
+
+STREAMS_ACTIVE = Gauge("dialtone_gateway_streams_active", "Media Streams sockets open now", registry=REGISTRY)
+STREAMS_TOTAL = Counter("dialtone_gateway_streams_total", "Media Streams sockets accepted", registry=REGISTRY)
+SOCKETS_REFUSED = Counter(
+    "dialtone_gateway_sockets_refused_total", "Upgrades refused", ["reason"], registry=REGISTRY
+)
+WEBHOOKS = Counter("dialtone_gateway_webhooks_total", "Twilio webhooks", ["endpoint", "result"], registry=REGISTRY)
+HTTP_REQUESTS = Counter(
+    "dialtone_gateway_http_requests_total", "HTTP requests answered, by route template, method and status code",
+    ["route", "method", "code"], registry=REGISTRY,
+)
+WS_HANDSHAKES = Counter(
+    "dialtone_gateway_websocket_handshakes_total",
+    "WebSocket upgrades by route template and answer (101 accepted, 403 refused)",
+    ["route", "code"], registry=REGISTRY,
+)
+MESSAGES_IN = Counter(
+    "dialtone_gateway_messages_in_total", "Twilio messages received", ["event"], registry=REGISTRY
+)
+BAD_MESSAGES = Counter(
+    "dialtone_gateway_bad_messages_total", "Malformed or unexpected Twilio messages", ["reason"], registry=REGISTRY
+)
+MESSAGES_OUT = Counter("dialtone_gateway_messages_out_total", "Messages sent to Twilio", ["event"], registry=REGISTRY)
+AUDIO_OUT_BYTES = Counter(
+    "dialtone_gateway_audio_out_bytes_total", "Agent audio bytes sent to Twilio", registry=REGISTRY
+)
+AUDIO_FRAMES = Counter(
+    "dialtone_gateway_audio_frames_total",
+    "Audio frames forwarded: to_bridge (caller audio published on the bus), from_bridge (agent audio received)",
+    ["direction"], registry=REGISTRY,
+)
+BAD_FRAMES = Counter("dialtone_gateway_bad_frames_total", "Malformed frames from the bus", registry=REGISTRY)
+CLAIMS = Counter("dialtone_gateway_claims_total", "Call offers to the bridges", ["result"], registry=REGISTRY)
 CLAIM_SECONDS = Histogram(
     "dialtone_gateway_claim_seconds", "Time for a bridge to claim a call",
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=REGISTRY,
 )
-BRIDGE_LOST = Counter("dialtone_gateway_bridge_lost_total", "Calls whose bridge fell silent and were re-offered")
+BRIDGE_LOST = Counter(
+    "dialtone_gateway_bridge_lost_total", "Calls whose bridge fell silent and were re-offered", registry=REGISTRY
+)
 RESCUES = Counter(
-    "dialtone_gateway_rescues_total", "Calls no bridge would take: Twilio apologised and hung up"
+    "dialtone_gateway_rescues_total", "Calls no bridge would take: Twilio apologised and hung up", registry=REGISTRY
 )
 FRAMES_DROPPED = Counter(
-    "dialtone_gateway_frames_dropped_total", "Caller frames that could not be sent to the bus", ["reason"]
+    "dialtone_gateway_frames_dropped_total", "Caller frames that could not be sent to the bus", ["reason"],
+    registry=REGISTRY,
 )
+
+# Bound once: the audio path increments these without a label lookup.
+MEDIA_IN = MESSAGES_IN.labels("media")
+SENT = {event: MESSAGES_OUT.labels(event) for event in ("media", "mark", "clear")}
+FRAMES_TO_BRIDGE = AUDIO_FRAMES.labels("to_bridge")
+FRAMES_FROM_BRIDGE = AUDIO_FRAMES.labels("from_bridge")
+DROPPED_NATS_DOWN = FRAMES_DROPPED.labels("nats_disconnected")
+DROPPED_NATS_ERROR = FRAMES_DROPPED.labels("nats_error")
+
+
+class RequestMetrics:
+    """ASGI middleware: counts every HTTP request by route template and status, and every WebSocket
+    upgrade by route template and answer. The route template, never the raw path: a stream URL
+    carries a call id and a token."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        code: int | None = None
+
+        async def send_and_note(message: Message) -> None:
+            nonlocal code
+            kind = message["type"]
+            if code is None:
+                if kind in ("http.response.start", "websocket.http.response.start"):
+                    code = message["status"]
+                elif kind == "websocket.accept":
+                    code = 101
+                elif kind == "websocket.close":
+                    code = 403  # closed before accept: the server answers the upgrade with 403
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            if scope["type"] == "http":
+                HTTP_REQUESTS.labels(route, scope["method"], str(code or 500)).inc()
+            else:
+                WS_HANDSHAKES.labels(route, str(code or 403)).inc()

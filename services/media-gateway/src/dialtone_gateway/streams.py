@@ -130,7 +130,7 @@ class MediaStream:
     async def _handle(self, event: tp.Inbound) -> bool:
         """Act on one message; False when the stream must end (a start for another call)."""
         if isinstance(event, tp.Media):
-            m.MESSAGES_IN.labels("media").inc()
+            m.MEDIA_IN.inc()
             if self.stream_sid is None:
                 self._bad("media_before_start", "media before start")
                 return True
@@ -237,13 +237,14 @@ class MediaStream:
         if not self.nc.is_connected:
             # Audio that cannot reach a bridge now is worthless later, and buffering it for every
             # call would fill the client's reconnect buffer: drop it, count it.
-            m.FRAMES_DROPPED.labels("nats_disconnected").inc()
+            m.DROPPED_NATS_DOWN.inc()
             return
         try:
             # nats-py's publish appends to the outgoing buffer; it waits only when that buffer is full.
             await self.nc.publish(subjects.call_in(self.call_id, self.key), frame)
+            m.FRAMES_TO_BRIDGE.inc()
         except nats.errors.Error:
-            m.FRAMES_DROPPED.labels("nats_error").inc()
+            m.DROPPED_NATS_ERROR.inc()
 
     def _next_seq(self) -> int:
         self._seq += 1
@@ -370,6 +371,7 @@ class MediaStream:
         try:
             frame = decode_frame(msg.data)
             if frame.kind is Kind.AUDIO:
+                m.FRAMES_FROM_BRIDGE.inc()
                 self._pending += frame.payload
                 if len(self._pending) >= self._min_bytes:
                     await self._flush(pad=False)
@@ -420,7 +422,7 @@ class MediaStream:
         try:
             async with self._send_lock:
                 await self.ws.send_text(text)
-            m.MESSAGES_OUT.labels(event).inc()
+            m.SENT[event].inc()
         except (RuntimeError, ConnectionError, WebSocketDisconnect) as exc:
             self.log.info("could not send %s to Twilio: %s", event, exc)
 

@@ -32,6 +32,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -50,9 +51,9 @@ from dialtone_proto.frames import Kind
 from dialtone_proto.tools import ToolAction, ToolCallReply, ToolCallRequest, ToolSpec
 
 from dialtone_bridge import metrics as m
+from dialtone_bridge import pricing
 from dialtone_bridge import realtime as rt
 from dialtone_bridge.agents import Agent
-from dialtone_bridge.pricing import cost_usd
 from dialtone_bridge.responses import Purpose, Request, Responses
 
 if TYPE_CHECKING:
@@ -89,6 +90,7 @@ class Conversation:
         self._order: dict[str, int] = {}
         self._agent_text: dict[str, str] = {}
         self._truncated: set[str] = set()
+        self._truncates: deque[str] = deque(maxlen=16)  # ids of the truncates sent, to know a refused one
         self._cancelled: set[str] = set()
         self._played: list[str] = []  # message items in the order their audio went to the caller
         self._unheard: set[str] = set()  # items the caller heard none of (deleted, no line)
@@ -196,14 +198,18 @@ class Conversation:
         if kind == "response.output_audio.delta":
             if ev.get("response_id") in self._cancelled:
                 return  # audio of a reply the caller interrupted, still in flight
+            purpose = self.responses.purpose_of(ev.get("response_id", ""))
             if not self._first_audio:
                 self._first_audio = True
                 elapsed = self.s.clock.ms()
                 m.FIRST_AUDIO_SECONDS.observe(elapsed / 1000)
+                if purpose == "greeting":
+                    m.GREETING_SECONDS.observe(elapsed / 1000)
                 self.s.events.emit(CallMetric, name="first_agent_audio_ms", value=round(elapsed, 1))
+            self.s.turns.reply_audio(ev["item_id"], reply=purpose != "prompt")
             self.state = "speaking"
             self._spoke.add(ev.get("response_id", ""))
-            if self.responses.purpose_of(ev.get("response_id", "")) == "filler":
+            if purpose == "filler":
                 self._oob_items.add(ev["item_id"])
             if not self._played or self._played[-1] != ev["item_id"]:
                 self._played = [*self._played[-31:], ev["item_id"]]
@@ -211,9 +217,11 @@ class Conversation:
         elif kind == "response.output_audio.done":
             await self.s.flush_audio(ev["item_id"])
         elif kind == "input_audio_buffer.speech_started":
+            self.s.turns.speech_started()
             self.s.control.speech_started()
             await self._barge_in()
         elif kind == "input_audio_buffer.speech_stopped":
+            self.s.turns.speech_stopped(self.s.clock.ms())
             self.s.control.speech_stopped()
         elif kind == "input_audio_buffer.committed":
             self._place(ev["item_id"])
@@ -246,6 +254,8 @@ class Conversation:
     def _error(self, error: dict[str, Any]) -> None:
         code = str(error.get("code") or error.get("type") or "unknown")
         m.REALTIME_ERRORS.labels(code).inc()
+        if error.get("event_id") in self._truncates:
+            m.TRUNCATES_REFUSED.inc()
         self.responses.refused(error.get("event_id"), code)
         if code in BENIGN_ERRORS:
             # A race with the server's own turn-taking: the conversation simply goes on.
@@ -260,11 +270,19 @@ class Conversation:
         else:
             self._untranscribed(ev["item_id"], "empty transcript")
         if usage := ev.get("usage"):
-            model = self.s.ctx.settings.transcription_model
-            self.s.events.emit(
-                UsageReported, source="transcription", ref=ev["item_id"], model=model, usage=usage,
-                cost_usd=cost_usd(usage, self.s.ctx.settings.prices.get(model)),
-            )
+            self._used("transcription", ev["item_id"], self.s.ctx.settings.transcription_model, usage)
+
+    def _used(self, source: str, ref: str, model: str, usage: dict[str, Any]) -> None:
+        """Record a usage block: the session's event, and the token and cost counters by kind."""
+        costs = pricing.cost_by_kind(usage, self.s.ctx.settings.prices.get(model))
+        for kind, tokens in pricing.token_counts(usage).items():
+            if tokens:
+                m.TOKENS.labels(kind).inc(tokens)
+                m.COST.labels(kind).inc(costs[kind])
+        self.s.events.emit(
+            UsageReported, source=source, ref=ref, model=model, usage=usage,
+            cost_usd=round(max(sum(costs.values()), 0.0), 8),
+        )
 
     def _agent_line(self, item_id: str, text: str, purpose: str, *, interrupted: bool) -> None:
         # A filler was heard, so it is in the transcript, but the model never had it; an unheard
@@ -290,11 +308,7 @@ class Conversation:
         status = response.get("status")
         m.RESPONSES.labels(str(status)).inc()
         if usage := response.get("usage"):
-            model = self.s.ctx.settings.openai_realtime_model
-            self.s.events.emit(
-                UsageReported, source="response", ref=rid, model=model, usage=usage,
-                cost_usd=cost_usd(usage, self.s.ctx.settings.prices.get(model)),
-            )
+            self._used("response", rid, self.s.ctx.settings.openai_realtime_model, usage)
         calls: list[ToolRun] = []
         cancelled = rid in self._cancelled
         for item in response.get("output") or []:
@@ -416,7 +430,9 @@ class Conversation:
         if cut.audio_end_ms > 0:
             self._truncated.add(cut.item_id)
             if cut.item_id not in self._oob_items:  # a filler is not in the conversation
-                await self.s.send(rt.truncate(cut.item_id, cut.audio_end_ms))
+                event_id = f"trunc_{uuid.uuid4().hex[:16]}"
+                self._truncates.append(event_id)
+                await self.s.send(rt.truncate(cut.item_id, cut.audio_end_ms, event_id))
         else:
             unheard.insert(0, cut.item_id)  # trap 8: a truncate to 0 ms is refused; nothing was heard
         for item_id in unheard:

@@ -11,6 +11,7 @@ from dialtone_common import bus, logs, runtime
 from dialtone_common.callbook import CallBook
 from dialtone_common.health import HealthServer
 
+from dialtone_bridge import metrics as m
 from dialtone_bridge.agents import AgentBook
 from dialtone_bridge.service import Bridge
 from dialtone_bridge.session import BridgeContext
@@ -40,7 +41,7 @@ async def serve(stack: AsyncExitStack, stop: asyncio.Event, settings: BridgeSett
     await bridge.start()
     stack.push_async_callback(bridge.drain)
     health = HealthServer(settings.metrics_host, settings.metrics_port,
-                          lambda: None if nc.is_connected else "nats disconnected")
+                          lambda: None if nc.is_connected else "nats disconnected", registry=m.REGISTRY)
     await stack.enter_async_context(health)
     if settings.openai_api_key is None:
         log.warning("OPENAI_API_KEY is unset: talking to %s (a simulator?)", settings.openai_realtime_url)

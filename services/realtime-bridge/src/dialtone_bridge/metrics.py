@@ -1,27 +1,107 @@
-"""Prometheus metrics of the realtime-bridge."""
+"""Prometheus metrics of the realtime-bridge, in the bridge's own registry (served on ``/metrics``).
 
+Labels stay low-cardinality: agent, direction, reason, outcome, code, kind; never a call id. The
+per-frame counters carry no labels, so the audio path does no label lookups.
+"""
+
+import re
+
+from dialtone_common.metrics import service_registry
 from prometheus_client import Counter, Gauge, Histogram
 
-CALLS_ACTIVE = Gauge("dialtone_bridge_calls_active", "Calls this bridge is running now")
-CALLS = Counter("dialtone_bridge_calls_total", "Calls finished", ["reason"])
-OFFERS = Counter("dialtone_bridge_offers_total", "Call offers answered", ["result"])
-FRAMES_IN = Counter("dialtone_bridge_audio_frames_in_total", "Caller audio frames forwarded to the model")
-AUDIO_OUT = Counter("dialtone_bridge_audio_out_bytes_total", "Agent audio bytes sent to the caller")
-REALTIME_ERRORS = Counter("dialtone_bridge_realtime_errors_total", "Realtime error events", ["code"])
-RECONNECTS = Counter("dialtone_bridge_realtime_reconnects_total", "Realtime sockets re-opened mid-call", ["cause"])
-BARGE_INS = Counter("dialtone_bridge_barge_ins_total", "Caller interruptions that cut agent audio")
-TOOL_SECONDS = Histogram(
-    "dialtone_bridge_tool_seconds", "Tool call round trip as seen by the bridge", ["tool"],
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+REGISTRY = service_registry()
+
+# Turn latency is judged against 1.5 s (the alert); the buckets are fine around it.
+_LATENCY_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.75, 0.9, 1, 1.25, 1.5, 2, 2.5, 3, 4, 5, 7.5, 10)
+
+READY = Gauge(
+    "dialtone_bridge_ready", "1 while this bridge takes new calls (NATS connected, not draining, not full)",
+    registry=REGISTRY,
+)
+CALLS_ACTIVE = Gauge(
+    "dialtone_bridge_calls_active", "Calls this bridge is running now", ["agent", "direction"], registry=REGISTRY
+)
+CALLS_STARTED = Counter(
+    "dialtone_bridge_calls_started_total", "Calls this bridge started serving (takeovers included)",
+    ["agent", "direction"], registry=REGISTRY,
+)
+CALLS_ENDED = Counter(
+    "dialtone_bridge_calls_ended_total",
+    "Calls this bridge finished, by end reason and outcome (``none`` when the agent set none)",
+    ["agent", "direction", "reason", "outcome"], registry=REGISTRY,
+)
+OFFERS = Counter("dialtone_bridge_offers_total", "Call offers answered", ["result"], registry=REGISTRY)
+FRAMES_IN = Counter(
+    "dialtone_bridge_audio_frames_in_total", "Caller audio frames forwarded to the model", registry=REGISTRY
+)
+FRAMES_OUT = Counter(
+    "dialtone_bridge_audio_frames_out_total", "Agent audio frames sent towards the caller", registry=REGISTRY
+)
+AUDIO_DROPPED = Counter(
+    "dialtone_bridge_audio_dropped_bytes_total",
+    "Caller audio bytes dropped because the model socket was not ready and the backlog was full",
+    registry=REGISTRY,
+)
+AUDIO_OUT = Counter("dialtone_bridge_audio_out_bytes_total", "Agent audio bytes sent to the caller", registry=REGISTRY)
+BAD_FRAMES = Counter("dialtone_bridge_bad_frames_total", "Malformed frames from the bus", registry=REGISTRY)
+REALTIME_ERRORS = Counter("dialtone_bridge_realtime_errors_total", "Realtime error events", ["code"], registry=REGISTRY)
+RECONNECTS = Counter(
+    "dialtone_bridge_realtime_reconnects_total", "Realtime sockets re-opened mid-call", ["cause"], registry=REGISTRY
+)
+BARGE_INS = Counter("dialtone_bridge_barge_ins_total", "Caller interruptions that cut agent audio", registry=REGISTRY)
+TRUNCATES_REFUSED = Counter(
+    "dialtone_bridge_truncates_refused_total", "Truncates of interrupted agent audio the model refused",
+    registry=REGISTRY,
+)
+TURN_SECONDS = Histogram(
+    "dialtone_bridge_turn_latency_seconds",
+    "The caller stopped speaking (the model's speech_stopped, bridge clock) to the reply's first audio sent to Twilio",
+    buckets=_LATENCY_BUCKETS, registry=REGISTRY,
+)
+TURN_HEARD_SECONDS = Histogram(
+    "dialtone_bridge_turn_heard_latency_seconds",
+    "The caller stopped speaking to the reply's first audio played to the caller (its mark echoed back)",
+    buckets=_LATENCY_BUCKETS, registry=REGISTRY,
+)
+GREETING_SECONDS = Histogram(
+    "dialtone_bridge_greeting_latency_seconds", "Stream start to the first audio of the agent's greeting",
+    buckets=_LATENCY_BUCKETS, registry=REGISTRY,
 )
 FIRST_AUDIO_SECONDS = Histogram(
     "dialtone_bridge_first_audio_seconds", "Stream start to the agent's first audio",
-    buckets=(0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10),
+    buckets=(0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10), registry=REGISTRY,
 )
-BAD_FRAMES = Counter("dialtone_bridge_bad_frames_total", "Malformed frames from the bus")
-RESPONSES = Counter("dialtone_bridge_realtime_responses_total", "Model responses by final status", ["status"])
-UNTRANSCRIBED = Counter("dialtone_bridge_untranscribed_lines_total", "Caller lines whose words have no text")
+TOOL_SECONDS = Histogram(
+    "dialtone_bridge_tool_seconds", "Tool call round trip as seen by the bridge", ["tool"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=REGISTRY,
+)
+RESPONSES = Counter(
+    "dialtone_bridge_realtime_responses_total", "Model responses by final status", ["status"], registry=REGISTRY
+)
+TOKENS = Counter(
+    "dialtone_bridge_realtime_tokens_total",
+    "Model tokens used, by kind (text_in, text_cached, audio_in, audio_cached, text_out, audio_out)",
+    ["kind"], registry=REGISTRY,
+)
+COST = Counter(
+    "dialtone_bridge_realtime_cost_dollars_total", "Model cost in US dollars at the configured prices, by token kind",
+    ["kind"], registry=REGISTRY,
+)
+UNTRANSCRIBED = Counter(
+    "dialtone_bridge_untranscribed_lines_total", "Caller lines whose words have no text", registry=REGISTRY
+)
 RATE_LIMIT_REMAINING = Gauge(
-    "dialtone_bridge_realtime_rate_limit_remaining", "OpenAI account rate limit left, as last reported", ["name"]
+    "dialtone_bridge_realtime_rate_limit_remaining", "OpenAI account rate limit left, as last reported", ["name"],
+    registry=REGISTRY,
 )
-RECOVERED = Counter("dialtone_bridge_calls_recovered_total", "Calls taken over from a lost bridge")
+RECOVERED = Counter("dialtone_bridge_calls_recovered_total", "Calls taken over from a lost bridge", registry=REGISTRY)
+
+_OUTCOME = re.compile(r"[a-z][a-z0-9_]{0,31}")
+
+
+def outcome_label(outcome: str | None) -> str:
+    """The ``outcome`` label: ``none`` when unset; the model chooses outcomes, so anything but a
+    short snake_case word (what ``set_outcome`` asks for) is ``other``, keeping the label set small."""
+    if not outcome:
+        return "none"
+    return outcome if _OUTCOME.fullmatch(outcome) else "other"

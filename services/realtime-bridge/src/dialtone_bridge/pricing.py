@@ -10,11 +10,13 @@ def _n(d: dict[str, Any] | None, key: str) -> int:
     return int(value) if isinstance(value, int | float) else 0
 
 
-def cost_usd(usage: dict[str, Any], prices: dict[str, float] | None) -> float:
-    """USD for one usage block. Cached tokens are a subset of input tokens, billed at the cached rate.
-    A usage with no per-modality details (transcription) is billed as audio in, text out."""
-    if not prices:
-        return 0.0
+KINDS = ("text_in", "text_cached", "audio_in", "audio_cached", "text_out", "audio_out")
+
+
+def token_counts(usage: dict[str, Any]) -> dict[str, int]:
+    """Tokens of one usage block by billing kind (:data:`KINDS`). Cached tokens are a subset of
+    input tokens, counted apart from them. A usage with no per-modality details (transcription)
+    counts as audio in, text out."""
     inp = usage.get("input_token_details") or {}
     out = usage.get("output_token_details") or {}
     cached = inp.get("cached_tokens_details") or {}
@@ -30,12 +32,22 @@ def cost_usd(usage: dict[str, Any], prices: dict[str, float] | None) -> float:
     else:
         text_in, audio_in, text_cached, audio_cached = 0, _n(usage, "input_tokens"), 0, 0
         text_out, audio_out = _n(usage, "output_tokens"), 0
-    total = (
-        (text_in - text_cached) * prices.get("text_in", 0)
-        + text_cached * prices.get("text_cached", 0)
-        + (audio_in - audio_cached) * prices.get("audio_in", 0)
-        + audio_cached * prices.get("audio_cached", 0)
-        + text_out * prices.get("text_out", 0)
-        + audio_out * prices.get("audio_out", 0)
-    )
-    return round(max(total, 0.0) / 1_000_000, 8)
+    return {
+        "text_in": max(text_in - text_cached, 0), "text_cached": text_cached,
+        "audio_in": max(audio_in - audio_cached, 0), "audio_cached": audio_cached,
+        "text_out": text_out, "audio_out": audio_out,
+    }
+
+
+def cost_by_kind(usage: dict[str, Any], prices: dict[str, float] | None) -> dict[str, float]:
+    """USD of one usage block by billing kind; all zero without prices."""
+    prices = prices or {}
+    return {kind: n * prices.get(kind, 0) / 1_000_000 for kind, n in token_counts(usage).items()}
+
+
+def cost_usd(usage: dict[str, Any], prices: dict[str, float] | None) -> float:
+    """USD for one usage block. Cached tokens are a subset of input tokens, billed at the cached rate.
+    A usage with no per-modality details (transcription) is billed as audio in, text out."""
+    if not prices:
+        return 0.0
+    return round(max(sum(cost_by_kind(usage, prices).values()), 0.0), 8)

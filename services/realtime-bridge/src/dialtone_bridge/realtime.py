@@ -65,10 +65,13 @@ def append(audio: bytes) -> str:
     return '{"type":"input_audio_buffer.append","audio":"' + base64.b64encode(audio).decode() + '"}'
 
 
-def truncate(item_id: str, audio_end_ms: int) -> str:
-    return orjson.dumps(
-        {"type": "conversation.item.truncate", "item_id": item_id, "content_index": 0, "audio_end_ms": audio_end_ms}
-    ).decode()
+def truncate(item_id: str, audio_end_ms: int, event_id: str | None = None) -> str:
+    """Cut ``item_id`` at what the caller heard; ``event_id`` names the request in a refusal."""
+    event: dict[str, Any] = {"type": "conversation.item.truncate", "item_id": item_id, "content_index": 0,
+                             "audio_end_ms": audio_end_ms}
+    if event_id is not None:
+        event["event_id"] = event_id
+    return orjson.dumps(event).decode()
 
 
 def delete_item(item_id: str) -> str:

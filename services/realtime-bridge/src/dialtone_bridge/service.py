@@ -43,9 +43,15 @@ class Bridge:
 
     async def start(self) -> None:
         self._sub = await self.ctx.nc.subscribe(subjects.CALL_OFFER, queue=subjects.BRIDGE_QUEUE, cb=self._on_offer)
+        m.READY.set_function(self._ready)
         self._heartbeat = asyncio.create_task(self._heartbeats(), name="heartbeats")
         self._leases = asyncio.create_task(self._renew_leases(), name="leases")
         log.info("bridge %s claiming calls on %s", self.ctx.bridge_id, subjects.CALL_OFFER)
+
+    def _ready(self) -> float:
+        """1 while an offer would be taken: the ``dialtone_bridge_ready`` gauge, read at each scrape."""
+        taking = self.ctx.nc.is_connected and not self.draining and len(self.sessions) < self.ctx.settings.max_calls
+        return 1.0 if taking else 0.0
 
     async def _answer(self, msg: Msg, call_id: str, accepted: bool, agent: str | None = None, reason: str | None = None) -> None:
         answer = CallAnswer(call_id=call_id, accepted=accepted, bridge_id=self.ctx.bridge_id, agent=agent, reason=reason)

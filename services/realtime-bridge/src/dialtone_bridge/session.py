@@ -35,6 +35,7 @@ from dialtone_bridge.publisher import EventPublisher
 from dialtone_bridge.recovery import Restored
 from dialtone_bridge.settings import BridgeSettings
 from dialtone_bridge.toolclient import ToolClient
+from dialtone_bridge.turns import TurnLatency
 
 if TYPE_CHECKING:
     from dialtone_bridge.callcontrol import TwilioControlFactory
@@ -93,6 +94,7 @@ class CallSession:
         self._in_subject = subjects.call_in(offer.call_id, offer.stream_key)
         self._out_subject = subjects.call_out(offer.call_id, offer.stream_key)
         self.playout = Playout()
+        self.turns = TurnLatency()
         self.ws: ClientConnection | None = None
         self.ready = asyncio.Event()
         self.ended = asyncio.Event()
@@ -117,7 +119,10 @@ class CallSession:
 
     async def run(self) -> None:
         """The whole call, from the first socket to the last event."""
-        m.CALLS_ACTIVE.inc()
+        labels = (self.conversation.agent.name, self.offer.direction)
+        active = m.CALLS_ACTIVE.labels(*labels)
+        active.inc()
+        m.CALLS_STARTED.labels(*labels).inc()
         try:
             probe = self.playout.probe(self.clock.ms())
             if probe:
@@ -147,7 +152,8 @@ class CallSession:
                 else:  # another bridge serves the call now: leave its line and its session alone
                     self.end_reason = REPLACED
             await self._teardown()
-            m.CALLS_ACTIVE.dec()
+            active.dec()
+            m.CALLS_ENDED.labels(*labels, self.end_reason, m.outcome_label(self.conversation.outcome)).inc()
 
     async def _resumed(self) -> None:
         """This bridge took the call over: say so in the session, and let the caller know."""
@@ -234,7 +240,6 @@ class CallSession:
         if self.end_reason != REPLACED:
             self.events.emit(CallEnded, reason=self.end_reason)
         await self.events.close()
-        m.CALLS.labels(self.end_reason).inc()
         self.log.info("call ended (%s) after %.1f s", self.end_reason, self.clock.ms() / 1000)
 
     # ---- the model socket ------------------------------------------------------------------
@@ -351,12 +356,17 @@ class CallSession:
                         await self._append(frame.payload)
                     else:
                         self._backlog += frame.payload
-                        del self._backlog[:-BACKLOG_BYTES]
+                        if (over := len(self._backlog) - BACKLOG_BYTES) > 0:
+                            m.AUDIO_DROPPED.inc(over)
+                            del self._backlog[:over]
                         if self.ready.is_set():
                             await self._flush_backlog_locked()
             elif frame.kind is Kind.MARK:
                 name = str(frame.json().get("name", ""))
-                self.playout.on_mark(name, self.clock.ms())
+                now = self.clock.ms()
+                self.playout.on_mark(name, now)
+                if (heard := self.turns.mark_echoed(name, now)) is not None:
+                    m.TURN_HEARD_SECONDS.observe(heard)
                 await self.conversation.on_mark(name)
             elif frame.kind is Kind.DTMF:
                 await self.conversation.on_dtmf(str(frame.json().get("digit", "")))
@@ -423,6 +433,10 @@ class CallSession:
             return
         audio, self._pending_audio = bytes(self._pending_audio[1]), None
         await self.send_frame(Kind.AUDIO, audio=audio)
-        mark = self.playout.on_audio_sent(item_id, len(audio), self.clock.ms())
+        now = self.clock.ms()
+        mark = self.playout.on_audio_sent(item_id, len(audio), now)
+        if (latency := self.turns.audio_sent(item_id, mark, now)) is not None:
+            m.TURN_SECONDS.observe(latency)
         await self.send_frame(Kind.MARK, {"name": mark})
+        m.FRAMES_OUT.inc()
         m.AUDIO_OUT.inc(len(audio))

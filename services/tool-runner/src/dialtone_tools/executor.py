@@ -87,17 +87,19 @@ class Executor:
             database=self.database,
         )
         label = request.name if self.registry.get(request.name) else "unknown"
-        metrics.IN_FLIGHT.inc()
         try:
-            async with self._slots:
-                output = await self._run(request, ctx, calllog)
+            with metrics.QUEUED.track_inprogress():
+                await self._slots.acquire()
+            try:
+                with metrics.IN_FLIGHT.track_inprogress():
+                    output = await self._run(request, ctx, calllog)
+            finally:
+                self._slots.release()
             ok, error, result, actions = True, None, "ok", list(ctx.actions)
         except _Failure as failure:
             # A failed tool's call-control actions are dropped: half-done work must not hang up.
             ok, error, result, actions = False, failure.message, failure.result, []
             output = {"error": failure.message}
-        finally:
-            metrics.IN_FLIGHT.dec()
         elapsed = time.perf_counter() - started
         metrics.TOOL_CALLS.labels(label, result).inc()
         metrics.TOOL_DURATION.labels(label).observe(elapsed)

@@ -29,6 +29,7 @@ from nats.aio.client import Client
 from nats.micro.request import Request, ServiceError
 from pydantic import ValidationError
 
+from dialtone_tools import metrics
 from dialtone_tools.database import Database
 from dialtone_tools.executor import MAX_ARGUMENTS_BYTES, Executor
 from dialtone_tools.registry import Registry
@@ -179,7 +180,8 @@ class ToolRunner:
         nc = await bus.connect(self.settings.nats_servers(), name=f"dialtone-tools-{self.runner_id}")
         stack.push_async_callback(nc.close)
         self.health = await stack.enter_async_context(
-            HealthServer(self.settings.metrics_host, self.settings.metrics_port, lambda: self._problem(nc))
+            HealthServer(self.settings.metrics_host, self.settings.metrics_port, lambda: self._problem(nc),
+                         registry=metrics.REGISTRY)
         )
         self.service = ToolService(nc, self.executor)
         await self.service.start()

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from datetime import UTC, datetime
 
 import asyncpg
 import nats.errors
@@ -31,6 +32,13 @@ from dialtone_writer.settings import WriterSettings
 from dialtone_writer.store import write_events
 
 log = logging.getLogger(__name__)
+
+
+def lag_seconds(event: Event, committed: datetime) -> float:
+    """Writer lag of one event: its own time (its publisher's wall clock) to ``committed``. A
+    publisher whose clock runs ahead would give a negative lag; that counts as none."""
+    at = event.at if event.at.tzinfo is not None else event.at.replace(tzinfo=UTC)
+    return max(0.0, (committed - at).total_seconds())
 
 # Errors that say "this data can never be written", as opposed to "the database is unavailable".
 _REJECTED = (
@@ -165,6 +173,7 @@ class Consumer:
             await self._unavailable(decoded, exc)
             return False
         await _ack_all(msg for msg, _ in decoded)
+        metrics.PENDING.set(decoded[-1][0].metadata.num_pending)
         return True
 
     async def _write(self, events: list[Event]) -> None:
@@ -176,8 +185,10 @@ class Consumer:
         metrics.WRITE_SECONDS.observe(time.perf_counter() - started)
         metrics.BATCHES.inc()
         metrics.DUPLICATES.inc(result.duplicates)
+        committed = datetime.now(UTC)
         for event in result.applied:
             metrics.EVENTS_WRITTEN.labels(event.type).inc()
+            metrics.LAG_SECONDS.observe(lag_seconds(event, committed))
         if not self._db_ok:
             log.info("database available again")
         self._db_ok = True

@@ -13,6 +13,7 @@ from dialtone_common import bus, logs, runtime
 from dialtone_common.db import create_pool
 from dialtone_common.health import HealthServer
 
+from dialtone_writer import metrics
 from dialtone_writer.consumer import Consumer
 from dialtone_writer.migrations import apply_migrations
 from dialtone_writer.settings import WriterSettings
@@ -52,7 +53,8 @@ async def _serve(stack: AsyncExitStack, stop: asyncio.Event) -> None:
     await bus.ensure_stream(js, replicas=settings.jetstream_replicas)
     consumer = Consumer(pool, js, settings)
     await consumer.start()
-    await stack.enter_async_context(HealthServer(settings.metrics_host, settings.metrics_port, consumer.health))
+    await stack.enter_async_context(HealthServer(settings.metrics_host, settings.metrics_port, consumer.health,
+                                                      registry=metrics.REGISTRY))
     task = asyncio.create_task(consumer.run(stop), name="consumer")
     probe = asyncio.create_task(consumer.probe_db(stop), name="db-probe")
     stack.push_async_callback(asyncio.wait_for, probe, None)

@@ -1,20 +1,42 @@
-"""Prometheus metrics of the transcript-writer (served on ``/metrics``)."""
+"""Prometheus metrics of the transcript-writer, in its own registry (served on ``/metrics``)."""
 
-from prometheus_client import Counter, Histogram
+from dialtone_common.metrics import service_registry
+from prometheus_client import Counter, Gauge, Histogram
+
+REGISTRY = service_registry()
 
 EVENTS_WRITTEN = Counter(
-    "dialtone_writer_events_written_total", "Events applied to the database, by type", ["type"]
+    "dialtone_writer_events_written_total", "Events applied to the database, by type", ["type"], registry=REGISTRY
 )
-BATCHES = Counter("dialtone_writer_batches_total", "Batches committed")
+BATCHES = Counter("dialtone_writer_batches_total", "Batches committed", registry=REGISTRY)
 WRITE_SECONDS = Histogram(
     "dialtone_writer_write_seconds",
     "Time to write one batch in one transaction",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    registry=REGISTRY,
 )
-REDELIVERIES = Counter("dialtone_writer_redeliveries_total", "Messages JetStream delivered more than once")
-DUPLICATES = Counter("dialtone_writer_duplicates_skipped_total", "Events already recorded, skipped")
-BAD_EVENTS = Counter("dialtone_writer_bad_events_total", "Messages that are not valid events, terminated")
-DB_ERRORS = Counter("dialtone_writer_db_errors_total", "Batches not written because of a database error")
+LAG_SECONDS = Histogram(
+    "dialtone_writer_lag_seconds",
+    "An event's own time (set by its publisher) to its commit in PostgreSQL",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+    registry=REGISTRY,
+)
+PENDING = Gauge(
+    "dialtone_writer_consumer_pending",
+    "Events in the stream not yet delivered to this writer's durable consumer, as of its last batch",
+    registry=REGISTRY,
+)
+REDELIVERIES = Counter(
+    "dialtone_writer_redeliveries_total", "Messages JetStream delivered more than once", registry=REGISTRY
+)
+DUPLICATES = Counter("dialtone_writer_duplicates_skipped_total", "Events already recorded, skipped", registry=REGISTRY)
+BAD_EVENTS = Counter(
+    "dialtone_writer_bad_events_total", "Messages that are not valid events, terminated", registry=REGISTRY
+)
+DB_ERRORS = Counter(
+    "dialtone_writer_db_errors_total", "Batches not written because of a database error", registry=REGISTRY
+)
 SESSIONS_SWEPT = Counter(
-    "dialtone_writer_sessions_swept_total", "Open sessions of calls no longer live, closed by the sweeper"
+    "dialtone_writer_sessions_swept_total", "Open sessions of calls no longer live, closed by the sweeper",
+    registry=REGISTRY,
 )
