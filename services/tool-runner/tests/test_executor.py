@@ -10,13 +10,14 @@ from typing import Any
 
 import pytest
 from dialtone_proto import ToolAction, ToolCallRequest
-from dialtone_tools import Registry, ToolContext, ToolError, tool
+from dialtone_tools import Registry, ToolContext, ToolError, metrics, tool
 from dialtone_tools.executor import Executor
 from pydantic import BaseModel
 
 pytestmark = pytest.mark.unit
 
 release_hung = threading.Event()
+gates: dict[str, asyncio.Event] = {}  # made inside each test's event loop
 
 
 class Item(BaseModel):
@@ -57,6 +58,12 @@ def hung_sync() -> str:
 
 
 @tool
+async def gated() -> str:
+    await gates["gated"].wait()
+    return "through"
+
+
+@tool
 def explode() -> None:
     raise KeyError("boom")
 
@@ -91,7 +98,7 @@ async def needs_db(ctx: ToolContext) -> int:
 def executor() -> Iterator[Executor]:
     registry = Registry()
     for fn in (add, basket, check_code, slow_async, hung_sync, explode, refuse, unserializable,
-               timeout_inside, outcome_then_fail, needs_db):
+               timeout_inside, outcome_then_fail, needs_db, gated):
         registry.add(fn)
     release_hung.clear()
     ex = Executor(registry, default_timeout_s=5, max_concurrency=8, runner_id="r1", sync_threads=2)
@@ -215,6 +222,33 @@ async def test_concurrency_limit(executor: Executor) -> None:
         replies = await asyncio.gather(*(limited.execute(request("slow_async")) for _ in range(2)))
         assert sorted(r.duration_ms for r in replies)[1] >= 390
     finally:
+        limited.close()
+
+
+async def test_queue_depth_and_in_flight_are_gauged_apart(executor: Executor) -> None:
+    """With one slot and three calls: one runs, two wait; the gauges say so, then go back."""
+    def sampled() -> tuple[float, float]:
+        get = metrics.REGISTRY.get_sample_value
+        return get("dialtone_tool_calls_queued") or 0.0, get("dialtone_tool_calls_in_flight") or 0.0
+
+    def gauges() -> tuple[float, float]:
+        now = sampled()
+        return now[0] - before[0], now[1] - before[1]
+
+    limited = Executor(executor.registry, max_concurrency=1, default_timeout_s=5)
+    before = sampled()
+    gate = gates["gated"] = asyncio.Event()
+    try:
+        calls = [asyncio.create_task(limited.execute(request("gated"))) for _ in range(3)]
+        async with asyncio.timeout(5):
+            while gauges() != (2, 1):  # noqa: ASYNC110 - polled with a deadline: gauges signal nothing
+                await asyncio.sleep(0.01)
+        gate.set()
+        replies = await asyncio.gather(*calls)
+        assert [r.output for r in replies] == ["through"] * 3
+        assert gauges() == (0, 0)
+    finally:
+        gate.set()
         limited.close()
 
 

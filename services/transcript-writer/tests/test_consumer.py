@@ -26,6 +26,7 @@ from dialtone_proto import (
     subjects,
 )
 from dialtone_writer import metrics
+from dialtone_writer.consumer import lag_seconds
 from dialtone_writer.store import write_events
 
 pytestmark = pytest.mark.integration
@@ -94,10 +95,12 @@ async def session(pool: asyncpg.Pool, call_id: str) -> asyncpg.Record | None:
 async def test_full_call_produces_the_expected_session(run_consumer, publish, pool) -> None:
     call_id = new_call_id()
     rc = await run_consumer()  # every call's events, as in production
+    lagged = metric("dialtone_writer_lag_seconds_count")
     last = 0
     for event in full_call(call_id):
         last = await publish(event)
     await rc.settled(last)
+    assert metric("dialtone_writer_lag_seconds_count") - lagged == 15  # each event's lag, once
 
     s = await session(pool, call_id)
     assert s is not None
@@ -251,3 +254,12 @@ async def test_nothing_is_acked_while_the_database_is_down(run_consumer, publish
         assert rc.consumer.health() is None
     finally:
         await writer_pool.close()
+
+
+@pytest.mark.unit
+def test_writer_lag_runs_from_the_events_own_time_to_the_commit() -> None:
+    event = line("CA1", 1, 0, t=10)
+    assert lag_seconds(event, at(12.5)) == 2.5
+    assert lag_seconds(event, at(9)) == 0.0  # a publisher's clock ahead of ours is no negative lag
+    naive = line("CA1", 2, 1, t=10).model_copy(update={"at": at(10).replace(tzinfo=None)})
+    assert lag_seconds(naive, at(11)) == 1.0  # a time without zone is UTC
