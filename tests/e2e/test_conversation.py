@@ -236,6 +236,10 @@ async def test_responses_of_several_items_over_a_jittery_line_are_heard_and_writ
              parallel_tools=True),
     ], audio_chunks=(37, 803, 1600, 3, 400, 2411, 160))  # irregular deltas, as the real API sends
     metrics = f"http://127.0.0.1:{platform.ports.bridge}/metrics"
+    turn, heard = "dialtone_bridge_turn_latency_seconds", "dialtone_bridge_turn_heard_latency_seconds"
+    counted = {name: await metric(metrics, name) for name in (
+        f"{turn}_count", f"{turn}_sum", f"{heard}_count", f"{heard}_sum", "dialtone_bridge_greeting_latency_seconds_count",
+        "dialtone_bridge_calls_started_total", "dialtone_bridge_calls_ended_total")}
     before = len(realtime.sessions)
     # A poor line: 30 ms each way, up to 40 ms of jitter, delivered in 60 ms bursts.
     call = await call_lab(platform, to="+15005550006", one_way_delay_ms=30, jitter_ms=40, burst_ms=60, seed=3)
@@ -265,6 +269,19 @@ async def test_responses_of_several_items_over_a_jittery_line_are_heard_and_writ
     # The speech came before its tool call in the conversation.
     assert session["transcript"][2]["seq"] < tools[0]["seq"] < session["transcript"][3]["seq"]
     assert await metric(metrics, "dialtone_bridge_realtime_rate_limit_remaining") > 0  # requests + tokens left
+
+    # Three caller turns, each timed once to the reply's first audio sent and to the first heard;
+    # the greeting is timed apart. Heard comes after sent, by at least the line's delay.
+    grown = {name: await metric(metrics, name) - value for name, value in counted.items()}
+    assert grown[f"{turn}_count"] == 3 and grown[f"{heard}_count"] == 3
+    assert 0 < grown[f"{turn}_sum"] / 3 < 5
+    assert grown[f"{heard}_sum"] > grown[f"{turn}_sum"] + 3 * 0.03
+    assert grown["dialtone_bridge_greeting_latency_seconds_count"] == 1
+    assert grown["dialtone_bridge_calls_started_total"] == 1
+    async def ended_once() -> bool:
+        return await metric(metrics, "dialtone_bridge_calls_ended_total") == counted["dialtone_bridge_calls_ended_total"] + 1
+
+    await poll(ended_once, timeout=10, what="the call counted as ended")
 
 
 async def test_untranscribed_words_failed_answers_and_cut_off_answers_are_handled(
