@@ -26,7 +26,8 @@ from dialtone_proto import (
     subjects,
 )
 from dialtone_writer import metrics
-from dialtone_writer.consumer import lag_seconds
+from dialtone_writer.consumer import Consumer, lag_seconds
+from dialtone_writer.settings import WriterSettings
 from dialtone_writer.store import write_events
 
 pytestmark = pytest.mark.integration
@@ -255,6 +256,25 @@ async def test_nothing_is_acked_while_the_database_is_down(run_consumer, publish
     finally:
         await writer_pool.close()
 
+
+async def test_consumer_pending_is_what_the_stream_holds_beyond_the_batch(
+    publish, pool, js, nats_url: str, database_url: str
+) -> None:
+    call_id = new_call_id()
+    durable = f"writer-test-{uuid.uuid4().hex[:12]}"
+    probe = await js.pull_subscribe(f"{subjects.PREFIX}.events.{call_id}.>", durable=durable, stream=STREAM_NAME)
+    try:
+        for n in range(5):
+            await publish(line(call_id, n, seq=n))
+        msgs = await probe.fetch(2, timeout=5)
+        settings = WriterSettings(database_url=database_url, nats_url=nats_url, durable_name=durable)
+        assert await Consumer(pool, js, settings).process(msgs)
+        assert metric("dialtone_writer_consumer_pending") == 3  # five published, two in this batch
+        assert await Consumer(pool, js, settings).process(await probe.fetch(3, timeout=5))
+        assert metric("dialtone_writer_consumer_pending") == 0
+    finally:
+        await probe.unsubscribe()
+        await js.delete_consumer(STREAM_NAME, durable)
 
 @pytest.mark.unit
 def test_writer_lag_runs_from_the_events_own_time_to_the_commit() -> None:

@@ -152,6 +152,8 @@ class Consumer:
         Returns:
             False if the database was unavailable (the batch was nak'ed for redelivery).
         """
+        if msgs:  # what the stream holds beyond this batch, written or not (a database outage grows it)
+            metrics.PENDING.set(msgs[-1].metadata.num_pending)
         decoded: list[tuple[Msg, Event]] = []
         for msg in msgs:
             try:
@@ -173,7 +175,6 @@ class Consumer:
             await self._unavailable(decoded, exc)
             return False
         await _ack_all(msg for msg, _ in decoded)
-        metrics.PENDING.set(decoded[-1][0].metadata.num_pending)
         return True
 
     async def _write(self, events: list[Event]) -> None:
