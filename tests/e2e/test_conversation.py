@@ -278,6 +278,7 @@ async def test_responses_of_several_items_over_a_jittery_line_are_heard_and_writ
     assert grown[f"{heard}_sum"] > grown[f"{turn}_sum"] + 3 * 0.03
     assert grown["dialtone_bridge_greeting_latency_seconds_count"] == 1
     assert grown["dialtone_bridge_calls_started_total"] == 1
+    assert await metric(metrics, "dialtone_bridge_ready") == 1  # and ready for the next call
     async def ended_once() -> bool:
         return await metric(metrics, "dialtone_bridge_calls_ended_total") == counted["dialtone_bridge_calls_ended_total"] + 1
 

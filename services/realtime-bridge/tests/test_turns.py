@@ -8,6 +8,7 @@ import types
 import pytest
 from dialtone_bridge import metrics
 from dialtone_bridge.agents import Agent
+from dialtone_bridge.service import Bridge
 from dialtone_bridge.settings import DEFAULT_PRICES
 from dialtone_bridge.turns import TurnLatency
 
@@ -148,3 +149,20 @@ async def test_tokens_and_dollars_are_counted_by_kind() -> None:
     assert sum(cost.values()) == pytest.approx(0.0566)
     [usage] = [f for name, f in s.events.out if name == "UsageReported"]
     assert usage["cost_usd"] == pytest.approx(0.0566)  # the session's cost agrees with the counters
+
+
+# ---- readiness ---------------------------------------------------------------------------------
+def test_a_bridge_is_ready_only_connected_not_draining_and_not_full() -> None:
+    nc = types.SimpleNamespace(is_connected=True)
+    ctx = types.SimpleNamespace(nc=nc, settings=types.SimpleNamespace(max_calls=1), bridge_id="b1")
+    bridge = Bridge(ctx, calls=None)  # type: ignore[arg-type]
+    metrics.READY.set_function(bridge._ready)  # what Bridge.start does  # noqa: SLF001
+    assert sample("dialtone_bridge_ready") == 1
+    bridge.sessions["CA1"] = None  # type: ignore[assignment]
+    assert sample("dialtone_bridge_ready") == 0  # full
+    bridge.sessions.clear()
+    nc.is_connected = False
+    assert sample("dialtone_bridge_ready") == 0  # cut off from NATS
+    nc.is_connected = True
+    bridge.draining = True
+    assert sample("dialtone_bridge_ready") == 0
