@@ -12,6 +12,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+from dialtone_bridge import metrics as bridge_metrics
 from dialtone_bridge.settings import BridgeSettings
 from dialtone_tools.settings import ToolSettings
 
@@ -176,6 +177,8 @@ def test_the_tool_runner_scales_on_cpu_and_the_bridge_on_active_calls(rendered: 
     assert int(metric["pods"]["target"]["averageValue"]) <= BridgeSettings.model_fields["max_calls"].default // 2
     adapter = yaml.safe_load((K8S / "prometheus-adapter" / "values.yaml").read_text())
     assert "dialtone_bridge_calls_active" in {rule["name"]["as"] for rule in adapter["rules"]["custom"]}
+    # an autoscaler on a metric the bridge does not export would never scale
+    assert "dialtone_bridge_calls_active" in {family.name for family in bridge_metrics.REGISTRY.collect()}
 
     for hpa in (runner, bridge):  # a replica count in the Deployment would fight the autoscaler on every apply
         assert "replicas" not in find(rendered, "Deployment", hpa["spec"]["scaleTargetRef"]["name"])["spec"]
