@@ -7,6 +7,7 @@ import pytest
 from dialtone_gateway import metrics
 from dialtone_gateway.app import create_app
 from dialtone_gateway.settings import GatewaySettings
+from fastapi import FastAPI, WebSocket
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
@@ -56,3 +57,21 @@ def test_refused_websocket_upgrades_are_counted_by_route_template(client: TestCl
     assert count(handshakes, route=MEDIA_ROUTE, code="403") == refused + 2
     assert count(handshakes, route=MEDIA_ROUTE, code="101") == accepted
     assert count("dialtone_gateway_sockets_refused_total", reason="signature") >= 2
+
+
+def test_an_accepted_upgrade_is_counted_when_accepted_not_when_the_call_ends() -> None:
+    app = FastAPI()
+    app.add_middleware(metrics.RequestMetrics)
+
+    @app.websocket("/echo/{name}")
+    async def echo(ws: WebSocket, name: str) -> None:
+        await ws.accept()
+        await ws.send_text(await ws.receive_text())
+
+    handshakes = "dialtone_gateway_websocket_handshakes_total"
+    before = count(handshakes, route="/echo/{name}", code="101")
+    with TestClient(app).websocket_connect("/echo/CA1") as ws:
+        assert count(handshakes, route="/echo/{name}", code="101") == before + 1  # the socket is still open
+        ws.send_text("hi")
+        assert ws.receive_text() == "hi"
+    assert count(handshakes, route="/echo/{name}", code="101") == before + 1

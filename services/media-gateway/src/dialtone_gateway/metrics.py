@@ -81,6 +81,10 @@ class RequestMetrics:
             await self.app(scope, receive, send)
             return
         code: int | None = None
+        websocket = scope["type"] == "websocket"
+
+        def route() -> str:
+            return getattr(scope.get("route"), "path", None) or "unmatched"
 
         async def send_and_note(message: Message) -> None:
             nonlocal code
@@ -92,13 +96,14 @@ class RequestMetrics:
                     code = 101
                 elif kind == "websocket.close":
                     code = 403  # closed before accept: the server answers the upgrade with 403
+                if code is not None and websocket:  # counted at the answer, not when the socket ends
+                    WS_HANDSHAKES.labels(route(), str(code)).inc()
             await send(message)
 
         try:
             await self.app(scope, receive, send_and_note)
         finally:
-            route = getattr(scope.get("route"), "path", None) or "unmatched"
-            if scope["type"] == "http":
-                HTTP_REQUESTS.labels(route, scope["method"], str(code or 500)).inc()
-            else:
-                WS_HANDSHAKES.labels(route, str(code or 403)).inc()
+            if not websocket:
+                HTTP_REQUESTS.labels(route(), scope["method"], str(code or 500)).inc()
+            elif code is None:  # the app failed before answering the upgrade
+                WS_HANDSHAKES.labels(route(), "500").inc()
