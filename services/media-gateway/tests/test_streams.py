@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 import pytest
-from dialtone_gateway import streams
+from dialtone_gateway import metrics, streams
 from dialtone_gateway.settings import GatewaySettings
 from dialtone_gateway.streams import MediaStream, StreamContext
 from dialtone_proto import CallAnswer, CallOffer, CallRecord, subjects
@@ -435,7 +435,12 @@ async def _never_answered(subject: str, payload: bytes, timeout: float) -> FakeM
     raise nats.errors.TimeoutError
 
 
+def _to_bridge() -> float:
+    return metrics.REGISTRY.get_sample_value("dialtone_gateway_audio_frames_total", {"direction": "to_bridge"}) or 0.0
+
+
 async def test_caller_audio_during_the_claim_reaches_the_bridge_in_order(call: Call) -> None:
+    forwarded = _to_bridge()
     payloads = [bytes([i]) * 160 for i in range(5)]
     for i, p in enumerate(payloads[:3]):
         call.ws.feed(_media(i + 2, 20 * i, p))
@@ -460,6 +465,7 @@ async def test_caller_audio_during_the_claim_reaches_the_bridge_in_order(call: C
     assert frames[3].json() == {"name": "probe-0"}
     assert frames[6].json() == {"digit": "#"}
     assert frames[7].json() == {"reason": "stop"}
+    assert _to_bridge() - forwarded == 5  # audio frames only, those held back during the claim included
     assert call.nc.subscription.unsubscribed
     assert call.ws.closed_with == 1000
 
@@ -512,6 +518,7 @@ async def test_a_call_that_ends_during_a_re_offer_is_not_offered_again(no_flush_
 
 
 async def test_caller_audio_is_dropped_not_hoarded_while_nats_is_down(call: Call) -> None:
+    dropped = metrics.REGISTRY.get_sample_value("dialtone_gateway_frames_dropped_total", {"reason": "nats_disconnected"})
     call.nc.answer.set()
     await asyncio.wait_for(call.nc.claimed.wait(), WAIT_S)
     call.nc.is_connected = False
@@ -524,3 +531,5 @@ async def test_caller_audio_is_dropped_not_hoarded_while_nats_is_down(call: Call
     await asyncio.wait_for(call.task, WAIT_S)
 
     assert [f.payload for f in call.nc.frames_in() if f.kind is Kind.AUDIO] == [b"\x01" * 160]
+    assert metrics.REGISTRY.get_sample_value(
+        "dialtone_gateway_frames_dropped_total", {"reason": "nats_disconnected"}) == (dropped or 0) + 3

@@ -134,7 +134,7 @@ class MediaStream:
             if self.stream_sid is None:
                 self._bad("media_before_start", "media before start")
                 return True
-            await self._publish_in(encode_frame(Kind.AUDIO, self._next_seq(), event.timestamp, event.payload))
+            await self._publish_in(encode_frame(Kind.AUDIO, self._next_seq(), event.timestamp, event.payload), audio=True)
         elif isinstance(event, tp.Mark):
             m.MESSAGES_IN.labels("mark").inc()
             if self.stream_sid is None:
@@ -222,13 +222,16 @@ class MediaStream:
         # Frames that arrive while the backlog drains join its end; the flag flips only once it is
         # empty, with no await in between, so the bridge sees every frame in order.
         while self._backlog:
-            await self.nc.publish(subjects.call_in(self.call_id, self.key), self._backlog.popleft())
+            frame = self._backlog.popleft()
+            await self.nc.publish(subjects.call_in(self.call_id, self.key), frame)
+            if frame[1] == Kind.AUDIO:
+                m.FRAMES_TO_BRIDGE.inc()
         self._claimed = True
         self._last_out = time.monotonic()
         if not self._finished:
             self._watch_task = asyncio.create_task(self._watch_bridge(), name=f"lease-{self.call_id}")
 
-    async def _publish_in(self, frame: bytes) -> None:
+    async def _publish_in(self, frame: bytes, *, audio: bool = False) -> None:
         if not self._claimed:
             if len(self._backlog) == self._backlog.maxlen:
                 self._bad("backlog_overflow", "caller audio dropped while waiting for a bridge")
@@ -242,7 +245,8 @@ class MediaStream:
         try:
             # nats-py's publish appends to the outgoing buffer; it waits only when that buffer is full.
             await self.nc.publish(subjects.call_in(self.call_id, self.key), frame)
-            m.FRAMES_TO_BRIDGE.inc()
+            if audio:
+                m.FRAMES_TO_BRIDGE.inc()
         except nats.errors.Error:
             m.DROPPED_NATS_ERROR.inc()
 
