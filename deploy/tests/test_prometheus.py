@@ -10,6 +10,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import prometheus_client
 import pytest
 import yaml
 from prometheus_client import CollectorRegistry
@@ -97,3 +98,13 @@ def test_prometheus_scrapes_each_service_on_its_port(services: tuple) -> None:
         assert targets == [f"{service.name}:{service.health_port}"], service.name
     down = next(rule for rule in _rules() if rule["alert"] == "DialtoneServiceDown")
     assert set(re.search(r'job=~"([^"]+)"', down["expr"])[1].split("|")) == set(jobs)
+
+
+def test_no_service_metric_lands_in_the_global_default_registry(services: tuple) -> None:
+    """A metric made without ``registry=`` would be in the process-wide default registry, which
+    no service serves: it would silently never reach Prometheus."""
+    for service in services:
+        importlib.import_module(f"{service.package}.metrics")
+        importlib.import_module(f"{service.package}.main")
+    strays = sorted(f.name for f in prometheus_client.REGISTRY.collect() if f.name.startswith("dialtone_"))
+    assert strays == [], f"metrics outside the services' registries: {strays}"

@@ -95,6 +95,11 @@ RATE_LIMIT_REMAINING = Gauge(
     registry=REGISTRY,
 )
 RECOVERED = Counter("dialtone_bridge_calls_recovered_total", "Calls taken over from a lost bridge", registry=REGISTRY)
+EVENTS = Counter("dialtone_bridge_events_published_total", "Call events published", ["type"], registry=REGISTRY)
+EVENT_RETRIES = Counter("dialtone_bridge_event_publish_retries_total", "Event publish retries", registry=REGISTRY)
+EVENTS_LOST = Counter(
+    "dialtone_bridge_events_lost_total", "Events given up on after retrying", registry=REGISTRY
+)
 
 _OUTCOME = re.compile(r"[a-z][a-z0-9_]{0,31}")
 

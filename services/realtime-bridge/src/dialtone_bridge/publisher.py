@@ -14,11 +14,8 @@ from typing import Any
 
 from dialtone_proto.events import encode_event
 from nats.js import JetStreamContext
-from prometheus_client import Counter
 
-EVENTS = Counter("dialtone_bridge_events_published_total", "Call events published", ["type"])
-EVENT_RETRIES = Counter("dialtone_bridge_event_publish_retries_total", "Event publish retries")
-EVENTS_LOST = Counter("dialtone_bridge_events_lost_total", "Events given up on after retrying")
+from dialtone_bridge import metrics as m
 
 GIVE_UP_AFTER_S = 300.0
 
@@ -58,14 +55,14 @@ class EventPublisher:
         while True:
             try:
                 await self._js.publish(event.subject, data, headers={"Nats-Msg-Id": event.id}, timeout=5)
-                EVENTS.labels(event.type).inc()
+                m.EVENTS.labels(event.type).inc()
                 return
             except Exception as exc:  # any bus failure: keep the event, retry with the same id
                 if loop.time() > deadline:
-                    EVENTS_LOST.inc()
+                    m.EVENTS_LOST.inc()
                     self.log.error("gave up publishing %s %s: %s", event.type, event.id, exc)
                     return
-                EVENT_RETRIES.inc()
+                m.EVENT_RETRIES.inc()
                 self.log.warning("publishing %s failed (%s); retrying", event.type, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
