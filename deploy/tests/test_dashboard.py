@@ -5,6 +5,7 @@ during a simulated call answers every panel query with data and parses every ale
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import json
 import re
@@ -18,7 +19,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 import yaml
-from dialtone_common.embedded import free_port
+from dialtone_common.embedded import embedded_nats, free_port
 from dialtone_dev.platform import Platform, Ports
 from dialtone_sim.realtime import RealtimeSimulator
 from dialtone_sim.scenario import Scenario, ToolCall, Turn
@@ -103,9 +104,11 @@ async def realtime() -> AsyncIterator[RealtimeSimulator]:
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
-async def platform(
-    tmp_root: Path, nats_url: str, database_url: str, realtime: RealtimeSimulator
-) -> AsyncIterator[Platform]:
+async def platform(tmp_root: Path, database_url: str, realtime: RealtimeSimulator) -> AsyncIterator[Platform]:
+    # A NATS of its own: on the session's NATS, the bridges of another platform still running in
+    # this test session (the e2e tier's) would share the offer queue group and take this call.
+    servers = contextlib.ExitStack()
+    nats_url = await asyncio.to_thread(servers.enter_context, embedded_nats(tmp_root / "dashboard-nats"))
     agents = tmp_root / "dashboard-agents" / "dashboard"
     agents.mkdir(parents=True)
     (agents / "agent.toml").write_text(AGENT_TOML)
@@ -117,8 +120,11 @@ async def platform(
             twilio_auth_token=AUTH_TOKEN, twilio_account_sid=ACCOUNT_SID, twilio_api_base_url=twilio_api.base_url,
             agents_dir=agents.parent, tools_module=str(DEPLOY.parent / "tests" / "e2e" / "e2e_tools.py"),
         )  # fmt: skip
-        async with p:
-            yield p
+        try:
+            async with p:
+                yield p
+        finally:
+            await asyncio.to_thread(servers.close)
 
 
 @pytest.fixture(scope="module")
