@@ -4,10 +4,8 @@ five Python processes takes seconds); each test sets the simulator's scenario it
 
 from __future__ import annotations
 
-import asyncio
 import shutil
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +13,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 from dialtone_dev.platform import Platform, Ports
+from dialtone_sim.polling import poll
 from dialtone_sim.realtime import RealtimeSimulator
 from dialtone_sim.twilio_api import FakeTwilioApi
 
@@ -108,18 +107,20 @@ async def platform(
         yield p
 
 
-async def poll(check: Callable[[], Any], timeout: float = 20.0, interval: float = 0.1, what: str = "condition") -> Any:
-    """Wait until ``check()`` (sync or async) returns something truthy; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(interval)
+def replies(session: Any) -> list[bytes]:
+    """Every reply a Realtime simulator session generated, in the order it generated them."""
+    return [bytes(session.output_audio[item_id]) for item_id in session.output_order]
+
+
+def heard_in_order(heard: bytes, pieces: list[bytes]) -> bool:
+    """Every piece of agent audio is in what the caller heard, whole and in this order."""
+    position = 0
+    for piece in pieces:
+        found = heard.find(piece, position)
+        if found < 0:
+            return False
+        position = found + len(piece)
+    return True
 
 
 class Admin:

@@ -11,7 +11,7 @@ from dialtone_sim.realtime import RealtimeSimulator
 from dialtone_sim.scenario import Scenario, ToolCall, Turn
 from dialtone_sim.twilio_edge import SimCall, dial
 
-from .conftest import ACCOUNT_SID, AUTH_TOKEN, LAB, Admin, metric, poll
+from .conftest import ACCOUNT_SID, AUTH_TOKEN, LAB, Admin, heard_in_order, metric, poll, replies
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
 
@@ -213,17 +213,6 @@ async def test_dtmf_reaches_the_model_and_the_transcript(platform: Platform, rea
     assert lines[-2:] == [("caller", "pressed 1", "dtmf"), ("agent", "You chose billing.", "speech")]
 
 
-def heard_in_order(heard: bytes, audio: list[bytes]) -> bool:
-    """Every piece of agent audio is in what the caller heard, whole and in this order."""
-    position = 0
-    for piece in audio:
-        found = heard.find(piece, position)
-        if found < 0:
-            return False
-        position = found + len(piece)
-    return True
-
-
 async def test_responses_of_several_items_over_a_jittery_line_are_heard_and_written_in_order(
     platform: Platform, realtime: RealtimeSimulator, admin: Admin
 ):
@@ -251,7 +240,7 @@ async def test_responses_of_several_items_over_a_jittery_line_are_heard_and_writ
     sim = realtime.sessions[before]
 
     # Every item of every response reached the caller, whole and in order, and nobody cut in.
-    assert heard_in_order(bytes(call.heard), [bytes(sim.output_audio[i]) for i in sim.output_order])
+    assert heard_in_order(bytes(call.heard), replies(sim))
     assert len(sim.output_order) == 6 and call.clears == [] and sim.truncations == []
     # Both parallel results were in before the model answered (else it says something else).
     parallel = [e["item"]["call_id"] for e in sim.client_events if e["type"] == "conversation.item.create"][-2:]
@@ -319,7 +308,7 @@ async def test_untranscribed_words_failed_answers_and_cut_off_answers_are_handle
     # Each answer the caller heard is the model's, whole: the retry and the apology really spoke.
     spoken = [e["transcript"] for e in sim.server_events if e["type"] == "response.output_audio_transcript.done"]
     assert "Sorry, could you repeat that?" in spoken and APOLOGY in spoken
-    assert heard_in_order(bytes(call.heard), [bytes(sim.output_audio[i]) for i in sim.output_order])
+    assert heard_in_order(bytes(call.heard), replies(sim))
     assert await metric(metrics, "dialtone_bridge_realtime_responses_total", status="failed") == failed + 3
 
 

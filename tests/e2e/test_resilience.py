@@ -18,7 +18,7 @@ from dialtone_sim.twilio_edge import dial
 from twilio.request_validator import RequestValidator
 from websockets.asyncio.client import connect
 
-from .conftest import ACCOUNT_SID, AUTH_TOKEN, Admin, metric, poll
+from .conftest import ACCOUNT_SID, AUTH_TOKEN, Admin, heard_in_order, metric, poll, replies
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
 
@@ -100,21 +100,9 @@ async def test_twenty_concurrent_calls_lose_no_audio_frame(platform: Platform, r
     for call in calls:
         fits = [s for s in unmatched if bytes(s.input_audio) == bytes(call.sent_audio)]
         assert fits, f"{call.call_sid}: caller audio ({len(call.sent_audio)} bytes) lost or altered"
-        match = next((s for s in fits if heard_in_order(bytes(call.heard), s)), None)
+        match = next((s for s in fits if heard_in_order(bytes(call.heard), replies(s))), None)
         assert match is not None, f"{call.call_sid}: a reply was not heard intact"
         unmatched.remove(match)
-
-
-def heard_in_order(heard: bytes, session) -> bool:
-    """Every reply of the model session is in what the caller heard, whole and in order."""
-    position = 0
-    for item_id in session.output_order:
-        audio = bytes(session.output_audio[item_id])
-        found = heard.find(audio, position)
-        if found < 0:
-            return False
-        position = found + len(audio)
-    return True
 
 
 async def test_garbage_on_the_media_socket_is_counted_and_harms_no_other_call(

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from dialtone_dev.platform import Platform, Service
+from dialtone_sim.polling import poll
 from dialtone_sim.realtime import RealtimeSimulator
 from dialtone_sim.twilio_api import FakeTwilioApi
 from dialtone_sim.twilio_edge import SimCall, dial
@@ -36,7 +37,6 @@ from .conftest import (
     Figures,
     Servers,
     http_get,
-    poll,
 )
 
 pytestmark = [pytest.mark.faults, pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]

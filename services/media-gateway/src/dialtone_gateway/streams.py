@@ -85,7 +85,7 @@ class MediaStream:
         self._watch_task: asyncio.Task | None = None
         self._pending = bytearray()
         self._flush_task: asyncio.Task | None = None
-        self._min_bytes = settings_min_bytes(ctx.settings)
+        self._min_bytes = ctx.settings.min_chunk_ms * 8  # 8 kHz mu-law: 8 bytes a millisecond
         self._bad_logged = 0
         self._last_out = time.monotonic()
         self._rescued = False
@@ -464,8 +464,3 @@ class MediaStream:
 
 
 _BACKGROUND: set[asyncio.Task] = set()  # event publishes that outlive their stream's teardown
-
-
-def settings_min_bytes(settings: GatewaySettings) -> int:
-    """Bytes of 8 kHz mu-law in the smallest media message sent to Twilio."""
-    return settings.min_chunk_ms * 8
