@@ -15,6 +15,7 @@ from dialtone_proto.frames import (
     decode_frame,
     encode_control,
     encode_frame,
+    transit_ms,
 )
 
 pytestmark = pytest.mark.unit
@@ -31,10 +32,27 @@ def test_every_kind_round_trips(kind: Kind) -> None:
     assert decode_frame(data) == Frame(kind, 41, 123_456, payload)
 
 
-def test_header_layout_matches_the_documented_offsets() -> None:
+def test_header_layout_matches_the_documented_offsets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("dialtone_proto.frames._now_ms", lambda: 0x7_1234_5678)
     data = encode_frame(Kind.MARK, 0x01020304, 0x0A0B0C0D, b"{}")
 
-    assert data[:12] == bytes([1, Kind.MARK, 0, 0, 1, 2, 3, 4, 0x0A, 0x0B, 0x0C, 0x0D])
+    assert data[:12] == bytes([1, Kind.MARK, 0x56, 0x78, 1, 2, 3, 4, 0x0A, 0x0B, 0x0C, 0x0D])
+
+
+def test_transit_is_read_from_the_senders_clock_across_the_16_bit_wrap(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("dialtone_proto.frames._now_ms", lambda: 5 * 65536 - 3)  # 3 ms before a wrap
+    frame = decode_frame(encode_frame(Kind.AUDIO, 0, 0, b"\xff"))
+
+    assert transit_ms(frame, now_ms=5 * 65536 + 4) == 7
+    assert transit_ms(frame, now_ms=5 * 65536 - 3) == 0
+
+
+def test_transit_of_a_skewed_clock_is_not_a_measurement(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("dialtone_proto.frames._now_ms", lambda: 1_000_000)
+    frame = decode_frame(encode_frame(Kind.AUDIO, 0, 0))
+
+    assert transit_ms(frame, now_ms=1_000_000 - 5) is None  # the receiver's clock is 5 ms behind
+    assert transit_ms(frame, now_ms=1_000_000 + 40_000) is None  # or 40 s ahead
 
 
 def test_largest_sequence_and_timestamp_survive() -> None:
@@ -61,7 +79,7 @@ def test_payload_of_exactly_the_limit_round_trips() -> None:
         pytest.param(struct.pack(">BBHII", 2, Kind.AUDIO, 0, 0, 0) + b"\xff", id="version-2"),
         pytest.param(struct.pack(">BBHII", 0, Kind.AUDIO, 0, 0, 0), id="version-0"),
         pytest.param(struct.pack(">BBHII", 1, 0, 0, 0, 0), id="kind-0"),
-        pytest.param(struct.pack(">BBHII", 1, 8, 0, 0, 0), id="kind-8"),
+        pytest.param(struct.pack(">BBHII", 1, 9, 0, 0, 0), id="kind-9"),
         pytest.param(struct.pack(">BBHII", 1, 255, 0, 0, 0), id="kind-255"),
         pytest.param(struct.pack(">BBHII", 1, Kind.AUDIO, 0, 0, 0) + b"\xff" * (MAX_PAYLOAD + 1), id="oversize"),
     ],

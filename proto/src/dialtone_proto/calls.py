@@ -78,6 +78,9 @@ class CallOffer(BaseModel):
     agent: str | None = None
     parameters: dict[str, str] = Field(default_factory=dict)
     gateway_id: str | None = None
+    # The previous bridge handed the call over as it drained (a planned move, not a lost bridge):
+    # the new one restores the conversation without the agent's "resumed" apology.
+    handoff: bool = False
 
     def with_record(self, record: CallRecord) -> CallOffer:
         """This offer with the caller's details taken from the record (the trusted source)."""

@@ -25,7 +25,7 @@ _REPLIES: dict[str, type[BaseModel]] = {
     "tools.result": ToolCallReply,
 }
 _IN_KINDS = {Kind.AUDIO, Kind.MARK, Kind.DTMF, Kind.STOP}
-_OUT_KINDS = {Kind.AUDIO, Kind.MARK, Kind.CLEAR, Kind.HANGUP, Kind.HEARTBEAT}
+_OUT_KINDS = {Kind.AUDIO, Kind.MARK, Kind.CLEAR, Kind.HANGUP, Kind.HEARTBEAT, Kind.HANDOFF}
 
 
 class ContractError(ValueError):

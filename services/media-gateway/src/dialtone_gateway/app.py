@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import re
@@ -55,6 +56,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             calls = CallBook(await bus.ensure_calls_bucket(js, replicas=settings.jetstream_replicas))
             app.state.nc, app.state.js, app.state.calls = nc, js, calls
             app.state.ctx = StreamContext(nc, js, calls, line, settings, gateway_id)
+            app.state.streams, app.state.draining = {}, False
             log.info("media-gateway %s ready; Twilio webhook %s/twilio-voice", gateway_id, settings.public_base_url)
             yield
         finally:
@@ -179,7 +181,16 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         except CallBookUnavailable:
             return await _refuse(ws, "store_unavailable", call_id)
         await ws.accept()
-        await MediaStream(ws, ws.app.state.ctx, record).run()
+        stream = MediaStream(ws, ws.app.state.ctx, record)
+        streams: dict[MediaStream, asyncio.Future] = ws.app.state.streams
+        if ws.app.state.draining:  # the balancer had not yet seen our 503: serve it, never drop it
+            stream.log.info("stream opened while draining")
+        streams[stream] = done = asyncio.get_running_loop().create_future()
+        try:
+            await stream.run()
+        finally:
+            del streams[stream]
+            done.set_result(None)
 
     @app.websocket("/media")
     async def media_without_token(ws: WebSocket) -> None:
@@ -187,7 +198,10 @@ def create_app(settings: GatewaySettings) -> FastAPI:
 
     @app.get("/healthz")
     async def healthz(request: Request) -> Response:
-        nc = getattr(request.app.state, "nc", None)
+        state = request.app.state
+        if getattr(state, "draining", False):
+            return PlainTextResponse(f"draining: {len(state.streams)} calls left", status_code=503)
+        nc = getattr(state, "nc", None)
         if nc is None or not nc.is_connected:
             return PlainTextResponse("nats disconnected", status_code=503)
         return PlainTextResponse("ok")
@@ -197,3 +211,24 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         return Response(generate_latest(m.REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+async def drain(app: FastAPI, grace: float) -> None:
+    """SIGTERM: report not-ready at once (``/healthz`` 503, so balancers send new calls elsewhere),
+    let the calls on this gateway's sockets finish for up to ``grace`` seconds, then have Twilio
+    apologise and hang up on whatever is left, rather than cut callers off in silence. Webhooks and
+    status callbacks are still answered meanwhile: they hold no state here."""
+    state = app.state
+    if not hasattr(state, "streams"):
+        return  # never started
+    state.draining = True
+    streams: dict[MediaStream, asyncio.Future] = state.streams
+    log.info("draining: no new calls; waiting up to %.0f s for %d calls", grace, len(streams))
+    deadline = time.monotonic() + grace
+    while streams and (left := deadline - time.monotonic()) > 0:  # streams opened meanwhile count too
+        await asyncio.wait(list(streams.values()), timeout=left)
+    if streams:
+        log.warning("drain grace over: %d calls are still on, Twilio says goodbye to them", len(streams))
+        await asyncio.gather(*(stream.leave("gateway_shutdown") for stream in list(streams)), return_exceptions=True)
+        await asyncio.wait(list(streams.values()), timeout=10)
+    log.info("drained")

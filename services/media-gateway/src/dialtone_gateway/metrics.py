@@ -6,7 +6,7 @@ costs no label lookup.
 
 from __future__ import annotations
 
-from dialtone_common.metrics import service_registry
+from dialtone_common.metrics import TRANSIT_BUCKETS, service_registry
 from prometheus_client import Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -42,6 +42,11 @@ AUDIO_FRAMES = Counter(
     "Audio frames forwarded: to_bridge (caller audio published on the bus), from_bridge (agent audio received)",
     ["direction"], registry=REGISTRY,
 )
+BUS_TRANSIT = Histogram(
+    "dialtone_gateway_bus_transit_seconds",
+    "Bridge to gateway: a frame's sent time in its header (the bridge's wall clock) to its arrival here",
+    buckets=TRANSIT_BUCKETS, registry=REGISTRY,
+)
 BAD_FRAMES = Counter("dialtone_gateway_bad_frames_total", "Malformed frames from the bus", registry=REGISTRY)
 CLAIMS = Counter("dialtone_gateway_claims_total", "Call offers to the bridges", ["result"], registry=REGISTRY)
 CLAIM_SECONDS = Histogram(
@@ -50,6 +55,9 @@ CLAIM_SECONDS = Histogram(
 )
 BRIDGE_LOST = Counter(
     "dialtone_gateway_bridge_lost_total", "Calls whose bridge fell silent and were re-offered", registry=REGISTRY
+)
+HANDOFFS = Counter(
+    "dialtone_gateway_handoffs_total", "Calls a draining bridge handed over, re-offered to the others", registry=REGISTRY
 )
 RESCUES = Counter(
     "dialtone_gateway_rescues_total", "Calls no bridge would take: Twilio apologised and hung up", registry=REGISTRY

@@ -26,6 +26,10 @@ class GatewaySettings(ServiceSettings):
     bridge_lease_s: float = Field(
         default=2.0, description="a bridge silent this long (no heartbeat, no frame) has lost the call: re-offer it"
     )
+    drain_grace_s: float = Field(
+        default=300.0, ge=0,
+        description="on SIGTERM, how long calls in progress may go on; then Twilio apologises and hangs up",
+    )
     stream_url_ttl_s: float = Field(
         default=300.0, description="a call's stream URL opens its stream only this long after the webhook"
     )

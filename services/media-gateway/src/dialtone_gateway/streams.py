@@ -28,9 +28,10 @@ from datetime import UTC, datetime
 import nats.errors
 from dialtone_common.callbook import CallBook, CallBookUnavailable
 from dialtone_common.logs import CallLog
+from dialtone_common.metrics import TRANSIT_SAMPLE
 from dialtone_proto import CallAnswer, CallOffer, CallRecord, subjects
 from dialtone_proto.events import CallEnded, CallStatus, encode_event
-from dialtone_proto.frames import FrameError, Kind, decode_frame, encode_control, encode_frame
+from dialtone_proto.frames import FrameError, Kind, decode_frame, encode_control, encode_frame, transit_ms
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -89,6 +90,8 @@ class MediaStream:
         self._bad_logged = 0
         self._last_out = time.monotonic()
         self._rescued = False
+        self._handoff = False  # the bridge asked for the call to go to another bridge
+        self._offer_handoff = False  # the current offer is such a hand-off
         self._finished = False
         self._touched = time.monotonic()
         self._send_lock = asyncio.Lock()
@@ -177,6 +180,7 @@ class MediaStream:
             call_id=self.call_id, stream_sid=self.stream_sid or "", stream_key=self.key, epoch=self.epoch,
             account_sid=r.account_sid, from_number=r.from_number, to_number=r.to_number,
             direction=r.direction, agent=r.agent, parameters=dict(r.variables), gateway_id=self.ctx.gateway_id,
+            handoff=self._offer_handoff,
         )
 
     async def _subscribe_out(self) -> None:
@@ -279,7 +283,7 @@ class MediaStream:
                 reconnects = self.nc.stats.get("reconnects", 0)
                 self._last_out = now
                 continue
-            if now - self._last_out > lease:
+            if self._handoff or now - self._last_out > lease:
                 break
             if now - self._touched > TOUCH_EVERY_S:
                 self._touched = now
@@ -288,11 +292,18 @@ class MediaStream:
         await self._reoffer(now - self._last_out)
 
     async def _reoffer(self, silent_s: float) -> None:
-        m.BRIDGE_LOST.inc()
-        self.log.warning("bridge silent for %.1f s: re-offering the call", silent_s)
+        handoff, self._handoff = self._handoff, False
+        self._offer_handoff = handoff
+        if handoff:
+            m.HANDOFFS.inc()
+            status = "handed_off"
+        else:
+            m.BRIDGE_LOST.inc()
+            status = "bridge_lost"
+            self.log.warning("bridge silent for %.1f s: re-offering the call", silent_s)
         self._publish_event(CallStatus(
-            id=f"{self.call_id}-bridge-lost-{self.epoch}", call_id=self.call_id, at=datetime.now(UTC),
-            status="bridge_lost", source="gateway",
+            id=f"{self.call_id}-{status.replace('_', '-')}-{self.epoch}", call_id=self.call_id, at=datetime.now(UTC),
+            status=status, source="gateway",
         ))
         old_key, new_key = self.key, secrets.token_urlsafe(16)
         self._claimed = False
@@ -336,6 +347,10 @@ class MediaStream:
         if not self._finished:
             self._claim_task = asyncio.create_task(self._claim(), name=f"reclaim-{self.call_id}")
 
+    async def leave(self, reason: str) -> None:
+        """This gateway is going away with the call still on: Twilio apologises and hangs up."""
+        await self._rescue(reason)
+
     async def _rescue(self, reason: str) -> None:
         """No bridge: Twilio says sorry and hangs up (the stream's ``stop`` then ends it here)."""
         if self._rescued:
@@ -374,6 +389,8 @@ class MediaStream:
         self._last_out = time.monotonic()
         try:
             frame = decode_frame(msg.data)
+            if (frame.kind is not Kind.AUDIO or frame.seq % TRANSIT_SAMPLE == 0) and (ms := transit_ms(frame)) is not None:
+                m.BUS_TRANSIT.observe(ms / 1000)
             if frame.kind is Kind.AUDIO:
                 m.FRAMES_FROM_BRIDGE.inc()
                 self._pending += frame.payload
@@ -393,6 +410,9 @@ class MediaStream:
                 await self._close(1000)
             elif frame.kind is Kind.HEARTBEAT:
                 pass
+            elif frame.kind is Kind.HANDOFF:
+                self.log.info("bridge %s is draining: it hands the call over", frame.json().get("bridge"))
+                self._handoff = True  # the lease watch re-offers the call at its next tick
             else:
                 raise FrameError(f"{frame.kind.name} is not an outbound kind")
         except (FrameError, KeyError) as exc:

@@ -39,10 +39,10 @@ async def serve(stack: AsyncExitStack, stop: asyncio.Event, settings: BridgeSett
                         bridge_id=bridge_id, twilio=twilio, calls=calls)
     bridge = Bridge(ctx, calls)
     await bridge.start()
+    # The health server outlives the drain, so that /healthz says "draining" (503) while it runs.
+    await stack.enter_async_context(HealthServer(settings.metrics_host, settings.metrics_port, bridge.health,
+                                                 registry=m.REGISTRY))
     stack.push_async_callback(bridge.drain)
-    health = HealthServer(settings.metrics_host, settings.metrics_port,
-                          lambda: None if nc.is_connected else "nats disconnected", registry=m.REGISTRY)
-    await stack.enter_async_context(health)
     if settings.openai_api_key is None:
         log.warning("OPENAI_API_KEY is unset: talking to %s (a simulator?)", settings.openai_realtime_url)
     log.info("realtime-bridge %s ready with agents %s", bridge_id, sorted(agents.agents))
@@ -54,7 +54,7 @@ def main() -> None:
     logs.setup(settings.log_level, "realtime-bridge")
 
     async def _main(stack: AsyncExitStack, stop: asyncio.Event) -> None:
-        await serve(stack, stop, settings)
+        await serve(stack, stop, settings)  # on SIGTERM the stack's first step is the drain
 
     runtime.run(_main)
 

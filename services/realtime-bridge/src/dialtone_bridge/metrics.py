@@ -6,7 +6,7 @@ per-frame counters carry no labels, so the audio path does no label lookups.
 
 import re
 
-from dialtone_common.metrics import service_registry
+from dialtone_common.metrics import TRANSIT_BUCKETS, service_registry
 from prometheus_client import Counter, Gauge, Histogram
 
 REGISTRY = service_registry()
@@ -43,6 +43,11 @@ AUDIO_DROPPED = Counter(
     registry=REGISTRY,
 )
 AUDIO_OUT = Counter("dialtone_bridge_audio_out_bytes_total", "Agent audio bytes sent to the caller", registry=REGISTRY)
+BUS_TRANSIT = Histogram(
+    "dialtone_bridge_bus_transit_seconds",
+    "Gateway to bridge: a frame's sent time in its header (the gateway's wall clock) to its arrival here",
+    buckets=TRANSIT_BUCKETS, registry=REGISTRY,
+)
 BAD_FRAMES = Counter("dialtone_bridge_bad_frames_total", "Malformed frames from the bus", registry=REGISTRY)
 REALTIME_ERRORS = Counter("dialtone_bridge_realtime_errors_total", "Realtime error events", ["code"], registry=REGISTRY)
 RECONNECTS = Counter(
@@ -94,7 +99,10 @@ RATE_LIMIT_REMAINING = Gauge(
     "dialtone_bridge_realtime_rate_limit_remaining", "OpenAI account rate limit left, as last reported", ["name"],
     registry=REGISTRY,
 )
-RECOVERED = Counter("dialtone_bridge_calls_recovered_total", "Calls taken over from a lost bridge", registry=REGISTRY)
+RECOVERED = Counter(
+    "dialtone_bridge_calls_recovered_total",
+    "Calls taken over from another bridge: lost (fell silent) or handoff (it drained)", ["cause"], registry=REGISTRY,
+)
 EVENTS = Counter("dialtone_bridge_events_published_total", "Call events published", ["type"], registry=REGISTRY)
 EVENT_RETRIES = Counter("dialtone_bridge_event_publish_retries_total", "Event publish retries", registry=REGISTRY)
 EVENTS_LOST = Counter(

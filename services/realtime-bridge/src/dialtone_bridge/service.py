@@ -167,19 +167,40 @@ class Bridge:
                 with contextlib.suppress(Exception):
                     await self.ctx.nc.publish(subjects.live(call_id), beat.model_dump_json().encode())
 
-    async def drain(self, timeout: float = 30.0) -> None:
-        """Stop claiming; let calls in progress finish for up to ``timeout``; end the rest."""
-        self.draining = True
+    def health(self) -> str | None:
+        """``/healthz``: None when this bridge takes calls, else why not (503: not ready)."""
+        if self.draining:
+            return f"draining: {len(self.sessions)} calls left"
+        if not self.ctx.nc.is_connected:
+            return "nats disconnected"
+        return None
+
+    def stop_taking_calls(self) -> None:
+        """The first moment of a drain: ``/healthz`` says 503 and offers are refused at once."""
+        if not self.draining:
+            self.draining = True
+            log.info("draining: no new calls; %d in progress", len(self.sessions))
+
+    async def drain(self, grace: float | None = None) -> None:
+        """Stop claiming; let calls in progress finish for up to ``grace`` seconds
+        (``DRAIN_GRACE_S``); hand the rest to other bridges through their gateways."""
+        grace = self.ctx.settings.drain_grace_s if grace is None else grace
+        self.stop_taking_calls()
         if self._sub is not None:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
+            self._sub = None
+        if self._offers:  # offers being taken now become calls to finish like the others
+            await asyncio.wait(list(self._offers), timeout=10)
         if self._tasks:
-            log.info("draining %d calls", len(self._tasks))
-            _, pending = await asyncio.wait(list(self._tasks), timeout=timeout)
-            for session in list(self.sessions.values()):
-                session.end("bridge_shutdown")
+            log.info("draining: waiting up to %.0f s for %d calls", grace, len(self._tasks))
+            _, pending = await asyncio.wait(list(self._tasks), timeout=grace)
             if pending:
+                log.warning("drain grace over: handing %d calls to other bridges", len(self.sessions))
+                for session in list(self.sessions.values()):
+                    await session.hand_off()
                 await asyncio.wait(pending, timeout=10)
+        log.info("drained")
         for task in (self._heartbeat, self._leases):
             if task is not None:
                 task.cancel()

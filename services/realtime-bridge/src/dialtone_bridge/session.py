@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from dialtone_common.callbook import CallBook, CallBookUnavailable
 from dialtone_common.logs import CallLog
+from dialtone_common.metrics import TRANSIT_SAMPLE
 from dialtone_proto import CallOffer, subjects
 from dialtone_proto.events import CallEnded, CallStatus
-from dialtone_proto.frames import FrameError, Kind, decode_frame, encode_control, encode_frame
+from dialtone_proto.frames import FrameError, Kind, decode_frame, encode_control, encode_frame, transit_ms
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -51,6 +52,10 @@ LINE_STILL_OPEN = {"bridge_shutdown", "bridge_error", "stream_lost", "realtime_u
 # The gateway gave the call to another bridge (this one was silent too long): it goes on there, so
 # this bridge neither frees the line nor reports the call ended.
 REPLACED = "bridge_replaced"
+# This bridge is draining and the call outlasted its grace: it asked the gateway to offer the call
+# to another bridge, which carries it on. Like REPLACED, the call is not over.
+HANDED_OFF = "handed_off"
+CALL_GOES_ON = {REPLACED, HANDED_OFF}
 
 
 @dataclass
@@ -160,10 +165,12 @@ class CallSession:
         restored = self.restored
         assert restored is not None
         self.events.emit(CallStatus, status="recovered", source="bridge")
-        self.log.warning("took the call over: %d lines restored from %d events", len(restored.lines), restored.events)
-        m.RECOVERED.inc()
+        self.log.warning("took the call over%s: %d lines restored from %d events",
+                         " (handed off)" if self.offer.handoff else "", len(restored.lines), restored.events)
+        m.RECOVERED.labels("handoff" if self.offer.handoff else "lost").inc()
         agent = self.conversation.agent
-        if agent.resumed:
+        # A planned hand-off needs no apology; a lost bridge left the caller in a gap.
+        if agent.resumed and not self.offer.handoff:
             await self.conversation.request_response(f'Say exactly: "{agent.resumed}"', purpose="reply")
 
     async def still_holds(self) -> bool:
@@ -179,6 +186,16 @@ class CallSession:
         except (CallBookUnavailable, TimeoutError):
             return True
         return record is None or record.held_by(self.offer.stream_key, self.offer.epoch, self.ctx.bridge_id)
+
+    async def hand_off(self) -> None:
+        """Leave the call to another bridge (this one is draining): the gateway re-offers it at
+        once on this frame, and the bridge that takes it restores the conversation from its events."""
+        if self.ended.is_set():
+            return
+        self.log.info("handing the call over to another bridge")
+        with contextlib.suppress(Exception):
+            await self.send_frame(Kind.HANDOFF, {"bridge": self.ctx.bridge_id})
+        self.end(HANDED_OFF)
 
     async def heartbeat(self) -> None:
         """Tell the gateway this bridge still holds the call (its lease)."""
@@ -235,7 +252,7 @@ class CallSession:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
         self.conversation.finished()
-        if self.end_reason != REPLACED:
+        if self.end_reason not in CALL_GOES_ON:
             self.events.emit(CallEnded, reason=self.end_reason)
         await self.events.close()
         self.log.info("call ended (%s) after %.1f s", self.end_reason, self.clock.ms() / 1000)
@@ -346,6 +363,8 @@ class CallSession:
             self.log.warning("bad frame from the gateway: %s", exc)
             return
         self._last_frame = time.monotonic()
+        if (frame.kind is not Kind.AUDIO or frame.seq % TRANSIT_SAMPLE == 0) and (ms := transit_ms(frame)) is not None:
+            m.BUS_TRANSIT.observe(ms / 1000)
         try:
             if frame.kind is Kind.AUDIO:
                 self.playout.on_inbound_audio(frame.ts, self.clock.ms())

@@ -44,6 +44,10 @@ class BridgeSettings(ServiceSettings):
     twilio_auth_token: SecretStr | None = None
     twilio_api_base_url: str | None = Field(default=None, description="Twilio REST base (a local fake in tests)")
     heartbeat_s: float = Field(default=5.0, description="live-call heartbeat for the admin API's live view")
+    drain_grace_s: float = Field(
+        default=60.0, ge=0,
+        description="on SIGTERM, how long calls in progress may go on here before they are handed to another bridge",
+    )
     call_heartbeat_s: float = Field(
         default=0.5, description="lease heartbeat to each call's gateway; keep well under its BRIDGE_LEASE_S"
     )
