@@ -30,6 +30,15 @@ SERVICES = {
     "admin-api": "dialtone_admin",
 }
 
+# The setting that gives each service the port of its /healthz (and /metrics).
+PORT_SETTING = {
+    "media-gateway": "GATEWAY_PORT",
+    "realtime-bridge": "METRICS_PORT",
+    "tool-runner": "METRICS_PORT",
+    "transcript-writer": "METRICS_PORT",
+    "admin-api": "ADMIN_PORT",
+}
+
 
 @dataclass
 class Ports:
@@ -74,6 +83,15 @@ class Service:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._pump, 2)
         return self.proc.returncode or 0
+
+    @property
+    def base_url(self) -> str:
+        """Where this instance serves /healthz and /metrics (and the gateway's or admin API's routes)."""
+        return self.health_url.removesuffix("/healthz")
+
+    @property
+    def port(self) -> int:
+        return int(self.base_url.rpartition(":")[2])
 
     def log_tail(self, lines: int = 40) -> str:
         with contextlib.suppress(OSError):
@@ -192,11 +210,12 @@ class Platform:
         return f"http://127.0.0.1:{port or default}/healthz"
 
     async def start(self, name: str, *, instance: str | None = None, env: dict[str, str] | None = None) -> Service:
-        """Start one service process. A second instance needs its own ``instance`` name and, for the
-        services with a metrics port, a ``METRICS_PORT`` in ``env``."""
+        """Start one service process. A second instance needs its own ``instance`` name and its own
+        port in ``env``: ``GATEWAY_PORT`` (media-gateway), ``ADMIN_PORT`` (admin-api) or
+        ``METRICS_PORT`` (the others); :meth:`start_instance` picks one."""
         instance = instance or name
         service_env = self.env(name) | {"INSTANCE_ID": instance} | (env or {})
-        port = service_env.get("METRICS_PORT") if name not in ("media-gateway", "admin-api") else None
+        port = service_env.get(PORT_SETTING[name])
         log_path = self.data_dir / "logs" / f"{instance}.log"
         log_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # logs name callers: private
         log_path.touch(mode=0o600, exist_ok=True)
@@ -210,6 +229,14 @@ class Platform:
         service._pump = asyncio.create_task(self._pump(service), name=f"log-{instance}")
         self.services[instance] = service
         return service
+
+    async def start_instance(self, name: str, instance: str, env: dict[str, str] | None = None) -> Service:
+        """Start another instance of ``name``, named ``instance``, on a free port of its own."""
+        return await self.start(name, instance=instance, env={PORT_SETTING[name]: str(free_port())} | (env or {}))
+
+    def instances(self, name: str) -> list[Service]:
+        """The running instances of the service ``name``, in the order they were started."""
+        return [s for s in self.services.values() if s.name == name]
 
     async def _pump(self, service: Service) -> None:
         assert service.proc.stdout is not None
