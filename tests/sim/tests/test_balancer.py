@@ -162,3 +162,23 @@ async def test_a_backend_that_stopped_listening_is_skipped_before_its_check_noti
         assert {await fetch(lb.url + "/") for _ in range(4)} == {"b"}
         assert lb.connect_failures == 1  # tried once, then out until a check passes
         assert lb.healthy == [b.backend]
+
+
+async def test_least_connections_sends_a_new_connection_to_the_backend_with_fewest_open(servers):
+    a, b = servers
+    async with Balancer([a.backend, b.backend], policy="least_connections") as lb:
+        await lb.wait_healthy()
+        async with aiohttp.ClientSession() as http, http.ws_connect(lb.url + "/ws") as ws:
+            await ws.send_str("hi")
+            owner = (await ws.receive_str()).partition(":")[0]
+            other = "b" if owner == "a" else "a"
+            owner_backend = a.backend if owner == "a" else b.backend
+            # Every short request (closed before the next) goes to the backend without the socket.
+            for _ in range(4):
+                assert await fetch(lb.url + "/") == other
+                await poll(lambda: lb.active[owner_backend.address] == 1 and sum(lb.active.values()) == 1, 5,
+                           interval=0.01, what="the short request's connection to close")
+        await poll(lambda: sum(lb.active.values()) == 0, 5, what="the socket to close")
+        assert {await fetch(lb.url + "/") for _ in range(4)} == {"a", "b"}  # equals: round-robin
+    with pytest.raises(ValueError):
+        Balancer(policy="random")  # type: ignore[arg-type]

@@ -18,7 +18,10 @@ Several media-gateways behind one public URL, as in production: give every gatew
 ``dial(lb.url, token, public_base_url=lb.url)``. The Twilio simulator POSTs the webhook to its
 ``base_url`` and opens the TwiML's stream URL on ``base_url``'s host (with the stream URL's path),
 so both go through the balancer, each on a connection of its own: one call's webhook and its
-media stream may land on different gateways, which is what Twilio does too.
+media stream may land on different gateways, which is what Twilio does too. Note that with plain
+round-robin, calls placed one after another alternate webhook, stream, webhook, stream: every
+webhook lands on one gateway and every stream on the other. ``policy="least_connections"`` spreads
+the long-lived streams instead (the short webhook connections are closed by then).
 
 Usage::
 
@@ -36,6 +39,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Literal
 
 import aiohttp
 
@@ -60,6 +64,9 @@ class Backend:
 class Balancer:
     """Round-robin TCP load balancer over the backends whose health check last answered 200.
 
+    ``policy="least_connections"`` (Caddy's ``least_conn``, IPVS's ``lc``) sends a new connection
+    to a healthy backend with the fewest connections open now, round-robin among equals.
+
     Attributes:
         connections: connections handed to each backend so far, by ``(host, port)``.
         active: connections open now through each backend, by ``(host, port)``.
@@ -75,8 +82,11 @@ class Balancer:
         port: int = 0,
         interval: float = 0.2,
         check_timeout: float = 1.0,
+        policy: Literal["round_robin", "least_connections"] = "round_robin",
     ) -> None:
-        self.host, self._want_port = host, port
+        if policy not in ("round_robin", "least_connections"):
+            raise ValueError(f"unknown policy {policy!r}")
+        self.host, self._want_port, self.policy = host, port, policy
         self.interval, self.check_timeout = interval, check_timeout
         self.connections: Counter[tuple[str, int]] = Counter()
         self.active: Counter[tuple[str, int]] = Counter()
@@ -196,6 +206,9 @@ class Balancer:
         candidates = [b for b in self.healthy if b not in tried]
         if not candidates:
             return None
+        if self.policy == "least_connections":
+            fewest = min(self.active[b.address] for b in candidates)
+            candidates = [b for b in candidates if self.active[b.address] == fewest]
         # Round-robin over the configured order: the next healthy backend at or after the cursor.
         order = self._backends
         for step in range(len(order)):
