@@ -1,5 +1,7 @@
 """deploy/compose.yaml: the whole platform on one machine. No Docker engine runs here: the file is
-validated against the compose specification's schema and read for what an operator relies on."""
+validated against the compose specification's schema and read for what an operator relies on,
+Prometheus and Grafana included: what they load is in the repository, and Prometheus scrapes
+exactly the services compose runs (its configuration is checked by promtool in test_prometheus)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,15 @@ from .conftest import DEPLOY, Service
 pytestmark = pytest.mark.unit
 
 COMPOSE = DEPLOY / "compose.yaml"
+ENV_EXAMPLE = DEPLOY / ".env.example"
+# Where each container writes; each must be a volume or a tmpfs, the root filesystem being read-only.
+WRITES = {
+    "nats": ["/data"],
+    "postgres": ["/var/lib/postgresql/data", "/var/run/postgresql", "/tmp"],
+    "caddy": ["/data", "/config", "/tmp"],
+    "prometheus": ["/prometheus"],
+    "grafana": ["/var/lib/grafana", "/tmp"],
+}
 
 
 @pytest.fixture(scope="module")
@@ -98,8 +109,13 @@ def test_nats_keeps_jetstream_and_postgresql_its_data_in_volumes(compose: dict[s
 
 
 def test_only_caddy_is_published_and_it_proxies_to_the_two_http_services(compose: dict[str, Any], services: tuple[Service, ...]) -> None:
-    published = {name for name, spec in compose["services"].items() if spec.get("ports")}
-    assert published == {"caddy"}
+    """Caddy alone faces the world; Prometheus and Grafana are published on the machine's loopback
+    only (an SSH tunnel reaches them); nothing else is published at all."""
+    published = {name: spec["ports"] for name, spec in compose["services"].items() if spec.get("ports")}
+    assert set(published) == {"caddy", "prometheus", "grafana"}
+    assert published["prometheus"] == ["127.0.0.1:9090:9090"]
+    assert published["grafana"] == ["127.0.0.1:3000:3000"]
+    assert all(not str(p).startswith("127.0.0.1:") for p in published["caddy"])
     caddy = compose["services"]["caddy"]
     assert "./Caddyfile:/etc/caddy/Caddyfile:ro" in caddy["volumes"]
     ports = {s.name: s.health_port for s in services}
@@ -110,3 +126,135 @@ def test_only_caddy_is_published_and_it_proxies_to_the_two_http_services(compose
 def test_the_admin_api_believes_forwarded_headers_from_the_compose_network_only(compose: dict[str, Any]) -> None:
     subnet = compose["networks"]["dialtone"]["ipam"]["config"][0]["subnet"]
     assert compose["services"]["admin-api"]["environment"]["FORWARDED_ALLOW_IPS"] == subnet
+
+
+def _mounts(spec: dict[str, Any]) -> dict[str, tuple[str, bool]]:
+    """A service's volumes as {target: (source, read-only)}, short syntax."""
+    mounts = {}
+    for volume in spec.get("volumes", []):
+        source, target, *mode = volume.split(":")
+        mounts[target] = (source, mode == ["ro"])
+    return mounts
+
+
+def test_every_container_has_a_read_only_root_and_somewhere_to_write(compose: dict[str, Any], services: tuple[Service, ...]) -> None:
+    """Every container, third-party ones included: a read-only root filesystem, and each place it
+    writes is a writable volume or a tmpfs. A service added to compose must say where it writes."""
+    writes = {**WRITES, **{s.name: ["/tmp"] for s in services}}
+    assert set(compose["services"]) == set(writes)
+    for name, spec in compose["services"].items():
+        assert spec["read_only"] is True, name
+        tmpfs = {t.split(":")[0] for t in spec.get("tmpfs", [])}
+        volumes = {target for target, (_, ro) in _mounts(spec).items() if not ro}
+        for path in writes[name]:
+            assert path in tmpfs | volumes, f"{name} writes to {path}: no volume or tmpfs there"
+        for source, _ in _mounts(spec).values():
+            if not source.startswith("."):  # a named volume, declared
+                assert source in compose["volumes"], (name, source)
+
+
+def test_third_party_images_are_pinned(compose: dict[str, Any]) -> None:
+    for name, spec in compose["services"].items():
+        if "build" in spec:
+            continue
+        image, _, tag = spec["image"].rpartition(":")
+        assert image and tag and tag != "latest", (name, spec["image"])
+    for name in ("prometheus", "grafana"):  # official images, exact releases
+        assert re.fullmatch(r"(prom/prometheus|grafana/grafana):v?\d+\.\d+\.\d+", compose["services"][name]["image"])
+
+
+def test_prometheus_and_grafana_are_locked_down(compose: dict[str, Any]) -> None:
+    for name in ("prometheus", "grafana"):
+        spec = compose["services"][name]
+        assert spec["cap_drop"] == ["ALL"] and "cap_add" not in spec, name
+        assert "no-new-privileges:true" in spec["security_opt"], name
+        assert "user" not in spec, name  # the images' own unprivileged users (nobody, 472)
+        assert spec["networks"] == ["dialtone"], name
+
+
+def _flag(command: list[str], name: str) -> str:
+    (value,) = [arg.split("=", 1)[1] for arg in command if arg.startswith(f"--{name}=")]
+    return value
+
+
+def test_prometheus_loads_the_repositorys_scrape_config_and_alert_rules(compose: dict[str, Any]) -> None:
+    spec = compose["services"]["prometheus"]
+    mounts = _mounts(spec)
+    config_path = _flag(spec["command"], "config.file")
+    source, read_only = mounts[config_path]
+    assert read_only and (DEPLOY / source).resolve() == DEPLOY / "prometheus" / "prometheus.yml"
+    config = yaml.safe_load((DEPLOY / source).read_text())
+    for rule_file in config["rule_files"]:  # relative to the configuration file, in the container
+        target = str(Path(config_path).parent / rule_file)
+        rules_source, rules_ro = mounts[target]
+        assert rules_ro and (DEPLOY / rules_source).resolve() == (DEPLOY / source).parent.resolve() / rule_file
+    storage = _flag(spec["command"], "storage.tsdb.path")
+    assert storage in mounts and not mounts[storage][1] and mounts[storage][0] in compose["volumes"]
+    assert "--web.enable-lifecycle" not in spec["command"] and "--web.enable-admin-api" not in spec["command"]
+    check = " ".join(spec["healthcheck"]["test"])
+    assert "http://127.0.0.1:9090/-/ready" in check
+
+
+def _service_port(spec: dict[str, Any]) -> int:
+    """The port a Dialtone container serves /metrics and /healthz on, from its health check."""
+    (port,) = re.findall(r"http://127\.0\.0\.1:(\d+)/healthz", " ".join(spec["healthcheck"]["test"]))
+    return int(port)
+
+
+def test_prometheus_scrapes_exactly_the_services_compose_runs(compose: dict[str, Any], services: tuple[Service, ...]) -> None:
+    """One job per service built from deploy/Dockerfile, looking it up by its compose name on the
+    port its container serves /metrics on (the one its health check asks): a service added,
+    renamed or moved to another port in compose.yaml without the scrape configuration fails here."""
+    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    scraped = {}
+    for job in config["scrape_configs"]:
+        (sd,) = job["dns_sd_configs"]
+        assert job.keys() == {"job_name", "dns_sd_configs"}, job["job_name"]  # /metrics over http, the default
+        assert sd["type"] == "A"
+        (host,) = sd["names"]
+        scraped[job["job_name"]] = (host, sd["port"])
+    ours = {name: spec for name, spec in compose["services"].items() if "build" in spec}
+    assert scraped == {name: (name, _service_port(spec)) for name, spec in ours.items()}
+    assert set(ours) == {s.name for s in services}
+    for service in services:
+        assert _service_port(ours[service.name]) == service.health_port, service.name
+        assert "dialtone" in ours[service.name]["networks"]
+
+
+def test_grafana_is_provisioned_from_the_repository(compose: dict[str, Any]) -> None:
+    """Grafana's datasource and dashboard provider come from deploy/grafana/provisioning, the
+    dashboards from deploy/grafana/dashboards, mounted read-only where the provider reads them;
+    the datasource is the compose Prometheus; its home page is the Dialtone dashboard."""
+    spec = compose["services"]["grafana"]
+    mounts = _mounts(spec)
+    for kind in ("datasources", "dashboards"):
+        source, read_only = mounts[f"/etc/grafana/provisioning/{kind}"]
+        assert read_only and (DEPLOY / source).resolve() == DEPLOY / "grafana" / "provisioning" / kind
+        assert list((DEPLOY / source).glob("*.yml")), kind
+    (provider,) = yaml.safe_load((DEPLOY / "grafana" / "provisioning" / "dashboards" / "dialtone.yml").read_text())["providers"]
+    source, read_only = mounts[provider["options"]["path"]]
+    assert read_only and (DEPLOY / source).resolve() == DEPLOY / "grafana" / "dashboards"
+    home = spec["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert Path(home).parent == Path(provider["options"]["path"])
+    assert (DEPLOY / source / Path(home).name).is_file()
+    data, data_ro = mounts["/var/lib/grafana"]
+    assert not data_ro and data in compose["volumes"]
+    (datasource,) = yaml.safe_load((DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text())["datasources"]
+    prometheus = compose["services"]["prometheus"]
+    assert datasource["url"] == "http://prometheus:9090" and "prometheus" in compose["services"]
+    assert prometheus["ports"][0].rsplit(":", 1)[1] == "9090" and "dialtone" in prometheus["networks"]
+    assert spec["depends_on"]["prometheus"] == {"condition": "service_healthy"}
+    assert "http://127.0.0.1:3000/api/health" in " ".join(spec["healthcheck"]["test"])
+
+
+def test_grafana_has_no_default_password_nor_anonymous_access(compose: dict[str, Any]) -> None:
+    """The admin password comes from deploy/.env and compose refuses to start without one; the
+    example file holds a placeholder, never a usable secret. No anonymous viewers, no sign-up."""
+    environment = compose["services"]["grafana"]["environment"]
+    assert re.fullmatch(r"\$\{GRAFANA_ADMIN_PASSWORD:\?[^}]+\}", environment["GF_SECURITY_ADMIN_PASSWORD"])
+    assert environment["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+    assert environment["GF_USERS_ALLOW_SIGN_UP"] == "false"
+    assert environment["GF_USERS_ALLOW_ORG_CREATE"] == "false"
+    assert "env_file" not in compose["services"]["grafana"]  # the services' secrets are not Grafana's business
+    example = dict(re.findall(r"^([A-Z][A-Z0-9_]*)=(.*)$", ENV_EXAMPLE.read_text(), re.MULTILINE))
+    assert "change-me" in example["GRAFANA_ADMIN_PASSWORD"]

@@ -1,20 +1,27 @@
 """deploy/k8s: the kustomize base and its production overlay. No cluster and no kustomize binary
 here: the overlay is rendered by the small subset of kustomize it uses (checked below), and every
-object is validated against the Kubernetes API schema (strict), then read for what an operator
-relies on: probes, limits, an unprivileged locked-down container, room to drain, autoscalers."""
+object is validated against the Kubernetes API schema (strict), prometheus-operator's objects
+against their CRDs' schemas (deploy/tests/schemas/), then read for what an operator relies on:
+probes, limits, an unprivileged locked-down container, room to drain, autoscalers, and Prometheus
+scraping every pod with the labels the autoscaler's adapter needs."""
 
 from __future__ import annotations
 
 import copy
+import importlib.util
+import json
+import re
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
 from dialtone_bridge import metrics as bridge_metrics
 from dialtone_bridge.settings import BridgeSettings
 from dialtone_tools.settings import ToolSettings
+from prometheus_client.metrics import MetricWrapperBase
 
 from .conftest import DEPLOY, Service
 
@@ -22,8 +29,12 @@ pytestmark = pytest.mark.unit
 
 K8S = DEPLOY / "k8s"
 KUBERNETES_VERSION = "1.37.0"  # the current release (August 2026); kubernetes-validate carries its schema
-SUPPORTED = {"apiVersion", "kind", "namespace", "resources", "images", "replicas", "configMapGenerator"}
+SUPPORTED = {"apiVersion", "kind", "namespace", "resources", "components", "images", "replicas", "configMapGenerator"}
 OVERLAYS = {"base": K8S / "base", "production": K8S / "overlays" / "production"}
+MONITORING = K8S / "monitoring"
+OPERATOR_GROUP = "monitoring.coreos.com"
+SCHEMAS = Path(__file__).with_name("schemas")
+WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet", "Job"}
 
 
 def render(directory: Path) -> list[dict[str, Any]]:
@@ -32,7 +43,9 @@ def render(directory: Path) -> list[dict[str, Any]]:
     kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
     assert set(kustomization) <= SUPPORTED, f"{directory}: render() does not know {set(kustomization) - SUPPORTED}"
     objects: list[dict[str, Any]] = []
-    for resource in kustomization.get("resources", []):
+    for component in kustomization.get("components", []):  # a Component: its resources, then ours transform them
+        assert yaml.safe_load((directory / component / "kustomization.yaml").read_text())["kind"] == "Component"
+    for resource in kustomization.get("resources", []) + kustomization.get("components", []):
         path = directory / resource
         if path.is_dir():
             objects += render(path)
@@ -79,10 +92,37 @@ def production() -> list[dict[str, Any]]:
     return render(OVERLAYS["production"])
 
 
+def _strict(schema: Any) -> Any:
+    """A CRD's schema as kubectl's strict field validation applies it: an unknown field is an error
+    (the API server would otherwise prune it silently), except where the CRD keeps unknown fields."""
+    if isinstance(schema, list):
+        return [_strict(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: (v if k == "properties" else _strict(v)) for k, v in schema.items()}
+    if "properties" in schema:
+        out["properties"] = {name: _strict(sub) for name, sub in schema["properties"].items()}
+        if "additionalProperties" not in schema and not schema.get("x-kubernetes-preserve-unknown-fields"):
+            out["additionalProperties"] = False
+    return out
+
+
+def validate_operator_object(obj: dict[str, Any]) -> None:
+    """A prometheus-operator object against its CRD's schema (v0.93.0, vendored in schemas/)."""
+    assert obj["apiVersion"] == f"{OPERATOR_GROUP}/v1", obj["apiVersion"]
+    schema = json.loads((SCHEMAS / f"{OPERATOR_GROUP}_v1_{obj['kind'].lower()}.json").read_text())
+    # OpenAPI v3 schemas; their patterns are Go regular expressions, so no metaschema check
+    jsonschema.Draft7Validator(_strict(schema)).validate(obj)
+    assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", obj["metadata"]["name"])
+
+
 def test_every_object_is_valid_for_a_current_kubernetes(rendered: list[dict[str, Any]]) -> None:
     assert rendered
     for obj in rendered:
-        kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+        if obj["apiVersion"].startswith(f"{OPERATOR_GROUP}/"):
+            validate_operator_object(obj)
+        else:
+            kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
 
 
 def test_validation_refuses_a_misplaced_field(production: list[dict[str, Any]]) -> None:
@@ -94,9 +134,23 @@ def test_validation_refuses_a_misplaced_field(production: list[dict[str, Any]]) 
         kubernetes_validate.validate(deployment, KUBERNETES_VERSION, strict=True)
 
 
-def test_every_manifest_in_the_base_is_part_of_it() -> None:
-    listed = set(yaml.safe_load((K8S / "base" / "kustomization.yaml").read_text())["resources"])
-    assert {p.name for p in (K8S / "base").glob("*.yaml")} - {"kustomization.yaml"} == listed
+def test_validation_refuses_a_misspelt_field_of_a_monitoring_object(production: list[dict[str, Any]]) -> None:
+    """The CRD schemas are applied strictly too: a misspelt field fails here rather than being
+    pruned by the API server (a PodMonitor scraping nothing, silently)."""
+    monitor = copy.deepcopy(find(production, "PodMonitor", "dialtone"))
+    monitor["spec"]["podMetricEndpoints"] = monitor["spec"].pop("podMetricsEndpoints")
+    with pytest.raises(jsonschema.ValidationError):
+        validate_operator_object(monitor)
+    rule = copy.deepcopy(find(production, "PrometheusRule", "dialtone"))
+    rule["spec"]["groups"][0]["rules"][0]["expresion"] = rule["spec"]["groups"][0]["rules"][0].pop("expr")
+    with pytest.raises(jsonschema.ValidationError):
+        validate_operator_object(rule)
+
+
+@pytest.mark.parametrize("directory", [K8S / "base", MONITORING], ids=["base", "monitoring"])
+def test_every_manifest_in_a_kustomization_is_part_of_it(directory: Path) -> None:
+    listed = set(yaml.safe_load((directory / "kustomization.yaml").read_text())["resources"])
+    assert {p.name for p in directory.glob("*.yaml")} - {"kustomization.yaml"} == listed
 
 
 def test_each_service_has_a_deployment_service_account_and_disruption_budget(
@@ -138,6 +192,36 @@ def test_every_container_is_probed_limited_and_unprivileged(
         assert context["capabilities"]["drop"] == ["ALL"] and "add" not in context["capabilities"]
         tmp = next(m for m in container["volumeMounts"] if m["mountPath"] == "/tmp")
         assert "emptyDir" in next(v for v in pod["volumes"] if v["name"] == tmp["name"])
+
+
+def _pod_specs(objects: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    return [(f"{o['kind']}/{o['metadata']['name']}", o["spec"]["template"]["spec"]) for o in objects if o["kind"] in WORKLOADS]
+
+
+def test_every_container_has_a_read_only_root_and_writes_only_to_its_volumes(rendered: list[dict[str, Any]]) -> None:
+    """Every container of every workload, init containers included (a sidecar added later too):
+    read-only root filesystem, and each writable mount an emptyDir or a claim, never the node."""
+    pods = _pod_specs(rendered)
+    assert len(pods) == 5
+    for name, pod in pods:
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        for container in pod.get("initContainers", []) + pod["containers"]:
+            assert container["securityContext"]["readOnlyRootFilesystem"] is True, (name, container["name"])
+            for mount in container.get("volumeMounts", []):
+                volume = volumes[mount["name"]]
+                assert mount.get("readOnly") or {"emptyDir", "persistentVolumeClaim", "ephemeral"} & set(volume), (name, mount)
+                assert "hostPath" not in volume, (name, mount)
+
+
+def test_nats_runs_with_a_read_only_root_too() -> None:
+    """NATS comes from its Helm chart (no chart rendering here): the values make its server and
+    config reloader read-only, and leave out nats-box, whose shell writes into its root."""
+    values = yaml.safe_load((K8S / "nats" / "values.yaml").read_text())
+    for part in ("container", "reloader"):
+        context = values[part]["merge"]["securityContext"]
+        assert context["readOnlyRootFilesystem"] is True and context["allowPrivilegeEscalation"] is False, part
+    assert values["natsBox"]["enabled"] is False
+    assert values["config"]["jetstream"]["fileStore"]["pvc"]["enabled"]  # its only data: on a volume
 
 
 def test_containers_set_only_settings_their_service_reads(
@@ -200,3 +284,94 @@ def test_production_runs_pinned_images_from_its_registry(production: list[dict[s
         name, tag = container["image"].rsplit(":", 1)
         assert name.endswith(f"/dialtone/{service.name}") and tag != "latest", container["image"]
     assert all(o["metadata"].get("namespace") == "dialtone" for o in production if o["kind"] != "Namespace")
+
+
+# ---- Prometheus on Kubernetes: prometheus-operator objects (deploy/k8s/monitoring) ---------------
+def _monitoring_generator():
+    spec = importlib.util.spec_from_file_location("dialtone_k8s_monitoring_generate", MONITORING / "generate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_production_includes_the_monitoring_component(production: list[dict[str, Any]]) -> None:
+    kinds = {(o["kind"], o["metadata"]["name"]) for o in production if o["apiVersion"].startswith(f"{OPERATOR_GROUP}/")}
+    assert kinds == {("PodMonitor", "dialtone"), ("PrometheusRule", "dialtone")}
+    base = render(OVERLAYS["base"])  # the base applies on a cluster without the operator's CRDs
+    assert not [o for o in base if o["apiVersion"].startswith(f"{OPERATOR_GROUP}/")]
+    for kind in ("PodMonitor", "PrometheusRule"):  # Prometheus selects both by the same release label
+        assert find(production, kind, "dialtone")["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+
+
+def test_prometheus_scrapes_every_pod_of_every_service_under_its_job_name(
+    production: list[dict[str, Any]], services: tuple[Service, ...]
+) -> None:
+    """The PodMonitor selects each Deployment's pods (in their namespace), scrapes /metrics on a
+    port name the container really exposes, the one its /metrics is served on, and names the job
+    after the service, as the alert rules do; no endpoint is aimed at a port no pod has."""
+    monitor = find(production, "PodMonitor", "dialtone")
+    spec = monitor["spec"]
+    assert "namespaceSelector" not in spec  # its own namespace: where the Deployments are
+    selector = spec["selector"]["matchLabels"]
+    endpoints = spec["podMetricsEndpoints"]
+    used: set[str] = set()
+    for service in services:
+        deployment = find(production, "Deployment", service.name)
+        assert deployment["metadata"]["namespace"] == monitor["metadata"]["namespace"]
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert selector.items() <= labels.items(), service.name
+        assert labels[spec["jobLabel"]] == service.name
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        matching = [e for e in endpoints if e["port"] in ports]
+        assert len(matching) == 1, (service.name, [e["port"] for e in matching])
+        assert ports[matching[0]["port"]] == service.health_port, service.name
+        assert matching[0]["path"] == "/metrics"
+        used.add(matching[0]["port"])
+    assert used == {e["port"] for e in endpoints}
+    jobs = set(re.search(r'job=~"([^"]+)"', _alert("DialtoneServiceDown")["expr"])[1].split("|"))
+    assert jobs == {s.name for s in services}
+
+
+def _alert(name: str) -> dict[str, Any]:
+    groups = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())["groups"]
+    return next(r for g in groups for r in g["rules"] if r.get("alert") == name)
+
+
+def test_the_bridges_active_calls_reach_the_autoscaler_by_namespace_and_pod(production: list[dict[str, Any]]) -> None:
+    """prometheus-adapter finds dialtone_bridge_calls_active by the labels namespace and pod, which
+    the operator gives every PodMonitor target. Nothing may take them away: no relabeling writing
+    or dropping them, no honorLabels letting a metric's own labels win, and no bridge metric with a
+    label of those names (it would be renamed exported_pod, or override the target's)."""
+    adapter = yaml.safe_load((K8S / "prometheus-adapter" / "values.yaml").read_text())
+    (rule,) = [r for r in adapter["rules"]["custom"] if r["name"]["as"] == "dialtone_bridge_calls_active"]
+    assert set(rule["resources"]["overrides"]) == {"namespace", "pod"}
+    assert rule["seriesQuery"].startswith("dialtone_bridge_calls_active{")
+    target_labels = {"namespace", "pod", "job", "instance", "container", "endpoint"}
+    monitor = find(production, "PodMonitor", "dialtone")
+    assert not monitor["spec"].get("podTargetLabels")
+    for endpoint in monitor["spec"]["podMetricsEndpoints"]:
+        assert not endpoint.get("honorLabels"), endpoint["port"]
+        for relabel in endpoint.get("relabelings", []) + endpoint.get("metricRelabelings", []):
+            assert relabel.get("targetLabel") not in target_labels, relabel
+            assert relabel.get("action") not in ("labeldrop", "labelkeep", "labelmap"), relabel
+    (family,) = [f for f in bridge_metrics.REGISTRY.collect() if f.name == "dialtone_bridge_calls_active"]
+    assert family.type == "gauge"
+    metrics = [m for m in vars(bridge_metrics).values() if isinstance(m, MetricWrapperBase)]
+    assert metrics
+    label_names = {name for m in metrics for name in m._labelnames}
+    assert not label_names & target_labels, label_names & target_labels
+    # the adapter asks the Prometheus prometheus-operator runs in the namespace "monitoring"
+    assert adapter["prometheus"]["url"] == "http://prometheus-operated.monitoring.svc"
+
+
+def test_the_prometheus_rule_is_alerts_yml(production: list[dict[str, Any]]) -> None:
+    """The same alerts on Kubernetes as in compose: the PrometheusRule is generated from
+    deploy/prometheus/alerts.yml (which promtool checks and tests) and must be regenerated with it."""
+    generator = _monitoring_generator()
+    assert (MONITORING / "prometheusrule.yaml").read_text() == generator.render(), (
+        "deploy/k8s/monitoring/prometheusrule.yaml differs from deploy/prometheus/alerts.yml: "
+        "run `uv run python deploy/k8s/monitoring/generate.py` and commit the result"
+    )
+    rule = find(production, "PrometheusRule", "dialtone")
+    assert rule["spec"] == yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())

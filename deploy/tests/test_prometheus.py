@@ -90,12 +90,13 @@ def test_every_metric_a_rule_uses_is_exported_by_a_service(services: tuple) -> N
 
 def test_prometheus_scrapes_each_service_on_its_port(services: tuple) -> None:
     """One job per service, named as the service (the rules' ``up{job=...}`` use the names),
-    aimed at the port its ``/metrics`` is served on by default."""
+    aimed at every container of the service (a DNS lookup of its compose name) on the port its
+    ``/metrics`` is served on by default. test_compose holds the same jobs against compose.yaml."""
     jobs = {job["job_name"]: job for job in yaml.safe_load(CONFIG.read_text())["scrape_configs"]}
     assert set(jobs) == {s.name for s in services}
     for service in services:
-        targets = [t for c in jobs[service.name]["static_configs"] for t in c["targets"]]
-        assert targets == [f"{service.name}:{service.health_port}"], service.name
+        (lookup,) = jobs[service.name]["dns_sd_configs"]
+        assert (lookup["names"], lookup["type"], lookup["port"]) == ([service.name], "A", service.health_port), service.name
     down = next(rule for rule in _rules() if rule["alert"] == "DialtoneServiceDown")
     assert set(re.search(r'job=~"([^"]+)"', down["expr"])[1].split("|")) == set(jobs)
 
