@@ -1,0 +1,219 @@
+"""Rolling restarts: a realtime-bridge or media-gateway that gets SIGTERM drains.
+
+It says 503 on /healthz at once, takes no new call, finishes the calls it has and exits. Each test
+rolls both instances of one service (as a Kubernetes rolling update does: the new instance is up
+before the old one is told to stop) during ten scripted calls; every call must end with exactly the
+lines its caller said and heard. A last test shortens the bridge's grace: the calls it still holds
+then are handed to another bridge and go on, with no apology and no line lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from dialtone_common.embedded import free_port
+from dialtone_dev.platform import Platform, Service
+from dialtone_sim.balancer import Backend, Balancer
+from dialtone_sim.polling import poll
+
+from .conftest import Figures, http_get
+from .test_outages import Admin, Calls, metric, no_caller_errors, transcripts_match
+
+pytestmark = [pytest.mark.faults, pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
+
+HALF = 5  # calls per instance: ten calls in all
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def extra(fault_platform: Platform) -> AsyncIterator[list[Service]]:
+    """Instances a test starts beside the platform's own; afterwards they are gone and the
+    platform's own instances run again, as the other fault tests expect."""
+    started: list[Service] = []
+    yield started
+    for calls in _started:
+        for task in calls.tasks:
+            task.cancel()
+        await asyncio.gather(*calls.tasks, return_exceptions=True)
+        for c in calls.callers:
+            if c.call is not None:
+                await c.call.hangup()
+    _started.clear()
+    for service in started:
+        await service.stop(signal.SIGKILL)
+        fault_platform.services.pop(service.instance, None)
+    for name in ("media-gateway", "realtime-bridge"):
+        if fault_platform.services[name].proc.returncode is not None:
+            await fault_platform.start(name)
+    await fault_platform.wait_healthy(timeout=60)
+
+
+_started: list[Calls] = []
+
+
+def calls(platform: Any, count: int = HALF) -> Calls:
+    c = Calls(platform, pause_before=(1,), count=count).start()
+    _started.append(c)
+    return c
+
+
+class Via:
+    """The platform as the callers see it: its public URL, reached through ``url`` (a balancer)."""
+
+    def __init__(self, platform: Platform, url: str) -> None:
+        self.gateway_url, self.public_base_url = url, platform.public_base_url
+
+
+async def start_bridge(platform: Platform, instance: str, extra: list[Service], **env: str) -> Service:
+    service = await platform.start("realtime-bridge", instance=instance, env={"METRICS_PORT": str(free_port())} | env)
+    extra.append(service)
+    await platform.wait_healthy(timeout=30, services=[service])
+    return service
+
+
+async def start_gateway(platform: Platform, instance: str, extra: list[Service]) -> Service:
+    port = free_port()
+    service = await platform.start("media-gateway", instance=instance, env={"GATEWAY_PORT": str(port)})
+    service.health_url = f"http://127.0.0.1:{port}/healthz"
+    extra.append(service)
+    await platform.wait_healthy(timeout=30, services=[service])
+    return service
+
+
+def backend(service: Service) -> Backend:
+    port = int(service.health_url.split(":")[2].split("/")[0])
+    return Backend("127.0.0.1", port, service.health_url)
+
+
+def metrics_url(service: Service) -> str:
+    return service.health_url.replace("/healthz", "/metrics")
+
+
+async def sigterm(service: Service, fig: dict[str, Any], label: str) -> float:
+    """Send SIGTERM; /healthz must say 503 (draining) at once while the process stays up."""
+    sent = time.monotonic()
+    service.proc.send_signal(signal.SIGTERM)
+    answer = None
+
+    async def not_ready() -> bool:
+        nonlocal answer
+        answer = await http_get(service.health_url, timeout=2)
+        return answer.status == 503
+
+    await poll(not_ready, 5, interval=0.02, what=f"{service.instance} /healthz to say 503 after SIGTERM")
+    fig[f"{label}: /healthz 503 after SIGTERM (s)"] = time.monotonic() - sent
+    assert answer is not None and "draining" in str(answer.body), answer
+    assert service.proc.returncode is None, f"{service.instance} exited at once instead of draining"
+    return sent
+
+
+async def exits_cleanly(service: Service, fig: dict[str, Any], label: str, calls_done_at: float) -> None:
+    async with asyncio.timeout(30):
+        code = await service.proc.wait()
+    fig[f"{label}: exited after its last call (s)"] = max(0.0, time.monotonic() - calls_done_at)
+    assert code == 0, f"{service.instance} exited with {code}:\n{service.log_tail()}"
+    assert "drained" in service.log_tail(80), service.log_tail(80)
+
+
+async def finish(group: Calls) -> float:
+    group.go(1)
+    await group.finish()
+    return time.monotonic()
+
+
+async def test_rolling_restart_of_the_bridges_drops_no_call(fault_platform: Platform, extra: list[Service],
+                                                              figures: Figures):
+    fig = figures.scenario("rolling restart: realtime-bridge")
+    first = fault_platform.services["realtime-bridge"]
+    started_total = "dialtone_bridge_calls_started_total"
+    before = await metric(metrics_url(first), started_total)  # earlier tests' calls
+    a = calls(fault_platform)  # all on the only bridge
+    await a.at(1)
+    second = await start_bridge(fault_platform, "realtime-bridge-2", extra)
+    await sigterm(first, fig, "first bridge")
+    assert await metric(metrics_url(first), started_total) == before + HALF
+    b = calls(fault_platform)  # placed while the first drains: the second takes them all
+    await b.at(1)
+    assert await metric(metrics_url(second), started_total) == HALF
+    done = await finish(a)  # the first bridge's calls finish on it, then it exits
+    await exits_cleanly(first, fig, "first bridge", done)
+    third = await start_bridge(fault_platform, "realtime-bridge-3", extra)
+    await sigterm(second, fig, "second bridge")
+    done = await finish(b)
+    await exits_cleanly(second, fig, "second bridge", done)
+    for group in (a, b):
+        no_caller_errors(group)
+        await transcripts_match(Admin(fault_platform), group, fig)
+    fresh = calls(fault_platform, count=1)  # the bridge left standing serves new calls
+    await finish(fresh)
+    no_caller_errors(fresh)
+    assert await metric(metrics_url(third), started_total) == 1
+
+
+async def test_rolling_restart_of_the_gateways_drops_no_call(fault_platform: Platform, extra: list[Service],
+                                                               figures: Figures):
+    fig = figures.scenario("rolling restart: media-gateway")
+    first = fault_platform.services["media-gateway"]
+    streams_total = "dialtone_gateway_streams_total"
+    before = await metric(metrics_url(first), streams_total)  # earlier tests' calls
+    async with Balancer([backend(first)]) as lb:
+        via = Via(fault_platform, lb.url)
+        await lb.wait_healthy(1)
+        a = calls(via)
+        await a.at(1)
+        second = await start_gateway(fault_platform, "media-gateway-2", extra)
+        lb.add(backend(second))
+        await lb.wait_healthy(2)
+        await sigterm(first, fig, "first gateway")
+        await poll(lambda: len(lb.healthy) == 1, 5, interval=0.05, what="the balancer to leave the draining gateway")
+        b = calls(via)  # the balancer sends them to the second gateway
+        await b.at(1)
+        assert await metric(metrics_url(first), streams_total) == before + HALF
+        assert await metric(metrics_url(second), streams_total) == HALF
+        done = await finish(a)
+        await exits_cleanly(first, fig, "first gateway", done)
+        lb.remove(backend(first))
+        replacement = await fault_platform.start("media-gateway")  # same port, as a new pod would be
+        await fault_platform.wait_healthy(timeout=30, services=[replacement])
+        lb.add(backend(replacement))
+        await lb.wait_healthy(2)
+        await sigterm(second, fig, "second gateway")
+        done = await finish(b)
+        await exits_cleanly(second, fig, "second gateway", done)
+        for group in (a, b):
+            no_caller_errors(group)
+            await transcripts_match(Admin(fault_platform), group, fig)
+        fresh = calls(via, count=1)
+        await finish(fresh)
+        no_caller_errors(fresh)
+
+
+async def test_a_bridge_whose_grace_runs_out_hands_its_calls_on(fault_platform: Platform, extra: list[Service],
+                                                                  figures: Figures):
+    fig = figures.scenario("bridge drain past its grace: hand-off")
+    await fault_platform.services["realtime-bridge"].stop()  # the fixture starts it again afterwards
+    hurried = await start_bridge(fault_platform, "realtime-bridge-hurried", extra, DRAIN_GRACE_S="1")
+    group = calls(fault_platform)
+    await group.at(1)  # every caller is listening, between turns: the calls outlast the grace
+    other = await start_bridge(fault_platform, "realtime-bridge-2", extra)
+    sent = await sigterm(hurried, fig, "bridge")
+    async with asyncio.timeout(20):
+        code = await hurried.proc.wait()
+    fig["bridge exited after SIGTERM (s)"] = time.monotonic() - sent
+    assert code == 0, hurried.log_tail()
+    await poll(lambda: _handed(other), 10, interval=0.1, what="the other bridge to take every call over")
+    await finish(group)
+    no_caller_errors(group)  # the whole script, and not a word of apology
+    await transcripts_match(Admin(fault_platform), group, fig)
+    for sid in group.sids:
+        statuses = [s["status"] for s in (await Admin(fault_platform).get(f"/sessions/{sid}")).body["status_history"]]
+        assert "handed_off" in statuses and "bridge_lost" not in statuses, f"{sid}: {statuses}"
+
+
+async def _handed(service: Service) -> bool:
+    return await metric(metrics_url(service), "dialtone_bridge_calls_recovered_total") >= HALF
