@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from dialtone_admin.settings import AdminSettings
@@ -74,3 +76,22 @@ def services() -> tuple[Service, ...]:
     """The five services; a sixth one on disk without an entry here fails every deployment test."""
     assert {s.name for s in SERVICES} == _services_on_disk()
     return SERVICES
+
+
+# ---- lines for the end of the run's output ----------------------------------------------------
+_REPORT = pytest.StashKey[list[str]]()
+
+
+@pytest.fixture
+def deploy_report(request: pytest.FixtureRequest) -> Callable[[str], None]:
+    """Adds a line to the "deploy" section at the end of the run's output (shown with or without
+    ``-s``, so ``make test`` prints it): where a test left an artifact, say."""
+    return request.config.stash.setdefault(_REPORT, []).append
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    lines = config.stash.get(_REPORT, None)
+    if lines:
+        terminalreporter.section("deploy")
+        for line in lines:
+            terminalreporter.write_line(line)
