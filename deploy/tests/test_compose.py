@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 import yaml
+from dialtone_bridge.settings import BridgeSettings
+from dialtone_gateway.settings import GatewaySettings
 
 from .conftest import DEPLOY, Service
 
@@ -95,8 +97,14 @@ def test_services_are_reachable_from_the_network_and_find_their_servers(compose:
 
 
 def test_calls_get_time_to_finish_when_the_gateway_or_a_bridge_stops(compose: dict[str, Any]) -> None:
-    for name in ("media-gateway", "realtime-bridge"):
-        assert compose["services"][name]["stop_grace_period"] == "90s"
+    """Compose kills a container at the end of stop_grace_period: the drain (DRAIN_GRACE_S) and a
+    hand-off or Twilio's goodbye after it must fit inside."""
+    for name, settings in (("media-gateway", GatewaySettings), ("realtime-bridge", BridgeSettings)):
+        spec = compose["services"][name]
+        drain = float(spec.get("environment", {}).get("DRAIN_GRACE_S") or settings.model_fields["drain_grace_s"].default)
+        grace = re.fullmatch(r"(\d+)s", spec["stop_grace_period"])
+        assert grace, spec["stop_grace_period"]
+        assert int(grace.group(1)) >= drain + 20, name
 
 
 def test_nats_keeps_jetstream_and_postgresql_its_data_in_volumes(compose: dict[str, Any]) -> None:

@@ -20,6 +20,7 @@ import pytest
 import yaml
 from dialtone_bridge import metrics as bridge_metrics
 from dialtone_bridge.settings import BridgeSettings
+from dialtone_gateway.settings import GatewaySettings
 from dialtone_tools.settings import ToolSettings
 from prometheus_client.metrics import MetricWrapperBase
 
@@ -28,6 +29,7 @@ from .conftest import DEPLOY, Service
 pytestmark = pytest.mark.unit
 
 K8S = DEPLOY / "k8s"
+DRAIN_MARGIN_S = 20  # after the drain: a hand-off or Twilio's goodbye, then the exit
 KUBERNETES_VERSION = "1.37.0"  # the current release (August 2026); kubernetes-validate carries its schema
 SUPPORTED = {"apiVersion", "kind", "namespace", "resources", "components", "images", "replicas", "configMapGenerator"}
 OVERLAYS = {"base": K8S / "base", "production": K8S / "overlays" / "production"}
@@ -241,9 +243,13 @@ def test_containers_set_only_settings_their_service_reads(
 
 
 def test_gateways_and_bridges_have_time_to_finish_their_calls(rendered: list[dict[str, Any]]) -> None:
-    for name in ("media-gateway", "realtime-bridge"):
+    """Kubernetes kills a pod at the end of its grace: the drain (DRAIN_GRACE_S, as the pod sets it
+    or by default) and what follows it (hand-off or goodbye, exit) must fit well inside."""
+    for name, settings in (("media-gateway", GatewaySettings), ("realtime-bridge", BridgeSettings)):
         pod = find(rendered, "Deployment", name)["spec"]["template"]["spec"]
-        assert pod["terminationGracePeriodSeconds"] >= 90, name
+        env = {e["name"]: e.get("value") for c in pod["containers"] for e in c.get("env", [])}
+        drain = float(env.get("DRAIN_GRACE_S") or settings.model_fields["drain_grace_s"].default)
+        assert pod["terminationGracePeriodSeconds"] >= drain + DRAIN_MARGIN_S, name
     runner = find(rendered, "Deployment", "tool-runner")["spec"]["template"]["spec"]
     assert runner["terminationGracePeriodSeconds"] > ToolSettings.model_fields["drain_timeout_s"].default
 
