@@ -22,10 +22,7 @@ from grafana_foundation_sdk.models.dashboard import DataSourceRef
 OUTPUT = Path(__file__).resolve().parent / "dashboards" / "dialtone.json"
 DATASOURCE = DataSourceRef(type_val="prometheus", uid="prometheus")  # provisioning/datasources/prometheus.yml
 SERVICES = "media-gateway|realtime-bridge|tool-runner|transcript-writer|admin-api"
-DESCRIPTION = (
-    "Dialtone's five services as Prometheus scrapes them (job = service name). Not shown yet: the bus "
-    "transit time gateway -> bridge -> gateway, which no service exports (docs/CONTRACTS.md, Metrics)."
-)
+DESCRIPTION = "Dialtone's five services as Prometheus scrapes them (job = service name)."
 
 
 def _q(expr: str, legend: str, ref: str) -> prometheus.Dataquery:
@@ -104,6 +101,14 @@ def build() -> dict:
         ("sum(rate(dialtone_bridge_barge_ins_total[5m])) * 60", "barge-ins/min"),
         ("sum(rate(dialtone_bridge_truncates_refused_total[5m])) * 60", "truncates refused/min"),
     ))  # fmt: skip
+    d.with_panel(_series(
+        "Bus transit", "s",
+        "A frame's time on NATS, from the sender's clock stamp in its header to its arrival: caller audio "
+        "gateway -> bridge, agent audio and control bridge -> gateway.",
+        *[(expr, f"{name} {legend}") for metric, name in (("dialtone_bridge_bus_transit_seconds", "to bridge"),
+                                                          ("dialtone_gateway_bus_transit_seconds", "to gateway"))
+          for expr, legend in _quantiles(metric) if not legend.endswith("p95")],
+    ))  # fmt: skip
 
     d.with_row(dash.Row("Tools"))
     d.with_panel(_series(
@@ -134,7 +139,7 @@ def build() -> dict:
     ))  # fmt: skip
     d.with_panel(_series(
         "Writer backlog", "short", "Events in the stream not yet delivered to the writer, and events written per second.",
-        ("sum(dialtone_writer_consumer_pending)", "pending"),
+        ("max(dialtone_writer_consumer_pending)", "pending"),  # one shared consumer, seen by every writer
         ("sum(rate(dialtone_writer_events_written_total[5m]))", "written/s"),
     ))  # fmt: skip
 

@@ -153,7 +153,7 @@ def test_grafana_provisions_the_dashboard_from_prometheus() -> None:
         "providers"
     ]
     assert [p["options"]["path"] for p in providers] == ["/var/lib/grafana/dashboards"]
-    assert "bus transit" in dashboard["description"]  # not exported yet: the dashboard says so
+    assert "Bus transit" in [panel["title"] for panel in _panels(dashboard)]
 
 
 # ---- a real Prometheus scraping the platform during a call ------------------------------------
