@@ -75,6 +75,18 @@ FRAMES_FROM_BRIDGE = AUDIO_FRAMES.labels("from_bridge")
 DROPPED_NATS_DOWN = FRAMES_DROPPED.labels("nats_disconnected")
 DROPPED_NATS_ERROR = FRAMES_DROPPED.labels("nats_error")
 
+# A labelled series exists only from its first increment, and rate() or increase() cannot see that
+# first one: the first refused handshake or failed claim would never show on a graph or in an
+# alert. The outcomes known in advance start at zero.
+for _route in ("/media/{call_id}/{issued}/{token}", "/media"):
+    for _code in ("101", "403"):
+        WS_HANDSHAKES.labels(_route, _code)
+for _endpoint in ("voice", "status"):
+    for _result in ("ok", "forbidden", "bad_request"):
+        WEBHOOKS.labels(_endpoint, _result)
+for _result in ("claimed", "reclaimed", "retry", "failed"):
+    CLAIMS.labels(_result)
+
 
 class RequestMetrics:
     """ASGI middleware: counts every HTTP request by route template and status, and every WebSocket
