@@ -113,6 +113,7 @@ def create_app(settings: AdminSettings) -> FastAPI:
             if dialer is not None:
                 stack.push_async_callback(dialer.close)
             app.state.db, app.state.live, app.state.dialer = db, live, dialer
+            app.state.nc = nc  # /healthz: the live view needs NATS
             log.info("admin API ready")
             yield
 
@@ -125,6 +126,12 @@ def create_app(settings: AdminSettings) -> FastAPI:
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz(request: Request) -> Response:
+        """200 while both PostgreSQL (sessions) and NATS (the live view) serve; else 503 and why."""
+        nc = getattr(request.app.state, "nc", None)
+        if nc is None or not nc.is_connected:
+            return JSONResponse(
+                {"status": "nats disconnected"}, 503, headers={"Retry-After": str(errors.RETRY_AFTER_S)}
+            )
         db: Database = request.app.state.db
         try:
             # The whole check within its timeout, waiting for a connection included.
