@@ -95,7 +95,7 @@ def create_app(settings: AdminSettings) -> FastAPI:
     """Build the application; its lifespan opens the database pool and the NATS connection.
 
     Args:
-        settings: configuration; ``admin_token`` guards every route but ``/healthz``,
+        settings: configuration; ``admin_token`` guards every route but ``/healthz``, ``/livez``,
             ``/metrics``, the docs and the dashboard shell (which asks for the token itself).
     """
 
@@ -145,6 +145,11 @@ def create_app(settings: AdminSettings) -> FastAPI:
                 headers={"Retry-After": str(errors.RETRY_AFTER_S)},
             )
         return JSONResponse({"status": "ok"})
+
+    @app.get("/livez", include_in_schema=False)
+    async def livez() -> Response:
+        """Liveness: the process answers. Readiness (PostgreSQL, NATS) is /healthz."""
+        return JSONResponse({"status": "alive"})
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
