@@ -324,7 +324,6 @@ class Conversation:
             heard_ms = audio_ms
         said, full_text = text, None
         if heard_ms is not None and audio_ms is not None and heard_ms < audio_ms:
-            heard_ms = min(heard_ms, audio_ms)
             said, full_text = cut_text(text, heard_ms, audio_ms), text
         # A filler was heard, so it is in the transcript, but the model never had it; an unheard
         # item is deleted from the model's conversation.
