@@ -124,6 +124,12 @@ class Bridge:
             log.error("call %s refused: %s", call_id, exc)
             await self._answer(msg, call_id, False, reason=f"no agent: {exc}")
             return
+        if not agent.record:
+            try:  # before the call starts, so the recorder drops its first words too
+                await self.calls.do_not_record(call_id, offer.stream_key, offer.epoch, bridge_id)
+            except CallBookUnavailable as exc:
+                await self._answer(msg, call_id, False, reason=f"unavailable: call record: {exc}")
+                return
         session = CallSession(self.ctx, offer, agent, restored)
         await session.attach()
         self.sessions[call_id] = session
