@@ -44,6 +44,7 @@ class Bridge:
     async def start(self) -> None:
         self._sub = await self.ctx.nc.subscribe(subjects.CALL_OFFER, queue=subjects.BRIDGE_QUEUE, cb=self._on_offer)
         m.READY.set_function(self._ready)
+        m.start_at_zero(sorted(self.ctx.agents.agents))
         self._heartbeat = asyncio.create_task(self._heartbeats(), name="heartbeats")
         self._leases = asyncio.create_task(self._renew_leases(), name="leases")
         log.info("bridge %s claiming calls on %s", self.ctx.bridge_id, subjects.CALL_OFFER)
