@@ -197,10 +197,12 @@ class Platform:
             env |= {"TOOLS_MODULE": self.tools_module, "DATABASE_URL": self.database_url or "",
                     "METRICS_PORT": str(self.ports.tools)}
         elif name == "transcript-writer":
-            env |= {"DATABASE_URL": self.database_url or "", "METRICS_PORT": str(self.ports.writer)}
+            env |= {"DATABASE_URL": self.database_url or "", "METRICS_PORT": str(self.ports.writer),
+                    "RECORDINGS_DIR": str(self.data_dir / "recordings")}
         elif name == "admin-api":
             env |= twilio | {"DATABASE_URL": self.database_url or "", "ADMIN_TOKEN": self.admin_token,
-                             "ADMIN_PORT": str(self.ports.admin), "PUBLIC_BASE_URL": self.public_base_url}
+                             "ADMIN_PORT": str(self.ports.admin), "PUBLIC_BASE_URL": self.public_base_url,
+                             "RECORDINGS_DIR": str(self.data_dir / "recordings")}
         return env | self.extra_env
 
     def health_url(self, name: str, port: int | None = None) -> str:

@@ -25,6 +25,7 @@ from dialtone_admin.models import LivePage, SessionDetail, SessionPage
 from dialtone_admin.outbound import Dialer
 from dialtone_admin.outbound import router as calls_router
 from dialtone_admin.params import Text, UtcTime
+from dialtone_admin.recordings import router as recordings_router
 from dialtone_admin.sessions import SessionFilter, get_session, list_sessions
 from dialtone_admin.settings import AdminSettings
 
@@ -158,4 +159,5 @@ def create_app(settings: AdminSettings) -> FastAPI:
     pages.install(app)
     app.include_router(api)
     app.include_router(calls_router)
+    app.include_router(recordings_router)
     return app

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dialtone_common.settings import ServiceSettings
+from dialtone_common.recording_storage import RecordingStorageSettings
 from pydantic import AliasChoices, Field, SecretStr
 
 
-class AdminSettings(ServiceSettings):
+class AdminSettings(RecordingStorageSettings):  # where recordings are stored (GET /sessions/{id}/recording)
     """Environment-driven settings (``DATABASE_URL``, ``ADMIN_TOKEN``, ``ADMIN_PORT``, ...)."""
 
     database_url: str = Field(description="PostgreSQL DSN")
