@@ -412,7 +412,9 @@ class Recorder:
         if held.get("done"):
             return None, None
         expired = time.time() - float(held.get("at", 0)) >= LEASE_S
-        if not expired and not (spool.dir.exists() and spool.lock()):
+        # The holder wrote this spool here and no longer holds its lock: its process is gone.
+        dead = spool.dir.exists() and spool.read_meta().get("owner") == held.get("owner") and spool.lock()
+        if not expired and not dead:
             return None, None
         revision = await self._claims.update(sid, self._claim_value(), last=entry.revision)
         return revision, f"the recorder {held.get('owner', '?')} stopped"

@@ -1,0 +1,181 @@
+"""The recorder in a writer, against real NATS and PostgreSQL: one recorder per call however many
+writers run, a restart that says what it lost, the agent's opt-out, and retention."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from dialtone_common import bus
+from dialtone_common.callbook import CallBook, new_record
+from dialtone_common.recording_storage import LocalStorage, open_storage
+from dialtone_proto import subjects
+from dialtone_proto.frames import Kind, encode_control, encode_frame
+from dialtone_writer.recorder import Recorder, storage_key
+from dialtone_writer.recorder_audio import read_wav, to_pcm16
+from dialtone_writer.settings import WriterSettings
+
+pytestmark = pytest.mark.integration
+
+
+class Running:
+    def __init__(self, recorder: Recorder) -> None:
+        self.recorder, self.stop = recorder, asyncio.Event()
+        self.task: asyncio.Task | None = None
+
+
+@pytest.fixture
+async def nc(nats_url: str):
+    nc = await bus.connect(nats_url, "recorder-tests")
+    yield nc
+    await nc.drain()
+
+
+@pytest.fixture
+async def recorders(nc, pool, nats_url: str, database_url: str):
+    """``await start(directory, **settings) -> Running``: a recorder as a writer runs it."""
+    running: list[Running] = []
+
+    async def start(directory: Path, **overrides) -> Running:
+        settings = WriterSettings(database_url=database_url, nats_url=nats_url, recordings_dir=directory,
+                                  **overrides)
+        recorder = Recorder(pool, nc, nc.jetstream(), settings, open_storage(settings))
+        await recorder.start()
+        r = Running(recorder)
+        r.task = asyncio.create_task(recorder.run(r.stop))
+        running.append(r)
+        return r
+
+    yield start
+    for r in running:
+        r.stop.set()
+    for r in running:
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(r.task, 15)
+
+
+async def new_call(nc) -> tuple[str, str]:
+    """A call as the gateway leaves it in the call book once its stream has started."""
+    sid, key = "CA" + secrets.token_hex(16), secrets.token_urlsafe(16)
+    book = CallBook(await bus.ensure_calls_bucket(nc.jetstream()))
+    await book.register(new_record(sid, agent="support"))
+    assert await book.claim(sid, key, "gw-test")
+    return sid, key
+
+
+def caller_frame(seq: int) -> bytes:
+    """Twenty milliseconds of caller audio that says which frame it is."""
+    return bytes([(seq * 7 + i) % 0x7F for i in range(160)])
+
+
+async def send_caller(nc, sid: str, key: str, seqs: range) -> None:
+    for seq in seqs:
+        await nc.publish(subjects.call_in(sid, key), encode_frame(Kind.AUDIO, seq, seq * 20, caller_frame(seq)))
+    await nc.flush()
+
+
+async def stop_stream(nc, sid: str, key: str, seq: int) -> None:
+    await nc.publish(subjects.call_in(sid, key), encode_control(Kind.STOP, seq, 0, {"reason": "stop"}))
+    await nc.flush()
+
+
+async def recording_row(pool, sid: str, poll):
+    async def row():
+        async with pool.acquire() as conn:
+            return await conn.fetchrow("SELECT * FROM call_recordings WHERE call_sid = $1", sid)
+
+    return await poll(row, 15, f"the recording of {sid}")
+
+
+async def test_each_call_is_recorded_by_one_writer_and_a_restart_says_what_it_lost(nc, pool, recorders, poll, tmp_path):
+    a = await recorders(tmp_path / "a")
+    b = await recorders(tmp_path / "b")  # another writer, on another disk
+    sid, key = await new_call(nc)
+    await poll(lambda: asyncio.sleep(0, sid in a.recorder.calls or sid in b.recorder.calls), 10, "a claim")
+    await asyncio.sleep(0.3)
+    holders = [r for r in (a, b) if sid in r.recorder.calls]
+    assert len(holders) == 1, "exactly one recorder records a call"
+    holder = holders[0]
+    directory = Path(holder.recorder.settings.recordings_dir)
+
+    await send_caller(nc, sid, key, range(0, 50))  # 0 to 1 s
+    spool = directory / "spool" / sid
+    await poll(lambda: asyncio.sleep(0, (spool / "meta.json").exists() and (spool / "in.raw").stat().st_size == 8000),
+               5, "the spool")
+
+    # The holder dies: no flush, no goodbye (the kernel lets go of its spool lock).
+    rec = holder.recorder.calls.pop(sid)
+    for sub in rec.subs:
+        await sub.unsubscribe()
+    rec.spool.unlock()
+    holder.task.cancel()
+    await send_caller(nc, sid, key, range(50, 100))  # 1 to 2 s: nobody listens
+
+    again = await recorders(directory)  # the writer comes back on its disk and resumes the call
+    await poll(lambda: asyncio.sleep(0, sid in again.recorder.calls), 10, "the restarted recorder to resume")
+    await send_caller(nc, sid, key, range(100, 150))  # 2 to 3 s
+    await asyncio.sleep(0.2)
+    await stop_stream(nc, sid, key, 150)
+
+    row = await recording_row(pool, sid, poll)
+    assert row["complete"] is False
+    assert "audio from 1.00 s to 2.00 s was not recorded" in row["reason"], row["reason"]
+    assert row["duration_ms"] == 3000
+    left, right = read_wav(directory / "store" / storage_key(sid))
+    expected = [to_pcm16(caller_frame(s)) if s < 50 or s >= 100 else bytes(320) for s in range(150)]
+    assert b"".join(v.to_bytes(2, "little", signed=True) for v in left) == b"".join(expected)
+    assert not any(right)
+    assert not spool.exists(), "the spool is gone once the recording is stored"
+
+
+async def test_a_whole_call_is_complete_and_its_opt_out_is_kept(nc, pool, recorders, poll, tmp_path):
+    r = await recorders(tmp_path)
+    sid, key = await new_call(nc)
+    await poll(lambda: asyncio.sleep(0, sid in r.recorder.calls), 10, "the claim")
+    await send_caller(nc, sid, key, range(0, 25))
+    await stop_stream(nc, sid, key, 25)
+    row = await recording_row(pool, sid, poll)
+    assert row["complete"] is True and row["reason"] is None and row["duration_ms"] == 500
+    stored = tmp_path / "store" / storage_key(sid)
+    assert stored.stat().st_mode & 0o777 == 0o600 and (tmp_path / "store").stat().st_mode & 0o777 == 0o700
+
+    # An agent with record = false: the bridge marks the record, the recorder drops the call.
+    sid, key = await new_call(nc)
+    await poll(lambda: asyncio.sleep(0, sid in r.recorder.calls), 10, "the claim")
+    await send_caller(nc, sid, key, range(0, 25))
+    book = CallBook(await bus.ensure_calls_bucket(nc.jetstream()))
+    assert await book.assign(sid, key, 0, "bridge-test")
+    assert await book.do_not_record(sid, key, 0, "bridge-test")
+    await poll(lambda: asyncio.sleep(0, sid not in r.recorder.calls), 10, "the recorder to drop the call")
+    await send_caller(nc, sid, key, range(25, 50))
+    await stop_stream(nc, sid, key, 50)
+    await asyncio.sleep(1.0)
+    async with pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM call_recordings WHERE call_sid = $1", sid) == 0
+    assert not (tmp_path / "spool" / sid).exists() and not (tmp_path / "store" / storage_key(sid)).exists()
+
+
+async def test_retention_deletes_old_recordings_and_their_rows(nc, pool, recorders, tmp_path):
+    r = await recorders(tmp_path, recordings_retention_days=7)
+    store = LocalStorage(tmp_path / "store")
+    old, new = "CA" + secrets.token_hex(16), "CA" + secrets.token_hex(16)
+    wav = tmp_path / "x.wav"
+    wav.write_bytes(b"RIFF")
+    async with pool.acquire() as conn:
+        for sid, age in ((old, timedelta(days=8)), (new, timedelta(days=6))):
+            await store.put_file(storage_key(sid), wav)
+            await conn.execute(
+                "INSERT INTO call_recordings (call_sid, storage_key, bytes, duration_ms, complete, bucket_samples, "
+                "peaks, created_at) VALUES ($1, $2, 4, 0, true, 80, '{}'::jsonb, now() - $3)",
+                sid, storage_key(sid), age,
+            )
+    assert await r.recorder.sweep_once() >= 1
+    async with pool.acquire() as conn:
+        left = {row["call_sid"] for row in await conn.fetch(
+            "SELECT call_sid FROM call_recordings WHERE call_sid = ANY($1::text[])", [old, new])}
+    assert left == {new}
+    assert not (tmp_path / "store" / storage_key(old)).exists() and (tmp_path / "store" / storage_key(new)).exists()
