@@ -37,6 +37,10 @@ EXPECTED_COLUMNS = {
         "event_id", "call_sid", "status", "source", "answered_by", "sequence", "duration_s", "at",
     },
     "agent_changes": {"event_id", "call_sid", "from_agent", "to_agent", "at"},
+    "call_recordings": {
+        "call_sid", "storage_key", "bytes", "duration_ms", "sample_rate", "channels", "complete", "reason",
+        "bucket_samples", "peaks", "recorded_by", "created_at",
+    },
     "schema_migrations": {"version", "name", "applied_at"},
 }
 
@@ -56,6 +60,7 @@ EXPECTED_INDEXES = {
     "call_status_history_call_idx",
     "agent_changes_call_idx",
     "call_turns_call_idx",
+    "call_recordings_created_idx",
 }
 
 
