@@ -158,6 +158,15 @@ async def test_a_whole_call_is_complete_and_its_opt_out_is_kept(nc, pool, record
         assert await conn.fetchval("SELECT count(*) FROM call_recordings WHERE call_sid = $1", sid) == 0
     assert not (tmp_path / "spool" / sid).exists() and not (tmp_path / "store" / storage_key(sid)).exists()
 
+    # A call whose stream never carried audio leaves no recording.
+    sid, key = await new_call(nc)
+    await poll(lambda: asyncio.sleep(0, sid in r.recorder.calls), 10, "the claim")
+    assert await book.end(sid, {key})
+    await poll(lambda: asyncio.sleep(0, sid not in r.recorder.calls), 10, "the recorder to let the call go")
+    async with pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM call_recordings WHERE call_sid = $1", sid) == 0
+    assert not (tmp_path / "spool" / sid).exists()
+
 
 async def test_retention_deletes_old_recordings_and_their_rows(nc, pool, recorders, tmp_path):
     r = await recorders(tmp_path, recordings_retention_days=7)

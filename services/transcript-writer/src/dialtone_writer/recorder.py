@@ -494,6 +494,10 @@ class Recorder:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
         rec.audio.finish()
+        if rec.audio.caller_end == 0 and rec.audio.play_pos == 0:
+            # No stream ever carried audio (a webhook with no stream, an outbound call not answered).
+            await self._drop(rec, "no audio")
+            return
         reasons = rec.all_reasons()
         started = time.perf_counter()
         target = rec.spool.dir / "recording.wav"
