@@ -18,6 +18,7 @@ from dialtone_proto import (
     OutcomeSet,
     ToolCalled,
     TranscriptLine,
+    TurnMeasured,
     UsageReported,
     decode_event,
     encode_event,
@@ -66,6 +67,18 @@ SAMPLES = [
     CallTransferred(**_base(9), target="+15005550010", agent="support"),
     AgentChanged(**_base(10), from_agent="support", to_agent="billing"),
     CallMetric(**_base(11), name="first_agent_audio_ms", value=812.5),
+    TranscriptLine(
+        **_base(13), item_id="item_2", seq=1, role="agent", text="Sure, we", agent="support", interrupted=True,
+        rev=1, offset_ms=5230.0, heard_ms=610.0, audio_ms=2400.0, full_text="Sure, we are open until five.",
+    ),
+    UsageReported(
+        **_base(14), source="response", ref="resp_2", model="gpt-realtime-2.1",
+        usage={"input_tokens": 10, "output_tokens": 20}, cost_usd=0.00132,
+        tokens={"text_in": 10, "audio_out": 20}, costs={"text_in": 0.00004, "audio_out": 0.00128},
+    ),
+    TurnMeasured(**_base(15), turn=0, item_id="item_4", offset_ms=6100.0, sent_ms=820.5, heard_ms=910.0,
+                 tool_ms=300.0, tools=1),
+    TurnMeasured(**_base(16), turn=1, sent_ms=700.0),
     CallEnded(**_base(12), reason="caller_hangup"),
 ]
 
@@ -138,9 +151,13 @@ def test_event_envelope_is_checked(change: dict[str, Any], why: str) -> None:
         {"type": "transcript.line", "item_id": "i", "seq": 0, "role": "system", "text": "x", "agent": "a"},
         {"type": "usage.reported", "source": "response", "ref": "r", "model": "m", "usage": {}, "cost_usd": -1},
         {"type": "call.status", "status": "completed", "source": "caller"},
+        {"type": "transcript.line", "item_id": "i", "seq": 0, "role": "agent", "text": "x", "agent": "a",
+         "heard_ms": -1},
+        {"type": "turn.measured", "turn": 0, "sent_ms": -3},
         {"type": "tool.called", "tool_call_id": "t", "seq": 0, "name": "n", "agent": "a", "ok": True, "duration_ms": -5},
     ],
-    ids=["negative-seq", "bad-role", "negative-cost", "bad-source", "negative-duration"],
+    ids=["negative-seq", "bad-role", "negative-cost", "bad-source", "negative-heard", "negative-latency",
+         "negative-duration"],
 )
 def test_event_fields_are_checked(body: dict[str, Any]) -> None:
     with pytest.raises(ValidationError):

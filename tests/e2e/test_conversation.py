@@ -338,7 +338,11 @@ async def test_barge_in_during_a_preamble_drops_the_answer_queued_behind_it(
     assert bytes(call.heard).find(bytes(sim.output_audio[sim.output_order[-1]])[:800]) > 0  # the next answer
     session = await admin.session(call.call_sid)
     lines = [(line["text"], line["interrupted"]) for line in session["transcript"] if line["role"] == "agent"]
-    assert lines[1] == ("Good question, let me just find the page with our opening hours for you.", True)
+    preamble_text = "Good question, let me just find the page with our opening hours for you."
+    cut = [line for line in session["transcript"] if line["role"] == "agent"][1]
+    # Talked over: marked, cut to about what was heard, the whole text kept.
+    assert cut["interrupted"] and cut["full_text"] == preamble_text and 0 < cut["heard_ms"] < cut["audio_ms"]
+    assert preamble_text.startswith(cut["text"]) and len(cut["text"]) < len(preamble_text)
     assert lines[-1] == ("No problem at all.", False)
     # The answer, as far as it was generated, is written as never said in full.
     assert all(cut and "We are open from nine to five, Monday to Friday.".startswith(text) for text, cut in lines[2:-1])

@@ -47,8 +47,15 @@ DB_OUTAGE_S = 20.0
 SESSIONS_503_WITHIN_S = 2.0  # the admin API's promise for a request during a database outage
 # /healthz checks the database within its own 2 s timeout; half a second more for a loaded machine.
 HEALTHZ_503_WITHIN_S = 2.5
-# The writer asks PostgreSQL every 2 s with a 2 s deadline; a second more for a loaded machine.
+# The writer and the tool-runner ask PostgreSQL every 2 s with a 2 s deadline; a second more for a
+# loaded machine.
 WRITER_503_WITHIN_S = 5.0
+TOOLS_503_WITHIN_S = 5.0
+# Which services say 503 on /healthz while a server is gone (docs/CONTRACTS.md, "Health"): every
+# service lives on NATS; the services whose work reads or writes PostgreSQL need it too. The call
+# path (gateway, bridge) never touches the database, so it stays ready through a database outage.
+NEEDS_NATS = ("media-gateway", "realtime-bridge", "tool-runner", "transcript-writer", "admin-api")
+NEEDS_POSTGRES = ("tool-runner", "transcript-writer", "admin-api")
 SETTLE_S = 75.0  # how long stored transcripts may take to catch up after a fault (redeliveries included)
 FULL_CALL = [("agent", GREETING)] + [(role, text) for t in SCENARIO.turns for role, text in
                                      (("caller", t.caller), ("agent", t.agent))]
@@ -321,14 +328,13 @@ async def test_admin_api_killed_mid_calls_serves_every_line_after_restart(fault_
 
 # ---- NATS ---------------------------------------------------------------------------------------
 NATS_DOWN_S = 2.0
-NATS_CLIENTS = ("media-gateway", "realtime-bridge", "tool-runner", "transcript-writer")
 
 
 async def test_nats_restart_mid_calls_neither_drops_nor_hands_over_a_call(
     fault_platform: Platform, servers: Servers, fault_twilio: FakeTwilioApi, figures: Figures
 ):
     fig = figures.scenario("NATS restart")
-    services = {name: fault_platform.services[name] for name in NATS_CLIENTS}
+    services = {name: fault_platform.services[name] for name in NEEDS_NATS}
     calls = Calls(fault_platform).start()
     await calls.at(1)
     # The callers listen through the outage and speak again once the services are back on NATS.
@@ -336,11 +342,17 @@ async def test_nats_restart_mid_calls_neither_drops_nor_hands_over_a_call(
     stopped_at = time.monotonic()
     await servers.stop_nats()
     try:
-        # Each service that lives on NATS says so on /healthz while it is gone.
+        # Each service that lives on NATS says so on /healthz while it is gone, and why.
         for name, service in services.items():
             await poll(lambda s=service: _is(s, 503), NATS_DOWN_S, interval=0.05,
                        what=f"{name} /healthz to say 503 with NATS down")
         fig["every /healthz 503 after stop (s)"] = time.monotonic() - stopped_at
+        for name, service in services.items():
+            answer = await http_get(service.health_url, timeout=1.0)
+            assert answer.status == 503 and "nats" in str(answer.body).lower(), f"{name}: {answer}"
+            # Not ready, yet alive: an orchestrator must not restart it for an outage of NATS.
+            alive = await http_get(service.health_url.replace("/healthz", "/livez"), timeout=1.0)
+            assert alive.status == 200, f"{name} /livez: {alive}"
         await asyncio.sleep(max(0.0, stopped_at + NATS_DOWN_S - time.monotonic()))
     finally:
         await servers.start_nats()
@@ -432,6 +444,7 @@ async def database_outage(platform: Platform, fig: dict[str, Any], begin: Any, e
     """Five calls go on through ``DB_OUTAGE_S`` of database outage (``begin()`` .. ``end()``)."""
     admin = Admin(platform)
     writer = platform.services["transcript-writer"]
+    runner = platform.services["tool-runner"]
     calls = Calls(platform).start()
     await calls.at(1)
     assert (await admin.get("/sessions?limit=5")).status == 200
@@ -439,8 +452,9 @@ async def database_outage(platform: Platform, fig: dict[str, Any], begin: Any, e
     sessions = Probe(admin.url + "/sessions?limit=5", admin.token)
     healthz = Probe(platform.services["admin-api"].health_url)
     writer_health = Probe(writer.health_url)
-    call_path = [Probe(platform.services[n].health_url) for n in ("media-gateway", "realtime-bridge")]
-    probes = [sessions, healthz, writer_health, *call_path]
+    runner_health = Probe(runner.health_url)
+    call_path = [Probe(platform.services[n].health_url) for n in NEEDS_NATS if n not in NEEDS_POSTGRES]
+    probes = [sessions, healthz, writer_health, runner_health, *call_path]
     began = time.monotonic()
     state = await begin()
     try:
@@ -449,7 +463,10 @@ async def database_outage(platform: Platform, fig: dict[str, Any], begin: Any, e
             fig["fault in place after (s)"] = established - began
             for p in probes:
                 p.start()
-            calls.go(1)  # the calls go on during the outage: their lines wait in JetStream
+            # The calls go on during the outage: their lines wait in JetStream, and their tool
+            # calls are answered (these tools need no database, though the runner is not ready).
+            calls.go(1)
+            reasons = await _not_ready_reasons(platform, WRITER_503_WITHIN_S + 1)
             await asyncio.sleep(max(0.0, began + DB_OUTAGE_S - time.monotonic()))  # hold the outage
         finally:
             ended = time.monotonic()
@@ -465,6 +482,9 @@ async def database_outage(platform: Platform, fig: dict[str, Any], begin: Any, e
         await transcripts_match(admin, calls, fig)
         await poll(lambda: _status(writer.health_url, 200), 30, interval=0.2,
                    what="the writer's /healthz to say 200 again")
+        await poll(lambda: _status(runner.health_url, 200), 30, interval=0.2,
+                   what="the tool-runner's /healthz to say 200 again")
+        fig["tool-runner /healthz 200 again after (s)"] = time.monotonic() - back
     finally:
         await asyncio.gather(*(p.stop() for p in probes))
 
@@ -480,10 +500,40 @@ async def database_outage(platform: Platform, fig: dict[str, Any], begin: Any, e
     # The writer probes the database on a timer, so it says so within a few seconds too.
     assert writer_503 is not None and writer_503 <= WRITER_503_WITHIN_S, (
         f"the writer's /healthz said 503 after {writer_503} s of a {DB_OUTAGE_S:.0f} s outage")
+    # So does the tool-runner (its tools use the database), and its /healthz, reading the probe's
+    # last verdict, answers at once however the database fails.
+    runner_503 = runner_health.first(503, began)
+    fig["tool-runner /healthz 503 first after (s)"] = "never during the outage" if runner_503 is None else runner_503
+    fig["tool-runner /healthz slowest during (s)"] = runner_health.slowest(established, ended)
+    assert runner_503 is not None and runner_503 <= TOOLS_503_WITHIN_S, (
+        f"the tool-runner's /healthz said 503 after {runner_503} s of a {DB_OUTAGE_S:.0f} s outage")
+    assert runner_health.slowest(established, ended) < 1.0
+    late = [(round(s - began, 1), a.status) for s, a in runner_health.answers
+            if began + TOOLS_503_WITHIN_S <= s and s + a.seconds < ended and a.status != 503]
+    assert not late, f"the tool-runner's /healthz during the outage, once it had noticed: {late}"
+    # Each service that needs the database says why it is not ready.
+    for name in NEEDS_POSTGRES:
+        assert "database" in reasons[name], f"{name} /healthz during the outage: {reasons[name]!r}"
     # The call path does not need the database: its services stay healthy and say so.
     for p in call_path:
         bad = [(round(s - began, 1), a.status) for s, a in p.answers if a.status != 200]
         assert not bad, f"{p.url} during the database outage: {bad}"
+
+
+async def _not_ready_reasons(platform: Platform, timeout: float) -> dict[str, str]:  # noqa: ASYNC109
+    """Wait until every service in ``NEEDS_POSTGRES`` says 503; the reason each gives."""
+    reasons: dict[str, str] = {}
+
+    async def all_503() -> bool:
+        for name in NEEDS_POSTGRES:
+            if name not in reasons:
+                answer = await http_get(platform.services[name].health_url, timeout=5)
+                if answer.status == 503:
+                    reasons[name] = str(answer.body)
+        return len(reasons) == len(NEEDS_POSTGRES)
+
+    await poll(all_503, timeout, interval=0.2, what=f"{', '.join(NEEDS_POSTGRES)} /healthz to say 503")
+    return reasons
 
 
 async def _admin_ok(admin: Admin) -> bool:

@@ -1,5 +1,10 @@
-"""A tiny HTTP server for ``/metrics`` (Prometheus text) and ``/healthz``, for the services that
-have no web framework of their own. asyncio only: no threads, no extra dependency."""
+"""A tiny HTTP server for ``/metrics`` (Prometheus text), ``/healthz`` and ``/livez``, for the
+services that have no web framework of their own. asyncio only: no threads, no extra dependency.
+
+``/healthz`` is readiness: 503 while the service cannot do its work (NATS or PostgreSQL away, or
+draining). ``/livez`` is liveness: 200 whenever the process answers at all. An orchestrator must
+restart a process only when it is wedged, never because a server it depends on is away (the
+restart would not bring the server back) or because it is draining its calls."""
 
 from __future__ import annotations
 
@@ -38,6 +43,8 @@ class HealthServer:
             path = request.split(b" ", 2)[1].decode("latin-1") if request.count(b" ") >= 2 else "/"
             if path.startswith("/metrics"):
                 status, ctype, body = "200 OK", CONTENT_TYPE_LATEST, generate_latest(self._registry)
+            elif path.startswith("/livez"):
+                status, ctype, body = "200 OK", "text/plain", b"alive\n"
             elif path.startswith("/healthz"):
                 problem = self._check()
                 status = "200 OK" if problem is None else "503 Service Unavailable"

@@ -57,7 +57,19 @@ class TranscriptLine(_Event):
     ``interrupted``: the line stopped before its end, because the caller talked over it or the
     model stopped early (an incomplete or failed response). ``untranscribed``: the caller spoke
     but their words have no text (the transcription failed or came back empty); ``text`` is then
-    the empty string, and a reader shows its own placeholder."""
+    the empty string, and a reader shows its own placeholder.
+
+    What the caller heard of an agent line: ``audio_ms`` of audio the model generated for it, of
+    which ``heard_ms`` played to the caller (equal unless the caller cut the line off). A line the
+    caller cut has ``text`` cut to about the heard part and the whole generated text in
+    ``full_text`` (None when ``text`` is whole).
+
+    ``offset_ms``: where the line starts, in milliseconds from the start of the call's media
+    stream, on the clock of Twilio's media timestamps (docs/CONTRACTS.md, Transcript lines).
+
+    ``rev``: a line may be published again for the same ``item_id`` (a barge-in cuts a line that
+    was already published), under a new event id and a higher ``rev``; a reader keeps, per item,
+    the line of the highest ``rev``, whatever order they arrive in."""
 
     type: Literal["transcript.line"] = "transcript.line"
     item_id: str
@@ -68,6 +80,11 @@ class TranscriptLine(_Event):
     source: Literal["speech", "dtmf", "text"] = "speech"
     interrupted: bool = False
     untranscribed: bool = False
+    rev: int = Field(default=0, ge=0)
+    offset_ms: float | None = Field(default=None, ge=0)
+    heard_ms: float | None = Field(default=None, ge=0)
+    audio_ms: float | None = Field(default=None, ge=0)
+    full_text: str | None = None
 
 
 class ToolCalled(_Event):
@@ -87,7 +104,12 @@ class ToolCalled(_Event):
 
 
 class UsageReported(_Event):
-    """Token usage of one model response or one input transcription, and its cost."""
+    """Token usage of one model response or one input transcription, and its cost.
+
+    ``tokens`` and ``costs`` split it by billing kind (``text_in``, ``text_cached``, ``audio_in``,
+    ``audio_cached``, ``text_out``, ``audio_out``; cached tokens apart from the other input tokens),
+    priced by the bridge's configured price table for ``model``; ``cost_usd`` is their sum. Both
+    are empty in events of bridges older than the split."""
 
     type: Literal["usage.reported"] = "usage.reported"
     source: Literal["response", "transcription"]
@@ -95,6 +117,8 @@ class UsageReported(_Event):
     model: str
     usage: dict[str, Any]
     cost_usd: float = Field(ge=0)
+    tokens: dict[str, int] = Field(default_factory=dict)
+    costs: dict[str, float] = Field(default_factory=dict)
 
 
 class OutcomeSet(_Event):
@@ -141,6 +165,25 @@ class CallMetric(_Event):
     value: float
 
 
+class TurnMeasured(_Event):
+    """One turn of the conversation, timed: the caller stopped speaking (the model's
+    ``speech_stopped``) and the agent answered. ``sent_ms``: to the first audio of the answer sent
+    towards the caller; ``heard_ms``: to the first of it the caller heard (the mark behind it
+    echoed), None when the caller talked over it before; ``tool_ms``: time tools were running
+    within the turn (overlapping tool calls counted once), ``tools`` how many ran. ``item_id`` is
+    the answer's item; ``offset_ms`` the moment the caller stopped, on the stream clock of
+    transcript lines. Published once the turn is heard (or talked over)."""
+
+    type: Literal["turn.measured"] = "turn.measured"
+    turn: int = Field(ge=0)
+    item_id: str | None = None
+    offset_ms: float | None = Field(default=None, ge=0)
+    sent_ms: float = Field(ge=0)
+    heard_ms: float | None = Field(default=None, ge=0)
+    tool_ms: float = Field(default=0.0, ge=0)
+    tools: int = Field(default=0, ge=0)
+
+
 class CallEnded(_Event):
     """The conversation is over; the Realtime socket is closed."""
 
@@ -158,6 +201,7 @@ Event = Annotated[
     | CallTransferred
     | AgentChanged
     | CallMetric
+    | TurnMeasured
     | CallEnded,
     Field(discriminator="type"),
 ]
@@ -174,6 +218,7 @@ EVENT_TYPES = {
         CallTransferred,
         AgentChanged,
         CallMetric,
+        TurnMeasured,
         CallEnded,
     )
 }

@@ -652,3 +652,50 @@ async def test_database_errors_become_what_a_client_can_act_on(database_url: str
             assert await conn.fetchval("SELECT 1") == 1
     finally:
         await db.close()
+
+
+async def test_session_detail_has_what_was_heard_the_turns_and_the_cost(client, db, agent) -> None:
+    sid = await add_session(db, agent, T0)  # 90 s long
+    await db.execute(
+        "INSERT INTO transcript_lines (call_sid, seq, item_id, role, text, agent, source, interrupted, at, event_id,"
+        " rev, offset_ms, heard_ms, audio_ms, full_text) VALUES"
+        " ($1, 0, 'a1', 'agent', 'We are open', $2, 'speech', true, $3, 'e1', 1, 1520.5, 900, 2400,"
+        " 'We are open from nine to five.')", sid, agent, T0)
+    for n, (sent, heard) in enumerate([(700, 800), (900, 1100), (1500, None), (800, 950)]):
+        await db.execute(
+            "INSERT INTO call_turns (event_id, call_sid, turn, item_id, sent_ms, heard_ms, tool_ms, tools, at)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            f"{sid}-t{n}", sid, n, f"r{n}", sent, heard, 300.0 if n == 1 else 0.0, int(n == 1),
+            T0 + timedelta(seconds=n))
+    await db.execute(
+        "UPDATE call_sessions SET cost_breakdown = $2::jsonb WHERE call_sid = $1", sid,
+        json.dumps({"audio_in_usd": 0.032, "audio_in_tokens": 1000, "audio_out_usd": 0.0192, "audio_out_tokens": 300,
+                    "cached_usd": 0.0002, "cached_tokens": 500, "transcription_usd": 0.00051,
+                    "transcription_tokens": 150}))
+
+    d = (await client.get(f"/sessions/{sid}", headers=AUTH)).json()
+    [line] = d["transcript"]
+    assert (line["text"], line["interrupted"], line["heard_ms"], line["audio_ms"], line["offset_ms"]) == (
+        "We are open", True, 900, 2400, 1520.5)
+    assert line["full_text"] == "We are open from nine to five."
+    assert [(t["turn"], t["sent_ms"], t["heard_ms"], t["tool_ms"]) for t in d["turns"]] == [
+        (0, 700, 800, 0), (1, 900, 1100, 300), (2, 1500, None, 0), (3, 800, 950, 0)]
+    # Percentiles interpolated between ranks, as PostgreSQL's percentile_cont: sent 700 800 900 1500.
+    assert d["latency"] == {"turns": 4, "sent_p50": 850.0, "sent_p95": 1410.0, "heard_p50": 950.0,
+                            "heard_p95": 1085.0}
+    cost = d["cost"]
+    assert cost["usd"] == pytest.approx({"audio_in": 0.032, "audio_out": 0.0192, "text_in": 0, "text_out": 0,
+                                         "cached": 0.0002, "transcription": 0.00051, "other": 0})
+    assert cost["tokens"]["audio_in"] == 1000 and cost["tokens"]["transcription"] == 150
+    assert cost["total_usd"] == pytest.approx(0.05191)
+    assert cost["duration_s"] == 90.0 and cost["per_minute_usd"] == pytest.approx(0.05191 / 1.5)
+    assert cost["hosted_fee_per_minute_usd"] == 0.09 and cost["hosted_fee_usd"] == pytest.approx(0.135)
+    assert cost["total_with_hosted_fee_usd"] == pytest.approx(0.05191 + 0.135)
+
+
+async def test_a_session_without_turns_or_usage_has_empty_latency_and_zero_cost(client, db, agent) -> None:
+    sid = await add_session(db, agent, T0)
+    d = (await client.get(f"/sessions/{sid}", headers=AUTH)).json()
+    assert d["turns"] == [] and d["latency"] == {"turns": 0, "sent_p50": None, "sent_p95": None,
+                                                 "heard_p50": None, "heard_p95": None}
+    assert d["cost"]["total_usd"] == 0 and d["cost"]["per_minute_usd"] == 0

@@ -14,7 +14,8 @@ from dialtone_bridge.agents import Agent
 from dialtone_bridge.callcontrol import CallControl
 from dialtone_bridge.conversation import Conversation
 from dialtone_bridge.playout import Playout
-from dialtone_bridge.turns import TurnLatency
+from dialtone_bridge.settings import DEFAULT_MODEL
+from dialtone_bridge.turns import Turn, TurnLatency
 from dialtone_proto.tools import ToolCallReply, ToolSpec
 from dialtone_sim.oracle import check_client_event
 
@@ -48,11 +49,11 @@ class FakeSession:
         self.call_id = "CA1"
         self.offer = types.SimpleNamespace(from_number="+1", to_number="+2", parameters={}, stream_sid="MZ",
                                            account_sid="AC", direction="inbound")
-        settings = types.SimpleNamespace(filler_after_s=filler_after_s, openai_realtime_model="gpt-realtime",
+        settings = types.SimpleNamespace(filler_after_s=filler_after_s, openai_realtime_model=DEFAULT_MODEL,
                                          transcription_model="t", prices={})
         self.ctx = types.SimpleNamespace(settings=settings, tools=tools or Tools(), twilio=None, agents=None,
                                          bridge_id="bridge-test")
-        self.events, self.playout, self.turns = Events(), Playout(), TurnLatency()
+        self.events, self.playout, self.turns = Events(), Playout(), TurnLatency(on_measured=self._measured)
         self.turn_seconds: list[float] = []  # turn latencies, as the real session observes them
         self.ended, self.end_reason = asyncio.Event(), None
         self.holds = True
@@ -83,6 +84,15 @@ class FakeSession:
         if not self.ended.is_set():
             self.end_reason = reason
             self.ended.set()
+
+    def _measured(self, turn: Turn) -> None:
+        self.events.emit(type("TurnMeasured", (), {}), **{
+            "turn": turn.n, "item_id": turn.item_id, "offset_ms": turn.offset_ms, "sent_ms": turn.sent_ms,
+            "heard_ms": turn.heard_ms, "tool_ms": turn.tool_ms, "tools": turn.tools})  # fmt: skip
+
+    def stream_ms(self, buffer_ms: float) -> float:
+        """The model's input buffer is the stream here: the caller's audio from its start, no gap."""
+        return float(buffer_ms)
 
     async def play(self, item_id, audio_b64):
         audio = base64.b64decode(audio_b64)

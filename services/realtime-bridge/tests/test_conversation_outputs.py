@@ -215,8 +215,12 @@ async def test_barge_in_during_the_preamble_truncates_it_and_deletes_the_unheard
     await done(c, "R1", "cancelled", [preamble, message("a1", "It is", status="incomplete")])
     assert [e["item_id"] for e in sent(s, "conversation.item.delete")] == ["a1"]
     assert b"\x23" * 800 not in [a for _, a in s.heard()]
-    assert said(s) == [("agent", "Let me see.", True), ("agent", "It is", True)]
-    assert [line.text for line in c.lines] == ["Let me see."]  # the model no longer has the answer
+    # The preamble, heard 100 of its 200 ms, is cut to about its first half; the answer, heard not
+    # at all, to nothing. Both keep what the model generated.
+    assert said(s) == [("agent", "Let me", True), ("agent", "", True)]
+    assert [(line["heard_ms"], line["audio_ms"], line["full_text"]) for line in s.lines()] == [
+        (100.0, 200.0, "Let me see."), (0.0, 200.0, "It is")]  # fmt: skip
+    assert [line.text for line in c.lines] == ["Let me"]  # the model no longer has the answer
 
 
 async def test_barge_in_before_anything_was_heard_deletes_instead_of_truncating_to_zero() -> None:
@@ -230,7 +234,8 @@ async def test_barge_in_before_anything_was_heard_deletes_instead_of_truncating_
     assert sent(s, "conversation.item.truncate") == []  # a truncate to 0 ms is refused (trap 8)
     await done(c, "R1", "cancelled", [reply])
     assert [e["item_id"] for e in sent(s, "conversation.item.delete")] == ["r1"]
-    assert said(s) == [("agent", "Hello there, how can I help?", True)] and c.lines == []
+    assert said(s) == [("agent", "", True)] and c.lines == []
+    assert s.lines()[0]["full_text"] == "Hello there, how can I help?" and s.lines()[0]["heard_ms"] == 0
 
 
 async def test_barge_in_after_a_fully_heard_preamble_keeps_it_whole_and_deletes_the_answer() -> None:
@@ -246,10 +251,13 @@ async def test_barge_in_after_a_fully_heard_preamble_keeps_it_whole_and_deletes_
     await c.on_event({"type": "input_audio_buffer.speech_started", "item_id": "u1", "audio_start_ms": 900})
     assert sent(s, "conversation.item.truncate") == []
     assert [e["item_id"] for e in sent(s, "conversation.item.delete")] == ["a1"]  # no response running: now
-    # The answer's line, written when the response ended, is written again as interrupted.
+    # The answer's line, written when the response ended, is written again as interrupted and heard
+    # not at all, under a higher revision.
     assert said(s) == [("agent", "Let me see.", False), ("agent", "It is booked.", False),
-                       ("agent", "It is booked.", True)]  # fmt: skip
-    assert [line["item_id"] for line in s.lines()] == ["p1", "a1", "a1"]
+                       ("agent", "", True)]  # fmt: skip
+    assert [(line["item_id"], line["rev"]) for line in s.lines()] == [("p1", 0), ("a1", 0), ("a1", 1)]
+    assert s.lines()[0]["heard_ms"] == s.lines()[0]["audio_ms"] == 100 and s.lines()[0]["full_text"] is None
+    assert s.lines()[2]["full_text"] == "It is booked."
     assert [line.text for line in c.lines] == ["Let me see."]
 
 
@@ -265,6 +273,6 @@ async def test_barge_in_after_the_response_ended_rewrites_the_cut_line_as_interr
     await c.on_event({"type": "input_audio_buffer.speech_started", "item_id": "u1", "audio_start_ms": 900})
     assert [(e["item_id"], e["audio_end_ms"]) for e in sent(s, "conversation.item.truncate")] == [("r1", 100)]
     assert said(s) == [("agent", "We are open from nine to five.", False),
-                       ("agent", "We are open from nine to five.", True)]  # fmt: skip
+                       ("agent", "We are open from", True)]  # fmt: skip
     assert sent(s, "conversation.item.delete") == []
-    assert [line.text for line in c.lines] == ["We are open from nine to five."]
+    assert [line.text for line in c.lines] == ["We are open from"]

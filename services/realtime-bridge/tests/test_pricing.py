@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from dialtone_bridge.pricing import cost_usd
-from dialtone_bridge.settings import DEFAULT_PRICES
+from dialtone_bridge.pricing import cost_usd, split
+from dialtone_bridge.settings import DEFAULT_MODEL, DEFAULT_PRICES, BridgeSettings
 
 pytestmark = pytest.mark.unit
 
@@ -20,6 +20,34 @@ RESPONSE_USAGE = {
     },
     "output_token_details": {"text_tokens": 100, "audio_tokens": 500},
 }
+
+
+def test_the_default_model_is_the_ga_flagship_and_every_realtime_model_has_its_prices() -> None:
+    assert DEFAULT_MODEL == "gpt-realtime-2.1"
+    assert BridgeSettings.model_fields["openai_realtime_model"].default == DEFAULT_MODEL
+    # OpenAI's model pages, USD per 1M tokens: (text in, cached, out), (audio in, cached, out).
+    lineup = {
+        "gpt-realtime-2.1": ((4.0, 0.40, 24.0), (32.0, 0.40, 64.0)),
+        "gpt-realtime-2.1-mini": ((0.60, 0.06, 2.40), (10.0, 0.30, 20.0)),
+        "gpt-realtime-2": ((4.0, 0.40, 24.0), (32.0, 0.40, 64.0)),
+        "gpt-realtime-1.5": ((4.0, 0.40, 16.0), (32.0, 0.40, 64.0)),
+        "gpt-realtime": ((4.0, 0.40, 16.0), (32.0, 0.40, 64.0)),  # retires January 2027
+        "gpt-realtime-mini": ((0.60, 0.06, 2.40), (10.0, 0.30, 20.0)),
+    }
+    for model, (text, sound) in lineup.items():
+        p = DEFAULT_PRICES[model]
+        assert (p["text_in"], p["text_cached"], p["text_out"]) == text, model
+        assert (p["audio_in"], p["audio_cached"], p["audio_out"]) == sound, model
+    assert "gpt-4o-mini-transcribe" in DEFAULT_PRICES
+
+
+def test_the_split_by_kind_adds_up_to_the_cost() -> None:
+    tokens, costs = split(RESPONSE_USAGE, DEFAULT_PRICES[DEFAULT_MODEL])
+    assert tokens == {"text_in": 100, "text_cached": 200, "audio_in": 700, "audio_cached": 300,
+                      "text_out": 100, "audio_out": 500}  # fmt: skip
+    assert costs["text_out"] == pytest.approx(100 * 24.0 / 1e6)
+    assert sum(costs.values()) == pytest.approx(cost_usd(RESPONSE_USAGE, DEFAULT_PRICES[DEFAULT_MODEL]))
+    assert split(RESPONSE_USAGE, None)[1] == dict.fromkeys(tokens, 0.0)
 
 
 def test_response_cost_bills_cached_tokens_at_the_cached_rate() -> None:

@@ -67,3 +67,12 @@ def test_a_line_published_twice_is_restored_once() -> None:
     assert state is not None
     assert [x.text for x in state.lines] == ["Hi there"]
     assert state.ended and state.next_seq == 1
+
+
+def test_a_line_cut_by_a_barge_in_is_restored_as_cut_whatever_the_order() -> None:
+    whole = line(2, 0, "agent", "We are open from nine to five.", item="a1")
+    cut = TranscriptLine(id=f"{CALL}-3", call_id=CALL, at=at(1), item_id="a1", seq=0, role="agent",
+                         text="We are open", agent="support", interrupted=True, rev=1, heard_ms=900, audio_ms=2400,
+                         full_text="We are open from nine to five.")  # its clock said earlier: rev decides
+    state = restore([CallStarted(id=f"{CALL}-1", call_id=CALL, at=at(0), agent="support"), whole, cut])
+    assert state is not None and [x.text for x in state.lines] == ["We are open"]

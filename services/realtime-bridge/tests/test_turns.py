@@ -143,12 +143,14 @@ async def test_tokens_and_dollars_are_counted_by_kind() -> None:
     assert got == {"text_in": 100, "text_cached": 200, "audio_in": 700, "audio_cached": 300,
                    "text_out": 100, "audio_out": 500}
     cost = {k: sample("dialtone_bridge_realtime_cost_dollars_total", kind=k) - dollars[k] for k in kinds}
-    # gpt-realtime per 1M tokens: text 4 / 0.40 cached / 16 out, audio 32 / 0.40 cached / 64 out.
+    # gpt-realtime-2.1 (the default) per 1M tokens: text 4 / 0.40 cached / 24 out, audio 32 / 0.40 cached / 64 out.
     assert cost["audio_out"] == pytest.approx(500 * 64 / 1e6)
     assert cost["audio_in"] == pytest.approx(700 * 32 / 1e6)
-    assert sum(cost.values()) == pytest.approx(0.0566)
+    assert sum(cost.values()) == pytest.approx(0.0574)
     [usage] = [f for name, f in s.events.out if name == "UsageReported"]
-    assert usage["cost_usd"] == pytest.approx(0.0566)  # the session's cost agrees with the counters
+    assert usage["cost_usd"] == pytest.approx(0.0574)  # the session's cost agrees with the counters
+    assert usage["tokens"] == got  # and the event splits it by kind, as the counters do
+    assert usage["costs"] == pytest.approx(cost)
 
 
 # ---- readiness ---------------------------------------------------------------------------------

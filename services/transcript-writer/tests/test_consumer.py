@@ -21,6 +21,7 @@ from dialtone_proto import (
     OutcomeSet,
     ToolCalled,
     TranscriptLine,
+    TurnMeasured,
     UsageReported,
     decode_event,
     subjects,
@@ -283,3 +284,64 @@ def test_writer_lag_runs_from_the_events_own_time_to_the_commit() -> None:
     assert lag_seconds(event, at(9)) == 0.0  # a publisher's clock ahead of ours is no negative lag
     naive = line("CA1", 2, 1, t=10).model_copy(update={"at": at(10).replace(tzinfo=None)})
     assert lag_seconds(naive, at(11)) == 1.0  # a time without zone is UTC
+
+
+async def test_a_cut_line_wins_over_the_whole_one_whatever_order_they_are_written_in(pool) -> None:
+    """A barge-in corrects a line already published (rev 1): redelivery or a second writer may
+    apply the two in either order, and the transcript must end cut either way."""
+    for order in ((0, 1), (1, 0)):
+        call_id = new_call_id()
+        whole = TranscriptLine(id=f"{call_id}-1", call_id=call_id, at=at(1), item_id="a1", seq=0, role="agent",
+                               text="We are open from nine to five.", agent="reception", offset_ms=2000.0,
+                               heard_ms=2400.0, audio_ms=2400.0)
+        cut = TranscriptLine(id=f"{call_id}-2", call_id=call_id, at=at(2), item_id="a1", seq=0, role="agent",
+                             text="We are open", agent="reception", interrupted=True, rev=1, offset_ms=2000.0,
+                             heard_ms=900.0, audio_ms=2400.0, full_text="We are open from nine to five.")
+        for n in order:
+            async with pool.acquire() as conn:
+                await write_events(conn, [(whole, cut)[n]])
+        row = await pool.fetchrow("SELECT * FROM transcript_lines WHERE call_sid = $1", call_id)
+        assert (row["text"], row["interrupted"], row["rev"], row["heard_ms"], row["audio_ms"], row["full_text"]) == (
+            "We are open", True, 1, 900.0, 2400.0, "We are open from nine to five."), order
+        [entry] = (await session(pool, call_id))["transcript"]
+        assert (entry["text"], entry["heard_ms"], entry["offset_ms"], entry["full_text"]) == (
+            "We are open", 900.0, 2000.0, "We are open from nine to five.")
+
+
+async def test_turns_are_stored_one_row_per_event(pool) -> None:
+    call_id = new_call_id()
+    turns = [
+        TurnMeasured(id=f"{call_id}-1", call_id=call_id, at=at(5), turn=0, item_id="a1", offset_ms=4000.0,
+                     sent_ms=800.0, heard_ms=950.0, tool_ms=0.0),
+        TurnMeasured(id=f"{call_id}-2", call_id=call_id, at=at(9), turn=1, item_id="a2", sent_ms=1500.0,
+                     tool_ms=900.0, tools=2),  # talked over before it was heard
+    ]
+    async with pool.acquire() as conn:
+        await write_events(conn, turns)
+        await write_events(conn, turns)  # redelivered: nothing doubles
+    rows = await pool.fetch("SELECT turn, item_id, offset_ms, sent_ms, heard_ms, tool_ms, tools FROM call_turns"
+                            " WHERE call_sid = $1 ORDER BY at", call_id)
+    assert [tuple(r) for r in rows] == [(0, "a1", 4000.0, 800.0, 950.0, 0.0, 0), (1, "a2", None, 1500.0, None, 900.0, 2)]
+
+
+async def test_the_cost_breakdown_is_the_sum_of_the_events_split(pool) -> None:
+    call_id = new_call_id()
+    events = [
+        UsageReported(id=f"{call_id}-1", call_id=call_id, at=at(1), source="response", ref="r1", model="m",
+                      usage={}, cost_usd=0.0532, tokens={"audio_in": 1000, "audio_cached": 500, "audio_out": 300},
+                      costs={"audio_in": 0.032, "audio_cached": 0.0002, "audio_out": 0.0192}),
+        UsageReported(id=f"{call_id}-2", call_id=call_id, at=at(2), source="response", ref="r2", model="m",
+                      usage={}, cost_usd=0.00016, tokens={"text_in": 10, "text_cached": 100, "text_out": 3},
+                      costs={"text_in": 0.00004, "text_cached": 0.00004, "text_out": 0.000072}),
+        UsageReported(id=f"{call_id}-3", call_id=call_id, at=at(3), source="transcription", ref="u1", model="t",
+                      usage={}, cost_usd=0.00051, tokens={"audio_in": 120, "text_out": 30},
+                      costs={"audio_in": 0.00036, "text_out": 0.00015}),
+    ]
+    async with pool.acquire() as conn:
+        await write_events(conn, events)
+    breakdown = (await session(pool, call_id))["cost_breakdown"]
+    assert {k: float(v) for k, v in breakdown.items()} == pytest.approx({
+        "audio_in_usd": 0.032, "audio_in_tokens": 1000, "audio_out_usd": 0.0192, "audio_out_tokens": 300,
+        "cached_usd": 0.00024, "cached_tokens": 600, "text_in_usd": 0.00004, "text_in_tokens": 10,
+        "text_out_usd": 0.000072, "text_out_tokens": 3, "transcription_usd": 0.00051, "transcription_tokens": 150,
+    })  # fmt: skip

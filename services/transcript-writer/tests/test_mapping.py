@@ -9,6 +9,7 @@ import pytest
 from dialtone_writer.mapping import (
     RANK_IMPLIED_BY_END,
     USAGE_COUNTERS,
+    cost_breakdown,
     status_rank,
     status_wins,
     usage_counters,
@@ -85,3 +86,25 @@ def test_flat_counters_are_accepted() -> None:
     flat.pop("transcription_tokens")
     flat.pop("responses")
     assert usage_counters("response", flat) == {**flat, "responses": 1}
+
+
+def test_a_responses_cost_is_filed_by_kind_with_cached_text_and_audio_together() -> None:
+    tokens = {"text_in": 100, "text_cached": 200, "audio_in": 700, "audio_cached": 300, "text_out": 100,
+              "audio_out": 500}  # fmt: skip
+    costs = {"text_in": 0.0004, "text_cached": 0.00008, "audio_in": 0.0224, "audio_cached": 0.00012,
+             "text_out": 0.0024, "audio_out": 0.032}  # fmt: skip
+    out = cost_breakdown("response", tokens, costs, 0.05744)
+    assert out == pytest.approx({
+        "text_in_usd": 0.0004, "text_in_tokens": 100, "cached_usd": 0.0002, "cached_tokens": 500,
+        "audio_in_usd": 0.0224, "audio_in_tokens": 700, "text_out_usd": 0.0024, "text_out_tokens": 100,
+        "audio_out_usd": 0.032, "audio_out_tokens": 500})  # fmt: skip
+    assert sum(v for k, v in out.items() if k.endswith("_usd")) == pytest.approx(sum(costs.values()))
+
+
+def test_a_transcription_is_one_kind_and_an_unsplit_event_is_kept_whole() -> None:
+    assert cost_breakdown("transcription", {"audio_in": 120, "text_out": 30}, {"audio_in": 0.00036, "text_out": 0.00015},
+                          0.00051) == pytest.approx({"transcription_usd": 0.00051, "transcription_tokens": 150})
+    # An event from a bridge older than the split: its total, under its own kind.
+    assert cost_breakdown("response", {}, {}, 0.0125) == {"other_usd": 0.0125, "other_tokens": 0}
+    assert cost_breakdown("transcription", {}, {}, 0.0005) == {"transcription_usd": 0.0005, "transcription_tokens": 0}
+    assert cost_breakdown("response", {}, {}, 0.0) == {}

@@ -16,18 +16,23 @@ EXPECTED_COLUMNS = {
         "id", "call_sid", "agent", "direction", "from_number", "to_number", "stream_sid", "started_at",
         "ended_at", "end_reason", "status", "status_rank", "status_at", "answered_by", "outcome",
         "outcome_detail", "outcome_at", "transferred_to", "transcript", "usage", "cost_usd", "metrics",
-        "created_at", "updated_at",
+        "created_at", "updated_at", "cost_breakdown",
     },
     "call_events": {"event_id", "call_sid", "type", "at", "payload", "received_at"},
     "transcript_lines": {
         "call_sid", "seq", "item_id", "role", "text", "agent", "source", "interrupted", "at", "event_id",
-        "untranscribed",
+        "untranscribed", "rev", "offset_ms", "heard_ms", "audio_ms", "full_text",
     },
     "tool_calls": {
         "call_sid", "tool_call_id", "seq", "name", "agent", "arguments", "raw_arguments", "ok", "result",
         "error", "duration_ms", "at", "event_id",
     },
-    "call_usage": {"event_id", "call_sid", "source", "ref", "model", "usage", "counters", "cost_usd", "at"},
+    "call_usage": {
+        "event_id", "call_sid", "source", "ref", "model", "usage", "counters", "cost_usd", "at", "breakdown",
+    },
+    "call_turns": {
+        "event_id", "call_sid", "turn", "item_id", "offset_ms", "sent_ms", "heard_ms", "tool_ms", "tools", "at",
+    },
     "call_status_history": {
         "event_id", "call_sid", "status", "source", "answered_by", "sequence", "duration_s", "at",
     },
@@ -50,6 +55,7 @@ EXPECTED_INDEXES = {
     "call_usage_call_idx",
     "call_status_history_call_idx",
     "agent_changes_call_idx",
+    "call_turns_call_idx",
 }
 
 

@@ -166,7 +166,7 @@ def create_app(settings: AdminSettings) -> FastAPI:
     """Build the application; its lifespan opens the database pool and the NATS connection.
 
     Args:
-        settings: configuration; ``admin_token`` guards every route but ``/healthz``,
+        settings: configuration; ``admin_token`` guards every route but ``/healthz``, ``/livez``,
             ``/metrics``, the docs and the dashboard shell (which asks for the token itself).
     """
 
@@ -187,7 +187,8 @@ def create_app(settings: AdminSettings) -> FastAPI:
             if dialer is not None:
                 stack.push_async_callback(dialer.close)
             app.state.db, app.state.live, app.state.dialer = db, live, dialer
-            app.state.nc, app.state.hub = nc, hub
+            app.state.nc = nc  # /healthz: the live view needs NATS; listen-in subscribes on it
+            app.state.hub = hub
             log.info("admin API ready")
             yield
 
@@ -200,6 +201,12 @@ def create_app(settings: AdminSettings) -> FastAPI:
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz(request: Request) -> Response:
+        """200 while both PostgreSQL (sessions) and NATS (the live view) serve; else 503 and why."""
+        nc = getattr(request.app.state, "nc", None)
+        if nc is None or not nc.is_connected:
+            return JSONResponse(
+                {"status": "nats disconnected"}, 503, headers={"Retry-After": str(errors.RETRY_AFTER_S)}
+            )
         db: Database = request.app.state.db
         try:
             # The whole check within its timeout, waiting for a connection included.
@@ -213,6 +220,11 @@ def create_app(settings: AdminSettings) -> FastAPI:
                 headers={"Retry-After": str(errors.RETRY_AFTER_S)},
             )
         return JSONResponse({"status": "ok"})
+
+    @app.get("/livez", include_in_schema=False)
+    async def livez() -> Response:
+        """Liveness: the process answers. Readiness (PostgreSQL, NATS) is /healthz."""
+        return JSONResponse({"status": "alive"})
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:

@@ -51,6 +51,10 @@ class TranscriptEntry(BaseModel):
     interrupted: bool
     untranscribed: bool = False  # the caller spoke but the words have no text (text is empty)
     at: datetime
+    offset_ms: float | None = None  # from the start of the media stream (docs/CONTRACTS.md)
+    heard_ms: float | None = None  # of an agent line: audio the caller heard ...
+    audio_ms: float | None = None  # ... of the audio the model generated for it
+    full_text: str | None = None  # the whole generated text of a line cut off (text is the heard part)
 
 
 class ToolCallEntry(BaseModel):
@@ -79,6 +83,62 @@ class Usage(BaseModel):
     cost_usd: float = 0.0
 
 
+class TurnEntry(BaseModel):
+    """One answered turn: the caller stopped speaking -> first agent audio sent / heard (ms)."""
+
+    turn: int
+    item_id: str | None
+    offset_ms: float | None
+    sent_ms: float
+    heard_ms: float | None
+    tool_ms: float
+    tools: int
+    at: datetime
+
+
+class Latency(BaseModel):
+    """The call's turn latencies in ms, percentiles over its turns (None without turns)."""
+
+    turns: int = 0
+    sent_p50: float | None = None
+    sent_p95: float | None = None
+    heard_p50: float | None = None
+    heard_p95: float | None = None
+
+
+class CostKinds(BaseModel):
+    audio_in: float = 0
+    audio_out: float = 0
+    text_in: float = 0
+    text_out: float = 0
+    cached: float = 0
+    transcription: float = 0
+    other: float = 0  # usage events of bridges older than the split by kind
+
+
+class TokenKinds(BaseModel):
+    audio_in: int = 0
+    audio_out: int = 0
+    text_in: int = 0
+    text_out: int = 0
+    cached: int = 0
+    transcription: int = 0
+    other: int = 0
+
+
+class Cost(BaseModel):
+    """What the call cost, by kind, priced by the bridge's PRICES (docs/CONTRACTS.md)."""
+
+    usd: CostKinds
+    tokens: TokenKinds
+    total_usd: float
+    duration_s: float | None
+    per_minute_usd: float | None
+    hosted_fee_per_minute_usd: float
+    hosted_fee_usd: float | None
+    total_with_hosted_fee_usd: float | None
+
+
 class StatusEntry(BaseModel):
     status: str
     source: str
@@ -99,6 +159,9 @@ class SessionDetail(SessionSummary):
     status_history: list[StatusEntry]
     metrics: dict[str, float]
     agents: list[AgentChange]
+    turns: list[TurnEntry] = []
+    latency: Latency = Latency()
+    cost: Cost | None = None
 
 
 class LivePage(BaseModel):

@@ -196,6 +196,7 @@ async def _listen(nc: Client, call_sid: str, request: Request) -> AsyncIterator[
         await nc.subscribe(f"{base}.out", cb=on_frame, pending_msgs_limit=LISTEN_PENDING),
     ]
     try:
+        await nc.flush()  # subscribed at the server before the page hears "listening"
         yield b"retry: 2000\n\n" + sse("listening", {"call_id": call_sid, "sample_rate": 8000, "encoding": "mulaw"})
         while True:
             try:

@@ -206,6 +206,11 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             return PlainTextResponse("nats disconnected", status_code=503)
         return PlainTextResponse("ok")
 
+    @app.get("/livez")
+    async def livez() -> Response:
+        """Liveness: the process answers. Readiness (NATS, draining) is /healthz."""
+        return PlainTextResponse("alive")
+
     @app.get("/metrics")
     async def metrics() -> Response:
         return Response(generate_latest(m.REGISTRY), media_type=CONTENT_TYPE_LATEST)

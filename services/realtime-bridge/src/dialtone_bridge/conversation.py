@@ -13,8 +13,11 @@ What the model sends is not always tidy, and each case has one rule here:
 - Barge-in: the item being played is truncated where the caller stopped hearing it. An item the
   caller heard nothing of (the cut fell at 0 ms, where a truncate is refused, or an item queued
   behind the one being played) is deleted from the model's conversation, so the model does not
-  believe it said it. Their transcript lines are ``interrupted`` (a line already written when the
-  response ended is written again, flagged: the writer keeps one row per item).
+  believe it said it. Their transcript lines are ``interrupted``, with ``heard_ms`` of
+  ``audio_ms`` and the text cut to the heard part (``heard.py``), the whole text kept in
+  ``full_text``; this holds whether or not the reply had finished generating when the caller cut
+  in. A line already published when its response ended is published again, corrected, under a
+  higher ``rev`` (the writer keeps one row per item, the highest ``rev``).
 - The caller's words may fail to transcribe (``...input_audio_transcription.failed``, or an empty
   transcript): the line is still recorded, ``untranscribed`` with empty text, never dropped.
 - A response that ends ``failed`` (or ``incomplete`` before the caller heard anything) is asked
@@ -54,6 +57,7 @@ from dialtone_bridge import metrics as m
 from dialtone_bridge import pricing
 from dialtone_bridge import realtime as rt
 from dialtone_bridge.agents import Agent
+from dialtone_bridge.heard import cut_text
 from dialtone_bridge.responses import Purpose, Request, Responses
 
 if TYPE_CHECKING:
@@ -66,6 +70,17 @@ log = logging.getLogger("dialtone.bridge.conversation")
 BENIGN_ERRORS = {"conversation_already_has_active_response", "response_cancel_not_active"}
 # Said when the model failed to answer twice in a row, rather than leave the caller in silence.
 APOLOGY = "I'm sorry, I had a problem just now. Could you say that again?"
+
+
+def _b64_len(data: str) -> int:
+    """Bytes a base64 string decodes to, without decoding it."""
+    return len(data) * 3 // 4 - (2 if data.endswith("==") else 1 if data.endswith("=") else 0)
+
+
+def _trim(recent: dict, keep: int = 64) -> None:
+    """Keep a per-item dict to its ``keep`` newest entries."""
+    while len(recent) > keep:
+        del recent[next(iter(recent))]
 
 
 @dataclass
@@ -95,7 +110,10 @@ class Conversation:
         self._played: list[str] = []  # message items in the order their audio went to the caller
         self._unheard: set[str] = set()  # items the caller heard none of (deleted, no line)
         self._to_delete: list[str] = []  # unheard items to delete once their response is done
-        self._written: dict[str, tuple[str, str]] = {}  # recent agent lines: item -> (text, purpose)
+        self._written: dict[str, tuple[str, str, int]] = {}  # recent agent lines: item -> (text, purpose, rev)
+        self._generated: dict[str, int] = {}  # recent items: bytes of audio the model generated
+        self._heard: dict[str, int] = {}  # items the caller cut: ms they heard (the truncate point)
+        self._offsets: dict[str, float] = {}  # caller items: where their speech started (stream ms)
         self.responses = Responses()
         self._oob_items: set[str] = set()  # items of out-of-band responses (fillers)
         self._tools: dict[str, ToolRun] = {}  # tool call_id -> run
@@ -190,12 +208,17 @@ class Conversation:
         seq = self._place(item_id)
         if remember:
             self.lines.append(Line(seq, role, text))
+        if extra.get("offset_ms") is None:
+            offset = self._offsets.pop(item_id, None)
+            extra["offset_ms"] = None if offset is None else round(offset, 1)
         self.s.events.emit(TranscriptLine, item_id=item_id, seq=seq, role=role, text=text, agent=self.agent.name, **extra)
 
     # ---- server events -------------------------------------------------------------------
     async def on_event(self, ev: dict[str, Any]) -> None:
         kind = ev.get("type")
         if kind == "response.output_audio.delta":
+            delta = ev.get("delta") or ""
+            self._generated[ev["item_id"]] = self._generated.get(ev["item_id"], 0) + _b64_len(delta)
             if ev.get("response_id") in self._cancelled:
                 return  # audio of a reply the caller interrupted, still in flight
             purpose = self.responses.purpose_of(ev.get("response_id", ""))
@@ -213,15 +236,20 @@ class Conversation:
                 self._oob_items.add(ev["item_id"])
             if not self._played or self._played[-1] != ev["item_id"]:
                 self._played = [*self._played[-31:], ev["item_id"]]
-            await self.s.play(ev["item_id"], ev["delta"])
+            await self.s.play(ev["item_id"], delta)
         elif kind == "response.output_audio.done":
             await self.s.flush_audio(ev["item_id"])
         elif kind == "input_audio_buffer.speech_started":
+            if ev.get("item_id") and isinstance(ev.get("audio_start_ms"), int | float):
+                self._offsets[ev["item_id"]] = self.s.stream_ms(ev["audio_start_ms"])
+                _trim(self._offsets)
             self.s.turns.speech_started()
             self.s.control.speech_started()
             await self._barge_in()
         elif kind == "input_audio_buffer.speech_stopped":
-            self.s.turns.speech_stopped(self.s.clock.ms())
+            end = ev.get("audio_end_ms")
+            self.s.turns.speech_stopped(self.s.clock.ms(),
+                                        round(self.s.stream_ms(end), 1) if isinstance(end, int | float) else None)
             self.s.control.speech_stopped()
         elif kind == "input_audio_buffer.committed":
             self._place(ev["item_id"])
@@ -274,24 +302,44 @@ class Conversation:
 
     def _used(self, source: str, ref: str, model: str, usage: dict[str, Any]) -> None:
         """Record a usage block: the session's event, and the token and cost counters by kind."""
-        costs = pricing.cost_by_kind(usage, self.s.ctx.settings.prices.get(model))
-        for kind, tokens in pricing.token_counts(usage).items():
-            if tokens:
-                m.TOKENS.labels(kind).inc(tokens)
-                m.COST.labels(kind).inc(costs[kind])
+        tokens, costs = pricing.split(usage, self.s.ctx.settings.prices.get(model))
+        for kind, n in tokens.items():
+            m.TOKENS.labels(kind).inc(n)
+            m.COST.labels(kind).inc(costs[kind])
         self.s.events.emit(
             UsageReported, source=source, ref=ref, model=model, usage=usage,
-            cost_usd=round(max(sum(costs.values()), 0.0), 8),
+            cost_usd=round(max(sum(costs.values()), 0.0), 8), tokens=tokens, costs=costs,
         )
 
-    def _agent_line(self, item_id: str, text: str, purpose: str, *, interrupted: bool) -> None:
+    def _agent_line(self, item_id: str, text: str, purpose: str, *, interrupted: bool, rev: int = 0) -> None:
+        """An agent line, with what the caller heard of it: ``heard_ms`` of ``audio_ms``, and the
+        text cut to that when the caller cut the line off (the whole text in ``full_text``)."""
+        generated = max(self._generated.get(item_id, 0) / 8, self.s.playout.item_generated_ms(item_id))
+        audio_ms = round(generated, 1) if generated > 0 else None
+        if item_id in self._unheard:
+            heard_ms: float | None = 0.0
+        elif item_id in self._heard:
+            heard_ms = float(self._heard[item_id])
+        else:
+            heard_ms = audio_ms
+        said, full_text = text, None
+        if heard_ms is not None and audio_ms is not None and heard_ms < audio_ms:
+            heard_ms = min(heard_ms, audio_ms)
+            said, full_text = cut_text(text, heard_ms, audio_ms), text
         # A filler was heard, so it is in the transcript, but the model never had it; an unheard
         # item is deleted from the model's conversation.
-        self._line(item_id, "agent", text, interrupted=interrupted,
+        self._line(item_id, "agent", said, interrupted=interrupted, rev=rev, heard_ms=heard_ms, audio_ms=audio_ms,
+                   full_text=full_text, offset_ms=self._agent_offset(item_id),
                    remember=purpose != "filler" and item_id not in self._unheard)
-        self._written[item_id] = (text, purpose)
+        self._written[item_id] = (text, purpose, rev)
         while len(self._written) > 32:
             del self._written[next(iter(self._written))]
+        _trim(self._generated)
+        _trim(self._heard)
+
+    def _agent_offset(self, item_id: str) -> float | None:
+        offset = self.s.playout.item_offset_ms(item_id)
+        return None if offset is None else round(offset, 1)
 
     def _untranscribed(self, item_id: str, reason: str) -> None:
         """The caller said something the transcription has no text for: keep the line, flagged
@@ -429,6 +477,7 @@ class Conversation:
         unheard = played[played.index(cut.item_id) + 1 :] if cut.item_id in played else []
         if cut.audio_end_ms > 0:
             self._truncated.add(cut.item_id)
+            self._heard[cut.item_id] = cut.audio_end_ms
             if cut.item_id not in self._oob_items:  # a filler is not in the conversation
                 event_id = f"trunc_{uuid.uuid4().hex[:16]}"
                 self._truncates.append(event_id)
@@ -441,7 +490,7 @@ class Conversation:
             if written := self._written.get(item_id):  # its response ended before the caller cut in
                 seq = self._order[item_id]
                 self.lines = [line for line in self.lines if line.seq != seq]
-                self._agent_line(item_id, written[0], written[1], interrupted=True)
+                self._agent_line(item_id, written[0], written[1], interrupted=True, rev=written[2] + 1)
                 self.lines.sort(key=lambda line: line.seq)
         if active is None:  # the response is over: its items can go now
             for item_id in self._to_delete:
@@ -479,7 +528,11 @@ class Conversation:
             agent=self.agent.name, from_number=o.from_number, to_number=o.to_number, variables=o.parameters,
         )
         started = time.monotonic()
-        reply = await self.s.ctx.tools.call(request, spec.timeout_s if spec else None)
+        self.s.turns.tool_started(self.s.clock.ms())
+        try:
+            reply = await self.s.ctx.tools.call(request, spec.timeout_s if spec else None)
+        finally:
+            self.s.turns.tool_finished(self.s.clock.ms())
         m.TOOL_SECONDS.labels(name if spec else "unknown").observe(time.monotonic() - started)
         try:
             parsed = orjson.loads(arguments) if arguments else {}
@@ -560,6 +613,7 @@ class Conversation:
 
     async def on_dtmf(self, digit: str) -> None:
         item_id = f"dtmf_{uuid.uuid4().hex[:16]}"
-        self._line(item_id, "caller", f"pressed {digit}", source="dtmf")
+        self._line(item_id, "caller", f"pressed {digit}", source="dtmf",
+                   offset_ms=round(self.s.playout.caller_now(self.s.clock.ms()), 1))
         await self.s.send(rt.user_text(f"The caller pressed {digit} on the keypad.", item_id))
         await self.request_response()

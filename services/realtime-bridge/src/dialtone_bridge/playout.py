@@ -49,6 +49,20 @@ class Playout:
         self.one_way_ms = 0.0
         self._probe: tuple[str, float] | None = None
         self.played_to = 0  # position known played (echoed)
+        self._starts: dict[str, float | None] = {}  # item -> caller ms its first audio plays at
+
+    def _plays_at(self, position: int) -> float | None:
+        """Caller-clock ms at which the byte at ``position`` plays, playout being continuous from
+        the anchor; None before the caller's clock is known."""
+        if self._anchor is None:
+            return None
+        t_anchor, pos = self._anchor
+        return max(0.0, t_anchor + (position - pos) / BYTES_PER_MS)
+
+    def item_offset_ms(self, item_id: str) -> float | None:
+        """Where ``item_id``'s first audio plays (or played) to the caller, in ms on the caller's
+        clock, i.e. Twilio's media timestamps: from the start of the stream."""
+        return self._starts.get(item_id)
 
     # --- caller clock -----------------------------------------------------------------------
     def on_inbound_audio(self, ts_ms: float, wall_ms: float) -> None:
@@ -77,9 +91,11 @@ class Playout:
             # Nothing buffered: this chunk starts playing when it lands, one trip from now.
             self._anchor = (self.caller_now(wall_ms) + self.one_way_ms, self.sent)
         start, size = self._items.get(item_id, (self.sent, 0))
+        if item_id not in self._items:
+            self._starts[item_id] = self._plays_at(start)
         self._items[item_id] = (start, size + nbytes)
         while len(self._items) > 32:
-            self._items.popitem(last=False)
+            self._starts.pop(self._items.popitem(last=False)[0], None)
         self.sent += nbytes
         name = f"a{self._mark_seq}"
         self._mark_seq += 1

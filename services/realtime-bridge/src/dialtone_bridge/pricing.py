@@ -1,4 +1,8 @@
-"""Cost of model usage, from the ``usage`` blocks of ``response.done`` and transcriptions."""
+"""Cost of model usage, from the ``usage`` blocks of ``response.done`` and transcriptions.
+
+The one place where tokens meet prices: the bridge prices each usage block by kind with the
+configured table (``PRICES``) and publishes tokens and dollars by kind in its ``usage.reported``
+event; the writer and the admin API only add those up."""
 
 from __future__ import annotations
 
@@ -51,3 +55,11 @@ def cost_usd(usage: dict[str, Any], prices: dict[str, float] | None) -> float:
     if not prices:
         return 0.0
     return round(max(sum(cost_by_kind(usage, prices).values()), 0.0), 8)
+
+
+def split(usage: dict[str, Any], prices: dict[str, float] | None) -> tuple[dict[str, int], dict[str, float]]:
+    """Tokens and USD of one usage block by kind, kinds with no tokens left out (the event's
+    ``tokens`` and ``costs``). Dollars are rounded to 1e-12, far below a cent, so they stay exact sums."""
+    tokens = {kind: n for kind, n in token_counts(usage).items() if n}
+    prices = prices or {}
+    return tokens, {kind: round(n * prices.get(kind, 0) / 1_000_000, 12) for kind, n in tokens.items()}

@@ -92,7 +92,9 @@ def restore(events: list) -> Restored | None:
     seqs = [-1]
     for e in sorted(events, key=lambda e: e.at):
         if isinstance(e, TranscriptLine):
-            lines[e.item_id] = e  # a line may be republished (same item): the last word wins
+            # A line may be republished (same item, cut by a barge-in): the highest revision wins.
+            if e.item_id not in lines or e.rev >= lines[e.item_id].rev:
+                lines[e.item_id] = e
             seqs.append(e.seq)
         elif isinstance(e, ToolCalled):
             seqs.append(e.seq)

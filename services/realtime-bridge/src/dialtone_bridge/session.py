@@ -20,7 +20,7 @@ from dialtone_common.callbook import CallBook, CallBookUnavailable
 from dialtone_common.logs import CallLog
 from dialtone_common.metrics import TRANSIT_SAMPLE
 from dialtone_proto import CallOffer, subjects
-from dialtone_proto.events import CallEnded, CallStatus
+from dialtone_proto.events import CallEnded, CallStatus, TurnMeasured
 from dialtone_proto.frames import FrameError, Kind, decode_frame, encode_control, encode_frame, transit_ms
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -36,7 +36,7 @@ from dialtone_bridge.publisher import EventPublisher
 from dialtone_bridge.recovery import Restored
 from dialtone_bridge.settings import BridgeSettings
 from dialtone_bridge.toolclient import ToolClient
-from dialtone_bridge.turns import TurnLatency
+from dialtone_bridge.turns import Turn, TurnLatency
 
 if TYPE_CHECKING:
     from dialtone_bridge.callcontrol import TwilioControlFactory
@@ -99,12 +99,16 @@ class CallSession:
         self._in_subject = subjects.call_in(offer.call_id, offer.stream_key)
         self._out_subject = subjects.call_out(offer.call_id, offer.stream_key)
         self.playout = Playout()
-        self.turns = TurnLatency()
+        self.turns = TurnLatency(on_measured=self._turn_measured)
         self.ws: ClientConnection | None = None
         self.ready = asyncio.Event()
         self.ended = asyncio.Event()
         self.end_reason = "unknown"
         self._backlog = bytearray()
+        # The model's input buffer on the stream's clock: ms of caller audio appended to the current
+        # socket, and the media timestamp at the end of the latest caller frame (appended or held).
+        self._appended_ms = 0.0
+        self._in_end_ts = 0.0
         self._audio_lock = asyncio.Lock()
         self._sub = None
         self._out_seq = 0
@@ -252,6 +256,7 @@ class CallSession:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
         self.conversation.finished()
+        self.turns.close()
         if self.end_reason not in CALL_GOES_ON:
             self.events.emit(CallEnded, reason=self.end_reason)
         await self.events.close()
@@ -275,6 +280,7 @@ class CallSession:
                     for event in self.conversation.history():
                         await ws.send(event)
                 self.ws, ws = ws, None
+                self._appended_ms = 0.0  # a new socket's input buffer starts empty
                 self.ready.set()
                 await self._flush_backlog()
                 return
@@ -368,6 +374,7 @@ class CallSession:
         try:
             if frame.kind is Kind.AUDIO:
                 self.playout.on_inbound_audio(frame.ts, self.clock.ms())
+                self._in_end_ts = frame.ts + len(frame.payload) / 8
                 async with self._audio_lock:
                     if self.ready.is_set() and not self._backlog:
                         await self._append(frame.payload)
@@ -400,9 +407,21 @@ class CallSession:
 
     async def _append(self, audio: bytes) -> None:
         if await self.send(rt.append(audio)):
+            self._appended_ms += len(audio) / 8
             m.FRAMES_IN.inc()
         else:
             self._backlog += audio
+
+    def stream_ms(self, buffer_ms: float) -> float:
+        """A position in the model's input buffer (``audio_start_ms``, ``audio_end_ms`` of the
+        current socket) as a media timestamp: ms from the start of the stream. Exact while the
+        caller's audio reached the model without a gap (no backlog dropped since)."""
+        appended_end = self._in_end_ts - len(self._backlog) / 8
+        return max(0.0, appended_end - (self._appended_ms - buffer_ms))
+
+    def _turn_measured(self, turn: Turn) -> None:
+        self.events.emit(TurnMeasured, turn=turn.n, item_id=turn.item_id, offset_ms=turn.offset_ms,
+                         sent_ms=turn.sent_ms, heard_ms=turn.heard_ms, tool_ms=turn.tool_ms, tools=turn.tools)
 
     async def _flush_backlog(self) -> None:
         async with self._audio_lock:
@@ -414,6 +433,7 @@ class CallSession:
             if not await self.send(rt.append(chunk)):
                 return
             del self._backlog[: len(chunk)]
+            self._appended_ms += len(chunk) / 8
             m.FRAMES_IN.inc()
 
     async def send_frame(self, kind: Kind, body: dict[str, Any] | None = None, audio: bytes = b"") -> None:

@@ -7,20 +7,22 @@ from pathlib import Path
 from dialtone_common.settings import ServiceSettings
 from pydantic import Field, SecretStr
 
-# USD per 1M tokens. Cached input tokens are a subset of input tokens and are billed at the cached price.
+# USD per 1M tokens, from OpenAI's model pages. Cached input tokens are a subset of input tokens and
+# are billed at the cached price. The default model is the current GA flagship, gpt-realtime-2.1
+# (gpt-realtime and gpt-realtime-mini retire in January 2027); the older models keep their prices for
+# calls still made with them. A transcription usage with no per-modality split is billed as audio in,
+# text out. Override the whole table with the PRICES setting (JSON, same shape).
+DEFAULT_MODEL = "gpt-realtime-2.1"
+_REALTIME = {"text_in": 4.0, "text_cached": 0.40, "audio_in": 32.0, "audio_cached": 0.40, "audio_out": 64.0}
+_MINI = {"text_in": 0.60, "text_cached": 0.06, "text_out": 2.40, "audio_in": 10.0, "audio_cached": 0.30,
+         "audio_out": 20.0}  # fmt: skip
 DEFAULT_PRICES: dict[str, dict[str, float]] = {
-    "gpt-realtime": {
-        "text_in": 4.0, "text_cached": 0.40, "text_out": 16.0,
-        "audio_in": 32.0, "audio_cached": 0.40, "audio_out": 64.0,
-    },
-    "gpt-realtime-2.1": {
-        "text_in": 4.0, "text_cached": 0.40, "text_out": 16.0,
-        "audio_in": 32.0, "audio_cached": 0.40, "audio_out": 64.0,
-    },
-    "gpt-realtime-2.1-mini": {
-        "text_in": 0.60, "text_cached": 0.06, "text_out": 2.40,
-        "audio_in": 10.0, "audio_cached": 0.30, "audio_out": 20.0,
-    },
+    "gpt-realtime-2.1": {**_REALTIME, "text_out": 24.0},
+    "gpt-realtime-2.1-mini": dict(_MINI),
+    "gpt-realtime-2": {**_REALTIME, "text_out": 24.0},
+    "gpt-realtime-1.5": {**_REALTIME, "text_out": 16.0},
+    "gpt-realtime": {**_REALTIME, "text_out": 16.0},
+    "gpt-realtime-mini": dict(_MINI),
     "gpt-4o-mini-transcribe": {
         "text_in": 1.25, "text_cached": 1.25, "text_out": 5.0,
         "audio_in": 3.0, "audio_cached": 3.0, "audio_out": 0.0,
@@ -31,7 +33,7 @@ DEFAULT_PRICES: dict[str, dict[str, float]] = {
 class BridgeSettings(ServiceSettings):
     openai_api_key: SecretStr | None = Field(default=None, description="unset: talk to a simulator")
     openai_realtime_url: str = "wss://api.openai.com/v1/realtime"
-    openai_realtime_model: str = "gpt-realtime"
+    openai_realtime_model: str = DEFAULT_MODEL
     transcription_model: str = "gpt-4o-mini-transcribe"
     agents_dir: Path = Field(default=Path("agents"), description="one folder per agent: agent.toml, system.md")
     metrics_port: int = 9101

@@ -69,6 +69,26 @@ class Database:
         async with (await self.pool()).acquire() as conn:
             yield conn
 
+    async def probe(self, timeout: float) -> str | None:  # noqa: ASYNC109 - the probe's own deadline
+        """Ask PostgreSQL ``SELECT 1`` (opening the pool if need be), all within ``timeout``.
+
+        Returns:
+            None when it answered, else why not (the error's type). A query cut off by the deadline
+            (a frozen server) terminates its connection: returning it would wait on the same server.
+        """
+        try:
+            async with asyncio.timeout(timeout):
+                pool = await self.pool()
+                async with pool.acquire() as conn:
+                    try:
+                        await conn.fetchval("SELECT 1")
+                    except (asyncio.CancelledError, OSError, asyncpg.InterfaceError):
+                        conn.terminate()
+                        raise
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            return type(exc).__name__
+        return None
+
     async def close(self) -> None:
         """Close the pool if it was ever opened."""
         if self._pool is not None:

@@ -38,6 +38,10 @@ from dialtone_tools.settings import ToolSettings
 log = logging.getLogger(__name__)
 
 QUEUE_GROUP = "dialtone-tools"
+# /healthz reads the verdict of a probe that asks PostgreSQL every DB_PROBE_EVERY_S, each probe
+# bounded by DB_PROBE_TIMEOUT_S, so that the check itself never waits on the database.
+DB_PROBE_EVERY_S = 2.0
+DB_PROBE_TIMEOUT_S = 2.0
 VERSION = "0.1.0"
 # A request carries the model's arguments (at most MAX_ARGUMENTS_BYTES, which JSON escaping may
 # double) and a few short fields.
@@ -158,6 +162,7 @@ class ToolRunner:
         )
         self.health: HealthServer | None = None
         self.service: ToolService | None = None
+        self.db_problem: str | None = None  # the latest database probe's verdict (None: it answered)
         self._stack = AsyncExitStack()
 
     async def __aenter__(self) -> ToolRunner:
@@ -179,6 +184,12 @@ class ToolRunner:
                 await result
         nc = await bus.connect(self.settings.nats_servers(), name=f"dialtone-tools-{self.runner_id}")
         stack.push_async_callback(nc.close)
+        if self.database.configured:
+            # Tools use the database (ctx.db): the runner is not ready while it does not answer.
+            # The first verdict before /healthz is served, then one every DB_PROBE_EVERY_S.
+            await self._probe_db()
+            probing = asyncio.create_task(self._probe_db_forever(), name="db-probe")
+            stack.push_async_callback(_cancel, probing)
         self.health = await stack.enter_async_context(
             HealthServer(self.settings.metrics_host, self.settings.metrics_port, lambda: self._problem(nc),
                          registry=metrics.REGISTRY)
@@ -189,13 +200,36 @@ class ToolRunner:
         log.info("tool runner %s serving %d tools: %s", self.runner_id, len(self.registry),
                  ", ".join(self.registry.names()))
 
+    async def _probe_db(self) -> None:
+        problem = await self.database.probe(DB_PROBE_TIMEOUT_S)
+        if problem != self.db_problem:
+            if problem is None:
+                log.info("database answers again")
+            else:
+                log.warning("database probe failed: %s", problem)
+        self.db_problem = problem
+
+    async def _probe_db_forever(self) -> None:
+        while True:
+            await asyncio.sleep(DB_PROBE_EVERY_S)
+            await self._probe_db()
+
     def _problem(self, nc: Client) -> str | None:
-        """What ``/healthz`` reports: None while this runner takes tool calls, else why it does not."""
+        """What ``/healthz`` reports: None while this runner takes tool calls and, if it has a
+        database, the database answers; else why not."""
         if not nc.is_connected:
             return "not connected to NATS"
         if self.service is None or not self.service.serving:
             return "not taking tool calls (starting or stopping)"
+        if self.db_problem is not None:
+            return f"database unavailable ({self.db_problem})"
         return None
 
     async def __aexit__(self, *exc: object) -> None:
         await self._stack.aclose()
+
+
+async def _cancel(task: asyncio.Task) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

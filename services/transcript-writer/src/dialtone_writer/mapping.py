@@ -96,6 +96,44 @@ def usage_counters(source: str, usage: Mapping[str, Any]) -> dict[str, int]:
     return {k: v for k, v in counters.items() if v}
 
 
+# The kinds of a session's cost breakdown (docs/CONTRACTS.md, Admin API session JSON, ``cost``).
+# ``other`` holds the cost of usage events from bridges older than the split by kind.
+COST_KINDS = ("audio_in", "audio_out", "text_in", "text_out", "cached", "transcription", "other")
+# The bridge's billing kinds (``UsageReported.tokens``/``costs``) in a response's breakdown.
+_RESPONSE_KINDS = {
+    "audio_in": "audio_in", "audio_out": "audio_out", "text_in": "text_in", "text_out": "text_out",
+    "text_cached": "cached", "audio_cached": "cached",
+}  # fmt: skip
+
+
+def cost_breakdown(source: str, tokens: Mapping[str, int], costs: Mapping[str, float], cost_usd: float) -> dict[str, float]:
+    """One usage event's share of the session's cost breakdown, as ``<kind>_usd`` and
+    ``<kind>_tokens`` for the kinds of :data:`COST_KINDS` it has. No arithmetic on prices here:
+    the bridge priced every kind (``costs``); this only files them under the breakdown's kinds
+    (a transcription is one kind; cached text and audio tokens are ``cached``).
+
+    Args:
+        source: ``"response"`` or ``"transcription"``.
+        tokens: tokens by billing kind (``UsageReported.tokens``).
+        costs: USD by billing kind (``UsageReported.costs``); empty from an older bridge.
+        cost_usd: the event's total, used alone when ``costs`` is empty.
+    """
+    out: dict[str, float] = {}
+
+    def add(kind: str, usd: float, n: int) -> None:
+        out[f"{kind}_usd"] = out.get(f"{kind}_usd", 0.0) + usd
+        out[f"{kind}_tokens"] = out.get(f"{kind}_tokens", 0) + n
+
+    if not costs:
+        if cost_usd or tokens:
+            add("transcription" if source == "transcription" else "other", cost_usd, sum(tokens.values()))
+        return out
+    for kind in sorted(set(costs) | set(tokens)):
+        usd, n = float(costs.get(kind, 0.0)), _int(tokens.get(kind, 0))
+        add("transcription" if source == "transcription" else _RESPONSE_KINDS.get(kind, "other"), usd, n)
+    return out
+
+
 def empty_usage() -> dict[str, int]:
     """Every usage counter at zero, for a call that has reported none yet."""
     return dict.fromkeys(USAGE_COUNTERS, 0)

@@ -23,11 +23,12 @@ from dialtone_proto import (
     OutcomeSet,
     ToolCalled,
     TranscriptLine,
+    TurnMeasured,
     UsageReported,
     encode_event,
 )
 
-from dialtone_writer.mapping import RANK_IMPLIED_BY_END, status_rank, usage_counters
+from dialtone_writer.mapping import RANK_IMPLIED_BY_END, cost_breakdown, status_rank, usage_counters
 
 
 @dataclass(slots=True)
@@ -66,14 +67,25 @@ SET agent = $2, direction = $3, from_number = COALESCE($4, from_number),
 WHERE call_sid = $1
 """
 
+# One row per item: the line of the highest (rev, at) wins, so a barge-in's correction holds
+# whatever order the two publications are applied in (redelivery, several writers).
 _LINE = """
 INSERT INTO transcript_lines (call_sid, seq, item_id, role, text, agent, source, interrupted, at, event_id,
-                              untranscribed)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                              untranscribed, rev, offset_ms, heard_ms, audio_ms, full_text)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
 ON CONFLICT (call_sid, item_id) DO UPDATE
 SET seq = EXCLUDED.seq, role = EXCLUDED.role, text = EXCLUDED.text, agent = EXCLUDED.agent,
     source = EXCLUDED.source, interrupted = EXCLUDED.interrupted, at = EXCLUDED.at,
-    event_id = EXCLUDED.event_id, untranscribed = EXCLUDED.untranscribed
+    event_id = EXCLUDED.event_id, untranscribed = EXCLUDED.untranscribed, rev = EXCLUDED.rev,
+    offset_ms = EXCLUDED.offset_ms, heard_ms = EXCLUDED.heard_ms, audio_ms = EXCLUDED.audio_ms,
+    full_text = EXCLUDED.full_text
+WHERE (transcript_lines.rev, transcript_lines.at) <= (EXCLUDED.rev, EXCLUDED.at)
+"""
+
+_TURN = """
+INSERT INTO call_turns (event_id, call_sid, turn, item_id, offset_ms, sent_ms, heard_ms, tool_ms, tools, at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+ON CONFLICT (event_id) DO NOTHING
 """
 
 _TOOL = """
@@ -84,8 +96,8 @@ ON CONFLICT (call_sid, tool_call_id) DO NOTHING
 """
 
 _USAGE = """
-INSERT INTO call_usage (event_id, call_sid, source, ref, model, usage, counters, cost_usd, at)
-VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7::jsonb, $8, $9)
+INSERT INTO call_usage (event_id, call_sid, source, ref, model, usage, counters, cost_usd, at, breakdown)
+VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7::jsonb, $8, $9, $10::jsonb)
 ON CONFLICT (event_id) DO NOTHING
 """
 
@@ -138,7 +150,8 @@ SET transcript = COALESCE((
         SELECT jsonb_agg(jsonb_build_object(
                    'seq', l.seq, 'role', l.role, 'text', l.text, 'agent', l.agent,
                    'source', l.source, 'interrupted', l.interrupted, 'untranscribed', l.untranscribed,
-                   'at', l.at)
+                   'at', l.at, 'offset_ms', l.offset_ms, 'heard_ms', l.heard_ms, 'audio_ms', l.audio_ms,
+                   'full_text', l.full_text)
                ORDER BY l.seq, l.at, l.item_id)
         FROM transcript_lines l WHERE l.call_sid = s.call_sid), '[]'::jsonb),
     updated_at = now()
@@ -153,6 +166,11 @@ SET usage = COALESCE((
             FROM call_usage u, jsonb_each_text(u.counters) AS kv
             WHERE u.call_sid = s.call_sid GROUP BY kv.key) c), '{}'::jsonb),
     cost_usd = COALESCE((SELECT sum(u.cost_usd) FROM call_usage u WHERE u.call_sid = s.call_sid), 0),
+    cost_breakdown = COALESCE((
+        SELECT jsonb_object_agg(c.key, c.total) FROM (
+            SELECT kv.key, sum(kv.value::numeric) AS total
+            FROM call_usage u, jsonb_each_text(u.breakdown) AS kv
+            WHERE u.call_sid = s.call_sid GROUP BY kv.key) c), '{}'::jsonb),
     updated_at = now()
 WHERE s.call_sid = ANY($1::text[])
 """
@@ -216,7 +234,7 @@ async def _apply(conn: asyncpg.Connection, e: Event) -> None:
         case TranscriptLine():
             await conn.execute(
                 _LINE, e.call_id, e.seq, e.item_id, e.role, e.text, e.agent, e.source, e.interrupted, e.at, e.id,
-                e.untranscribed,
+                e.untranscribed, e.rev, e.offset_ms, e.heard_ms, e.audio_ms, e.full_text,
             )
         case ToolCalled():
             await conn.execute(
@@ -227,6 +245,12 @@ async def _apply(conn: asyncpg.Connection, e: Event) -> None:
             await conn.execute(
                 _USAGE, e.id, e.call_id, e.source, e.ref, e.model, e.usage,
                 usage_counters(e.source, e.usage), e.cost_usd, e.at,
+                cost_breakdown(e.source, e.tokens, e.costs, e.cost_usd),
+            )
+        case TurnMeasured():
+            await conn.execute(
+                _TURN, e.id, e.call_id, e.turn, e.item_id, e.offset_ms, e.sent_ms, e.heard_ms, e.tool_ms, e.tools,
+                e.at,
             )
         case OutcomeSet():
             await conn.execute(_OUTCOME, e.call_id, e.outcome, e.detail, e.at)

@@ -406,17 +406,17 @@ function drawLatency(box, s) {
 }
 
 function drawCost(box, s) {
-  const cost = s.cost || s.cost_breakdown || null;
-  const rows = [];
-  if (cost && typeof cost === "object") {
-    for (const [k, v] of Object.entries(cost)) {
-      if (typeof v === "number") rows.push([k.replace(/_usd$/, "").replace(/_/g, " "), k.endsWith("_usd") || k === "total" ? usd(v) : v.toLocaleString()]);
-      else if (v && typeof v === "object") for (const [k2, v2] of Object.entries(v)) if (typeof v2 === "number") rows.push([`${k} ${k2}`.replace(/_/g, " "), /usd|cost/.test(`${k}${k2}`) ? usd(v2) : v2.toLocaleString()]);
-    }
-  }
-  const usage = s.usage || {};
-  if (!rows.length) for (const [k, v] of Object.entries(usage)) if (typeof v === "number" && v) rows.push([k.replace(/_/g, " "), k === "cost_usd" ? usd(v) : v.toLocaleString()]);
-  box.replaceChildren(el("h2", {}, "Cost"), el("p", {}, el("strong", {}, usd(s.cost_usd)), " in total"), kv(rows));
+  const cost = s.cost;
+  const head = [el("h2", {}, "Cost"), el("p", {}, el("strong", {}, usd(cost ? cost.total_usd : s.cost_usd)), " in total",
+    cost && cost.per_minute_usd != null ? ` · ${usd(cost.per_minute_usd)} a minute` : "")];
+  if (!cost || !cost.usd) { box.replaceChildren(...head, el("p", { class: "muted" }, "No breakdown.")); return; }
+  const kinds = Object.keys(cost.usd).filter((k) => cost.usd[k] || (cost.tokens || {})[k]);
+  const table = el("table", { class: "cost" }, el("thead", {}, el("tr", {}, ...["Kind", "Tokens", "USD"].map((h) => el("th", { scope: "col" }, h)))),
+    el("tbody", {}, ...kinds.map((k) => el("tr", {}, el("td", {}, k.replace(/_/g, " ")),
+      el("td", {}, ((cost.tokens || {})[k] ?? 0).toLocaleString()), el("td", {}, usd(cost.usd[k]))))));
+  const extra = cost.hosted_fee_usd != null
+    ? el("p", { class: "muted" }, `A hosted builder's fee of ${usd(cost.hosted_fee_per_minute_usd)}/min would have added ${usd(cost.hosted_fee_usd)}.`) : null;
+  box.replaceChildren(...head, el("div", { class: "table-wrap" }, table), extra);
 }
 
 async function drawCall(sid, stillHere) {
