@@ -346,6 +346,7 @@ function makePlayer(box, sid, s) {
       if (e instanceof SignedOut) return;
       status.textContent = e.status === 404 ? "No recording of this call." : `Recording unavailable: ${e.message}`;
       wave.remove(); play.remove();
+      if (e.status === 404) $("download-recording")?.remove();
       return;
     }
     const peaks = Array.isArray(wf.peaks) ? wf.peaks
