@@ -145,3 +145,23 @@ async def test_the_cost_shown_is_the_hand_sum_of_the_calls_usage_events(
     # The turn's time includes the tool's 0.4 s, counted as tool time.
     [turn] = session["turns"]
     assert turn["tools"] == 1 and 380 <= turn["tool_ms"] < turn["sent_ms"], turn
+
+
+async def test_a_greeting_the_caller_hung_up_on_says_what_they_heard(
+    platform: Platform, realtime: RealtimeSimulator, admin: Admin
+):
+    realtime.scenario = Scenario(turns=[])
+    before = len(realtime.sessions)
+    call = await call_lab(platform)
+    await poll(lambda: len(realtime.sessions) > before, 20, what="the Realtime session")
+    sim = realtime.sessions[before]
+    await poll(lambda: any(e["type"] == "response.done" for e in sim.server_events), 20,
+               what="the greeting to be generated in full")
+    await call.wait_heard(1000, timeout=20)
+    await call.hangup()  # in the middle of the greeting
+
+    session = await admin.session(call.call_sid)
+    [greeting] = session["transcript"]
+    assert greeting["interrupted"] and greeting["full_text"] == GREETING
+    assert 900 <= greeting["heard_ms"] < greeting["audio_ms"] - 1000
+    assert GREETING.startswith(greeting["text"]) and len(greeting["text"]) < len(GREETING)

@@ -115,6 +115,30 @@ async def test_a_reply_generated_in_full_then_cut_is_published_again_interrupted
     assert [x.text for x in c.lines] == [again["text"]]
 
 
+# ---- the caller hangs up over a line -------------------------------------------------------------------
+async def test_a_line_playing_when_the_caller_hangs_up_says_what_they_heard() -> None:
+    s = FakeSession(Agent(name="a", instructions="i"))
+    c = s.conversation
+    reply = message("r1", ANSWER)
+    await created(c, "R1")
+    await item(c, "R1", reply, [b"\x11" * 800] * 4)
+    await done(c, "R1", "completed", [reply])
+    s.playout.on_mark(marks(s)[0], s.clock.ms())  # 100 of its 400 ms played, then the caller left
+    c.hung_up()
+    [_, again] = agent_lines(s)
+    assert again["rev"] == 1 and again["interrupted"] and (again["heard_ms"], again["audio_ms"]) == (100.0, 400.0)
+    assert again["text"] == cut_text(ANSWER, 100, 400) and again["full_text"] == ANSWER
+    assert sent(s, "conversation.item.truncate") == []  # the call is over: nothing to tell the model
+    c.hung_up()  # nothing queued any more
+    assert len(agent_lines(s)) == 2
+
+
+async def test_a_call_that_ends_with_nothing_playing_changes_no_line() -> None:
+    s = FakeSession(Agent(name="a", instructions="i"))
+    s.conversation.hung_up()
+    assert s.lines() == []
+
+
 # ---- offsets ------------------------------------------------------------------------------------
 async def test_a_callers_line_starts_where_the_model_heard_speech_start_on_the_stream_clock() -> None:
     s = FakeSession(Agent(name="a", instructions="i"))

@@ -324,7 +324,6 @@ class Conversation:
             heard_ms = audio_ms
         said, full_text = text, None
         if heard_ms is not None and audio_ms is not None and heard_ms < audio_ms:
-            heard_ms = min(heard_ms, audio_ms)
             said, full_text = cut_text(text, heard_ms, audio_ms), text
         # A filler was heard, so it is in the transcript, but the model never had it; an unheard
         # item is deleted from the model's conversation.
@@ -500,6 +499,24 @@ class Conversation:
             "barge-in: cut %s at %d ms (played ~%.0f of %.0f ms); %d unheard item(s) dropped",
             cut.item_id, cut.audio_end_ms, cut.played_ms, cut.generated_ms, len(unheard),
         )
+
+    def hung_up(self) -> None:
+        """The caller hung up with agent audio still queued at Twilio: a line already published
+        says what they heard of it, as after a barge-in (nothing is sent: the call is over)."""
+        cut = self.s.playout.interrupt(self.s.clock.ms())
+        if cut is None:
+            return
+        played = self._played
+        unheard = played[played.index(cut.item_id) + 1 :] if cut.item_id in played else []
+        if cut.audio_end_ms > 0:
+            self._heard[cut.item_id] = cut.audio_end_ms
+        else:
+            unheard.insert(0, cut.item_id)
+        self._unheard.update(unheard)
+        for item_id in [cut.item_id, *unheard]:
+            if written := self._written.get(item_id):
+                self._agent_line(item_id, written[0], written[1], interrupted=True, rev=written[2] + 1)
+        self.log.info("hang-up over %s at %d ms of %.0f ms", cut.item_id, cut.audio_end_ms, cut.generated_ms)
 
     def _forget(self, item_id: str) -> None:
         """The caller heard none of this item: it gets no line and leaves the model's conversation

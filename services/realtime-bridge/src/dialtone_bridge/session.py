@@ -56,6 +56,8 @@ REPLACED = "bridge_replaced"
 # to another bridge, which carries it on. Like REPLACED, the call is not over.
 HANDED_OFF = "handed_off"
 CALL_GOES_ON = {REPLACED, HANDED_OFF}
+# The caller left (or the stream closed under them): agent audio still queued was never heard.
+HUNG_UP = {"caller_hangup", "stream_closed"}
 
 
 @dataclass
@@ -255,6 +257,8 @@ class CallSession:
         if self._sub is not None:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
+        if self.end_reason in HUNG_UP:
+            self.conversation.hung_up()  # what was playing when the caller left was cut there
         self.conversation.finished()
         self.turns.close()
         if self.end_reason not in CALL_GOES_ON:
