@@ -15,7 +15,9 @@ CREATE INDEX call_sessions_to_started_idx ON call_sessions (to_number, started_a
 -- jsonb array the writer keeps on the session), so "find the calls where X was said, newest
 -- first" is one GIN lookup on call_sessions, with no join and no DISTINCT over lines.
 CREATE FUNCTION dialtone_transcript_text(transcript jsonb) RETURNS text
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+-- COST: the planner must know this is dear per row, or for a common word it walks the newest-first
+-- index recomputing every transcript (0.5 s at 1M calls) instead of asking the GIN index.
+LANGUAGE sql IMMUTABLE PARALLEL SAFE COST 10000 AS $$
     SELECT coalesce(string_agg(e ->> 'text', ' '), '')
     FROM jsonb_array_elements(CASE WHEN jsonb_typeof(transcript) = 'array' THEN transcript ELSE '[]' END) AS e
 $$;
