@@ -88,6 +88,12 @@ class CallBook:
             bridge_id=bridge_id,
         )
 
+    async def do_not_record(self, call_id: str, stream_key: str, epoch: int, bridge_id: str) -> CallRecord | None:
+        """The agent of ``bridge_id``'s call says not to record it: the recorder drops what it has."""
+        return await self._change(
+            call_id, lambda r: r.held_by(stream_key, epoch, bridge_id), record=False,
+        )
+
     async def touch(self, call_id: str, stream_key: str) -> CallRecord | None:
         """Rewrite the record unchanged, so a call longer than the bucket's TTL keeps it."""
         return await self._change(call_id, lambda r: r.stream_key == stream_key)

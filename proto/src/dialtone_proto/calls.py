@@ -48,6 +48,9 @@ class CallRecord(BaseModel):
     gateway_id: str | None = None
     epoch: int = Field(default=0, ge=0)
     bridge_id: str | None = None
+    # False when the agent that took the call says not to record it (agent.toml ``record = false``);
+    # set by the bridge right after it takes the call, read by the recorder.
+    record: bool = True
 
     def held_by(self, stream_key: str, epoch: int, bridge_id: str) -> bool:
         """Whether this record still gives the call to ``bridge_id`` under that key and epoch (an

@@ -50,6 +50,7 @@ class Agent:
     voicemail_message: str | None = None
     handoffs: tuple[str, ...] = ()
     default: bool = False
+    record: bool = True  # the call is recorded (both sides); false: never
     idle_prompt: str = "Are you still there?"
     goodbye: str = "Thank you for calling. Goodbye!"
     filler: str = "One moment, I'm still checking that for you."

@@ -118,3 +118,16 @@ def outcome_label(outcome: str | None) -> str:
     if not outcome:
         return "none"
     return outcome if _OUTCOME.fullmatch(outcome) else "other"
+
+
+def start_at_zero(agents: list[str]) -> None:
+    """Create the series known in advance at zero: a labelled series exists only from its first
+    increment, which rate() and increase() never see (a bridge's first call would not count)."""
+    for agent in agents:
+        for direction in ("inbound", "outbound"):
+            CALLS_STARTED.labels(agent, direction)
+            CALLS_ACTIVE.labels(agent, direction)
+    for result in ("accepted", "draining", "full", "unconfirmed", "busy", "unavailable"):
+        OFFERS.labels(result)
+    for cause in ("lost", "handoff"):
+        RECOVERED.labels(cause)

@@ -44,6 +44,7 @@ class Bridge:
     async def start(self) -> None:
         self._sub = await self.ctx.nc.subscribe(subjects.CALL_OFFER, queue=subjects.BRIDGE_QUEUE, cb=self._on_offer)
         m.READY.set_function(self._ready)
+        m.start_at_zero(sorted(self.ctx.agents.agents))
         self._heartbeat = asyncio.create_task(self._heartbeats(), name="heartbeats")
         self._leases = asyncio.create_task(self._renew_leases(), name="leases")
         log.info("bridge %s claiming calls on %s", self.ctx.bridge_id, subjects.CALL_OFFER)
@@ -124,6 +125,12 @@ class Bridge:
             log.error("call %s refused: %s", call_id, exc)
             await self._answer(msg, call_id, False, reason=f"no agent: {exc}")
             return
+        if not agent.record:
+            try:  # before the call starts, so the recorder drops its first words too
+                await self.calls.do_not_record(call_id, offer.stream_key, offer.epoch, bridge_id)
+            except CallBookUnavailable as exc:
+                await self._answer(msg, call_id, False, reason=f"unavailable: call record: {exc}")
+                return
         session = CallSession(self.ctx, offer, agent, restored)
         await session.attach()
         self.sessions[call_id] = session

@@ -22,3 +22,12 @@ QUEUED = Gauge(
     "dialtone_tool_calls_queued", "Tool calls waiting for a free slot (MAX_CONCURRENCY reached).", registry=REGISTRY
 )
 IN_FLIGHT = Gauge("dialtone_tool_calls_in_flight", "Tool calls being executed right now.", registry=REGISTRY)
+
+
+def start_at_zero(tools: list[str]) -> None:
+    """Create the series of every tool's results at zero: a labelled series exists only from its
+    first increment, which rate() and increase() never see, so a tool's first error would not show."""
+    for tool in tools:
+        TOOL_DURATION.labels(tool)
+        for result in ("ok", "error", "timeout", "invalid"):
+            TOOL_CALLS.labels(tool, result)

@@ -197,6 +197,7 @@ class ToolRunner:
         self.service = ToolService(nc, self.executor)
         await self.service.start()
         stack.push_async_callback(self.service.stop, self.settings.drain_timeout_s)
+        metrics.start_at_zero(list(self.registry.names()))
         log.info("tool runner %s serving %d tools: %s", self.runner_id, len(self.registry),
                  ", ".join(self.registry.names()))
 

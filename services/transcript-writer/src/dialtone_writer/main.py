@@ -12,10 +12,12 @@ import asyncpg
 from dialtone_common import bus, logs, runtime
 from dialtone_common.db import create_pool
 from dialtone_common.health import HealthServer
+from dialtone_common.recording_storage import open_storage
 
 from dialtone_writer import metrics
 from dialtone_writer.consumer import Consumer
 from dialtone_writer.migrations import apply_migrations
+from dialtone_writer.recorder import Recorder
 from dialtone_writer.settings import WriterSettings
 from dialtone_writer.sweeper import Sweeper
 
@@ -68,7 +70,24 @@ async def _serve(stack: AsyncExitStack, stop: asyncio.Event) -> None:
     stack.push_async_callback(sweeper.stop)
     stack.push_async_callback(asyncio.wait_for, sweep_task, None)
     sweep_task.add_done_callback(lambda _: stop.set())
+    await _start_recorder(stack, stop, pool, nc, js, settings)
     log.info("transcript-writer running (metrics on :%d)", settings.metrics_port)
+
+
+async def _start_recorder(stack: AsyncExitStack, stop: asyncio.Event, pool, nc, js, settings: WriterSettings) -> None:  # type: ignore[no-untyped-def]
+    """The call recorder, in this process (recorder.py says why). A recorder that cannot start (an
+    unwritable directory, say) is logged and left off: transcripts matter more than recordings."""
+    if not settings.recordings_enabled:
+        log.info("call recording is off (RECORDINGS_ENABLED=false)")
+        return
+    try:
+        recorder = Recorder(pool, nc, js, settings, open_storage(settings))
+        await recorder.start()
+    except Exception as exc:
+        log.error("call recording is OFF: the recorder could not start: %s: %s", type(exc).__name__, exc)
+        return
+    task = asyncio.create_task(recorder.run(stop), name="recorder")
+    stack.push_async_callback(asyncio.wait_for, task, None)
 
 
 async def _migrate_only() -> None:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dialtone_common.settings import ServiceSettings
+from dialtone_common.recording_storage import RecordingStorageSettings
 from pydantic import Field
 
 
-class WriterSettings(ServiceSettings):
+class WriterSettings(RecordingStorageSettings):
     """Environment-driven settings (``DATABASE_URL``, ``METRICS_PORT``, ...)."""
 
     database_url: str = Field(description="PostgreSQL DSN")
@@ -25,3 +25,15 @@ class WriterSettings(ServiceSettings):
         default=20.0, ge=0, description="a call heard from (heartbeat) within this window is live and never swept"
     )
     sweep_batch: int = Field(default=500, ge=1, description="most sessions closed per sweep")
+    # Recordings (recorder.py); where they are stored: RecordingStorageSettings.
+    recordings_enabled: bool = Field(
+        default=True, description="record both sides of every call whose agent does not say record = false"
+    )
+    recordings_retention_days: int = Field(
+        default=30, ge=0, description="recordings older than this many days are deleted; 0 keeps them forever"
+    )
+    recordings_sweep_interval_s: float = Field(default=3600.0, gt=0, description="how often the retention sweep runs")
+    min_chunk_ms: int = Field(
+        default=40, ge=20, le=1000,
+        description="the gateway's MIN_CHUNK_MS: the recorder repeats the gateway's coalescing of agent audio",
+    )

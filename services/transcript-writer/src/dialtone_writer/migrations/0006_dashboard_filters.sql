@@ -1,4 +1,4 @@
--- The dashboard's call list (to be numbered 0006 once main's 0005 is in; owned by the admin API's pages).
+-- The dashboard's call list (owned by the admin API's pages).
 --
 -- Filters match case-insensitively (lower(column) = lower($1)), each in the list's newest-first
 -- order, so a filtered page is an index range scan whatever the filter. The plain (column, ...)

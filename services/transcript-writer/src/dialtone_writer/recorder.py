@@ -1,0 +1,577 @@
+"""The call recorder: both sides of every call, from the bus, into storage.
+
+It lives in the transcript-writer (the service that already persists each call) rather than in a
+sixth process: it needs the writer's database pool and NATS connection, costs no process of its
+own, and only listens (a call never waits on it).
+
+- **Which calls, and which recorder.** Every writer watches the call book (KV ``dialtone_calls``).
+  When a call's record appears (the signed webhook, before the media stream even opens), each
+  writer subscribes to ``dt.v1.call.<sid>.*.in`` and ``.out`` and tries to *claim* the call in the KV
+  bucket ``dialtone_recordings`` with a create (compare-and-set): one wins and records, the others
+  unsubscribe. The winner renews its claim every ``LEASE_RENEW_S``; a claim not renewed for
+  ``LEASE_S`` may be taken over (compare-and-set on the revision). The greeting cannot be missed:
+  the subscription exists before the gateway even offers the call, and caller audio waits in the
+  gateway's backlog until a bridge takes it.
+- **Opt-out.** A record saying ``record: false`` (the agent's ``record = false``) makes the
+  recorder drop the call and all it has of it.
+- **What is recorded.** ``recorder_audio.CallAudio``: the caller as received, the agent as played.
+- **Restarts.** The call's audio is spooled to ``RECORDINGS_DIR/spool/<sid>/`` about once a second.
+  A recorder that restarts (or another that takes the claim over) resumes the call on the same
+  timeline: what went by while nobody listened is silence in the file, and the recording is stored
+  ``complete = false`` with the reason (how much, from when). So is a call whose caller frames
+  skipped sequence numbers (lost on the bus) or that the recorder joined late.
+- **The end.** The gateway's ``STOP`` (or the record turning ``ended``) finishes the call: the WAV is
+  built from the spool in a thread, uploaded, and its row (``call_recordings``) written.
+- **Retention.** Every ``RECORDINGS_SWEEP_INTERVAL_S`` a writer deletes recordings older than
+  ``RECORDINGS_RETENTION_DAYS`` (object first, then row; ``FOR UPDATE SKIP LOCKED``, so writers
+  sweeping at once never collide).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import shutil
+import socket
+import time
+from pathlib import Path
+
+import asyncpg
+import nats.errors
+import nats.js.errors
+import orjson
+from dialtone_common.recording_storage import LocalStorage, S3Storage
+from dialtone_proto import CallRecord, subjects
+from dialtone_proto.frames import FrameError, Kind, decode_frame
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import KeyValueConfig, StorageType
+from nats.js.kv import KeyValue
+from prometheus_client import Counter, Gauge, Histogram
+from pydantic import ValidationError
+
+from dialtone_writer.metrics import REGISTRY
+from dialtone_writer.recorder_audio import CallAudio, Spool, build_wav
+from dialtone_writer.settings import WriterSettings
+
+log = logging.getLogger(__name__)
+
+RECORDINGS_ACTIVE = Gauge("dialtone_writer_recordings_active", "Calls this writer is recording now", registry=REGISTRY)
+RECORDINGS_STORED = Counter(
+    "dialtone_writer_recordings_stored_total", "Recordings stored, complete or not", ["result"], registry=REGISTRY
+)
+RECORDINGS_TAKEN_OVER = Counter(
+    "dialtone_writer_recordings_taken_over_total", "Calls whose recording this writer took over from a stopped recorder",
+    registry=REGISTRY,
+)
+RECORDING_ERRORS = Counter(
+    "dialtone_writer_recording_errors_total", "Failed attempts to store a recording (retried)", registry=REGISTRY
+)
+RECORDINGS_EXPIRED = Counter(
+    "dialtone_writer_recordings_expired_total", "Recordings deleted by the retention sweep", registry=REGISTRY
+)
+RECORDING_SECONDS = Histogram(
+    "dialtone_writer_recording_store_seconds", "A call's end to its recording stored (WAV built, uploaded, row written)",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=REGISTRY,
+)
+
+CLAIMS_BUCKET = "dialtone_recordings"
+LEASE_RENEW_S = 2.0
+LEASE_S = 6.0
+SPOOL_FLUSH_S = 1.0
+END_GRACE_S = 0.5  # frames of the other subject still in flight after the STOP
+IDLE_END_S = 120.0  # no frame and no record for this long: the call is over
+_RETENTION_BATCH = 100
+
+_INSERT = """
+INSERT INTO call_recordings (call_sid, storage_key, bytes, duration_ms, sample_rate, channels, complete, reason,
+                             bucket_samples, peaks, recorded_by)
+VALUES ($1, $2, $3, $4, 8000, 2, $5, $6, $7, $8::jsonb, $9)
+ON CONFLICT (call_sid) DO UPDATE
+SET storage_key = EXCLUDED.storage_key, bytes = EXCLUDED.bytes, duration_ms = EXCLUDED.duration_ms,
+    complete = EXCLUDED.complete, reason = EXCLUDED.reason, bucket_samples = EXCLUDED.bucket_samples,
+    peaks = EXCLUDED.peaks, recorded_by = EXCLUDED.recorded_by, created_at = now()
+"""
+
+_EXPIRED = """
+SELECT call_sid, storage_key FROM call_recordings
+WHERE created_at < now() - make_interval(days => $1)
+ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED
+"""
+
+
+def _put_all(batch: list) -> None:
+    for rec, taken in batch:
+        rec.put(taken)
+
+
+def storage_key(call_sid: str) -> str:
+    return f"{subjects.check_call_id(call_sid)}.wav"
+
+
+class CallRecording:
+    """One call being recorded by this writer."""
+
+    def __init__(self, recorder: Recorder, sid: str, spool: Spool) -> None:
+        self.r, self.sid, self.spool = recorder, sid, spool
+        self.audio = CallAudio(spool.write, min_bytes=recorder.settings.min_chunk_ms * 8)
+        self.reasons: list[str] = []
+        self.next_in_seq: int | None = None
+        self.first_ts: int | None = None
+        self.retired: set[str] = set()
+        self._resumed: str | None = None  # why we did not hear the call from its start, if so
+        self._resume_at = 0
+        self.subs: list = []
+        self.last_heard = time.monotonic()
+        self.lost_frames = 0
+        self.claim_revision = 0
+        self.finishing: asyncio.Task | None = None
+        self.ended_reason: str | None = None
+
+    # ---- frames -------------------------------------------------------------------------
+    async def on_in(self, msg: Msg) -> None:
+        try:
+            frame = decode_frame(msg.data)
+            key = msg.subject.split(".")[-2]
+            self.last_heard = time.monotonic()
+            self._check_seq(frame.seq, frame.ts)
+            if frame.kind is Kind.AUDIO:
+                self.audio.caller_audio(frame.ts, frame.payload)
+            elif frame.kind is Kind.MARK:
+                self.audio.caller_mark(str(frame.json().get("name", "")))
+            elif frame.kind is Kind.STOP:
+                if frame.json().get("reason") == "bridge_replaced":
+                    self.retired.add(key)  # the gateway no longer plays what that bridge sends
+                    self.audio.new_bridge()
+                else:
+                    self.r.finish_soon(self, END_GRACE_S, "stream stopped")
+        except (FrameError, KeyError, ValueError) as exc:
+            log.warning("call %s: bad frame on the bus: %s", self.sid, exc)
+
+    async def on_out(self, msg: Msg) -> None:
+        try:
+            key = msg.subject.split(".")[-2]
+            if key in self.retired:
+                return
+            frame = decode_frame(msg.data)
+            now = time.monotonic()
+            self.last_heard = now
+            if frame.kind is Kind.AUDIO:
+                self.audio.agent_audio(frame.payload, now)
+            elif frame.kind is Kind.MARK:
+                self.audio.agent_mark(str(frame.json().get("name", "")), now)
+            elif frame.kind is Kind.CLEAR:
+                self.audio.agent_clear(now)
+            elif frame.kind is Kind.HANGUP:
+                self.audio.agent_hangup(now)
+        except (FrameError, KeyError, ValueError) as exc:
+            log.warning("call %s: bad frame on the bus: %s", self.sid, exc)
+
+    def resume(self, why: str) -> None:
+        """We did not hear this call from its start (a restart, a take-over): pick up the spool a
+        previous recorder left here, if any, and say what is missing."""
+        meta = self.spool.read_meta()
+        self.audio.caller_end = max(self.audio.caller_end, int(meta.get("caller_end", 0)))
+        self.audio.play_pos = max(self.audio.play_pos, int(meta.get("play_pos", 0)))
+        self.reasons = list(meta.get("reasons", [])) + self.reasons
+        self.retired |= set(meta.get("retired", []))
+        self._resumed, self._resume_at = why, int(meta.get("caller_end", 0))
+        if self.first_ts is not None:
+            self._note_gap(self.first_ts)
+
+    def _note_gap(self, ts: int) -> None:
+        self.reasons.append(
+            f"{self._resumed}: audio from {self._resume_at / 8000:.2f} s to {ts / 1000:.2f} s was not recorded"
+        )
+        self._resumed = None
+
+    def _check_seq(self, seq: int, ts: int) -> None:
+        """Caller-side frames share one sequence per call (the gateway's): a gap is audio lost."""
+        expected = self.next_in_seq
+        if expected is None:
+            self.first_ts = ts
+            if self._resumed:
+                self._note_gap(ts)
+            elif seq > 0:
+                self.reasons.append(f"the recorder joined late: {seq} caller frames before {ts / 1000:.2f} s missed")
+        elif seq > expected:
+            self.lost_frames += seq - expected
+        if expected is None or seq >= expected:
+            self.next_in_seq = seq + 1
+
+    # ---- spool ----------------------------------------------------------------------------
+    def meta(self) -> dict:
+        return {
+            "caller_end": self.audio.caller_end, "play_pos": self.audio.play_pos, "reasons": self.reasons,
+            "next_in_seq": self.next_in_seq, "retired": sorted(self.retired), "owner": self.r.owner,
+        }
+
+    def take(self) -> tuple[dict, dict]:
+        """What to write to the spool now (on the event loop); ``put`` it in a thread."""
+        return self.spool.take(), self.meta()
+
+    def put(self, taken: tuple[dict, dict]) -> None:
+        self.spool.put(taken[0])
+        self.spool.write_meta(taken[1])
+
+    def all_reasons(self) -> list[str]:
+        reasons = list(self.reasons)
+        if self.lost_frames:
+            reasons.append(f"{self.lost_frames} caller frames never reached the recorder")
+        return reasons
+
+
+class Recorder:
+    """Records the calls this writer claims. ``start`` then ``run(stop)``; ``close`` at the end."""
+
+    def __init__(self, pool: asyncpg.Pool, nc: Client, js: JetStreamContext, settings: WriterSettings,
+                 storage: LocalStorage | S3Storage) -> None:
+        self.pool, self.nc, self.js, self.settings, self.storage = pool, nc, js, settings, storage
+        base = settings.instance_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.owner = f"{base}-{secrets.token_hex(3)}"
+        self.spool_root = Path(settings.recordings_dir) / "spool"
+        self.calls: dict[str, CallRecording] = {}
+        self._others: set[str] = set()  # live calls another recorder holds (taken over if it goes quiet)
+        self._done: set[str] = set()  # finished here: a late record update must not start it again
+        self._claims: KeyValue | None = None
+        self._book: KeyValue | None = None
+        self._watcher = None
+        self._tasks: set[asyncio.Task] = set()
+        self._lock = asyncio.Lock()
+
+    # ---- life -----------------------------------------------------------------------------
+    async def start(self) -> None:
+        self.spool_root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.spool_root, 0o700)
+        self._claims = await self._bucket(CLAIMS_BUCKET, "Dialtone recordings: which recorder holds each call")
+        self._book = await self._bucket(subjects.CALLS_BUCKET, None)
+        log.info("recording calls to %s (spool %s)", self.storage.describe(), self.spool_root)
+
+    async def _bucket(self, name: str, description: str | None) -> KeyValue:
+        if description is None:
+            from dialtone_common.bus import ensure_calls_bucket
+
+            return await ensure_calls_bucket(self.js, self.settings.jetstream_replicas)
+        with contextlib.suppress(nats.js.errors.BucketNotFoundError):
+            return await self.js.key_value(name)
+        try:
+            return await self.js.create_key_value(KeyValueConfig(
+                bucket=name, description=description, history=1, ttl=6 * 3600, max_value_size=1024,
+                storage=StorageType.FILE, replicas=self.settings.jetstream_replicas,
+            ))
+        except nats.js.errors.BadRequestError:  # another writer created it meanwhile
+            return await self.js.key_value(name)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Watch the call book, keep the claims, flush spools and sweep old recordings until ``stop``."""
+        assert self._book is not None
+        loops = [self._watch(stop), self._keep(stop), self._retention(stop)]
+        tasks = [asyncio.create_task(c) for c in loops]
+        try:
+            await stop.wait()
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self.close()
+
+    async def close(self) -> None:
+        """Stop listening, keep each unfinished call's spool (a restart resumes it), let finishes end."""
+        for rec in list(self.calls.values()):
+            for sub in rec.subs:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+        pending = [r.finishing for r in self.calls.values() if r.finishing is not None]
+        if pending:
+            await asyncio.wait(pending, timeout=10)
+        for rec in list(self.calls.values()):
+            if rec.finishing is None:
+                with contextlib.suppress(OSError):
+                    await asyncio.to_thread(rec.put, rec.take())
+        if self._watcher is not None:
+            with contextlib.suppress(Exception):
+                await self._watcher.stop()
+
+    # ---- the call book ----------------------------------------------------------------------
+    async def _watch(self, stop: asyncio.Event) -> None:
+        assert self._book is not None
+        while not stop.is_set():
+            try:
+                self._watcher = await self._book.watchall()
+                synced = False
+                while not stop.is_set():
+                    try:
+                        entry = await self._watcher.updates(timeout=1.0)
+                    except nats.errors.TimeoutError:
+                        continue
+                    if entry is None:
+                        if not synced:
+                            synced = True
+                            await self._orphans()
+                        continue
+                    await self._on_record(entry)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the bus went away: watch again once it is back
+                log.warning("recorder: watching the call book failed: %s", exc)
+                await asyncio.sleep(1.0)
+
+    async def _on_record(self, entry) -> None:  # type: ignore[no-untyped-def]
+        sid = entry.key
+        if entry.operation in ("DEL", "PURGE") or not entry.value:
+            self._others.discard(sid)
+            return
+        try:
+            record = CallRecord.model_validate_json(entry.value)
+        except ValidationError:
+            return
+        rec = self.calls.get(sid)
+        if not record.record:
+            self._others.discard(sid)
+            if rec is not None:
+                await self._drop(rec, "the agent does not record calls")
+            return
+        if record.state == "ended":
+            self._others.discard(sid)
+            if rec is not None:
+                self.finish_soon(rec, 2 * END_GRACE_S, "call ended")
+            return
+        if rec is None and sid not in self._done and self.settings.recordings_enabled:
+            await self._try_claim(sid)
+
+    # ---- claims ---------------------------------------------------------------------------
+    def _claim_value(self) -> bytes:
+        return orjson.dumps({"owner": self.owner, "at": time.time()})
+
+    async def _try_claim(self, sid: str, *, takeover_only: bool = False) -> CallRecording | None:
+        """Subscribe, then claim; keep the subscriptions only if the claim is ours."""
+        assert self._claims is not None
+        async with self._lock:
+            if sid in self.calls:
+                return self.calls[sid]
+            try:
+                subjects.check_call_id(sid)
+            except ValueError:
+                return None
+            spool = Spool(self.spool_root / sid)
+            rec = CallRecording(self, sid, spool)
+            leftover = spool.dir.exists()  # a spool of an earlier run of a recorder on this disk
+            rec.subs = [
+                await self.nc.subscribe(f"{subjects.PREFIX}.call.{sid}.*.in", cb=rec.on_in, pending_msgs_limit=20000),
+                await self.nc.subscribe(f"{subjects.PREFIX}.call.{sid}.*.out", cb=rec.on_out, pending_msgs_limit=20000),
+            ]
+            revision, why = None, None
+            try:
+                await self.nc.flush(timeout=2)
+                if not takeover_only:
+                    with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError):
+                        revision = await self._claims.create(sid, self._claim_value())
+                if revision is None:
+                    revision, why = await self._take_over(sid, spool)
+                elif leftover:
+                    why = "a recorder stopped"
+            except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
+                log.warning("call %s: could not claim its recording: %s", sid, exc)
+                revision = None
+            if revision is not None and not spool.lock():
+                revision = None  # a live recorder on this disk holds the spool after all
+            if revision is None:
+                for sub in rec.subs:
+                    with contextlib.suppress(Exception):
+                        await sub.unsubscribe()
+                spool.unlock()
+                self._others.add(sid)
+                return None
+            self._others.discard(sid)
+            if why:
+                rec.resume(why)
+                log.warning("call %s: recording taken over (%s)", sid, why)
+                RECORDINGS_TAKEN_OVER.inc()
+            rec.claim_revision = revision
+            self.calls[sid] = rec
+            RECORDINGS_ACTIVE.set(len(self.calls))
+            return rec
+
+    async def _take_over(self, sid: str, spool: Spool) -> tuple[int | None, str | None]:
+        """Take a claim whose holder stopped: it stopped renewing it, or it recorded on this disk
+        and its lock on the spool is gone (the process died). (revision, why) or (None, None)."""
+        assert self._claims is not None
+        try:
+            entry = await self._claims.get(sid)
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+            revision = await self._claims.create(sid, self._claim_value())
+            return revision, ("a recorder stopped" if spool.dir.exists() else None)
+        try:
+            held = orjson.loads(entry.value or b"{}")
+        except orjson.JSONDecodeError:
+            held = {}
+        if held.get("done"):
+            return None, None
+        expired = time.time() - float(held.get("at", 0)) >= LEASE_S
+        if not expired and not (spool.dir.exists() and spool.lock()):
+            return None, None
+        revision = await self._claims.update(sid, self._claim_value(), last=entry.revision)
+        return revision, f"the recorder {held.get('owner', '?')} stopped"
+
+    async def _keep(self, stop: asyncio.Event) -> None:
+        """Renew our claims, flush spools, take over quiet claims, end calls nobody speaks of."""
+        assert self._claims is not None
+        last_renew = 0.0
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), SPOOL_FLUSH_S)
+            live = [r for r in self.calls.values() if r.finishing is None]
+            batch = [(r, r.take()) for r in live]
+            try:
+                await asyncio.to_thread(_put_all, batch)
+            except OSError as exc:
+                log.error("recorder: spool write failed: %s", exc)
+            now = time.monotonic()
+            if now - last_renew < LEASE_RENEW_S:
+                continue
+            last_renew = now
+            for rec in live:
+                if now - rec.last_heard > IDLE_END_S:
+                    self.finish_soon(rec, 0, "no audio for a long time")
+                    continue
+                try:
+                    rec.claim_revision = await self._claims.update(rec.sid, self._claim_value(), last=rec.claim_revision)
+                except nats.js.errors.KeyWrongLastSequenceError:
+                    await self._drop(rec, "another recorder took the call over", keep_spool=True)
+                except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
+                    log.warning("call %s: could not renew the recording claim: %s", rec.sid, exc)
+            for sid in list(self._others):
+                if sid not in self.calls:
+                    with contextlib.suppress(nats.errors.Error, nats.js.errors.Error, TimeoutError):
+                        await self._try_claim(sid, takeover_only=True)
+
+    async def _orphans(self) -> None:
+        """Spools left by a previous run whose call is no longer live: store what they hold."""
+        assert self._book is not None
+        for directory in sorted(self.spool_root.iterdir()) if self.spool_root.exists() else []:
+            sid = directory.name
+            if sid in self.calls or not directory.is_dir():
+                continue
+            try:
+                entry = await self._book.get(sid)
+                record = CallRecord.model_validate_json(entry.value or b"")
+            except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError, ValidationError):
+                record = None
+            except (nats.errors.Error, nats.js.errors.Error, TimeoutError):
+                continue
+            if record is not None and record.state != "ended" and record.record:
+                continue  # live: claimed (and resumed) through the watch
+            rec = await self._try_claim(sid, takeover_only=True)
+            if rec is None:
+                continue
+            if record is not None and not record.record:
+                await self._drop(rec, "the agent does not record calls")
+            else:
+                rec.reasons.append(
+                    f"the recorder stopped before the call ended: audio after {rec.audio.caller_end / 8000:.2f} s lost"
+                )
+                self.finish_soon(rec, 0, "orphaned spool")
+
+    # ---- the end of a call ------------------------------------------------------------------
+    def finish_soon(self, rec: CallRecording, delay: float, why: str) -> None:
+        if rec.finishing is not None:
+            return
+        rec.ended_reason = why
+        rec.finishing = asyncio.create_task(self._finish(rec, delay), name=f"record-{rec.sid}")
+        self._tasks.add(rec.finishing)
+        rec.finishing.add_done_callback(self._tasks.discard)
+
+    async def _finish(self, rec: CallRecording, delay: float) -> None:
+        if delay:
+            await asyncio.sleep(delay)
+        for sub in rec.subs:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        rec.audio.finish()
+        reasons = rec.all_reasons()
+        started = time.perf_counter()
+        target = rec.spool.dir / "recording.wav"
+        for attempt in range(1, 1_000_000):
+            try:
+                await asyncio.to_thread(rec.put, rec.take())
+                built = await asyncio.to_thread(build_wav, rec.spool.dir, target)
+                key = storage_key(rec.sid)
+                await self.storage.put_file(key, built.path)
+                peaks = orjson.dumps({"caller": built.peaks["in"], "agent": built.peaks["out"]}).decode()
+                async with self.pool.acquire() as conn:
+                    await conn.execute(
+                        _INSERT, rec.sid, key, built.bytes, built.samples // 8, not reasons,
+                        "; ".join(reasons) or None, built.bucket_samples, peaks, self.owner,
+                    )
+                break
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+                RECORDING_ERRORS.inc()
+                log.warning("call %s: storing the recording failed (attempt %d): %s", rec.sid, attempt, exc)
+                await asyncio.sleep(min(30.0, 0.5 * 2 ** min(attempt, 6)))
+        RECORDINGS_STORED.labels("complete" if not reasons else "incomplete").inc()
+        RECORDING_SECONDS.observe(time.perf_counter() - started)
+        log.info("call %s: recording stored (%d bytes, %.1f s%s)", rec.sid, built.bytes, built.samples / 8000,
+                 f"; incomplete: {'; '.join(reasons)}" if reasons else "")
+        await self._forget(rec, keep_spool=False, done=True)
+
+    async def _drop(self, rec: CallRecording, why: str, *, keep_spool: bool = False) -> None:
+        log.info("call %s: not recorded: %s", rec.sid, why)
+        for sub in rec.subs:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        await self._forget(rec, keep_spool=keep_spool, done=not keep_spool)
+
+    async def _forget(self, rec: CallRecording, *, keep_spool: bool, done: bool) -> None:
+        self.calls.pop(rec.sid, None)
+        RECORDINGS_ACTIVE.set(len(self.calls))
+        if done:
+            self._done.add(rec.sid)
+            if len(self._done) > 100_000:
+                self._done.clear()
+        rec.spool.unlock()
+        if not keep_spool:
+            await asyncio.to_thread(shutil.rmtree, rec.spool.dir, True)
+        if done and self._claims is not None:
+            # Mark the claim done (not deleted): no recorder may start the call again.
+            with contextlib.suppress(nats.errors.Error, nats.js.errors.Error, TimeoutError):
+                await self._claims.put(rec.sid, orjson.dumps({"owner": self.owner, "at": time.time(), "done": True}))
+
+    # ---- retention ---------------------------------------------------------------------------
+    async def sweep_once(self) -> int:
+        """Delete recordings older than the retention period (object, then row); returns how many."""
+        days = self.settings.recordings_retention_days
+        if not days:
+            return 0
+        deleted = 0
+        while True:
+            async with self.pool.acquire() as conn, conn.transaction():
+                rows = await conn.fetch(_EXPIRED, int(days), _RETENTION_BATCH)
+                gone = []
+                for row in rows:
+                    try:
+                        await self.storage.delete(row["storage_key"])
+                        gone.append(row["call_sid"])
+                    except OSError as exc:
+                        log.warning("retention: could not delete %s: %s", row["storage_key"], exc)
+                if gone:
+                    await conn.execute("DELETE FROM call_recordings WHERE call_sid = ANY($1::text[])", gone)
+            deleted += len(gone)
+            if len(rows) < _RETENTION_BATCH or not gone:
+                break
+        if deleted:
+            RECORDINGS_EXPIRED.inc(deleted)
+            log.info("retention: deleted %d recordings older than %d days", deleted, days)
+        return deleted
+
+    async def _retention(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self.sweep_once()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+                log.warning("retention sweep failed: %s", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.settings.recordings_sweep_interval_s)
