@@ -5,7 +5,7 @@ UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 CALLS ?= 50
 DURATION ?= 20
 
-.PHONY: install run call test test-unit test-integration test-e2e bench soak lint clean
+.PHONY: install run call test test-unit test-integration test-e2e bench bench-list soak lint clean
 
 $(UV):
 	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet --user uv || $(PYTHON) -m pip install --quiet uv
@@ -37,6 +37,10 @@ test-e2e: install
 
 bench: install  ## N concurrent simulated calls: latency per frame, CPU per call-minute, frames lost
 	$(UV) run --frozen python -m dialtone_dev bench --calls $(CALLS) --duration $(DURATION)
+
+SESSIONS ?= 1000000
+bench-list: install  ## SESSIONS synthetic sessions in a scratch PostgreSQL: call list, filter and search ms per page
+	$(UV) run --frozen python -m dialtone_dev bench-list --sessions $(SESSIONS)
 
 # CALLS is 1000 for the soak unless given (`make soak CALLS=200` or `CALLS=200 make soak`).
 soak: install  ## CALLS=1000 short calls in sequence: RSS of each service at start, after 50 calls, at the end

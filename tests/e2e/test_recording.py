@@ -96,5 +96,10 @@ async def test_the_recording_is_what_the_caller_said_and_heard(
     status, body = await admin.get(f"/sessions/{call.call_sid}/waveform", points=50)
     assert status == 200 and body["complete"] is True and body["reason"] is None
     assert body["points"] == 50 and max(body["caller"]) > 0.05 and max(body["agent"]) > 0.05
+    async def said() -> dict | None:
+        status, body = await admin.get(f"/sessions/{call.call_sid}")
+        return body if status == 200 and "recording_complete" in body.get("metrics", {}) else None
+
+    assert (await poll(said, 10, what="the session's recording metric"))["metrics"]["recording_complete"] == 1
     status, tail, headers = await fetch(admin, f"/sessions/{call.call_sid}/recording", {"Range": "bytes=-100"})
     assert status == 206 and tail == wav[-100:] and headers["Content-Range"] == f"bytes {len(wav) - 100}-{len(wav) - 1}/{len(wav)}"

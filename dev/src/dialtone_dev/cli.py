@@ -14,8 +14,10 @@ def main() -> None:
         from dialtone_dev.call import main as run
     elif command == "bench":
         from dialtone_dev.bench import main as run
+    elif command == "bench-list":
+        from dialtone_dev.bench_list import main as run
     else:
-        print("usage: dialtone run | call | bench [--calls N | --soak N]", file=sys.stderr)
+        print("usage: dialtone run | call | bench [--calls N | --soak N] | bench-list [--sessions N]", file=sys.stderr)
         sys.exit(2)
     run()
 

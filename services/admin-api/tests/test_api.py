@@ -64,6 +64,13 @@ async def add_session(db, agent: str, started: datetime, outcome: str | None = N
             call_sid, seq, f"item{seq}", "caller" if seq % 2 else "agent", text, agent,
             started + timedelta(seconds=seq), f"{call_sid}-{seq}",
         )
+    # What the writer does after each batch: the session keeps its transcript, which search reads.
+    await db.execute(
+        "UPDATE call_sessions s SET transcript = COALESCE((SELECT jsonb_agg(jsonb_build_object("
+        "'seq', l.seq, 'role', l.role, 'text', l.text) ORDER BY l.seq) FROM transcript_lines l"
+        " WHERE l.call_sid = s.call_sid), '[]') WHERE call_sid = $1",
+        call_sid,
+    )
     return call_sid
 
 
@@ -79,7 +86,11 @@ async def page_all(client, **params) -> list[dict]:
             return items
 
 
-@pytest.mark.parametrize("path", ["/sessions", "/sessions/CAnope", "/live"])
+@pytest.mark.parametrize(
+    "path",
+    ["/sessions", "/sessions/CAnope", "/live", "/sessions/count", "/sessions/facets", "/sessions/export",
+     "/sessions/CAnope/transcript", "/live/stream", "/live/CAnope/listen", "/stats/daily"],
+)
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"}])
 async def test_every_api_route_needs_the_token(client, path: str, headers: dict) -> None:
     r = await client.get(path, headers=headers)
@@ -90,7 +101,7 @@ async def test_every_api_route_needs_the_token(client, path: str, headers: dict)
 
 async def test_open_routes_and_openapi(client) -> None:
     assert (await client.get("/healthz")).json() == {"status": "ok"}
-    assert "Dialtone" in (await client.get("/")).text
+    assert "Dialtone" in (await client.get("/login")).text
     spec = (await client.get("/openapi.json")).json()
     assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
     await client.get("/sessions", headers=AUTH)
@@ -208,6 +219,110 @@ async def test_live_calls_from_heartbeats(client, nats_url) -> None:
         assert next(i for i in items if i["call_id"] == call_id)["state"] == "speaking"
     finally:
         await nc.drain()
+
+
+class _StreamRequest:
+    headers = {"authorization": "Bearer x"}  # a bearer stream: no session to outlive
+    cookies: dict = {}
+
+
+async def _next_event(stream, name: str, timeout: float = 10.0) -> dict:
+    async def read() -> dict:
+        async for chunk in stream:
+            for block in chunk.decode().split("\n\n"):
+                lines = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line and not line.startswith(":"))
+                if lines.get("event") == name:
+                    return json.loads(lines["data"])
+        raise AssertionError("stream ended")
+
+    return await asyncio.wait_for(read(), timeout)
+
+
+async def test_live_stream_pushes_calls_and_lines_from_the_bus(client, nats_url) -> None:
+    from dialtone_admin.stream import LiveHub
+    from dialtone_proto import events as ev
+
+    hub: LiveHub = client._transport.app.state.hub
+    call_id = "CA" + uuid.uuid4().hex
+    stream = hub.stream(_StreamRequest())
+    snapshot = await _next_event(stream, "snapshot")
+    assert call_id not in {c["call_id"] for c in snapshot["calls"]}
+    nc = await bus.connect(nats_url, "live-stream-test")
+    try:
+        started = ev.CallStarted(id=f"{call_id}-s", call_id=call_id, at=T0, agent="reception", from_number="+15005550123")
+        await nc.publish(started.subject, ev.encode_event(started))
+        assert (await _next_event(stream, "call"))["from_number"] == "+15005550123"
+        line = ev.TranscriptLine(id=f"{call_id}-1", call_id=call_id, at=T0, item_id="i1", seq=1, role="caller",
+                                 text="I would like a table for two", agent="reception")
+        await nc.publish(line.subject, ev.encode_event(line))
+        got = await _next_event(stream, "line")
+        assert (got["call_id"], got["text"], got["role"]) == (call_id, "I would like a table for two", "caller")
+        # A browser arriving now gets the call and its lines so far in its snapshot.
+        late = hub.stream(_StreamRequest())
+        snap = await _next_event(late, "snapshot")
+        assert call_id in {c["call_id"] for c in snap["calls"]}
+        assert [x["text"] for x in snap["lines"] if x["call_id"] == call_id] == ["I would like a table for two"]
+        await late.aclose()
+        end = ev.CallEnded(id=f"{call_id}-e", call_id=call_id, at=T0, reason="hangup")
+        await nc.publish(end.subject, ev.encode_event(end))
+        assert (await _next_event(stream, "ended"))["call_id"] == call_id
+        assert call_id not in {c["call_id"] for c in hub.snapshot()["calls"]}
+    finally:
+        await stream.aclose()
+        await nc.drain()
+
+
+async def test_a_slow_browser_is_cut_off_not_buffered(client, monkeypatch) -> None:
+    from dialtone_admin import stream as stream_module
+
+    monkeypatch.setattr(stream_module, "CLIENT_QUEUE", 4)
+    hub = client._transport.app.state.hub
+    stream = hub.stream(_StreamRequest())
+    await _next_event(stream, "snapshot")
+    for i in range(10):  # never read: the fifth overflows its queue
+        hub._publish("line", {"n": i})
+    chunks = [chunk async for chunk in stream]
+    assert len(chunks) <= 4  # what was queued, then the end of the stream
+
+
+async def test_listen_in_streams_both_sides_audio_from_the_bus(client, nats_url) -> None:
+    from dialtone_admin.stream import _listen
+    from dialtone_proto.frames import Kind, encode_control, encode_frame
+
+    call_id = "CA" + uuid.uuid4().hex
+    nc = await bus.connect(nats_url, "listen-test")
+    stream = _listen(client._transport.app.state.nc, call_id, _StreamRequest())
+    try:
+        assert (await _next_event(stream, "listening"))["encoding"] == "mulaw"
+        await nc.publish(subjects.call_in(call_id, "k1"), encode_frame(Kind.AUDIO, 0, 0, b"\xff" * 160))
+        await nc.publish(subjects.call_in(call_id, "k1"), encode_control(Kind.DTMF, 1, 20, {"digit": "5"}))
+        await nc.publish(subjects.call_out(call_id, "k1"), encode_frame(Kind.AUDIO, 0, 0, b"\x7f" * 160))
+        first, second = await _next_event(stream, "audio"), await _next_event(stream, "audio")
+        assert {first["side"], second["side"]} == {"in", "out"}
+        assert {base64.b64decode(first["audio"]), base64.b64decode(second["audio"])} == {b"\xff" * 160, b"\x7f" * 160}
+    finally:
+        await stream.aclose()
+        await nc.drain()
+
+
+async def test_overview_counts_by_day_in_the_operators_timezone(client, db) -> None:
+    agent = f"agent-{uuid.uuid4().hex[:10]}"
+    t = datetime(1999, 6, 1, 23, 30, tzinfo=UTC)  # 01:30 on 2 June in Paris, 19:30 on 1 June in New York
+    await add_session(db, agent, t, outcome="booked")
+    await add_session(db, agent, t + timedelta(hours=1), outcome="booked")
+    await add_session(db, agent, t + timedelta(hours=2))
+    params = {"since": "1999-05-31T00:00:00+02:00", "until": "1999-06-04T00:00:00+02:00", "tz": "Europe/Paris"}
+    r = await client.get("/stats/daily", params=params, headers=AUTH)
+    assert r.status_code == 200, r.text
+    days = {d["day"]: d for d in r.json()["days"]}
+    assert list(days) == ["1999-05-31", "1999-06-01", "1999-06-02", "1999-06-03"]
+    assert days["1999-06-02"]["calls"] == 3 and days["1999-06-01"]["calls"] == 0
+    assert days["1999-06-02"]["minutes"] == 4.5 and days["1999-06-02"]["cost_usd"] == 0.75
+    assert days["1999-06-02"]["outcomes"] == {"booked": 2, "none": 1}
+    ny = await client.get("/stats/daily", params={**params, "tz": "America/New_York"}, headers=AUTH)
+    assert {d["day"]: d["calls"] for d in ny.json()["days"] if d["calls"]} == {"1999-06-01": 3}
+    bad = await client.get("/stats/daily", params={**params, "tz": "Mars/Olympus"}, headers=AUTH)
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["query", "tz"]
 
 
 def forged_cursor(started: str, row_id: int) -> str:
@@ -329,28 +444,147 @@ def csp_sources(policy: str, directive: str) -> list[str]:
     raise AssertionError(f"no {directive} in {policy!r}")
 
 
+async def signed_in(client) -> None:
+    r = await client.post("/auth/session", json={"token": TOKEN})
+    assert r.status_code == 200, r.text
+
+
 async def test_dashboard_runs_under_its_policy(client) -> None:
-    r = await client.get("/")
+    await signed_in(client)
+    r = await client.get("/calls")
     policy = r.headers["content-security-policy"]
-    assert csp_sources(policy, "script-src") == ["'self'"] and csp_sources(policy, "style-src") == ["'self'"]
+    assert csp_sources(policy, "script-src") == ["'self'"]
+    # Styles: the files of this server, and wavesurfer.js's one <style> with this response's nonce.
+    (nonce,) = [s for s in csp_sources(policy, "style-src") if s.startswith("'nonce-")]
+    assert csp_sources(policy, "style-src") == ["'self'", nonce] and nonce[7:-1] in r.text
+    assert nonce != csp_sources((await client.get("/calls")).headers["content-security-policy"], "style-src")[1]
     assert r.headers["x-frame-options"] == "DENY" and r.headers["cache-control"] == "no-store"
     page = _Page()
     page.feed(r.text)
     # Nothing inline (the policy would block it): the script and styles are files of this server.
     assert page.inline_scripts == [] and page.inline_styles == 0
     assert "/static/dashboard.js" in page.assets and "/static/dashboard.css" in page.assets
+    assert "/static/favicon.svg" in page.assets
     for asset in page.assets:
-        if asset.startswith("data:"):
-            continue
         served = await client.get(asset)
         assert served.status_code == 200, asset
-        assert served.headers["content-type"].split(";")[0] in ("text/javascript", "text/css"), asset
+        assert served.headers["content-type"].split(";")[0] in ("text/javascript", "text/css", "image/svg+xml"), asset
         assert served.headers["x-content-type-options"] == "nosniff"
     script = (await client.get("/static/dashboard.js")).text
-    # The token is kept per tab, not in localStorage where it outlived the browser session.
-    assert "sessionStorage" in script and "localStorage.setItem" not in script
+    # No script of the page holds the token: the session is an HttpOnly cookie.
+    assert "sessionStorage" not in script and "localStorage.setItem" not in script
     styles = (await client.get("/static/dashboard.css")).text
     assert "[hidden] { display:none !important; }" in styles
+    for name in ("wavesurfer", "uplot"):
+        assert (await client.get(f"/static/vendor/{name}/LICENSE")).status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/calls", "/calls/CA123?x=1", "/monitor", "/overview", "/"])
+async def test_pages_without_a_session_redirect_to_sign_in(client, path: str) -> None:
+    r = await client.get(path)
+    assert r.status_code == 303
+    assert r.headers["location"].startswith("/login")
+    if path != "/":
+        assert r.headers["location"] == "/login?next=" + path.replace("/", "%2F").replace("?", "%3F").replace("=", "%3D")
+    assert "call" not in r.text.lower()
+
+
+async def test_sign_in_sets_a_strict_http_only_cookie_that_reads_but_does_not_write(client) -> None:
+    assert (await client.post("/auth/session", json={"token": "wrong"})).status_code == 401
+    assert (await client.post("/auth/session", json={})).status_code == 422
+    evil = await client.post("/auth/session", json={"token": TOKEN}, headers={"Origin": "https://evil.example"})
+    assert evil.status_code == 403 and "set-cookie" not in evil.headers
+    r = await client.post("/auth/session", json={"token": TOKEN})
+    cookie = r.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/" in cookie
+    assert TOKEN not in cookie and r.json()["expires_at"] > time.time() + 3600
+    assert (await client.get("/sessions")).status_code == 200
+    assert (await client.get("/auth/session")).status_code == 200
+    assert (await client.get("/calls")).status_code == 200
+    assert (await client.get("/login?next=/monitor")).headers["location"] == "/monitor"
+    assert (await client.get("/login?next=//evil.example")).headers["location"] == "/calls"
+    # The cookie reads; changing anything (placing a call) still needs the bearer token.
+    assert (await client.post("/calls", json={"to": "+15005550006"})).status_code == 401
+    # A forged or altered cookie is no session.
+    value = client.cookies["dialtone_session"]
+    client.cookies.set("dialtone_session", value[:-2] + ("AA" if value[-2:] != "AA" else "BB"))
+    assert (await client.get("/sessions")).status_code == 401
+    client.cookies.set("dialtone_session", value)
+    out = await client.post("/auth/logout")
+    assert out.status_code == 204 and "dialtone_session=" in out.headers["set-cookie"]
+    assert (await client.get("/sessions")).status_code == 401
+    # Even a copy of the cookie kept from before is refused after signing out.
+    client.cookies.set("dialtone_session", value)
+    assert (await client.get("/sessions")).status_code == 401
+    assert (await client.get("/calls")).status_code == 303
+
+
+async def test_expired_session_is_refused(database_url: str, nats_url: str) -> None:
+    settings = AdminSettings(database_url=database_url, nats_url=nats_url, admin_token=TOKEN, session_ttl_s=1)
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://admin") as c:
+            await signed_in(c)
+            assert (await c.get("/sessions")).status_code == 200
+            await asyncio.sleep(2.1)
+            assert (await c.get("/sessions")).status_code == 401
+            assert (await c.get("/calls")).status_code == 303
+
+
+async def test_case_insensitive_filters_direction_number_and_facets(client, db, agent) -> None:
+    a = await add_session(db, agent, T0, outcome="Booked")
+    b = await add_session(db, agent, T0 + timedelta(minutes=1), outcome="booked")
+    c = await add_session(db, agent, T0 + timedelta(minutes=2), outcome="no_answer")
+    await db.execute("UPDATE call_sessions SET direction = 'outbound', to_number = '+15005550042' WHERE call_sid = $1", c)
+    await db.execute("UPDATE call_sessions SET direction = 'inbound', from_number = '+15005550042' WHERE call_sid = $1", a)
+    assert {s["call_sid"] for s in await page_all(client, agent=agent.upper(), outcome="BOOKED")} == {a, b}
+    assert [s["call_sid"] for s in await page_all(client, agent=agent, direction="Outbound")] == [c]
+    assert [s["call_sid"] for s in await page_all(client, agent=agent, number="+15005550042")] == [c, a]
+    assert [s["call_sid"] for s in await page_all(client, agent=agent, status="COMPLETED", outcome="no_answer")] == [c]
+    facets = (await client.get("/sessions/facets", headers=AUTH)).json()
+    assert agent in facets["agent"] and {"Booked", "booked", "no_answer"} <= set(facets["outcome"])
+    assert {"inbound", "outbound"} <= set(facets["direction"]) and "completed" in facets["status"]
+    count = (await client.get("/sessions/count", params={"agent": agent, "outcome": "booked"}, headers=AUTH)).json()
+    assert count == {"count": 2, "exact": True}
+
+
+async def test_count_past_the_exact_bound_is_an_estimate(client, db, monkeypatch) -> None:
+    from dialtone_admin import sessions
+
+    agent = f"agent-{uuid.uuid4().hex[:10]}"
+    for i in range(4):
+        await add_session(db, agent, T0 + timedelta(seconds=i))
+    monkeypatch.setattr(sessions, "COUNT_EXACT_UP_TO", 2)
+    count = (await client.get("/sessions/count", params={"agent": agent}, headers=AUTH)).json()
+    assert count["exact"] is False and count["count"] >= 3
+
+
+async def test_export_csv_and_json_of_the_filtered_list(client, db, agent, monkeypatch) -> None:
+    from dialtone_admin import export
+
+    monkeypatch.setattr(export, "EXPORT_BATCH", 2)  # several batches, each its own query
+    sids = [await add_session(db, agent, T0 + timedelta(minutes=i), outcome="booked" if i % 2 else "x") for i in range(5)]
+    await db.execute("UPDATE call_sessions SET from_number = '=HYPERLINK(1)' WHERE call_sid = $1", sids[0])
+    r = await client.get("/sessions/export", params={"agent": agent, "format": "csv"}, headers=AUTH)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
+    assert r.headers["content-disposition"].startswith('attachment; filename="dialtone-calls-')
+    rows = r.text.strip().split("\r\n")
+    assert rows[0].startswith("call_sid,started_at") and len(rows) == 6
+    assert [row.split(",")[0] for row in rows[1:]] == sids[::-1]
+    assert "'=HYPERLINK(1)" in rows[-1]  # a spreadsheet shows it, never runs it
+    r = await client.get("/sessions/export", params={"agent": agent, "format": "json", "outcome": "BOOKED"}, headers=AUTH)
+    assert [row["call_sid"] for row in json.loads(r.text)] == [sids[3], sids[1]]
+    r = await client.get("/sessions/export", params={"agent": agent, "format": "json", "limit": 3}, headers=AUTH)
+    assert len(json.loads(r.text)) == 3
+
+
+async def test_transcript_download(client, db, agent) -> None:
+    sid = await add_session(db, agent, T0, lines=["Hello there", "Hi"])
+    r = await client.get(f"/sessions/{sid}/transcript", headers=AUTH)
+    assert r.status_code == 200 and r.headers["content-disposition"] == f'attachment; filename="{sid}.json"'
+    assert [line["text"] for line in r.json()["transcript"]] == ["Hello there", "Hi"]
+    assert (await client.get("/sessions/CAnope/transcript", headers=AUTH)).status_code == 404
 
 
 async def test_docs_load_only_local_assets_allowed_by_the_policy(client) -> None:
@@ -379,9 +613,21 @@ async def test_openapi_documents_the_error_responses(client) -> None:
     }
     assert documented == {
         ("/sessions", "get"): {"200", "400", "401", "422", "503"},
+        ("/sessions/count", "get"): {"200", "400", "401", "422", "503"},
+        ("/sessions/facets", "get"): {"200", "401", "503"},
+        ("/sessions/export", "get"): {"200", "401", "422", "503"},
         ("/sessions/{call_sid}", "get"): {"200", "400", "401", "404", "422", "503"},
+        ("/sessions/{call_sid}/transcript", "get"): {"200", "400", "401", "404", "422", "503"},
+        ("/sessions/{call_sid}/recording", "get"): {"200", "206", "400", "401", "404", "416", "422", "503"},
+        ("/sessions/{call_sid}/waveform", "get"): {"200", "400", "401", "404", "422", "503"},
         ("/live", "get"): {"200", "401"},
+        ("/live/stream", "get"): {"200", "401"},
+        ("/live/{call_sid}/listen", "get"): {"200", "400", "401", "422"},
+        ("/stats/daily", "get"): {"200", "401", "422", "503"},
         ("/calls", "post"): {"201", "400", "401", "422", "502", "503"},
+        ("/auth/session", "post"): {"200", "400", "401", "403", "422"},
+        ("/auth/session", "get"): {"200", "401"},
+        ("/auth/logout", "post"): {"204"},
     }
     sessions = spec["paths"]["/sessions"]["get"]["responses"]
     assert sessions["503"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorBody"}

@@ -13,7 +13,7 @@ import pytest
 from dialtone_common import bus
 from dialtone_common.callbook import CallBook, new_record
 from dialtone_common.recording_storage import LocalStorage, open_storage
-from dialtone_proto import subjects
+from dialtone_proto import CallMetric, subjects
 from dialtone_proto.frames import Kind, encode_control, encode_frame
 from dialtone_writer.recorder import Recorder, storage_key
 from dialtone_writer.recorder_audio import read_wav, to_pcm16
@@ -31,6 +31,7 @@ class Running:
 @pytest.fixture
 async def nc(nats_url: str):
     nc = await bus.connect(nats_url, "recorder-tests")
+    await bus.ensure_stream(nc.jetstream())  # as the writer does at start
     yield nc
     await nc.drain()
 
@@ -125,6 +126,14 @@ async def test_each_call_is_recorded_by_one_writer_and_a_restart_says_what_it_lo
     assert row["complete"] is False
     assert "audio from 1.00 s to 2.00 s was not recorded" in row["reason"], row["reason"]
     assert row["duration_ms"] == 3000
+    # The session says so too: the metrics the recorder published for it (events on the bus).
+    sub = await nc.jetstream().subscribe(f"{subjects.PREFIX}.events.{sid}.call_metric", ordered_consumer=True)
+    metrics = {}
+    while len(metrics) < 2:
+        event = CallMetric.model_validate_json((await sub.next_msg(timeout=5)).data)
+        metrics[event.name] = event.value
+    await sub.unsubscribe()
+    assert metrics == {"recording_complete": 0.0, "recording_lost_ms": 1000.0}
     left, right = read_wav(directory / "store" / storage_key(sid))
     expected = [to_pcm16(caller_frame(s)) if s < 50 or s >= 100 else bytes(320) for s in range(150)]
     assert b"".join(v.to_bytes(2, "little", signed=True) for v in left) == b"".join(expected)

@@ -6,11 +6,12 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Annotated
+from datetime import UTC, datetime
+from typing import Annotated, Literal
 
 from dialtone_common import bus
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from dialtone_admin import errors, pages
@@ -18,16 +19,20 @@ from dialtone_admin.auth import require_token
 from dialtone_admin.cursor import InvalidCursor
 from dialtone_admin.database import Database, DatabaseUnavailable
 from dialtone_admin.errors import responses
+from dialtone_admin.export import EXPORT_BATCH, EXPORT_MAX, export_rows
 from dialtone_admin.live import LiveCalls
 from dialtone_admin.metrics import REGISTRY
 from dialtone_admin.middleware import Metrics, SecurityHeaders
-from dialtone_admin.models import LivePage, SessionDetail, SessionPage
+from dialtone_admin.models import Facets, LivePage, SessionCount, SessionDetail, SessionPage
 from dialtone_admin.outbound import Dialer
 from dialtone_admin.outbound import router as calls_router
 from dialtone_admin.params import Text, UtcTime
 from dialtone_admin.recordings import router as recordings_router
-from dialtone_admin.sessions import SessionFilter, get_session, list_sessions
+from dialtone_admin.sessions import SessionFilter, count_sessions, facet_values, get_session, list_sessions
 from dialtone_admin.settings import AdminSettings
+from dialtone_admin.stats import router as stats_router
+from dialtone_admin.stream import LiveHub
+from dialtone_admin.stream import router as stream_router
 
 log = logging.getLogger(__name__)
 
@@ -39,17 +44,14 @@ async def _db(request: Request) -> Database:  # async: a sync dependency would t
 
 
 api = APIRouter(dependencies=[Depends(require_token)])
-Filter = Annotated[Text | None, Query()]
 
 
-@api.get("/sessions", response_model=SessionPage, tags=["sessions"], responses=responses(400, 401, 503))
-async def sessions_page(
-    db: Annotated[Database, Depends(_db)],
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[Text | None, Query(description="next_cursor of the previous page")] = None,
-    outcome: Filter = None,
-    status: Filter = None,
-    agent: Filter = None,
+def session_filter(
+    outcome: Annotated[Text | None, Query(description="outcome, any case")] = None,
+    status: Annotated[Text | None, Query(description="status, any case")] = None,
+    agent: Annotated[Text | None, Query(description="agent, any case")] = None,
+    direction: Annotated[Text | None, Query(description="inbound or outbound, any case")] = None,
+    number: Annotated[Text | None, Query(description="the caller's or the called number, exactly (E.164)")] = None,
     since: Annotated[
         UtcTime | None, Query(description="started at or after (ISO 8601; UTC if no zone; years 1-9999)")
     ] = None,
@@ -59,15 +61,69 @@ async def sessions_page(
     q: Annotated[
         Text | None, Query(description="words said in the call (full-text search, web search syntax)")
     ] = None,
+) -> SessionFilter:
+    """The filters shared by the list, its count and its export."""
+    return SessionFilter(
+        outcome=outcome, status=status, agent=agent, direction=direction, number=number, since=since,
+        until=until, q=q,
+    )  # fmt: skip
+
+
+Filters = Annotated[SessionFilter, Depends(session_filter)]
+
+
+@api.get("/sessions", response_model=SessionPage, tags=["sessions"], responses=responses(400, 401, 503))
+async def sessions_page(
+    db: Annotated[Database, Depends(_db)],
+    filters: Filters,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[Text | None, Query(description="next_cursor of the previous page")] = None,
 ) -> dict:
     """Sessions, newest first, with keyset pagination."""
-    filters = SessionFilter(outcome=outcome, status=status, agent=agent, since=since, until=until, q=q)
     try:
         async with db.connection() as conn:
             items, next_cursor = await list_sessions(conn, filters, limit, cursor)
     except InvalidCursor as exc:
         raise HTTPException(400, detail=str(exc)) from exc
     return {"items": items, "next_cursor": next_cursor}
+
+
+@api.get("/sessions/count", response_model=SessionCount, tags=["sessions"], responses=responses(400, 401, 503))
+async def sessions_count(db: Annotated[Database, Depends(_db)], filters: Filters) -> dict:
+    """How many sessions match the filters: exact up to 10,000, past that the planner's estimate."""
+    async with db.connection() as conn:
+        count, exact = await count_sessions(conn, filters)
+    return {"count": count, "exact": exact}
+
+
+@api.get("/sessions/facets", response_model=Facets, tags=["sessions"], responses=responses(401, 503))
+async def sessions_facets(db: Annotated[Database, Depends(_db)]) -> dict:
+    """The values each filter can take (agents, statuses, directions, outcomes), from the data."""
+    async with db.connection() as conn:
+        return await facet_values(conn)
+
+
+@api.get(
+    "/sessions/export",
+    tags=["sessions"],
+    responses={**responses(401, 503), 200: {"content": {"text/csv": {}, "application/json": {}}}},
+)
+async def sessions_export(
+    db: Annotated[Database, Depends(_db)],
+    filters: Filters,
+    format: Annotated[Literal["csv", "json"], Query(description="csv or json")] = "csv",  # noqa: A002
+    limit: Annotated[int, Query(ge=1, le=EXPORT_MAX)] = EXPORT_MAX,
+) -> StreamingResponse:
+    """Every session the filters select (at most ``limit``), newest first, as a CSV or JSON download."""
+    # The first batch is read here, so a database failure is still an ordinary 503.
+    async with db.connection() as conn:
+        first, cursor = await list_sessions(conn, filters, min(EXPORT_BATCH, limit), None)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    return StreamingResponse(
+        export_rows(db, filters, first, cursor, limit, format),
+        media_type="text/csv; charset=utf-8" if format == "csv" else "application/json",
+        headers={"Content-Disposition": f'attachment; filename="dialtone-calls-{stamp}.{format}"'},
+    )
 
 
 @api.get(
@@ -83,6 +139,21 @@ async def session_detail(call_sid: Annotated[Text, Path()], db: Annotated[Databa
     if detail is None:
         raise HTTPException(404, detail=f"no session {call_sid!r}")
     return detail
+
+
+@api.get("/sessions/{call_sid}/transcript", tags=["sessions"], responses=responses(400, 401, 404, 503))
+async def session_transcript(call_sid: Annotated[Text, Path()], db: Annotated[Database, Depends(_db)]) -> Response:
+    """The whole session (``GET /sessions/{call_sid}``) as a JSON download, ``<call_sid>.json``."""
+    async with db.connection() as conn:
+        detail = await get_session(conn, call_sid)
+    if detail is None:
+        raise HTTPException(404, detail=f"no session {call_sid!r}")
+    body = SessionDetail.model_validate(detail).model_dump_json(indent=2)
+    safe = "".join(c for c in call_sid if c.isalnum() or c in "-_")[:64] or "session"
+    return Response(
+        body, media_type="application/json",
+        headers={"Content-Disposition": f'attachment; filename="{safe}.json"'},
+    )  # fmt: skip
 
 
 @api.get("/live", response_model=LivePage, tags=["live"], responses=responses(401))
@@ -110,11 +181,15 @@ def create_app(settings: AdminSettings) -> FastAPI:
             live = LiveCalls(settings.live_ttl_s)
             await live.start(nc)
             stack.push_async_callback(live.stop)
+            hub = LiveHub(live)
+            await hub.start(nc)
+            stack.push_async_callback(hub.stop)
             dialer = Dialer.from_settings(settings)
             if dialer is not None:
                 stack.push_async_callback(dialer.close)
             app.state.db, app.state.live, app.state.dialer = db, live, dialer
-            app.state.nc = nc  # /healthz: the live view needs NATS
+            app.state.nc = nc  # /healthz: the live view needs NATS; listen-in subscribes on it
+            app.state.hub = hub
             log.info("admin API ready")
             yield
 
@@ -158,6 +233,8 @@ def create_app(settings: AdminSettings) -> FastAPI:
 
     pages.install(app)
     app.include_router(api)
+    app.include_router(stream_router)
+    app.include_router(stats_router)
     app.include_router(calls_router)
     app.include_router(recordings_router)
     return app

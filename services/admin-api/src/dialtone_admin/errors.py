@@ -34,6 +34,7 @@ _RESPONSES: dict[int, dict[str, Any]] = {
         "description": "missing or wrong bearer token",
         "headers": {"WWW-Authenticate": {"description": "`Bearer`", "schema": {"type": "string"}}},
     },
+    403: {"model": ErrorBody, "description": "a sign-in posted by another site's page"},
     404: {"model": ErrorBody, "description": "no such session"},
     503: {
         "model": ErrorBody,

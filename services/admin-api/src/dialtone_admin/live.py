@@ -32,6 +32,9 @@ class LiveCalls:
         self._ttl, self._clock = ttl, clock
         self._calls: dict[str, tuple[LiveCall, float]] = {}
         self._sub: Subscription | None = None
+        # Called with (call, new) on every heartbeat; new: the first heard of this call.
+        self.listeners: list[Callable[[LiveCall, bool], None]] = []
+        self._ended: dict[str, float] = {}  # calls known to have ended, for one ttl: late heartbeats
 
     async def start(self, nc: Client) -> None:
         """Subscribe to every call's heartbeat."""
@@ -52,7 +55,21 @@ class LiveCalls:
 
     def seen(self, call: LiveCall) -> None:
         """Record a heartbeat."""
+        now = self._clock()
+        if (ended := self._ended.get(call.call_id)) is not None and now - ended <= self._ttl:
+            return
+        new = call.call_id not in self._calls
         self._calls[call.call_id] = (call, self._clock())
+        for listener in self.listeners:
+            listener(call, new)
+
+    def forget(self, call_id: str) -> None:
+        """The call ended: it leaves the view now rather than at its heartbeats' expiry."""
+        self._calls.pop(call_id, None)
+        now = self._clock()
+        for old in [c for c, t in self._ended.items() if now - t > self._ttl]:
+            del self._ended[old]
+        self._ended[call_id] = now
 
     def snapshot(self) -> list[LiveCall]:
         """The calls heard from within ``ttl``, oldest call first; forgets the others."""

@@ -30,6 +30,18 @@ class SessionPage(BaseModel):
     next_cursor: str | None
 
 
+class SessionCount(BaseModel):
+    count: int
+    exact: bool  # False: more than 10,000 match, and count is the planner's estimate
+
+
+class Facets(BaseModel):
+    agent: list[str]
+    status: list[str]
+    direction: list[str]
+    outcome: list[str]
+
+
 class TranscriptEntry(BaseModel):
     seq: int
     role: str

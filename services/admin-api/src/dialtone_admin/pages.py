@@ -1,5 +1,11 @@
-"""The pages a browser opens: the dashboard at ``/`` and the API docs at ``/docs``, with their
-scripts, styles and the vendored Swagger UI served from ``/static`` (no CDN, no inline script).
+"""The pages a browser opens and the sign-in that guards them.
+
+Every page has its own URL (``/calls``, ``/calls/<sid>``, ``/monitor`` (live calls), ``/overview``, ``/login``);
+each serves the same shell, whose script (``/static/dashboard.js``) draws the page named by the
+URL from the JSON API. Without a valid session a page redirects to ``/login?next=<itself>``; the
+API answers 401. The shell's styles and scripts are files of this server: the policy admits no
+inline script, and inline styles only with the response's nonce (wavesurfer.js draws its waveform
+in a shadow root whose one ``<style>`` carries it). The API docs are at ``/docs``.
 """
 
 from __future__ import annotations
@@ -7,19 +13,26 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+import secrets
 from importlib import resources
+from typing import Annotated
+from urllib.parse import quote
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, Body, FastAPI, HTTPException, Request
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
 
+from dialtone_admin.auth import COOKIE, issue_session, revoke_session, session_expiry, token_matches
+from dialtone_admin.errors import responses
 from dialtone_admin.middleware import CONTENT_SECURITY_POLICY
 
 SWAGGER_UI = "/static/swagger-ui"
 
-_DASHBOARD = resources.files("dialtone_admin").joinpath("dashboard.html").read_text(encoding="utf-8")
+_SHELL = resources.files("dialtone_admin").joinpath("dashboard.html").read_text(encoding="utf-8")
 _INLINE_SCRIPT = re.compile(r"<script>(.*?)</script>", re.DOTALL)
+_SAFE_NEXT = re.compile(r"^/(?:calls(?:/[A-Za-z0-9_-]{1,64})?|monitor|overview)(?:\?[^\s#]*)?\Z")
 
 
 def script_hashes(html: str) -> list[str]:
@@ -49,18 +62,111 @@ def _docs_page(openapi_url: str, title: str) -> tuple[str, str]:
     return html, policy
 
 
+def shell(nonce: str | None = None) -> HTMLResponse:
+    """The page shell with a fresh style nonce, and the policy admitting it."""
+    nonce = nonce or secrets.token_urlsafe(18)
+    policy = CONTENT_SECURITY_POLICY.replace("style-src 'self'", f"style-src 'self' 'nonce-{nonce}'")
+    return HTMLResponse(_SHELL.replace("__NONCE__", nonce), headers={"Content-Security-Policy": policy})
+
+
+def safe_next(value: str | None) -> str:
+    """Where to go after signing in: one of our pages, never another site (``//evil``, ``https:``)."""
+    return value if value and _SAFE_NEXT.match(value) else "/calls"
+
+
+class SignIn(BaseModel):
+    token: str = Field(min_length=1, max_length=1000, description="the ADMIN_TOKEN")
+
+
+class SignedIn(BaseModel):
+    expires_at: int = Field(description="when the session ends (Unix seconds)")
+
+
+def _same_origin(request: Request) -> bool:
+    """A sign-in posted by a page of another site (login CSRF) is refused; no Origin is a non-browser."""
+    origin = request.headers.get("origin")
+    if origin is None:
+        return True
+    return origin == f"{request.url.scheme}://{request.headers.get('host', '')}"
+
+
 def install(app: FastAPI) -> None:
-    """Serve the dashboard, the docs and their static files (the app is made with ``docs_url=None``)."""
+    """Serve the pages, the sign-in, the docs and the static files (the app is made with ``docs_url=None``)."""
     router = APIRouter(include_in_schema=False)
+    auth = APIRouter(prefix="/auth", tags=["auth"])
     docs_html, docs_policy = _docs_page(app.openapi_url or "/openapi.json", f"{app.title} - docs")
 
+    def page(request: Request) -> Response:
+        if session_expiry(request) is None:
+            target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            return RedirectResponse(f"/login?next={quote(target, safe='')}", 303)
+        return shell()
+
     @router.get("/")
-    async def dashboard() -> HTMLResponse:
-        return HTMLResponse(_DASHBOARD)
+    async def root(request: Request) -> Response:
+        return RedirectResponse("/calls" if session_expiry(request) else "/login", 303)
+
+    @router.get("/login")
+    async def login(request: Request, next: str | None = None) -> Response:  # noqa: A002
+        if session_expiry(request) is not None:
+            return RedirectResponse(safe_next(next), 303)
+        return shell()
+
+    @router.get("/calls")
+    async def calls(request: Request) -> Response:
+        return page(request)
+
+    @router.get("/calls/{call_sid}")
+    async def call(request: Request, call_sid: str) -> Response:
+        return page(request)
+
+    @router.get("/monitor")
+    async def monitor(request: Request) -> Response:
+        return page(request)
+
+    @router.get("/overview")
+    async def overview(request: Request) -> Response:
+        return page(request)
+
+    @router.get("/favicon.ico")
+    async def favicon() -> Response:
+        return RedirectResponse("/static/favicon.svg", 308)
 
     @router.get("/docs")
     async def swagger_ui() -> HTMLResponse:
         return HTMLResponse(docs_html, headers={"Content-Security-Policy": docs_policy})
 
+    @auth.post("/session", response_model=SignedIn, responses=responses(400, 401, 403))
+    async def sign_in(request: Request, body: Annotated[SignIn, Body()]) -> Response:
+        """Exchange the admin token for a session cookie (HttpOnly, SameSite=Strict)."""
+        if not _same_origin(request):
+            raise HTTPException(403, detail="sign in from this server's own page")
+        if not token_matches(request, body.token):
+            raise HTTPException(401, detail="that is not the admin token", headers={"WWW-Authenticate": "Bearer"})
+        ttl = request.app.state.settings.session_ttl_s
+        value, expiry = issue_session(request, ttl)
+        response = JSONResponse({"expires_at": expiry})
+        response.set_cookie(
+            COOKIE, value, max_age=int(ttl), path="/", httponly=True, samesite="strict",
+            secure=request.url.scheme == "https",
+        )  # fmt: skip
+        return response
+
+    @auth.get("/session", response_model=SignedIn, responses=responses(401))
+    async def session(request: Request) -> dict:
+        """The current session's expiry; 401 when there is none."""
+        if (expiry := session_expiry(request)) is None:
+            raise HTTPException(401, detail="not signed in", headers={"WWW-Authenticate": "Bearer"})
+        return {"expires_at": expiry}
+
+    @auth.post("/logout", status_code=204)
+    async def sign_out(request: Request) -> Response:
+        """End the session: the cookie is cleared and this instance forgets it."""
+        revoke_session(request)
+        response = Response(status_code=204)
+        response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
+        return response
+
     app.include_router(router)
+    app.include_router(auth)
     app.mount("/static", StaticFiles(packages=[("dialtone_admin", "static")]), name="static")

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+import orjson
 
 from dialtone_admin.cursor import decode_cursor, encode_cursor
 
@@ -28,11 +29,14 @@ _SUMMARY_COLUMNS = """
     s.end_reason, s.cost_usd::float8 AS cost_usd, s.transferred_to, s.answered_by
 """
 
-# The same expression as the index transcript_lines_text_fts_idx, so the index serves the search.
-_SEARCH = (
-    "EXISTS (SELECT 1 FROM transcript_lines l WHERE l.call_sid = s.call_sid"
-    " AND to_tsvector('simple', l.text) @@ websearch_to_tsquery('simple', {}))"
-)
+# The same expression as the index call_sessions_transcript_fts_idx (migration dashboard_filters), so the index
+# serves the search: one GIN lookup over whole calls, newest first.
+_SEARCH = "to_tsvector('simple', dialtone_transcript_text(s.transcript)) @@ websearch_to_tsquery('simple', {})"
+# Exact counts stop here; past it the count is the planner's estimate, said to be one.
+COUNT_EXACT_UP_TO = 10_000
+# The choices offered for each filter, read by a skip scan over the filter's index.
+FACETS = ("agent", "status", "direction", "outcome")
+MAX_FACET_VALUES = 200
 
 # websearch_to_tsquery reads a '-' before a word as NOT, and some 33 of them in a row overflow its
 # operator stack (an internal error, "tsquery stack too small"). Nobody types more than a few.
@@ -50,9 +54,11 @@ def search_text(q: str) -> str:
 class SessionFilter:
     """Filters of ``GET /sessions``; ``None`` means "any"."""
 
-    outcome: str | None = None
+    outcome: str | None = None  # these four match case-insensitively
     status: str | None = None
     agent: str | None = None
+    direction: str | None = None
+    number: str | None = None  # the caller's or the called number, exactly
     since: datetime | None = None  # inclusive, on started_at
     until: datetime | None = None  # exclusive, on started_at
     q: str | None = None  # full-text search over transcript lines
@@ -68,6 +74,68 @@ def _aware(value: datetime | None) -> datetime | None:
 def _summary(row: asyncpg.Record) -> dict[str, Any]:
     out = dict(row)
     out.pop("id", None)
+    return out
+
+
+def _where(filters: SessionFilter) -> tuple[list[str], list[Any]]:
+    """The WHERE conditions of ``filters`` and their arguments ($1, $2, ...)."""
+    where: list[str] = []
+    args: list[Any] = []
+
+    def param(value: Any) -> str:
+        args.append(value)
+        return f"${len(args)}"
+
+    for column in FACETS:
+        if (value := getattr(filters, column)) is not None and value != "":
+            where.append(f"lower(s.{column}) = lower({param(value)})")
+    if filters.number is not None and filters.number.strip():
+        number = param(filters.number.strip())
+        where.append(f"(s.from_number = {number} OR s.to_number = {number})")
+    if filters.since is not None:
+        where.append(f"s.started_at >= {param(_aware(filters.since))}")
+    if filters.until is not None:
+        where.append(f"s.started_at < {param(_aware(filters.until))}")
+    if filters.q is not None and filters.q.strip():
+        where.append(_SEARCH.format(param(search_text(filters.q.strip()))))
+    return where, args
+
+
+async def count_sessions(conn: asyncpg.Connection, filters: SessionFilter) -> tuple[int, bool]:
+    """How many sessions match: exact up to ``COUNT_EXACT_UP_TO``, else the planner's estimate.
+
+    Returns:
+        The count and whether it is exact.
+    """
+    where, args = _where(filters)
+    clause = " WHERE " + " AND ".join(where) if where else ""
+    exact = await conn.fetchval(
+        f"SELECT count(*) FROM (SELECT 1 FROM call_sessions s{clause} LIMIT {COUNT_EXACT_UP_TO + 1}) x", *args
+    )
+    if exact <= COUNT_EXACT_UP_TO:
+        return exact, True
+    plan = await conn.fetchval(f"EXPLAIN (FORMAT JSON) SELECT 1 FROM call_sessions s{clause}", *args)
+    plan = orjson.loads(plan) if isinstance(plan, str | bytes) else plan
+    return max(int(plan[0]["Plan"]["Plan Rows"]), COUNT_EXACT_UP_TO + 1), False
+
+
+async def facet_values(conn: asyncpg.Connection) -> dict[str, list[str]]:
+    """The distinct values of each filterable column, from the data (a skip scan of its index:
+    one index probe per distinct value, however many sessions there are)."""
+    out: dict[str, list[str]] = {}
+    for column in FACETS:
+        rows = await conn.fetch(
+            f"""
+            WITH RECURSIVE t(v, n) AS (
+                (SELECT {column}, 1 FROM call_sessions WHERE {column} IS NOT NULL ORDER BY {column} LIMIT 1)
+                UNION ALL
+                SELECT (SELECT {column} FROM call_sessions WHERE {column} > t.v ORDER BY {column} LIMIT 1), t.n + 1
+                FROM t WHERE t.v IS NOT NULL AND t.n < {MAX_FACET_VALUES}
+            )
+            SELECT v FROM t WHERE v IS NOT NULL
+            """
+        )
+        out[column] = [r["v"] for r in rows]
     return out
 
 
@@ -88,25 +156,12 @@ async def list_sessions(
     Raises:
         InvalidCursor: the cursor was not made by this API.
     """
-    where: list[str] = []
-    args: list[Any] = []
+    where, args = _where(filters)
 
     def param(value: Any) -> str:
         args.append(value)
         return f"${len(args)}"
 
-    if filters.outcome is not None:
-        where.append(f"s.outcome = {param(filters.outcome)}")
-    if filters.status is not None:
-        where.append(f"s.status = {param(filters.status)}")
-    if filters.agent is not None:
-        where.append(f"s.agent = {param(filters.agent)}")
-    if filters.since is not None:
-        where.append(f"s.started_at >= {param(_aware(filters.since))}")
-    if filters.until is not None:
-        where.append(f"s.started_at < {param(_aware(filters.until))}")
-    if filters.q is not None and filters.q.strip():
-        where.append(_SEARCH.format(param(search_text(filters.q.strip()))))
     if cursor is not None:
         started_at, row_id = decode_cursor(cursor)
         where.append(f"(s.started_at, s.id) < ({param(started_at)}::timestamptz, {param(row_id)}::bigint)")

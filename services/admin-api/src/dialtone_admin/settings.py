@@ -28,6 +28,9 @@ class AdminSettings(RecordingStorageSettings):  # where recordings are stored (G
         default=1.5, gt=0, description="a request's database work, waiting for a connection included, "
         "longer than this answers 503 (a frozen or overloaded database)"
     )
+    session_ttl_s: float = Field(
+        default=8 * 3600, gt=0, description="a dashboard sign-in lasts this long (seconds), then asks again"
+    )
     live_ttl_s: float = Field(default=15.0, gt=0, description="a live call not heard from for this long is gone")
 
     # Outbound calls (POST /calls) go through Twilio's REST API; without credentials they answer 503.

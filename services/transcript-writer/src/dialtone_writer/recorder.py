@@ -37,6 +37,7 @@ import secrets
 import shutil
 import socket
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
@@ -44,7 +45,7 @@ import nats.errors
 import nats.js.errors
 import orjson
 from dialtone_common.recording_storage import LocalStorage, S3Storage
-from dialtone_proto import CallRecord, subjects
+from dialtone_proto import CallMetric, CallRecord, encode_event, subjects
 from dialtone_proto.frames import FrameError, Kind, decode_frame
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -128,6 +129,7 @@ class CallRecording:
         self.subs: list = []
         self.last_heard = time.monotonic()
         self.lost_frames = 0
+        self.lost_ms = 0  # audio known missing, besides lost frames
         self.claim_revision = 0
         self.finishing: asyncio.Task | None = None
         self.ended_reason: str | None = None
@@ -178,12 +180,14 @@ class CallRecording:
         self.audio.caller_end = max(self.audio.caller_end, int(meta.get("caller_end", 0)))
         self.audio.play_pos = max(self.audio.play_pos, int(meta.get("play_pos", 0)))
         self.reasons = list(meta.get("reasons", [])) + self.reasons
+        self.lost_ms += int(meta.get("lost_ms", 0))
         self.retired |= set(meta.get("retired", []))
         self._resumed, self._resume_at = why, int(meta.get("caller_end", 0))
         if self.first_ts is not None:
             self._note_gap(self.first_ts)
 
     def _note_gap(self, ts: int) -> None:
+        self.lost_ms += max(0, ts - self._resume_at // 8)
         self.reasons.append(
             f"{self._resumed}: audio from {self._resume_at / 8000:.2f} s to {ts / 1000:.2f} s was not recorded"
         )
@@ -198,6 +202,7 @@ class CallRecording:
                 self._note_gap(ts)
             elif seq > 0:
                 self.reasons.append(f"the recorder joined late: {seq} caller frames before {ts / 1000:.2f} s missed")
+                self.lost_ms += ts
         elif seq > expected:
             self.lost_frames += seq - expected
         if expected is None or seq >= expected:
@@ -208,6 +213,7 @@ class CallRecording:
         return {
             "caller_end": self.audio.caller_end, "play_pos": self.audio.play_pos, "reasons": self.reasons,
             "next_in_seq": self.next_in_seq, "retired": sorted(self.retired), "owner": self.r.owner,
+            "lost_ms": self.lost_ms,
         }
 
     def take(self) -> tuple[dict, dict]:
@@ -518,11 +524,28 @@ class Recorder:
                 RECORDING_ERRORS.inc()
                 log.warning("call %s: storing the recording failed (attempt %d): %s", rec.sid, attempt, exc)
                 await asyncio.sleep(min(30.0, 0.5 * 2 ** min(attempt, 6)))
+        await self._tell_session(rec, not reasons)
         RECORDINGS_STORED.labels("complete" if not reasons else "incomplete").inc()
         RECORDING_SECONDS.observe(time.perf_counter() - started)
         log.info("call %s: recording stored (%d bytes, %.1f s%s)", rec.sid, built.bytes, built.samples / 8000,
                  f"; incomplete: {'; '.join(reasons)}" if reasons else "")
         await self._forget(rec, keep_spool=False, done=True)
+
+    async def _tell_session(self, rec: CallRecording, complete: bool) -> None:
+        """The session's metrics say whether its recording is whole (``recording_complete`` 1 or
+        0) and, if not, how much is known missing (``recording_lost_ms``): CallMetric events,
+        written by the consumer like any other."""
+        at = datetime.now(UTC)
+        events = [CallMetric(id=f"{rec.sid}-recording-complete", call_id=rec.sid, at=at,
+                             name="recording_complete", value=1.0 if complete else 0.0)]
+        if not complete:
+            events.append(CallMetric(id=f"{rec.sid}-recording-lost", call_id=rec.sid, at=at,
+                                     name="recording_lost_ms", value=float(rec.lost_ms + 20 * rec.lost_frames)))
+        for event in events:
+            try:
+                await self.js.publish(event.subject, encode_event(event), headers={"Nats-Msg-Id": event.id}, timeout=5)
+            except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
+                log.warning("call %s: could not publish %s: %s", rec.sid, event.name, exc)
 
     async def _drop(self, rec: CallRecording, why: str, *, keep_spool: bool = False) -> None:
         log.info("call %s: not recorded: %s", rec.sid, why)

@@ -1,130 +1,625 @@
-// The dashboard: a served file, since the page's Content-Security-Policy allows no inline script.
+// The dashboard: one shell, a page per URL (/calls, /calls/<sid>, /monitor, /overview, /login),
+// drawn from the JSON API. A served file: the page's Content-Security-Policy allows no inline script.
+// Signed in means an HttpOnly session cookie this script never sees; signed out (or expired), every
+// piece of call data is removed from the page, not hidden.
 "use strict";
+(() => {
 const $ = (id) => document.getElementById(id);
-const KEY = "dialtone.adminToken";
-// The token lives in sessionStorage: gone when the tab closes, never shared with other tabs.
-const store = window.sessionStorage;
-localStorage.removeItem(KEY); // where earlier versions kept it
-let nextCursor = null;
+const VIEW = $("view");
+const NONCE = document.querySelector('meta[name="csp-nonce"]')?.content || "";
+const TZ = Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC";
+const FACETS = ["agent", "status", "direction", "outcome"];
+let cleanups = []; // what the current page must stop when it is left (streams, audio, timers)
+let expiryTimer = null;
+let renderToken = 0; // a page drawn after another navigation began is dropped
 
 // Text goes into the page only through textContent, never innerHTML: transcripts are caller input.
 function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) k === "class" ? (node.className = v) : node.setAttribute(k, v);
-  for (const c of children) node.append(c instanceof Node ? c : String(c ?? ""));
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v == null || v === false) continue;
+    if (k === "class") node.className = v;
+    else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+    else node.setAttribute(k, v === true ? "" : v);
+  }
+  for (const c of children.flat()) if (c != null && c !== false) node.append(c instanceof Node ? c : String(c));
   return node;
 }
-const when = (iso) => (iso ? new Date(iso).toLocaleString() : "");
+const fmtTime = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "medium" });
+const when = (iso) => (iso ? fmtTime.format(new Date(iso)) : "");
+const clock = (s) => {
+  if (s == null || !isFinite(s)) return "";
+  const m = Math.floor(s / 60), r = s - m * 60;
+  return `${m}:${r.toFixed(1).padStart(4, "0")}`;
+};
 const secs = (s) => (s == null ? "" : `${Math.floor(s / 60)}:${String(Math.round(s % 60)).padStart(2, "0")}`);
+const usd = (v) => (v == null ? "" : `$${Number(v).toFixed(4)}`);
+const ms = (v) => (v == null ? "–" : `${Math.round(v)} ms`);
 
-// An error body's detail is a sentence, or for a 422 a list of {loc, msg}.
+// An error body's detail is a sentence, or for a 422 a list of {loc, msg}: both become words.
 function problem(body, fallback) {
   const d = body && body.detail;
   if (typeof d === "string") return d;
-  if (Array.isArray(d)) return d.map((e) => `${(e.loc || []).slice(-1)[0] || ""}: ${e.msg}`).join("; ");
+  if (Array.isArray(d)) return d.map((e) => `${(e.loc || []).slice(-1)[0] || "input"}: ${e.msg}`).join("; ");
   return fallback;
 }
 
-async function api(path) {
-  const token = store.getItem(KEY);
-  const res = await fetch(path, { headers: { Authorization: `Bearer ${token}` } });
-  const body = await res.json().catch(() => null);
-  // Signed out while this was in flight: its answer must not reach the page.
-  if (store.getItem(KEY) !== token) throw new Error("signed out");
-  if (res.status === 401) { showLogin("The token was not accepted."); throw new Error("unauthorized"); }
-  if (!res.ok) throw new Error(problem(body, res.statusText));
+class SignedOut extends Error {}
+
+async function api(path, options = {}) {
+  const res = await fetch(path, { credentials: "same-origin", headers: { Accept: "application/json" }, ...options });
+  if (res.status === 401 && !path.startsWith("/auth/session")) {
+    signedOut("Your session has ended. Sign in again.");
+    throw new SignedOut("signed out");
+  }
+  const body = res.status === 204 ? null : await res.json().catch(() => null);
+  if (!res.ok) {
+    const err = new Error(problem(body, `${res.status} ${res.statusText}`));
+    err.status = res.status;
+    throw err;
+  }
   return body;
 }
 
-const NO_SELECTION = () => el("p", { class: "muted" }, "Select a call to see its transcript.");
+// ---- navigation ------------------------------------------------------------------------------
+function navigate(url, replace = false) {
+  if (replace) history.replaceState(null, "", url); else history.pushState(null, "", url);
+  render();
+}
+document.addEventListener("click", (ev) => {
+  const a = ev.target.closest && ev.target.closest("a[href]");
+  if (!a || a.hasAttribute("download") || a.target || ev.ctrlKey || ev.metaKey || ev.shiftKey || ev.button) return;
+  const url = new URL(a.href, location.href);
+  if (url.origin !== location.origin || !/^\/(calls|monitor|overview|login)/.test(url.pathname)) return;
+  ev.preventDefault();
+  navigate(url.pathname + url.search);
+});
+window.addEventListener("popstate", () => render());
 
-// Signed out, no call data stays on the page: hidden is not enough, it is removed.
-function showLogin(message = "") {
-  store.removeItem(KEY);
-  $("app").hidden = true; $("logout").hidden = true; $("login").hidden = false;
-  $("rows").replaceChildren(); $("detail").replaceChildren(NO_SELECTION());
-  $("filters").reset(); $("list-status").textContent = ""; $("live").textContent = "";
-  $("more").hidden = true; nextCursor = null;
-  $("login-error").textContent = message;
+function leavePage() {
+  for (const stop of cleanups.splice(0)) { try { stop(); } catch { /* already stopped */ } }
 }
 
-function query(cursor) {
-  const params = new URLSearchParams();
-  for (const [k, v] of new FormData($("filters"))) if (v) params.set(k, v);
-  if (cursor) params.set("cursor", cursor);
-  params.set("limit", "50");
-  return params;
+// Signed out or expired: stop everything and remove all call data, then show the sign-in.
+function signedOut(message = "") {
+  leavePage();
+  clearTimeout(expiryTimer);
+  VIEW.replaceChildren();
+  $("nav").hidden = true; $("logout").hidden = true; $("tz").hidden = true;
+  const here = location.pathname + location.search;
+  const next = location.pathname.startsWith("/login") ? "" : `?next=${encodeURIComponent(here)}`;
+  history.replaceState(null, "", `/login${next}`);
+  drawLogin(message);
 }
 
-async function loadSessions(append) {
-  $("list-status").textContent = "Loading…";
+function watchExpiry(expiresAt) {
+  clearTimeout(expiryTimer);
+  const wait = Math.max(0, expiresAt * 1000 - Date.now());
+  expiryTimer = setTimeout(() => signedOut("Your session has expired. Sign in again."), Math.min(wait, 2 ** 31 - 1));
+}
+
+async function render() {
+  leavePage();
+  const token = ++renderToken;
+  const path = location.pathname;
+  if (path.startsWith("/login")) {
+    try {
+      const s = await api("/auth/session");
+      watchExpiry(s.expires_at);
+      const next = new URLSearchParams(location.search).get("next");
+      return navigate(next && /^\/(calls|monitor|overview)/.test(next) ? next : "/calls", true);
+    } catch { return drawLogin(""); }
+  }
+  $("nav").hidden = false; $("logout").hidden = false;
+  $("tz").hidden = false; $("tz").textContent = `Times in ${TZ}`;
+  for (const a of document.querySelectorAll("[data-nav]")) {
+    const on = path === `/${a.dataset.nav}` || (a.dataset.nav === "calls" && path.startsWith("/calls"));
+    on ? a.setAttribute("aria-current", "page") : a.removeAttribute("aria-current");
+  }
+  const stillHere = () => token === renderToken;
   try {
-    const page = await api(`/sessions?${query(append ? nextCursor : null)}`);
-    if (!append) $("rows").replaceChildren();
-    for (const s of page.items) {
-      const row = el("tr", {}, el("td", {}, when(s.started_at)), el("td", {}, s.from_number || ""),
-        el("td", {}, s.agent || ""), el("td", {}, s.outcome || s.status || ""), el("td", {}, secs(s.duration_s)));
-      row.addEventListener("click", () => {
-        document.querySelectorAll("tr.sel").forEach((r) => r.classList.remove("sel"));
-        row.classList.add("sel"); showSession(s.call_sid);
-      });
-      $("rows").append(row);
-    }
-    nextCursor = page.next_cursor;
-    $("more").hidden = !nextCursor;
-    $("list-status").textContent = $("rows").children.length ? "" : "No calls match.";
-  } catch (e) { $("list-status").textContent = e.message; }
+    const m = path.match(/^\/calls\/([A-Za-z0-9_-]{1,64})$/);
+    if (m) await drawCall(decodeURIComponent(m[1]), stillHere);
+    else if (path === "/monitor") await drawMonitor(stillHere);
+    else if (path === "/overview") await drawOverview(stillHere);
+    else await drawCalls(stillHere);
+  } catch (e) {
+    if (e instanceof SignedOut) return;
+    if (stillHere()) VIEW.replaceChildren(el("p", { class: "err", role: "alert" }, e.message));
+  }
 }
 
-async function showSession(sid) {
-  const box = $("detail");
-  box.replaceChildren(el("p", { class: "muted" }, "Loading…"));
+// ---- sign-in ---------------------------------------------------------------------------------
+function drawLogin(message) {
+  document.title = "Sign in · Dialtone";
+  const input = el("input", { id: "token", type: "password", autocomplete: "current-password", required: true,
+    "aria-describedby": "login-help" });
+  const error = el("p", { id: "login-error", class: "err", role: "alert" }, message);
+  const form = el("form", { id: "login-form", class: "card login" },
+    el("h1", {}, "Sign in"),
+    el("p", { id: "login-help" }, "Enter the admin token (", el("code", {}, "ADMIN_TOKEN"),
+      "). It is exchanged for a session cookie that this page's scripts cannot read; it ends when you sign out or after a few hours."),
+    el("label", { for: "token" }, "Admin token"), input,
+    el("p", {}, el("button", { type: "submit" }, "Sign in")), error);
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    error.textContent = "";
+    try {
+      const s = await api("/auth/session", { method: "POST", headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ token: input.value.trim() }) });
+      input.value = "";
+      watchExpiry(s.expires_at);
+      const next = new URLSearchParams(location.search).get("next");
+      navigate(next && /^\/(calls|monitor|overview)/.test(next) ? next : "/calls", true);
+    } catch (e) { error.textContent = e.status === 401 ? "That is not the admin token." : e.message; }
+  });
+  VIEW.replaceChildren(form);
+  input.focus();
+}
+
+$("logout").addEventListener("click", async () => {
+  try { await fetch("/auth/logout", { method: "POST", credentials: "same-origin" }); } finally { signedOut("You have signed out."); }
+});
+
+// ---- calls list ------------------------------------------------------------------------------
+// Dates in the URL are the operator's calendar days; the API gets the instants they begin, in TZ.
+function dayStart(ymd, plusDays = 0) {
+  const [y, m, d] = ymd.split("-").map(Number);
+  return new Date(y, m - 1, d + plusDays).toISOString();
+}
+function apiFilters(params) {
+  const out = new URLSearchParams();
+  for (const k of ["q", "number", ...FACETS]) if (params.get(k)) out.set(k, params.get(k));
+  if (params.get("since")) out.set("since", dayStart(params.get("since")));
+  if (params.get("until")) out.set("until", dayStart(params.get("until"), 1)); // the whole last day
+  return out;
+}
+
+async function drawCalls(stillHere) {
+  document.title = "Calls · Dialtone";
+  const params = new URLSearchParams(location.search);
+  const filters = apiFilters(params);
+  const facetsP = api("/sessions/facets").catch(() => ({}));
+  const countP = api(`/sessions/count?${filters}`).catch((e) => { if (e instanceof SignedOut) throw e; return null; });
+  const form = el("form", { id: "filters", class: "filters", role: "search" });
+  const field = (label, control) => el("label", { class: "field" }, el("span", {}, label), control);
+  form.append(field("Search transcripts", el("input", { name: "q", type: "search", value: params.get("q") || "",
+    maxlength: 200, placeholder: "words said in the call" })));
+  const facets = await facetsP;
+  if (!stillHere()) return;
+  for (const k of FACETS) {
+    const select = el("select", { name: k }, el("option", { value: "" }, "Any"));
+    const values = [...(facets[k] || [])];
+    if (params.get(k) && !values.some((v) => v.toLowerCase() === params.get(k).toLowerCase())) values.push(params.get(k));
+    for (const v of values) select.append(el("option", { value: v, selected: v.toLowerCase() === (params.get(k) || "").toLowerCase() && v === values.find((x) => x.toLowerCase() === v.toLowerCase()) }, v));
+    form.append(field(k[0].toUpperCase() + k.slice(1), select));
+  }
+  form.append(field("Number", el("input", { name: "number", type: "tel", value: params.get("number") || "", maxlength: 40, placeholder: "+1555…" })));
+  form.append(field(`From (${TZ})`, el("input", { name: "since", type: "date", value: params.get("since") || "" })));
+  form.append(field(`To, inclusive (${TZ})`, el("input", { name: "until", type: "date", value: params.get("until") || "" })));
+  form.append(el("div", { class: "actions" }, el("button", { type: "submit" }, "Filter"),
+    el("a", { href: "/calls", class: "button plain" }, "Clear")));
+  form.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const next = new URLSearchParams();
+    for (const [k, v] of new FormData(form)) if (String(v).trim()) next.set(k, String(v).trim());
+    navigate(`/calls${next.toString() ? `?${next}` : ""}`);
+  });
+  const total = el("p", { id: "total", class: "muted", "aria-live": "polite" }, "Counting…");
+  const exportLinks = el("p", { class: "exports" }, "Export: ",
+    el("a", { href: `/sessions/export?${filters}&format=csv`, download: "", id: "export-csv" }, "CSV"), " · ",
+    el("a", { href: `/sessions/export?${filters}&format=json`, download: "", id: "export-json" }, "JSON"));
+  const rows = el("tbody", { id: "rows" });
+  const table = el("table", { class: "calls" },
+    el("caption", { class: "sr-only" }, `Calls, newest first; times in ${TZ}`),
+    el("thead", {}, el("tr", {}, ...["Started", "Direction", "From", "To", "Agent", "Status", "Outcome", "Duration", "Cost"]
+      .map((h) => el("th", { scope: "col" }, h)))), rows);
+  const status = el("p", { id: "list-status", class: "muted", "aria-live": "polite" });
+  const more = el("button", { id: "more", class: "plain", type: "button", hidden: true }, "Load more");
+  VIEW.replaceChildren(el("h1", {}, "Calls"), form, el("div", { class: "summary" }, total, exportLinks),
+    el("div", { class: "table-wrap" }, table), el("p", {}, more, " ", status));
+  let cursor = null;
+  async function load() {
+    status.textContent = "Loading…"; more.hidden = true;
+    const q = new URLSearchParams(filters);
+    q.set("limit", "50");
+    if (cursor) q.set("cursor", cursor);
+    try {
+      const page = await api(`/sessions?${q}`);
+      if (!stillHere()) return;
+      for (const s of page.items) rows.append(callRow(s));
+      cursor = page.next_cursor;
+      more.hidden = !cursor;
+      status.textContent = rows.children.length ? "" : "No calls match.";
+    } catch (e) { if (!(e instanceof SignedOut)) status.textContent = e.message; }
+  }
+  more.addEventListener("click", load);
+  await load();
+  const count = await countP;
+  if (stillHere()) total.textContent = count == null ? "" :
+    `${count.exact ? "" : "about "}${count.count.toLocaleString()} call${count.count === 1 ? "" : "s"}`;
+}
+
+function callRow(s) {
+  const href = `/calls/${encodeURIComponent(s.call_sid)}`;
+  const cell = (label, value, cls) => el("td", { "data-label": label, class: cls }, value);
+  const row = el("tr", { "data-sid": s.call_sid },
+    el("td", { "data-label": "Started" }, el("a", { href }, when(s.started_at))),
+    cell("Direction", s.direction || ""), cell("From", s.from_number || ""), cell("To", s.to_number || ""),
+    cell("Agent", s.agent || ""), cell("Status", s.status || ""), cell("Outcome", s.outcome || "", "outcome"),
+    cell("Duration", secs(s.duration_s)), cell("Cost", usd(s.cost_usd)));
+  row.addEventListener("click", (ev) => { if (!ev.target.closest("a")) navigate(href); });
+  return row;
+}
+
+// ---- one call --------------------------------------------------------------------------------
+function offsetOf(entry, s) {
+  if (entry.offset_ms != null) return entry.offset_ms / 1000;
+  if (!entry.at || !s.started_at) return null;
+  return Math.max(0, (new Date(entry.at) - new Date(s.started_at)) / 1000);
+}
+
+function timeline(s) {
+  const items = [];
+  for (const t of s.transcript || []) items.push({ kind: t.source === "dtmf" ? "dtmf" : "line", seq: t.seq, at: t.at, t });
+  for (const t of s.tool_calls || []) items.push({ kind: "tool", seq: t.seq, at: t.at, t });
+  for (const t of s.status_history || []) items.push({ kind: "status", at: t.at, t });
+  for (const t of s.agents || []) items.push({ kind: "handoff", at: t.at, t });
+  // The conversation keeps its own order (seq); the rest goes by time among it.
+  const conv = items.filter((i) => i.seq != null).sort((a, b) => a.seq - b.seq);
+  const other = items.filter((i) => i.seq == null).sort((a, b) => new Date(a.at) - new Date(b.at));
+  const out = [];
+  for (const c of conv) {
+    while (other.length && new Date(other[0].at) <= new Date(c.at)) out.push(other.shift());
+    out.push(c);
+  }
+  out.push(...other);
+  if (s.transferred_to) out.push({ kind: "transfer", t: { target: s.transferred_to } });
+  return out;
+}
+
+function drawEntry(item, s, player) {
+  const t = item.t;
+  const at = el("time", { class: "muted", datetime: t.at || "" }, t.at ? new Date(t.at).toLocaleTimeString() : "");
+  if (item.kind === "line" || item.kind === "dtmf") {
+    const offset = offsetOf(t, s);
+    const who = t.role === "agent" ? `Agent · ${t.agent}` : "Caller";
+    const bits = [];
+    if (item.kind === "dtmf") bits.push("keypad");
+    if (t.interrupted) bits.push(t.heard_ms != null && t.audio_ms != null
+      ? `barge-in: heard ${(t.heard_ms / 1000).toFixed(1)} s of ${(t.audio_ms / 1000).toFixed(1)} s` : "interrupted");
+    const text = t.untranscribed ? el("em", { class: "muted" }, "(words not transcribed)")
+      : item.kind === "dtmf" ? `Pressed ${t.text}` : t.text;
+    const full = t.interrupted && t.full_text && t.full_text !== t.text
+      ? el("div", { class: "unheard" }, el("span", { class: "muted" }, "Not heard: "), t.full_text.slice(t.text.length).trim() || t.full_text) : null;
+    const node = el(offset == null ? "div" : "button", {
+      type: offset == null ? null : "button", class: `entry line ${t.role} ${item.kind}${t.interrupted ? " interrupted" : ""}`,
+      "data-offset": offset == null ? null : offset.toFixed(3), "aria-label": offset == null ? null : `${who} at ${clock(offset)}: play from here`,
+    }, el("span", { class: "who" }, who, offset != null ? ` · ${clock(offset)}` : "", bits.length ? ` · ${bits.join(" · ")}` : ""),
+      el("span", { class: "text" }, text), full);
+    if (offset != null) node.addEventListener("click", () => player.seek(offset));
+    return node;
+  }
+  if (item.kind === "tool") {
+    return el("div", { class: `entry tool${t.ok ? "" : " failed"}` },
+      el("div", {}, el("strong", {}, `Tool ${t.name}`), el("span", { class: "muted" }, ` · ${t.agent} · ${Math.round(t.duration_ms)} ms · ${t.ok ? "ok" : "failed"} `), at),
+      el("pre", {}, `arguments: ${JSON.stringify(t.arguments, null, 1)}`),
+      el("pre", {}, t.ok ? `result: ${JSON.stringify(t.result, null, 1)}` : `error: ${t.error}`));
+  }
+  if (item.kind === "status") {
+    return el("div", { class: "entry event" }, `Status ${t.status}`, el("span", { class: "muted" },
+      ` · ${t.source}${t.answered_by ? ` · answered by ${t.answered_by}` : ""} `), at);
+  }
+  if (item.kind === "handoff") return el("div", { class: "entry event" }, `Handoff: ${t.from_agent} → ${t.to_agent} `, at);
+  return el("div", { class: "entry event" }, `Transferred to ${t.target}`);
+}
+
+// The recording's two channels (caller, agent) with playback; clicking a line seeks there.
+function makePlayer(box, sid, s) {
+  const state = { ws: null, lines: [] };
+  const time = el("span", { id: "play-time", class: "muted", "aria-live": "off" }, "");
+  const play = el("button", { type: "button", id: "play", disabled: true }, "Play");
+  const wave = el("div", { id: "wave", class: "wave", "aria-label": "Waveform: caller above, agent below" });
+  const status = el("p", { class: "muted", id: "wave-status" }, "Loading the recording…");
+  box.replaceChildren(el("div", { class: "player-bar" }, play, time), wave, status);
+  const setTime = (t) => {
+    box.dataset.time = t.toFixed(3);
+    time.textContent = `${clock(t)} / ${clock(state.ws ? state.ws.getDuration() : null)}`;
+    let current = null;
+    for (const n of state.lines) if (Number(n.dataset.offset) <= t + 0.05) current = n;
+    for (const n of state.lines) {
+      const on = n === current;
+      n.classList.toggle("playing", on);
+      on ? n.setAttribute("aria-current", "true") : n.removeAttribute("aria-current");
+    }
+  };
+  state.seek = (t) => {
+    if (!state.ws) return;
+    state.ws.setTime(t);
+    setTime(t);
+  };
+  state.attach = (nodes) => { state.lines = nodes; };
+  (async () => {
+    let wf;
+    try { wf = await api(`/sessions/${encodeURIComponent(sid)}/waveform`); }
+    catch (e) {
+      if (e instanceof SignedOut) return;
+      status.textContent = e.status === 404 ? "No recording of this call." : `Recording unavailable: ${e.message}`;
+      wave.remove(); play.remove();
+      if (e.status === 404) $("download-recording")?.remove();
+      return;
+    }
+    const peaks = Array.isArray(wf.peaks) ? wf.peaks
+      : wf.channels && Array.isArray(wf.channels) ? wf.channels.map((c) => c.peaks || c)
+      : wf.peaks ? Object.values(wf.peaks) : [];
+    const duration = wf.duration_ms != null ? wf.duration_ms / 1000 : wf.duration_s != null ? wf.duration_s : wf.duration;
+    if (typeof WaveSurfer === "undefined") { status.textContent = "The waveform player did not load."; return; }
+    const ws = WaveSurfer.create({
+      container: wave, url: `/sessions/${encodeURIComponent(sid)}/recording`, peaks, duration,
+      height: 56, normalize: false, cspNonce: NONCE, mediaControls: false, interact: true, dragToSeek: true,
+      splitChannels: [{ waveColor: "#6b7480", progressColor: "#1d2430" }, { waveColor: "#5b9bd5", progressColor: "#2b6cb0" }],
+    });
+    state.ws = ws;
+    cleanups.push(() => ws.destroy());
+    ws.on("ready", () => { play.disabled = false; status.textContent = "Caller above, agent below."; setTime(0); });
+    ws.on("error", (e) => { status.textContent = `The recording could not be played: ${e && e.message ? e.message : e}`; });
+    ws.on("timeupdate", (t) => setTime(t));
+    ws.on("play", () => { play.textContent = "Pause"; });
+    ws.on("pause", () => { play.textContent = "Play"; });
+    play.addEventListener("click", () => ws.playPause());
+    if (duration) setTime(0);
+    play.disabled = false;
+  })();
+  return state;
+}
+
+function kv(rows) {
+  const dl = el("dl");
+  for (const [k, v] of rows) if (v != null && v !== "") dl.append(el("dt", {}, k), el("dd", {}, v));
+  return dl;
+}
+
+function drawLatency(box, s) {
+  const turns = Array.isArray(s.turns) ? s.turns : [];
+  const lat = s.latency || null;
+  if (!turns.length && !lat) { box.replaceChildren(el("h2", {}, "Turn latency"), el("p", { class: "muted" }, "No turns measured.")); return; }
+  const summary = [];
+  const walk = (obj, prefix) => {
+    for (const [k, v] of Object.entries(obj || {})) {
+      if (v && typeof v === "object") walk(v, `${prefix}${k} `);
+      else if (typeof v === "number") summary.push([`${prefix}${k}`.replace(/_/g, " "), /ms$|p\d\d/.test(k) || prefix ? ms(v) : String(v)]);
+    }
+  };
+  walk(lat, "");
+  const table = el("table", { class: "turns" }, el("thead", {}, el("tr", {}, ...["Turn", "Sent", "Heard", "Tools"].map((h) => el("th", { scope: "col" }, h)))),
+    el("tbody", {}, ...turns.map((t, i) => el("tr", {}, el("td", {}, t.turn ?? i + 1), el("td", {}, ms(t.sent_ms)), el("td", {}, ms(t.heard_ms)),
+      el("td", {}, t.tools ? `${t.tools} · ${ms(t.tool_ms)}` : "")))));
+  const chart = el("div", { class: "chart", id: "latency-chart" });
+  box.replaceChildren(el("h2", {}, "Turn latency"), kv(summary), chart, el("div", { class: "table-wrap" }, table));
+  if (turns.length && typeof uPlot !== "undefined") {
+    const xs = turns.map((t, i) => t.turn ?? i + 1);
+    const plot = new uPlot({ width: Math.max(240, Math.min(box.clientWidth - 24, 640)), height: 160,
+      series: [{ label: "turn" }, { label: "sent ms", stroke: "#2b6cb0" }, { label: "heard ms", stroke: "#b7791f" }],
+      axes: [{}, { size: 50 }], scales: { x: { time: false } } },
+    [xs, turns.map((t) => t.sent_ms ?? null), turns.map((t) => t.heard_ms ?? null)], chart);
+    cleanups.push(() => plot.destroy());
+  }
+}
+
+function drawCost(box, s) {
+  const cost = s.cost;
+  const head = [el("h2", {}, "Cost"), el("p", {}, el("strong", {}, usd(cost ? cost.total_usd : s.cost_usd)), " in total",
+    cost && cost.per_minute_usd != null ? ` · ${usd(cost.per_minute_usd)} a minute` : "")];
+  if (!cost || !cost.usd) { box.replaceChildren(...head, el("p", { class: "muted" }, "No breakdown.")); return; }
+  const kinds = Object.keys(cost.usd).filter((k) => cost.usd[k] || (cost.tokens || {})[k]);
+  const table = el("table", { class: "cost" }, el("thead", {}, el("tr", {}, ...["Kind", "Tokens", "USD"].map((h) => el("th", { scope: "col" }, h)))),
+    el("tbody", {}, ...kinds.map((k) => el("tr", {}, el("td", {}, k.replace(/_/g, " ")),
+      el("td", {}, ((cost.tokens || {})[k] ?? 0).toLocaleString()), el("td", {}, usd(cost.usd[k]))))));
+  const extra = cost.hosted_fee_usd != null
+    ? el("p", { class: "muted" }, `A hosted builder's fee of ${usd(cost.hosted_fee_per_minute_usd)}/min would have added ${usd(cost.hosted_fee_usd)}.`) : null;
+  box.replaceChildren(...head, el("div", { class: "table-wrap" }, table), extra);
+}
+
+async function drawCall(sid, stillHere) {
+  document.title = `Call ${sid} · Dialtone`;
+  VIEW.replaceChildren(el("p", { class: "muted" }, "Loading…"));
   let s;
   try { s = await api(`/sessions/${encodeURIComponent(sid)}`); }
-  catch (e) { box.replaceChildren(el("p", { class: "err" }, e.message)); return; }
-  const facts = [["Call", s.call_sid], ["From → to", `${s.from_number || "?"} → ${s.to_number || "?"}`],
-    ["Agent", s.agent], ["Status", s.status], ["Outcome", s.outcome], ["Started", when(s.started_at)],
-    ["Ended", `${when(s.ended_at)} ${s.end_reason ? `(${s.end_reason})` : ""}`], ["Duration", secs(s.duration_s)],
-    ["Cost", `$${s.cost_usd.toFixed(4)}`], ["Transferred to", s.transferred_to]];
-  const dl = el("dl");
-  for (const [k, v] of facts) if (v) dl.append(el("dt", {}, k), el("dd", {}, v));
-  // Lines and tool calls share the conversation's seq, so they interleave in the order they happened.
-  const entries = [...s.transcript.map((t) => ({ seq: t.seq, line: t })), ...s.tool_calls.map((t) => ({ seq: t.seq, tool: t }))]
-    .sort((a, b) => a.seq - b.seq);
-  const convo = el("div");
-  for (const e of entries) {
-    if (e.line) {
-      const t = e.line;
-      convo.append(el("div", { class: `line ${t.role}` },
-        el("div", { class: "who" }, t.role === "agent" ? `agent · ${t.agent}` : "caller", t.interrupted ? " · interrupted" : ""),
-        t.text));
-    } else {
-      const t = e.tool;
-      convo.append(el("div", { class: "tool" }, el("strong", {}, `${t.name}`),
-        el("span", { class: "muted" }, ` · ${t.agent} · ${Math.round(t.duration_ms)} ms · ${t.ok ? "ok" : "failed"}`),
-        el("pre", {}, `arguments: ${JSON.stringify(t.arguments, null, 1)}`),
-        el("pre", {}, t.ok ? `result: ${JSON.stringify(t.result, null, 1)}` : `error: ${t.error}`)));
+  catch (e) {
+    if (e instanceof SignedOut) throw e;
+    if (!stillHere()) return;
+    VIEW.replaceChildren(el("p", {}, el("a", { href: "/calls" }, "← Calls")),
+      el("p", { class: "err", role: "alert" }, e.status === 404 ? `There is no call ${sid}.` : e.message));
+    return;
+  }
+  if (!stillHere()) return;
+  const base = `/sessions/${encodeURIComponent(sid)}`;
+  const facts = kv([["Call", s.call_sid], ["Direction", s.direction], ["From → to", `${s.from_number || "?"} → ${s.to_number || "?"}`],
+    ["Agent", [s.agent, ...(s.agents || []).map((a) => a.to_agent)].filter((v, i, a) => v && a.indexOf(v) === i).join(" → ")],
+    ["Status", s.status], ["Answered by", s.answered_by], ["Outcome", s.outcome], ["End reason", s.end_reason],
+    ["Started", when(s.started_at)], ["Ended", when(s.ended_at)], ["Duration", secs(s.duration_s)], ["Cost", usd(s.cost_usd)],
+    ["Transferred to", s.transferred_to]]);
+  const downloads = el("p", { class: "downloads" },
+    el("a", { href: `${base}/transcript`, download: `${sid}.json`, id: "download-transcript", class: "button plain" }, "Transcript (JSON)"), " ",
+    el("a", { href: `${base}/recording`, download: `${sid}.wav`, id: "download-recording", class: "button plain" }, "Recording (WAV)"));
+  const playerBox = el("section", { class: "card player", id: "player", "aria-label": "Recording" });
+  const convo = el("ol", { class: "timeline", id: "timeline" });
+  const latency = el("section", { class: "card", id: "latency" });
+  const cost = el("section", { class: "card", id: "cost" });
+  const back = el("a", { href: "/calls", id: "back" }, "← Calls");
+  VIEW.replaceChildren(el("p", {}, back), el("h1", {}, `Call from ${s.from_number || "unknown"}`),
+    el("div", { class: "call-grid" },
+      el("div", {}, el("section", { class: "card" }, facts, downloads), playerBox,
+        el("section", { class: "card" }, el("h2", {}, "Timeline"), convo)),
+      el("div", {}, latency, cost)));
+  const player = makePlayer(playerBox, sid, s);
+  const entries = timeline(s);
+  for (const item of entries) convo.append(el("li", {}, drawEntry(item, s, player)));
+  if (!entries.length) convo.append(el("li", { class: "muted" }, "No transcript."));
+  player.attach([...convo.querySelectorAll("[data-offset]")]);
+  drawLatency(latency, s);
+  drawCost(cost, s);
+}
+
+// ---- live calls ------------------------------------------------------------------------------
+async function drawMonitor(stillHere) {
+  document.title = "Live · Dialtone";
+  const list = el("div", { id: "live-calls", class: "live-grid" });
+  const status = el("p", { id: "live-status", class: "muted", "aria-live": "polite" }, "Connecting…");
+  VIEW.replaceChildren(el("h1", {}, "Live calls"), status, list);
+  const cards = new Map();
+  function card(call) {
+    let c = cards.get(call.call_id);
+    if (!c) {
+      const lines = el("ol", { class: "live-lines", "aria-live": "polite" });
+      const head = el("div", { class: "live-head" });
+      const listen = el("button", { type: "button", class: "plain listen" }, "Listen in");
+      const meter = el("span", { class: "muted meter" }, "");
+      c = { node: el("article", { class: "card live-call", "data-call": call.call_id }, head, el("div", {}, listen, " ", meter), lines),
+        head, lines, listen, meter, seen: new Set(), stop: null };
+      listen.addEventListener("click", () => (c.stop ? stopListening(c) : startListening(c, call.call_id)));
+      cards.set(call.call_id, c);
+      list.append(c.node);
+    }
+    if (call.agent) {
+      c.head.replaceChildren(el("strong", {}, call.from_number || call.call_id), el("span", { class: "muted" },
+        ` · ${call.direction || ""} · ${call.agent} · ${call.state || ""} · since ${call.started_at ? new Date(call.started_at).toLocaleTimeString() : ""} `),
+        el("a", { href: `/calls/${encodeURIComponent(call.call_id)}` }, "details"));
+    }
+    return c;
+  }
+  function addLine(line) {
+    const c = card({ call_id: line.call_id });
+    const key = `${line.item_id}:${line.rev || 0}`;
+    if (c.seen.has(key)) return;
+    c.seen.add(key);
+    const existing = c.lines.querySelector(`[data-item="${CSS.escape(line.item_id)}"]`);
+    const node = el("li", { class: `line ${line.role}`, "data-item": line.item_id, "data-seq": line.seq },
+      el("span", { class: "who" }, line.role === "agent" ? `Agent · ${line.agent}` : "Caller"), el("span", { class: "text" }, line.untranscribed ? "(words not transcribed)" : line.text));
+    if (existing) existing.replaceWith(node);
+    else {
+      const after = [...c.lines.children].find((n) => Number(n.dataset.seq) > line.seq);
+      after ? c.lines.insertBefore(node, after) : c.lines.append(node);
     }
   }
-  box.replaceChildren(dl, el("h3", {}, "Conversation"), entries.length ? convo : el("p", { class: "muted" }, "No transcript."));
+  function ended(id) {
+    const c = cards.get(id);
+    if (!c) return;
+    stopListening(c);
+    c.node.remove(); cards.delete(id);
+  }
+  const source = new EventSource("/live/stream");
+  cleanups.push(() => { source.close(); for (const c of cards.values()) stopListening(c); });
+  source.addEventListener("open", () => { status.textContent = "Connected: calls appear here as they start."; });
+  source.addEventListener("snapshot", (ev) => {
+    const snap = JSON.parse(ev.data);
+    const ids = new Set(snap.calls.map((c) => c.call_id));
+    for (const id of [...cards.keys()]) if (!ids.has(id)) ended(id);
+    for (const call of snap.calls) card(call);
+    for (const line of snap.lines) addLine(line);
+    status.textContent = snap.calls.length ? "" : "No call in progress.";
+  });
+  source.addEventListener("call", (ev) => { card(JSON.parse(ev.data)); status.textContent = ""; });
+  source.addEventListener("line", (ev) => addLine(JSON.parse(ev.data)));
+  source.addEventListener("ended", (ev) => ended(JSON.parse(ev.data).call_id));
+  source.addEventListener("error", async () => {
+    status.textContent = "Reconnecting…";
+    try { await api("/auth/session"); } catch { if (stillHere()) signedOut("Your session has ended. Sign in again."); }
+  });
 }
 
-async function refreshLive() {
-  try { const live = await api("/live"); $("live").textContent = `${live.items.length} live call(s)`; }
-  catch { $("live").textContent = ""; }
+// Listen-in: both sides of the call as mu-law frames from the bus, decoded and played here.
+const MULAW = (() => {
+  const table = new Float32Array(256);
+  for (let i = 0; i < 256; i++) {
+    const u = ~i & 0xff, sign = u & 0x80, exp = (u >> 4) & 7, mant = u & 0x0f;
+    const mag = (((mant << 3) + 0x84) << exp) - 0x84;
+    table[i] = (sign ? -mag : mag) / 32768;
+  }
+  return table;
+})();
+
+function startListening(c, callId) {
+  const ctx = new AudioContext();
+  const source = new EventSource(`/live/${encodeURIComponent(callId)}/listen`);
+  const next = { in: 0, out: 0 };
+  let frames = 0;
+  const pans = { in: new StereoPannerNode(ctx, { pan: -0.4 }), out: new StereoPannerNode(ctx, { pan: 0.4 }) };
+  pans.in.connect(ctx.destination); pans.out.connect(ctx.destination);
+  source.addEventListener("audio", (ev) => {
+    const f = JSON.parse(ev.data);
+    const raw = atob(f.audio);
+    const buffer = ctx.createBuffer(1, raw.length, 8000);
+    const data = buffer.getChannelData(0);
+    for (let i = 0; i < raw.length; i++) data[i] = MULAW[raw.charCodeAt(i)];
+    const node = ctx.createBufferSource();
+    node.buffer = buffer;
+    node.connect(pans[f.side] || ctx.destination);
+    // Each side plays in order with a little slack; a side fallen behind (a gap) starts afresh.
+    const now = ctx.currentTime;
+    if (next[f.side] < now || next[f.side] > now + 1) next[f.side] = now + 0.15;
+    node.start(next[f.side]);
+    next[f.side] += buffer.duration;
+    frames += 1;
+    c.node.dataset.frames = String(frames);
+    c.meter.textContent = `${frames} audio frames`;
+  });
+  source.addEventListener("error", () => { c.meter.textContent = "Listening stopped."; });
+  c.listen.textContent = "Stop listening";
+  c.listen.setAttribute("aria-pressed", "true");
+  c.stop = () => { source.close(); ctx.close(); };
 }
 
-function start() {
-  $("login").hidden = true; $("app").hidden = false; $("logout").hidden = false;
-  $("detail").replaceChildren(NO_SELECTION());
-  loadSessions(false); refreshLive();
+function stopListening(c) {
+  if (!c.stop) return;
+  c.stop(); c.stop = null;
+  c.listen.textContent = "Listen in";
+  c.listen.setAttribute("aria-pressed", "false");
 }
 
-$("login-form").addEventListener("submit", (ev) => {
-  ev.preventDefault(); store.setItem(KEY, $("token").value.trim()); $("token").value = ""; start();
-});
-$("filters").addEventListener("submit", (ev) => { ev.preventDefault(); loadSessions(false); });
-$("more").addEventListener("click", () => loadSessions(true));
-$("logout").addEventListener("click", () => showLogin());
-setInterval(() => { if (store.getItem(KEY)) refreshLive(); }, 5000);
-store.getItem(KEY) ? start() : showLogin();
+// ---- overview --------------------------------------------------------------------------------
+async function drawOverview(stillHere) {
+  document.title = "Overview · Dialtone";
+  const params = new URLSearchParams(location.search);
+  const days = Math.min(Math.max(Number(params.get("days")) || 30, 1), 366);
+  const today = new Date();
+  const since = new Date(today.getFullYear(), today.getMonth(), today.getDate() - days + 1).toISOString();
+  const until = new Date(today.getFullYear(), today.getMonth(), today.getDate() + 1).toISOString();
+  VIEW.replaceChildren(el("h1", {}, "Overview"), el("p", { class: "muted" }, "Loading…"));
+  const q = new URLSearchParams({ since, until, tz: TZ });
+  const data = await api(`/stats/daily?${q}`);
+  if (!stillHere()) return;
+  const picker = el("p", { class: "muted" }, `Last ${days} days, by day in ${TZ}. `,
+    ...[7, 30, 90].map((d) => el("a", { href: `/overview?days=${d}`, class: "chip", "aria-current": d === days ? "page" : null }, `${d} days`)));
+  const totals = data.days.reduce((a, d) => ({ calls: a.calls + d.calls, minutes: a.minutes + d.minutes, cost: a.cost + d.cost_usd }), { calls: 0, minutes: 0, cost: 0 });
+  const charts = el("div", { class: "charts" });
+  VIEW.replaceChildren(el("h1", {}, "Overview"), picker,
+    el("p", { class: "stats" }, el("strong", {}, totals.calls.toLocaleString()), " calls · ",
+      el("strong", {}, Math.round(totals.minutes).toLocaleString()), " minutes · ", el("strong", {}, usd(totals.cost))), charts);
+  const xs = data.days.map((d) => new Date(`${d.day}T12:00:00`).getTime() / 1000);
+  const chart = (title, series, ys) => {
+    const box = el("section", { class: "card chart" }, el("h2", {}, title));
+    charts.append(box);
+    if (typeof uPlot === "undefined" || !xs.length) { box.append(el("p", { class: "muted" }, "No data.")); return; }
+    const plot = new uPlot({ width: Math.max(260, Math.min(box.clientWidth - 24, 560)), height: 180,
+      series: [{}, ...series], axes: [{}, { size: 56 }] }, [xs, ...ys], box);
+    cleanups.push(() => plot.destroy());
+  };
+  const palette = ["#2b6cb0", "#b7791f", "#2f855a", "#c53030", "#6b46c1", "#718096", "#d53f8c"];
+  chart("Calls per day", [{ label: "calls", stroke: palette[0] }], [data.days.map((d) => d.calls)]);
+  chart("Minutes per day", [{ label: "minutes", stroke: palette[1] }], [data.days.map((d) => +d.minutes.toFixed(1))]);
+  chart("Cost per day (USD)", [{ label: "USD", stroke: palette[2] }], [data.days.map((d) => +d.cost_usd.toFixed(4))]);
+  const outcomes = [...new Set(data.days.flatMap((d) => Object.keys(d.outcomes)))];
+  chart("Outcomes per day", outcomes.map((o, i) => ({ label: o, stroke: palette[i % palette.length] })),
+    outcomes.map((o) => data.days.map((d) => d.outcomes[o] || 0)));
+  chart("Turn latency per day (ms)", [{ label: "p50", stroke: palette[0] }, { label: "p95", stroke: palette[3] }],
+    [data.days.map((d) => d.latency_p50_ms), data.days.map((d) => d.latency_p95_ms)]);
+  const agents = data.agents || [];
+  charts.append(el("section", { class: "card" }, el("h2", {}, "Turn latency per agent"),
+    agents.length ? el("div", { class: "table-wrap" }, el("table", {}, el("thead", {}, el("tr", {}, ...["Day", "Agent", "Turns", "p50", "p95"].map((h) => el("th", { scope: "col" }, h)))),
+      el("tbody", {}, ...agents.map((a) => el("tr", {}, el("td", {}, a.day), el("td", {}, a.agent), el("td", {}, a.turns), el("td", {}, ms(a.latency_p50_ms)), el("td", {}, ms(a.latency_p95_ms)))))))
+      : el("p", { class: "muted" }, "No turns measured in this period.")));
+}
+
+render();
+})();
