@@ -22,6 +22,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from dialtone_dev.platform import Platform
+from dialtone_sim.polling import poll
 from dialtone_sim.realtime import RealtimeSimulator
 from dialtone_sim.scenario import Scenario, Turn
 from dialtone_sim.twilio_edge import dial
@@ -67,6 +68,10 @@ async def _call(platform: Platform, caller: str, lines: list[str], pause: float 
         await call.wait_quiet(timeout=30)
         await asyncio.sleep(pause)
     return call
+
+
+async def _has_recording(admin: Admin, sid: str) -> bool:
+    return (await admin.get(f"/sessions/{sid}/waveform"))[0] == 200
 
 
 async def _no_overflow(page: Page) -> None:
@@ -116,23 +121,23 @@ async def test_dashboard_as_an_operator_uses_it(
         await expect(page.locator("#timeline")).to_contain_text("I can help with the parking permit.")
         facts = await page.locator("dl").first.inner_text()
         assert "inbound" in facts and CALLER in facts and "Direction" in facts
-        waveform = await admin.get(f"/sessions/{sid}/waveform")
-        if waveform[0] == 200:
-            await expect(page.locator("#wave")).to_be_visible()
-            await expect(page.locator("#play")).to_be_enabled(timeout=10_000)
-            lines = page.locator("#timeline button[data-offset]")
-            target = lines.nth(await lines.count() - 1)
-            offset = float(await target.get_attribute("data-offset"))
-            await target.click()
-            await expect(page.locator("#player")).to_have_attribute("data-time", re.compile(r"\d"))
-            moved = float(await page.locator("#player").get_attribute("data-time"))
-            assert abs(moved - offset) < 0.3, (moved, offset)
-            await expect(target).to_have_class(re.compile("playing"))
-            async with page.expect_download() as wav:
-                await page.click("#download-recording")
-            assert (await (await wav.value).path()).read_bytes()[:4] == b"RIFF"
-        else:
-            await expect(page.locator("#wave-status")).to_contain_text("No recording")
+        # The recorder stores the WAV once the call has ended: then the page draws it.
+        await poll(lambda: _has_recording(admin, sid), 20, what="the call's recording")
+        await page.reload()
+        await expect(page.locator("#wave-status")).to_contain_text("Caller above, agent below", timeout=10_000)
+        await expect(page.locator("#wave")).to_be_visible()
+        await expect(page.locator("#play")).to_be_enabled(timeout=10_000)
+        lines = page.locator("#timeline button[data-offset]")
+        target = lines.nth(await lines.count() - 1)
+        offset = float(await target.get_attribute("data-offset"))
+        await target.click()
+        await expect(page.locator("#player")).to_have_attribute("data-time", re.compile(r"\d"))
+        moved = float(await page.locator("#player").get_attribute("data-time"))
+        assert abs(moved - offset) < 0.3, (moved, offset)
+        await expect(target).to_have_class(re.compile("playing"))
+        async with page.expect_download() as wav:
+            await page.click("#download-recording")
+        assert (await (await wav.value).path()).read_bytes()[:4] == b"RIFF"
         async with page.expect_download() as download:
             await page.click("#download-transcript")
         saved = json.loads((await (await download.value).path()).read_text())

@@ -334,9 +334,9 @@ function makePlayer(box, sid, s) {
     }
   };
   state.seek = (t) => {
-    if (!state.ws) return;
-    state.ws.setTime(t);
-    setTime(t);
+    // The shown time (and data-time) follows the audio element's own currentTime, via the
+    // player's timeupdate and seeking events: what moved is the audio, not just the label.
+    if (state.ws) state.ws.setTime(t);
   };
   state.attach = (nodes) => { state.lines = nodes; };
   (async () => {
@@ -349,10 +349,10 @@ function makePlayer(box, sid, s) {
       if (e.status === 404) $("download-recording")?.remove();
       return;
     }
-    const peaks = Array.isArray(wf.peaks) ? wf.peaks
-      : wf.channels && Array.isArray(wf.channels) ? wf.channels.map((c) => c.peaks || c)
-      : wf.peaks ? Object.values(wf.peaks) : [];
-    const duration = wf.duration_ms != null ? wf.duration_ms / 1000 : wf.duration_s != null ? wf.duration_s : wf.duration;
+    // GET /sessions/{sid}/waveform: {caller: [0..1], agent: [0..1], duration_ms, complete, reason}
+    const peaks = [wf.caller || [], wf.agent || []];
+    const duration = wf.duration_ms / 1000;
+    if (wf.complete === false) status.dataset.incomplete = wf.reason || "incomplete";
     if (typeof WaveSurfer === "undefined") { status.textContent = "The waveform player did not load."; return; }
     const ws = WaveSurfer.create({
       container: wave, url: `/sessions/${encodeURIComponent(sid)}/recording`, peaks, duration,
@@ -361,9 +361,14 @@ function makePlayer(box, sid, s) {
     });
     state.ws = ws;
     cleanups.push(() => ws.destroy());
-    ws.on("ready", () => { play.disabled = false; status.textContent = "Caller above, agent below."; setTime(0); });
+    ws.on("ready", () => {
+      play.disabled = false;
+      status.textContent = "Caller above, agent below." + (wf.complete === false ? ` Part of the audio is missing: ${wf.reason || "unknown"}.` : "");
+      setTime(0);
+    });
     ws.on("error", (e) => { status.textContent = `The recording could not be played: ${e && e.message ? e.message : e}`; });
     ws.on("timeupdate", (t) => setTime(t));
+    ws.on("seeking", (t) => setTime(t));
     ws.on("play", () => { play.textContent = "Pause"; });
     ws.on("pause", () => { play.textContent = "Play"; });
     play.addEventListener("click", () => ws.playPause());
