@@ -82,7 +82,7 @@ def _banner(p: Platform, simulated: bool) -> str:
         "=" * 72,
         "Dialtone is running.",
         f"  Twilio voice webhook : {p.public_base_url}/twilio-voice   (POST; status callbacks: /twilio-status)",
-        f"  Dashboard            : {p.admin_url}/",
+        f"  Dashboard            : {p.admin_url}/calls   (sign in with the admin token below; Live: /monitor)",
         f"  Admin API            : {p.admin_url}/sessions   (OpenAPI: {p.admin_url}/docs)",
         f"  Admin token          : {p.admin_token}",
         f"  Metrics              : gateway {p.gateway_url}/metrics, admin {p.admin_url}/metrics,"
