@@ -24,7 +24,7 @@ from dialtone_writer.recorder import Recorder, storage_key
 from dialtone_writer.recorder_audio import read_wav
 from dialtone_writer.settings import WriterSettings
 
-from .test_recorder import new_call, recording_row, send_caller, stop_stream
+from .test_recorder import BOOK, CLAIMS, new_call, recording_row, send_caller, stop_stream
 
 pytestmark = pytest.mark.integration
 
@@ -95,7 +95,8 @@ async def test_a_call_is_recorded_into_the_bucket(seaweedfs: str, nats_url: str,
         recordings_s3_endpoint=seaweedfs, recordings_s3_access_key_id=KEY_ID, recordings_s3_secret_access_key=SECRET,
     )
     nc = await bus.connect(nats_url, "recorder-s3-test")
-    recorder = Recorder(pool, nc, nc.jetstream(), settings, open_storage(settings))
+    recorder = Recorder(pool, nc, nc.jetstream(), settings, open_storage(settings), book_bucket=BOOK,
+                        claims_bucket=CLAIMS)
     await recorder.start()
     stop = asyncio.Event()
     task = asyncio.create_task(recorder.run(stop))

@@ -235,8 +235,12 @@ class Recorder:
     """Records the calls this writer claims. ``start`` then ``run(stop)``; ``close`` at the end."""
 
     def __init__(self, pool: asyncpg.Pool, nc: Client, js: JetStreamContext, settings: WriterSettings,
-                 storage: LocalStorage | S3Storage) -> None:
+                 storage: LocalStorage | S3Storage, *, book_bucket: str = subjects.CALLS_BUCKET,
+                 claims_bucket: str = CLAIMS_BUCKET) -> None:
+        """``book_bucket`` and ``claims_bucket`` are other buckets only in tests that must not meet
+        the recorders of a platform running beside them."""
         self.pool, self.nc, self.js, self.settings, self.storage = pool, nc, js, settings, storage
+        self._book_bucket, self._claims_bucket = book_bucket, claims_bucket
         base = settings.instance_id or f"{socket.gethostname()}-{os.getpid()}"
         self.owner = f"{base}-{secrets.token_hex(3)}"
         self.spool_root = Path(settings.recordings_dir) / "spool"
@@ -253,8 +257,9 @@ class Recorder:
     async def start(self) -> None:
         self.spool_root.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(self.spool_root, 0o700)
-        self._claims = await self._bucket(CLAIMS_BUCKET, "Dialtone recordings: which recorder holds each call")
-        self._book = await self._bucket(subjects.CALLS_BUCKET, None)
+        self._claims = await self._bucket(self._claims_bucket, "Dialtone recordings: which recorder holds each call")
+        self._book = await self._bucket(self._book_bucket, None if self._book_bucket == subjects.CALLS_BUCKET
+                                        else "Dialtone calls (a test's own)")
         log.info("recording calls to %s (spool %s)", self.storage.describe(), self.spool_root)
 
     async def _bucket(self, name: str, description: str | None) -> KeyValue:
