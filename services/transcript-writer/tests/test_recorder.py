@@ -52,11 +52,13 @@ async def recorders(nc, pool, nats_url: str, database_url: str):
     """``await start(directory, **settings) -> Running``: a recorder as a writer runs it."""
     running: list[Running] = []
 
-    async def start(directory: Path, **overrides) -> Running:
+    async def start(directory: Path, lease_s: float | None = None, **overrides) -> Running:
         settings = WriterSettings(database_url=database_url, nats_url=nats_url, recordings_dir=directory,
                                   **overrides)
         recorder = Recorder(pool, nc, nc.jetstream(), settings, open_storage(settings), book_bucket=BOOK,
                             claims_bucket=CLAIMS)
+        if lease_s:
+            recorder.lease_s, recorder.beat_s = lease_s, lease_s / 3
         await recorder.start()
         r = Running(recorder)
         r.task = asyncio.create_task(recorder.run(r.stop))
@@ -151,6 +153,26 @@ async def test_each_call_is_recorded_by_one_writer_and_a_restart_says_what_it_lo
     assert b"".join(v.to_bytes(2, "little", signed=True) for v in left) == b"".join(expected)
     assert not any(right)
     await poll(lambda: asyncio.sleep(0, not spool.exists()), 5, "the spool to go once the recording is stored")
+
+
+async def test_a_writer_elsewhere_takes_over_the_call_of_a_recorder_that_stopped(nc, pool, recorders, poll, tmp_path):
+    a = await recorders(tmp_path / "a", lease_s=0.6)
+    b = await recorders(tmp_path / "b", lease_s=0.6)
+    sid, key = await new_call(nc)
+    await poll(lambda: asyncio.sleep(0, sid in a.recorder.calls or sid in b.recorder.calls), 10, "a claim")
+    holder, other = (a, b) if sid in a.recorder.calls else (b, a)
+    await send_caller(nc, sid, key, range(0, 25))
+    rec = holder.recorder.calls.pop(sid)  # the holder's machine goes away
+    for sub in rec.subs:
+        await sub.unsubscribe()
+    holder.task.cancel()
+    await poll(lambda: asyncio.sleep(0, sid in other.recorder.calls), 10, "the other writer to take over")
+    await send_caller(nc, sid, key, range(25, 50))
+    await stop_stream(nc, sid, key, 50)
+    row = await recording_row(pool, sid, poll)
+    assert row["complete"] is False and "audio from 0.00 s to 0.50 s was not recorded" in row["reason"], row["reason"]
+    left, _ = read_wav(Path(other.recorder.settings.recordings_dir) / "store" / storage_key(sid))
+    assert len(left) == 50 * 160 and not any(left[: 25 * 160]) and any(left[25 * 160:])
 
 
 async def test_a_whole_call_is_complete_and_its_opt_out_is_kept(nc, pool, recorders, poll, tmp_path):

@@ -8,8 +8,11 @@ own, and only listens (a call never waits on it).
   When a call's record appears (the signed webhook, before the media stream even opens), each
   writer subscribes to ``dt.v1.call.<sid>.*.in`` and ``.out`` and tries to *claim* the call in the KV
   bucket ``dialtone_recordings`` with a create (compare-and-set): one wins and records, the others
-  unsubscribe. The winner renews its claim every ``LEASE_RENEW_S``; a claim not renewed for
-  ``LEASE_S`` may be taken over (compare-and-set on the revision). The greeting cannot be missed:
+  unsubscribe. Each recorder beats once every ``LEASE_RENEW_S`` (one KV write, ``alive.<owner>``,
+  for all its calls); the call of a recorder silent for ``LEASE_S`` may be taken over
+  (compare-and-set on the claim's revision), at once by a writer on the same disk whose spool the
+  dead holder wrote (the kernel released its ``flock``). Before storing, a recorder checks the claim
+  still names it. The greeting cannot be missed:
   the subscription exists before the gateway even offers the call, and caller audio waits in the
   gateway's backlog until a bridge takes it.
 - **Opt-out.** A record saying ``record: false`` (the agent's ``record = false``) makes the
@@ -33,6 +36,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -241,8 +245,9 @@ class Recorder:
         the recorders of a platform running beside them."""
         self.pool, self.nc, self.js, self.settings, self.storage = pool, nc, js, settings, storage
         self._book_bucket, self._claims_bucket = book_bucket, claims_bucket
+        self.lease_s, self.beat_s = LEASE_S, LEASE_RENEW_S
         base = settings.instance_id or f"{socket.gethostname()}-{os.getpid()}"
-        self.owner = f"{base}-{secrets.token_hex(3)}"
+        self.owner = re.sub(r"[^A-Za-z0-9_-]", "_", base)[:40] + "-" + secrets.token_hex(3)
         self.spool_root = Path(settings.recordings_dir) / "spool"
         self.calls: dict[str, CallRecording] = {}
         self._others: set[str] = set()  # live calls another recorder holds (taken over if it goes quiet)
@@ -260,6 +265,7 @@ class Recorder:
         self._claims = await self._bucket(self._claims_bucket, "Dialtone recordings: which recorder holds each call")
         self._book = await self._bucket(self._book_bucket, None if self._book_bucket == subjects.CALLS_BUCKET
                                         else "Dialtone calls (a test's own)")
+        await self._beat()
         log.info("recording calls to %s (spool %s)", self.storage.describe(), self.spool_root)
 
     async def _bucket(self, name: str, description: str | None) -> KeyValue:
@@ -356,7 +362,37 @@ class Recorder:
 
     # ---- claims ---------------------------------------------------------------------------
     def _claim_value(self) -> bytes:
-        return orjson.dumps({"owner": self.owner, "at": time.time()})
+        return orjson.dumps({"owner": self.owner})
+
+    async def _beat(self) -> None:
+        """One heartbeat for all of this recorder's claims (a write per recorder, not per call)."""
+        assert self._claims is not None
+        await self._claims.put(f"alive.{self.owner}", orjson.dumps({"at": time.time()}))
+
+    async def _holder_alive(self, owner: str) -> bool:
+        """Whether the recorder ``owner`` beat within ``LEASE_S`` (hosts' clocks kept by NTP)."""
+        assert self._claims is not None
+        if owner == self.owner:
+            return True
+        try:
+            entry = await self._claims.get(f"alive.{owner}")
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+            return False
+        try:
+            at = float(orjson.loads(entry.value or b"{}").get("at", 0))
+        except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
+            return False
+        return time.time() - at < self.lease_s
+
+    async def still_ours(self, sid: str) -> bool:
+        """Whether the claim on ``sid`` still names this recorder (it may have been taken over while
+        this process stalled); asked before storing, so a call is stored by one recorder."""
+        assert self._claims is not None
+        try:
+            entry = await self._claims.get(sid)
+            return orjson.loads(entry.value or b"{}").get("owner") == self.owner
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError, orjson.JSONDecodeError):
+            return False
 
     async def _try_claim(self, sid: str, *, takeover_only: bool = False) -> CallRecording | None:
         """Subscribe, then claim; keep the subscriptions only if the claim is ours."""
@@ -422,7 +458,7 @@ class Recorder:
             held = {}
         if held.get("done"):
             return None, None
-        expired = time.time() - float(held.get("at", 0)) >= LEASE_S
+        expired = not await self._holder_alive(str(held.get("owner", "")))
         # The holder wrote this spool here and no longer holds its lock: its process is gone.
         dead = spool.dir.exists() and spool.read_meta().get("owner") == held.get("owner") and spool.lock()
         if not expired and not dead:
@@ -431,12 +467,12 @@ class Recorder:
         return revision, f"the recorder {held.get('owner', '?')} stopped"
 
     async def _keep(self, stop: asyncio.Event) -> None:
-        """Renew our claims, flush spools, take over quiet claims, end calls nobody speaks of."""
+        """Flush spools, beat, take over calls of recorders that stopped, end calls nobody speaks of."""
         assert self._claims is not None
-        last_renew = 0.0
+        last_renew = last_check = 0.0
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), SPOOL_FLUSH_S)
+                await asyncio.wait_for(stop.wait(), min(SPOOL_FLUSH_S, self.beat_s))
             live = [r for r in self.calls.values() if r.finishing is None]
             batch = [(r, r.take()) for r in live]
             try:
@@ -444,23 +480,34 @@ class Recorder:
             except OSError as exc:
                 log.error("recorder: spool write failed: %s", exc)
             now = time.monotonic()
-            if now - last_renew < LEASE_RENEW_S:
+            if now - last_renew < self.beat_s:
                 continue
             last_renew = now
+            try:
+                await self._beat()
+            except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
+                log.warning("recorder: heartbeat failed: %s", exc)
             for rec in live:
                 if now - rec.last_heard > IDLE_END_S:
                     self.finish_soon(rec, 0, "no audio for a long time")
-                    continue
-                try:
-                    rec.claim_revision = await self._claims.update(rec.sid, self._claim_value(), last=rec.claim_revision)
-                except nats.js.errors.KeyWrongLastSequenceError:
-                    await self._drop(rec, "another recorder took the call over", keep_spool=True)
-                except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
-                    log.warning("call %s: could not renew the recording claim: %s", rec.sid, exc)
-            for sid in list(self._others):
-                if sid not in self.calls:
-                    with contextlib.suppress(nats.errors.Error, nats.js.errors.Error, TimeoutError):
-                        await self._try_claim(sid, takeover_only=True)
+            if now - last_check >= self.lease_s:
+                last_check = now
+                for sid in list(self._others):
+                    if sid not in self.calls:
+                        with contextlib.suppress(nats.errors.Error, nats.js.errors.Error, TimeoutError):
+                            await self._check_other(sid)
+
+    async def _check_other(self, sid: str) -> None:
+        """Take over a live call whose recorder stopped beating (one read while it beats)."""
+        assert self._claims is not None
+        try:
+            held = orjson.loads((await self._claims.get(sid)).value or b"{}")
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError, orjson.JSONDecodeError):
+            held = {}
+        if held.get("done"):
+            self._others.discard(sid)
+        elif not held or not await self._holder_alive(str(held.get("owner", ""))):
+            await self._try_claim(sid, takeover_only=True)
 
     async def _orphans(self) -> None:
         """Spools left by a previous run whose call is no longer live: store what they hold."""
@@ -505,6 +552,10 @@ class Recorder:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
         rec.audio.finish()
+        with contextlib.suppress(nats.errors.Error, nats.js.errors.Error, TimeoutError):
+            if not await self.still_ours(rec.sid):
+                await self._drop(rec, "another recorder took the call over", keep_spool=True)
+                return
         if rec.audio.caller_end == 0 and rec.audio.play_pos == 0:
             # No stream ever carried audio (a webhook with no stream, an outbound call not answered).
             await self._drop(rec, "no audio")
