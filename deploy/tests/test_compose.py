@@ -23,6 +23,7 @@ pytestmark = pytest.mark.unit
 COMPOSE = DEPLOY / "compose.yaml"
 ENV_EXAMPLE = DEPLOY / ".env.example"
 # Where each container writes; each must be a volume or a tmpfs, the root filesystem being read-only.
+RECORDINGS = "/var/lib/dialtone/recordings"
 WRITES = {
     "nats": ["/data"],
     "postgres": ["/var/lib/postgresql/data", "/var/run/postgresql", "/tmp"],
@@ -149,6 +150,8 @@ def test_every_container_has_a_read_only_root_and_somewhere_to_write(compose: di
     """Every container, third-party ones included: a read-only root filesystem, and each place it
     writes is a writable volume or a tmpfs. A service added to compose must say where it writes."""
     writes = {**WRITES, **{s.name: ["/tmp"] for s in services}}
+    for name in ("transcript-writer", "admin-api"):  # the recordings, one volume for both
+        writes[name] = [*writes[name], RECORDINGS]
     assert set(compose["services"]) == set(writes)
     for name, spec in compose["services"].items():
         assert spec["read_only"] is True, name
@@ -159,6 +162,15 @@ def test_every_container_has_a_read_only_root_and_somewhere_to_write(compose: di
         for source, _ in _mounts(spec).values():
             if not source.startswith("."):  # a named volume, declared
                 assert source in compose["volumes"], (name, source)
+
+
+def test_the_writer_and_the_admin_api_share_the_recordings(compose: dict[str, Any]) -> None:
+    """The writer records into RECORDINGS_DIR, the admin API serves from it: the same volume, at the
+    directory the images name (their ENV), or the admin API would answer 404 for every recording."""
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    assert dockerfile.count(f"ENV RECORDINGS_DIR={RECORDINGS}") == 2
+    sources = {_mounts(compose["services"][name])[RECORDINGS][0] for name in ("transcript-writer", "admin-api")}
+    assert sources == {"recordings"}
 
 
 def test_third_party_images_are_pinned(compose: dict[str, Any]) -> None:

@@ -244,6 +244,22 @@ def test_containers_set_only_settings_their_service_reads(
     assert config["METRICS_HOST"] == "0.0.0.0"
 
 
+def test_recordings_are_kept_where_every_admin_api_can_serve_them(rendered: list[dict[str, Any]]) -> None:
+    """Pods share no disk: the writers record into the S3 bucket and the admin APIs read it, both
+    with the same credentials; the recordings directory (the writer's spool) is writable."""
+    config = find(rendered, "ConfigMap", "dialtone-config")["data"]
+    assert config["RECORDINGS_S3_BUCKET"]
+    for name in ("transcript-writer", "admin-api"):
+        pod = find(rendered, "Deployment", name)["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        secrets = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e}
+        for var, key in (("RECORDINGS_S3_ACCESS_KEY_ID", "access-key-id"),
+                         ("RECORDINGS_S3_SECRET_ACCESS_KEY", "secret-access-key")):
+            assert secrets[var] == {"name": "dialtone-recordings-s3", "key": key, "optional": True}, (name, var)
+        mount = next(m for m in container["volumeMounts"] if m["mountPath"] == "/var/lib/dialtone/recordings")
+        assert "emptyDir" in next(v for v in pod["volumes"] if v["name"] == mount["name"]), name
+
+
 def test_gateways_and_bridges_have_time_to_finish_their_calls(rendered: list[dict[str, Any]]) -> None:
     """Kubernetes kills a pod at the end of its grace: the drain (DRAIN_GRACE_S, as the pod sets it
     or by default) and what follows it (hand-off or goodbye, exit) must fit well inside."""
