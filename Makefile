@@ -5,7 +5,7 @@ UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 CALLS ?= 50
 DURATION ?= 20
 
-.PHONY: install run call test test-unit test-integration test-e2e bench bench-list soak lint clean
+.PHONY: install run call test test-unit test-integration test-e2e bench bench-calls bench-list soak lint clean
 
 $(UV):
 	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet --user uv || $(PYTHON) -m pip install --quiet uv
@@ -35,10 +35,14 @@ test-integration: install
 test-e2e: install
 	$(UV) run --frozen pytest -m e2e
 
-bench: install  ## N concurrent simulated calls: latency per frame, CPU per call-minute, frames lost
+SESSIONS ?= 1000000
+bench: install  ## CALLS concurrent simulated calls (latency per frame, CPU per call-minute, frames lost), then the call list over SESSIONS sessions
+	$(UV) run --frozen python -m dialtone_dev bench --calls $(CALLS) --duration $(DURATION)
+	$(UV) run --frozen python -m dialtone_dev bench-list --sessions $(SESSIONS)
+
+bench-calls: install  ## only the calls part of `make bench`
 	$(UV) run --frozen python -m dialtone_dev bench --calls $(CALLS) --duration $(DURATION)
 
-SESSIONS ?= 1000000
 bench-list: install  ## SESSIONS synthetic sessions in a scratch PostgreSQL: call list, filter and search ms per page
 	$(UV) run --frozen python -m dialtone_dev bench-list --sessions $(SESSIONS)
 
