@@ -135,6 +135,19 @@ async def test_dashboard_as_an_operator_uses_it(
         moved = float(await page.locator("#player").get_attribute("data-time"))
         assert abs(moved - offset) < 0.3, (moved, offset)
         await expect(target).to_have_class(re.compile("playing"))
+        # By keyboard: Tab reaches the first line (a button), Enter seeks the audio there.
+        first = lines.nth(0)
+        start = float(await first.get_attribute("data-offset"))
+        await page.locator("#play").focus()
+        for _ in range(40):
+            await page.keyboard.press("Tab")
+            if await first.evaluate("node => node === document.activeElement"):
+                break
+        else:
+            raise AssertionError("Tab never reached the first line of the timeline")
+        await page.keyboard.press("Enter")
+        await expect(first).to_have_class(re.compile("playing"))
+        assert abs(float(await page.locator("#player").get_attribute("data-time")) - start) < 0.3
         async with page.expect_download() as wav:
             await page.click("#download-recording")
         assert (await (await wav.value).path()).read_bytes()[:4] == b"RIFF"
