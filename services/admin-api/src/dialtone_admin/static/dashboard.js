@@ -499,7 +499,8 @@ async function drawMonitor(stillHere) {
     if (c.seen.has(key)) return;
     c.seen.add(key);
     const existing = c.lines.querySelector(`[data-item="${CSS.escape(line.item_id)}"]`);
-    const node = el("li", { class: `line ${line.role}`, "data-item": line.item_id, "data-seq": line.seq },
+    if (existing && Number(existing.dataset.rev) > (line.rev || 0)) return; // a correction came first
+    const node = el("li", { class: `line ${line.role}${line.interrupted ? " interrupted" : ""}`, "data-item": line.item_id, "data-seq": line.seq, "data-rev": line.rev || 0 },
       el("span", { class: "who" }, line.role === "agent" ? `Agent · ${line.agent}` : "Caller"), el("span", { class: "text" }, line.untranscribed ? "(words not transcribed)" : line.text));
     if (existing) existing.replaceWith(node);
     else {
