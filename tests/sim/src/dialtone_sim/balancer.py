@@ -246,9 +246,10 @@ class Balancer:
                 return
             tried.add(backend)
             try:
-                upstream_reader, upstream_writer = await asyncio.wait_for(
-                    asyncio.open_connection(backend.host, backend.port), self.check_timeout
-                )
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can time out a connect that
+                # has just succeeded and drop the open socket unclosed.
+                async with asyncio.timeout(self.check_timeout):
+                    upstream_reader, upstream_writer = await asyncio.open_connection(backend.host, backend.port)
             except (OSError, TimeoutError):
                 self.connect_failures += 1
                 self._healthy[backend] = False  # until its next check passes
