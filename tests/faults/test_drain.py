@@ -23,7 +23,7 @@ from dialtone_sim.balancer import Backend, Balancer
 from dialtone_sim.polling import poll
 
 from .conftest import Figures, http_get
-from .test_outages import Admin, Calls, metric, no_caller_errors, transcripts_match
+from .test_outages import Admin, Calls, end_calls, metric, no_caller_errors, transcripts_match
 
 pytestmark = [pytest.mark.faults, pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
 
@@ -36,14 +36,7 @@ async def extra(fault_platform: Platform) -> AsyncIterator[list[Service]]:
     platform's own instances run again, as the other fault tests expect."""
     started: list[Service] = []
     yield started
-    for calls in _started:
-        for task in calls.tasks:
-            task.cancel()
-        await asyncio.gather(*calls.tasks, return_exceptions=True)
-        for c in calls.callers:
-            if c.call is not None:
-                await c.call.hangup()
-    _started.clear()
+    await end_calls(_started)
     for service in started:
         await service.stop(signal.SIGKILL)
         fault_platform.services.pop(service.instance, None)

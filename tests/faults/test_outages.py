@@ -135,19 +135,24 @@ class Calls:
 _started: list[Calls] = []
 
 
-@pytest_asyncio.fixture(autouse=True, loop_scope="session")
-async def leave_the_platform_whole(fault_platform: Platform, servers: Servers) -> AsyncIterator[None]:
-    """Whatever a test did or failed to finish, the next one finds every server and service up and
-    no call of the last test still going."""
-    yield
-    for calls in _started:
+async def end_calls(started: list[Calls]) -> None:
+    """End every call a test started and forget them: tasks cancelled, callers hung up."""
+    for calls in started:
         for task in calls.tasks:
             task.cancel()
         await asyncio.gather(*calls.tasks, return_exceptions=True)
         for c in calls.callers:
             if c.call is not None:
                 await c.call.hangup()
-    _started.clear()
+    started.clear()
+
+
+@pytest_asyncio.fixture(autouse=True, loop_scope="session")
+async def leave_the_platform_whole(fault_platform: Platform, servers: Servers) -> AsyncIterator[None]:
+    """Whatever a test did or failed to finish, the next one finds every server and service up and
+    no call of the last test still going."""
+    yield
+    await end_calls(_started)
     await servers.ensure_running()
     dead = [s.name for s in fault_platform.services.values() if s.proc.returncode is not None]
     for name in dead:
