@@ -95,7 +95,7 @@ class Database:
             async with asyncio.timeout(budget), self._pool.acquire(timeout=budget) as conn:
                 try:
                     yield conn
-                except (asyncio.CancelledError, *_UNAVAILABLE):
+                except (asyncio.CancelledError, *_UNAVAILABLE):  # type: ignore[misc]  # mypy reads a starred tuple of classes as an instance
                     # Interrupted mid-query (our deadline) or a broken socket: the connection's
                     # state is unknown and resetting it could wait on a frozen server.
                     conn.terminate()

@@ -158,8 +158,11 @@ class SignIns:
         """End one sign-in everywhere (by its id); False if there was none."""
         known = ident in self._active
         self._forget(ident)
-        await self._write(lambda kv: kv.delete(ident))
+        await self._delete(ident)
         return known
+
+    async def _delete(self, ident: str) -> None:
+        await self._write(lambda kv: kv.delete(ident))
 
     async def revoke_all(self) -> int:
         """End every sign-in everywhere; how many were in force."""
@@ -170,7 +173,7 @@ class SignIns:
         for ident in idents:
             self._forget(ident)
         for ident in sorted(idents):
-            await self._write(lambda kv, ident=ident: kv.delete(ident))
+            await self._delete(ident)
         return len(idents)
 
     async def _write(self, op: Callable[[KeyValue], Any]) -> None:

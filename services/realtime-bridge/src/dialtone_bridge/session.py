@@ -24,6 +24,7 @@ from dialtone_proto.events import CallEnded, CallStatus, TurnMeasured
 from dialtone_proto.frames import FrameError, Kind, decode_frame, encode_control, encode_frame, transit_ms
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
@@ -112,7 +113,7 @@ class CallSession:
         self._appended_ms = 0.0
         self._in_end_ts = 0.0
         self._audio_lock = asyncio.Lock()
-        self._sub = None
+        self._sub: Subscription | None = None
         self._out_seq = 0
         self._tasks: set[asyncio.Task] = set()
         self._pending_audio: tuple[str, bytearray] | None = None  # (item, bytes) not yet 40 ms
