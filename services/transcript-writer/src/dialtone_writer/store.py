@@ -244,8 +244,8 @@ async def _apply(conn: asyncpg.Connection, e: Event) -> None:
             )
         case UsageReported():
             await conn.execute(
-                _USAGE, e.id, e.call_id, e.source, e.ref, e.model, e.usage,
-                usage_counters(e.source, e.usage), e.cost_usd, e.at,
+                _USAGE, e.id, e.call_id, e.source, e.ref, e.model, {"tokens": e.tokens, "seconds": e.seconds},
+                usage_counters(e.source, e.tokens), e.cost_usd, e.at,
                 cost_breakdown(e.source, e.tokens, e.costs, e.cost_usd),
             )
         case TurnMeasured():
