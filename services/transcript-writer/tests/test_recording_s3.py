@@ -176,11 +176,8 @@ def counter(name: str) -> float:
     return metrics.REGISTRY.get_sample_value(name) or 0.0
 
 
-async def test_an_s3_outage_loses_no_recording_and_stops_no_sweep(own_seaweedfs: Weed, nats_url: str,
-                                                                  database_url: str, pool, poll,
-                                                                  tmp_path: Path) -> None:
-    weed = own_seaweedfs
-    settings = WriterSettings(
+def outage_settings(weed: Weed, database_url: str, nats_url: str, tmp_path: Path) -> WriterSettings:
+    return WriterSettings(
         database_url=database_url, nats_url=nats_url, recordings_dir=tmp_path / "recordings",
         recordings_s3_bucket=BUCKET, recordings_s3_endpoint=weed.endpoint, recordings_s3_access_key_id=KEY_ID,
         recordings_s3_secret_access_key=SECRET,
@@ -190,6 +187,13 @@ async def test_an_s3_outage_loses_no_recording_and_stops_no_sweep(own_seaweedfs:
         recordings_s3_max_retries=1, recordings_s3_retry_timeout_s=1.0,
         recordings_retention_days=1, recordings_sweep_interval_s=0.5,
     )
+
+
+async def test_an_s3_outage_loses_no_recording_and_stops_no_sweep(own_seaweedfs: Weed, nats_url: str,
+                                                                  database_url: str, pool, poll,
+                                                                  tmp_path: Path) -> None:
+    weed = own_seaweedfs
+    settings = outage_settings(weed, database_url, nats_url, tmp_path)
     s3 = open_storage(settings)
     assert isinstance(s3, S3Storage)
     # A recording already due for deletion: its object is in the bucket; its row comes in the outage.
@@ -271,4 +275,50 @@ async def test_an_s3_outage_loses_no_recording_and_stops_no_sweep(own_seaweedfs:
         stop.set()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait_for(task, 15)
+        await nc.drain()
+
+
+async def test_a_writer_stopped_in_an_s3_outage_leaves_the_recording_to_its_next_start(
+        own_seaweedfs: Weed, nats_url: str, database_url: str, pool, poll, tmp_path: Path) -> None:
+    weed = own_seaweedfs
+    settings = outage_settings(weed, database_url, nats_url, tmp_path)
+    nc = await bus.connect(nats_url, "recorder-s3-restart-test")
+    tasks: list[tuple[asyncio.Event, asyncio.Task]] = []
+
+    async def start() -> Recorder:
+        recorder = Recorder(pool, nc, nc.jetstream(), settings, open_storage(settings), book_bucket=BOOK,
+                            claims_bucket=CLAIMS)
+        await recorder.start()
+        stop = asyncio.Event()
+        tasks.append((stop, asyncio.create_task(recorder.run(stop))))
+        return recorder
+
+    try:
+        first = await start()
+        sid, key = await new_call(nc)
+        await poll(lambda: asyncio.sleep(0, sid in first.calls), 10, "the claim")
+        await send_caller(nc, sid, key, range(0, 50))
+        puts = storage_errors("put")
+        weed.kill()
+        await stop_stream(nc, sid, key, 50)
+        await poll(lambda: asyncio.sleep(0, storage_errors("put") >= puts + 2), 30, "failed uploads")
+
+        stop, task = tasks[0]
+        stop.set()  # the writer stops (a deploy, say) while the store is still down
+        await asyncio.wait_for(task, 30)
+        spool = tmp_path / "recordings" / "spool" / sid
+        assert (spool / "in.raw").stat().st_size == 8000, "the spool is kept for the next start"
+
+        weed.start()
+        await start()  # the writer's next start on the same disk stores what the spool holds
+        row = await recording_row(pool, sid, lambda check, _within, what: poll(check, 120, what))
+        assert row["complete"] is True and row["reason"] is None, "the call was whole: nothing was lost"
+        size = await open_storage(settings).size(storage_key(sid))
+        assert size == row["bytes"] == 44 + 50 * 160 * 4
+        await poll(lambda: asyncio.sleep(0, not spool.exists()), 10, "the spool to go once the recording is stored")
+    finally:
+        for stop, task in tasks:
+            stop.set()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(task, 30)
         await nc.drain()

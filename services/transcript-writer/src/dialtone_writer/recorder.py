@@ -152,6 +152,7 @@ class CallRecording:
         self.claim_revision = 0
         self.finishing: asyncio.Task | None = None
         self.ended_reason: str | None = None
+        self.ended_before = False  # the spool resumed was of a call already over, being stored
 
     # ---- frames -------------------------------------------------------------------------
     async def on_in(self, msg: Msg) -> None:
@@ -200,6 +201,8 @@ class CallRecording:
         self.audio.play_pos = max(self.audio.play_pos, int(meta.get("play_pos", 0)))
         self.reasons = list(meta.get("reasons", [])) + self.reasons
         self.lost_ms += int(meta.get("lost_ms", 0))
+        self.lost_frames += int(meta.get("lost_frames", 0))
+        self.ended_before = bool(meta.get("ended"))
         self.retired |= set(meta.get("retired", []))
         self._resumed, self._resume_at = why, int(meta.get("caller_end", 0))
         if self.first_ts is not None:
@@ -232,7 +235,10 @@ class CallRecording:
         return {
             "caller_end": self.audio.caller_end, "play_pos": self.audio.play_pos, "reasons": self.reasons,
             "next_in_seq": self.next_in_seq, "retired": sorted(self.retired), "owner": self.r.owner,
-            "lost_ms": self.lost_ms,
+            "lost_ms": self.lost_ms, "lost_frames": self.lost_frames,
+            # Set once the call is over and its store began (the spool then holds all of it): a
+            # writer that stops while the store is down leaves the next start nothing to guess.
+            "ended": self.ended_reason,
         }
 
     def take(self) -> tuple[dict, dict]:
@@ -483,6 +489,8 @@ class Recorder:
             rec.claim_revision = revision
             self.calls[sid] = rec
             RECORDINGS_ACTIVE.set(len(self.calls))
+            if rec.ended_before:  # its recorder stopped while storing it: the spool holds the whole call
+                self.finish_soon(rec, 0, "its recorder stopped while storing it")
             return rec
 
     async def _take_over(self, sid: str, spool: Spool) -> tuple[int | None, str | None]:
@@ -569,6 +577,8 @@ class Recorder:
             sid = directory.name
             if sid in self.calls or not directory.is_dir():
                 continue
+            # A call that was over and being stored when its writer stopped (the store was down, say).
+            over = bool(Spool(directory).read_meta().get("ended"))
             try:
                 entry = await self._book.get(sid)
                 record = CallRecord.model_validate_json(entry.value or b"")
@@ -576,13 +586,15 @@ class Recorder:
                 record = None
             except (nats.errors.Error, nats.js.errors.Error, TimeoutError):
                 continue
-            if record is not None and record.state != "ended" and record.record:
+            if record is not None and record.state != "ended" and record.record and not over:
                 continue  # live: claimed (and resumed) through the watch
             rec = await self._try_claim(sid, takeover_only=True)
             if rec is None:
                 continue
             if record is not None and not record.record:
                 await self._drop(rec, "the agent does not record calls")
+            elif rec.ended_before:
+                pass  # being stored already (_try_claim)
             else:
                 rec.reasons.append(
                     f"the recorder stopped before the call ended: audio after {rec.audio.caller_end / 8000:.2f} s lost"
