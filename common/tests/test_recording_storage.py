@@ -102,3 +102,24 @@ def test_private_dir_tightens_an_existing_directory(tmp_path: Path) -> None:
     private_dir(loose)
     assert loose.stat().st_mode & 0o777 == 0o700
     private_dir(loose)  # again: nothing to do, no error
+
+
+def test_a_mount_point_not_ours_is_left_as_it_is_and_what_is_inside_is_private(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    # A Kubernetes emptyDir with fsGroup: owned by root, group-writable; the service runs as another
+    # user and may not chmod it (the tests run as whoever they run as: the refusal is simulated).
+    mount = tmp_path / "recordings"
+    mount.mkdir()
+    os.chmod(mount, 0o2777)
+    real_chmod = os.chmod
+
+    def chmod(path, mode: int) -> None:  # type: ignore[no-untyped-def]
+        if Path(path) == mount:
+            raise PermissionError(1, "Operation not permitted", str(path))
+        real_chmod(path, mode)
+
+    monkeypatch.setattr(os, "chmod", chmod)
+    private_dir(mount)  # no error: the writer still records
+    assert "not this service's to change" in caplog.text
+    private_dir(mount / "spool")
+    assert (mount / "spool").stat().st_mode & 0o777 == 0o700

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import shutil
 from collections.abc import AsyncIterator, Iterator
@@ -34,6 +35,8 @@ from typing import Protocol
 from pydantic import Field, SecretStr
 
 from dialtone_common.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
 
 CHUNK = 64 * 1024
 
@@ -131,7 +134,9 @@ def private_dir(path: Path) -> Path:
     """Create ``path``, and each missing parent, with mode 0700; tighten ``path`` to 0700 if it exists.
 
     (``Path.mkdir(mode=..., parents=True)`` gives the parents it creates the default mode, 0755
-    under the usual umask, whatever ``mode`` says.)
+    under the usual umask, whatever ``mode`` says.) A directory this process may not change (a
+    volume's mount point owned by root, as a Kubernetes ``emptyDir`` with ``fsGroup`` is) is left
+    as it is, with a warning: what the service creates inside it is 0700 all the same.
     """
     path = Path(path)
     missing: list[Path] = []
@@ -142,7 +147,12 @@ def private_dir(path: Path) -> Path:
     for directory in reversed(missing):
         with contextlib.suppress(FileExistsError):
             directory.mkdir(mode=0o700)
-    os.chmod(path, 0o700)
+    if path.stat().st_mode & 0o777 != 0o700:
+        try:
+            os.chmod(path, 0o700)
+        except PermissionError:
+            log.warning("%s is not this service's to change (mode %o); what it keeps inside is 0700",
+                        path, path.stat().st_mode & 0o777)
     return path
 
 
