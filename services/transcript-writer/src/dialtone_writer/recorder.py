@@ -275,7 +275,7 @@ class Recorder:
         self._done: set[str] = set()  # finished here: a late record update must not start it again
         self._claims: KeyValue | None = None
         self._book: KeyValue | None = None
-        self._watcher = None
+        self._watcher: KeyValue.KeyWatcher | None = None
         self._tasks: set[asyncio.Task] = set()
         self._lock = asyncio.Lock()
         self._last_renew = self._last_check = 0.0  # monotonic times of _keep's last beat and check
@@ -319,7 +319,7 @@ class Recorder:
             await asyncio.gather(*tasks, return_exceptions=True)
             await self.close()
 
-    def _spawn(self, coro, task: str) -> asyncio.Task:  # type: ignore[no-untyped-def]
+    def _spawn(self, coro, task: str) -> asyncio.Task:
         """A background task, held (not garbage-collected mid-way) and watched: should it end by an
         exception after all, that is logged and counted, never lost with the task."""
         t = asyncio.create_task(coro, name=f"recorder-{task}")
@@ -366,11 +366,11 @@ class Recorder:
         assert self._book is not None
         while not stop.is_set():
             try:
-                self._watcher = await self._book.watchall()
+                watcher = self._watcher = await self._book.watchall()
                 synced = False
                 while not stop.is_set():
                     try:
-                        entry = await self._watcher.updates(timeout=1.0)
+                        entry = await watcher.updates(timeout=1.0)
                     except nats.errors.TimeoutError:
                         continue
                     if entry is None:
@@ -385,7 +385,7 @@ class Recorder:
                 log.warning("recorder: watching the call book failed: %s", exc)
                 await asyncio.sleep(1.0)
 
-    async def _on_record(self, entry) -> None:  # type: ignore[no-untyped-def]
+    async def _on_record(self, entry) -> None:
         sid = entry.key
         if entry.operation in ("DEL", "PURGE") or not entry.value:
             self._others.discard(sid)
