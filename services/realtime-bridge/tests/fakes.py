@@ -12,6 +12,7 @@ import orjson
 from dialtone_bridge.agents import Agent
 from dialtone_bridge.callcontrol import CallControl
 from dialtone_bridge.conversation import Conversation
+from dialtone_bridge.phase import CallPhase
 from dialtone_bridge.playout import Playout
 from dialtone_bridge.realtime_engine import RealtimeConnection, parse
 from dialtone_bridge.settings import DEFAULT_MODEL
@@ -75,14 +76,15 @@ class FakeSession:
                                          bridge_id="bridge-test")
         self.events, self.playout, self.turns = Events(), Playout(), TurnLatency(on_measured=self._measured)
         self.turn_seconds: list[float] = []  # turn latencies, as the real session observes them
-        self.ended, self.end_reason = asyncio.Event(), None
+        self.phase = CallPhase()
         self.holds = True
         self.model = RecordingConnection()
         self.sent = self.model.sent
         self.frames: list[tuple[str, object]] = []
         self.tasks: set[asyncio.Task] = set()
         self.conversation = Conversation(self, agent)
-        self.control = CallControl(self, None)
+        self.control = CallControl(self, self.conversation, None)
+        self.conversation.control = self.control
         self.clock = types.SimpleNamespace(ms=lambda: asyncio.get_running_loop().time() * 1000)
 
     async def send_frame(self, kind, body=None, audio=b"") -> None:
@@ -96,10 +98,16 @@ class FakeSession:
     async def still_holds(self) -> bool:
         return self.holds  # the call record still gives the call to this bridge
 
+    @property
+    def ended(self) -> asyncio.Event:
+        return self.phase.ended
+
+    @property
+    def end_reason(self) -> str | None:
+        return self.phase.end_reason if self.phase.is_ended else None
+
     def end(self, reason):
-        if not self.ended.is_set():
-            self.end_reason = reason
-            self.ended.set()
+        self.phase.end(reason)
 
     def _measured(self, turn: Turn) -> None:
         self.events.emit(type("TurnMeasured", (), {}), **{

@@ -8,6 +8,7 @@ import base64
 
 import pytest
 from dialtone_bridge.agents import Agent, Limits
+from dialtone_bridge.phase import Phase
 from dialtone_proto.tools import ToolAction
 
 from .fakes import FakeSession, Tools, feed, poll, tool_response
@@ -52,7 +53,7 @@ async def test_a_goodbye_queued_behind_a_reply_is_said_before_the_hang_up() -> N
                       "delta": base64.b64encode(b"\xff" * 800).decode()})
     await s.control.say_goodbye("max_duration")
     await feed(c, {"type": "response.done", "response": {"id": "R1", "status": "completed", "output": []}})
-    assert not s.control.goodbye_said  # that was not the goodbye
+    assert s.phase.phase is Phase.CLOSING  # that was not the goodbye: it is still to be said
     assert s.creates()[-1]["response"]["instructions"] == 'Say exactly: "Bye now."'
     mark = [f for f in s.frames if f[0] == "MARK"][-1][1]
     s.playout.on_mark(mark, s.clock.ms())
@@ -103,3 +104,15 @@ async def test_no_idle_prompt_while_the_caller_is_still_talking() -> None:
     await feed(c, {"type": "response.done", "response": {"id": "R1", "status": "cancelled", "output": []}})
     await asyncio.sleep(0.4)  # the caller is still talking: no speech_stopped yet
     assert s.creates() == []
+
+
+async def test_the_live_view_says_tool_while_a_tool_runs_and_speaking_once_the_answer_comes() -> None:
+    from dialtone_bridge.phase import Activity
+
+    s = FakeSession(Agent(name="a", instructions="i"), Tools(delay=0.3))
+    c = s.conversation
+    await tool_response(c, "R1")
+    assert c.state is Activity.TOOL  # not "listening": the response ended, its tool has not
+    await poll(lambda: s.creates())  # the result went back and the answer was asked for
+    await feed(c, {"type": "response.created", "response": {"id": "R2"}})
+    assert c.state is Activity.SPEAKING

@@ -9,61 +9,36 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
 
-from dialtone_common.twilio_rest import rest_client
 from dialtone_proto.events import CallStatus, CallTransferred
 from dialtone_proto.frames import Kind
 from dialtone_proto.tools import ToolAction
-from twilio.base.exceptions import TwilioRestException
 from twilio.twiml.voice_response import VoiceResponse
 
-from dialtone_bridge.settings import BridgeSettings
-
-if TYPE_CHECKING:
-    from dialtone_bridge.session import CallSession
+from dialtone_bridge.phase import REPLACED, Phase
+from dialtone_bridge.roles import CallLine, Talk
+from dialtone_bridge.twilio_line import TwilioControlFactory
 
 log = logging.getLogger("dialtone.bridge.control")
 
 GOODBYE_TIMEOUT_S = 30.0
 
 
-class TwilioControlFactory:
-    """One Twilio REST client per bridge, shared by its calls."""
-
-    def __init__(self, settings: BridgeSettings) -> None:
-        self.client, self._http = rest_client(
-            settings.twilio_account_sid or "",
-            settings.twilio_auth_token.get_secret_value() if settings.twilio_auth_token else "",
-            settings.twilio_api_base_url,
-        )
-
-    async def hang_up(self, call_sid: str) -> None:
-        try:
-            await self.client.calls(call_sid).update_async(status="completed")
-        except TwilioRestException as exc:
-            if exc.code != 20404:  # already over: nothing to end
-                raise
-
-    async def redirect(self, call_sid: str, twiml: str) -> None:
-        await self.client.calls(call_sid).update_async(twiml=twiml)
-
-    async def close(self) -> None:
-        await self._http.close()
-
-
 class CallControl:
-    """The line of one call. Owned by its ``CallSession``; its timers are the session's tasks."""
+    """The line of one call. Owned by its session; its timers are the session's tasks.
 
-    def __init__(self, session: CallSession, twilio: TwilioControlFactory | None) -> None:
-        self.s, self.twilio = session, twilio
-        self.log = session.log
-        self.hangup_pending: str | None = None  # why we will hang up once the goodbye has played
-        self.goodbye_said = False
-        self.transferring = False
+    Args:
+        line: the call's session.
+        talk: the call's conversation.
+        twilio: Twilio's REST API, or None (a local run: closing the stream ends the call).
+    """
+
+    def __init__(self, line: CallLine, talk: Talk, twilio: TwilioControlFactory | None) -> None:
+        self.s, self.talk, self.twilio = line, talk, twilio
+        self.phase = line.phase
+        self.log = line.log
         self.caller_speaking = False
-        self.ending: str | None = None  # set before we end the call through Twilio
-        self.hung_up = False
+        self._released = False  # Twilio was asked to end or move the line (at most once)
         self._op: asyncio.Task | None = None  # a hang-up or transfer in flight
         self._idle_task: asyncio.Task | None = None
         self._prompts = 0
@@ -71,7 +46,7 @@ class CallControl:
 
     # ---- timers --------------------------------------------------------------------------
     def start(self) -> None:
-        limits = self.s.conversation.agent.limits
+        limits = self.talk.agent.limits
         if limits.max_duration_s > 0:
             self._limit_task = self.s.spawn(self._limit(limits.max_duration_s), "max-duration")
 
@@ -93,88 +68,85 @@ class CallControl:
 
     async def playback_finished(self) -> None:
         """Everything the agent said has played at the caller, and no response is running."""
-        if self.hangup_pending:
-            if self.goodbye_said:
-                await self.hang_up(self.hangup_pending)
+        if self.phase.phase is Phase.GOODBYE_SAID:
+            await self.hang_up(self.phase.reason or "agent_ended")
             return
-        if self.transferring or self.s.ended.is_set() or self.caller_speaking:
+        if self.phase.leaving or self.caller_speaking:
             return  # (a caller who is talking is not idle; their turn will bring a response)
-        limits = self.s.conversation.agent.limits
+        limits = self.talk.agent.limits
         if limits.idle_prompt_s > 0 and self._idle_task is None:
             self._idle_task = self.s.spawn(self._idle(limits.idle_prompt_s), "idle")
 
     async def _idle(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
         self._idle_task = None
-        if self.s.conversation.busy() or self.hangup_pending or self.caller_speaking:
+        if self.talk.busy() or self.phase.leaving or self.caller_speaking:
             return
-        agent = self.s.conversation.agent
+        agent = self.talk.agent
         if self._prompts >= agent.limits.idle_prompts:
             self.log.info("caller silent after %d prompts: ending the call", self._prompts)
             await self.say_goodbye("caller_idle")
             return
         self._prompts += 1
         self.log.info("caller silent for %.0f s: prompt %d", seconds, self._prompts)
-        await self.s.conversation.request_response(f'Say exactly: "{agent.idle_prompt}"', purpose="prompt")
+        await self.talk.request_response(f'Say exactly: "{agent.idle_prompt}"', purpose="prompt")
 
-    def _pending(self, reason: str) -> None:
-        self.hangup_pending, self.goodbye_said = reason, False
-        # Whatever the model does, the line is freed: hang up if the goodbye never comes.
+    def _closing(self, reason: str) -> bool:
+        """Into CLOSING: the goodbye is due. Whatever the model does, the line is freed: hang up
+        if the goodbye never comes."""
+        if not self.phase.close(reason):
+            return False
         self.s.spawn(self._hang_up_anyway(GOODBYE_TIMEOUT_S), "hangup-fallback")
+        return True
 
     async def _hang_up_anyway(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
         self.log.warning("goodbye did not finish within %.0f s: hanging up", seconds)
-        await self.hang_up(self.hangup_pending or "agent_ended")
+        await self.hang_up(self.phase.reason or "agent_ended")
 
     async def say_goodbye(self, reason: str, text: str | None = None) -> None:
         """Have the agent say ``text`` (its goodbye by default), then hang up once it has played."""
-        if self.hangup_pending or self.s.ended.is_set():
+        if not self._closing(reason):
             return
-        self._pending(reason)
-        words = text or self.s.conversation.agent.goodbye
-        await self.s.conversation.request_response(f'Say exactly: "{words}"', purpose="goodbye", force=True)
+        words = text or self.talk.agent.goodbye
+        await self.talk.request_response(f'Say exactly: "{words}"', purpose="goodbye", force=True)
 
     def goodbye_done(self) -> None:
         """The goodbye (the response asked for it, or the one that ended the call) has been said."""
-        if self.hangup_pending:
-            self.goodbye_said = True
+        self.phase.goodbye_said()
 
     # ---- tool actions --------------------------------------------------------------------
-    def suppress_response(self) -> bool:
-        """After the goodbye or during a transfer the model must not start talking again."""
-        return (bool(self.hangup_pending) and self.goodbye_said) or self.transferring
-
     async def apply(self, action: ToolAction) -> None:
         if action.action == "end_call":
-            if not self.hangup_pending:
-                self._pending("agent_ended")
+            self._closing("agent_ended")
             self.log.info("agent ends the call (%s); hanging up once the goodbye has played", action.detail)
         elif action.action == "transfer_call":
             await self.transfer(action.detail)
 
     async def transfer(self, reason: str | None) -> None:
         self._op = asyncio.current_task()
-        agent = self.s.conversation.agent
+        agent = self.talk.agent
         target = agent.transfer_number
         if not target:
             self.log.warning("agent %s has no transfer_number: transfer refused", agent.name)
             return
-        self.transferring = True
+        if not self.phase.transfer():
+            return
         # Let what the agent is saying ("I'm transferring you now") finish: the redirect cuts the stream.
-        await self.s.conversation.wait_quiet(10.0)
+        await self.talk.wait_quiet(10.0)
         self.s.events.emit(CallTransferred, target=target, agent=agent.name)
         twiml = VoiceResponse()
         twiml.dial(target)
-        self.ending = "transferred"
         if not await self._ours():
             return
+        self._released = True
         if self.twilio is not None:
             try:
                 await self.twilio.redirect(self.s.call_id, str(twiml))
             except Exception as exc:
                 self.log.error("transfer to %s failed: %s", target, exc)
-                self.transferring, self.ending = False, None
+                self._released = False
+                self.phase.transfer_failed()
                 return
         self.log.info("transferred to %s (%s)", target, reason)
         self.s.events.emit(CallStatus, status="transferred", source="bridge")
@@ -182,9 +154,9 @@ class CallControl:
 
     async def hang_up(self, reason: str) -> None:
         """End the call on Twilio's side (REST), then our side."""
-        if self.s.ended.is_set() or self.hung_up:
+        if self._released or not self.phase.hang_up(reason):
             return
-        self.hung_up, self.ending, self._op = True, reason, asyncio.current_task()
+        self._released, self._op = True, asyncio.current_task()
         if not await self._ours():
             return
         if self.twilio is not None:
@@ -201,8 +173,6 @@ class CallControl:
 
     async def _ours(self) -> bool:
         """Before acting on the phone line through Twilio: is the call still this bridge's?"""
-        from dialtone_bridge.session import REPLACED
-
         if await self.s.still_holds():
             return True
         self.log.warning("the call was given to another bridge: not touching its line")
@@ -216,18 +186,18 @@ class CallControl:
         if op is not None and not op.done() and op is not asyncio.current_task():
             self.s.spawn(self._end_after(op, reason), "end-after")
         else:
-            self.s.end(self.ending or reason)
+            self.s.end(self.phase.end_reason_for(reason))
 
     async def _end_after(self, op: asyncio.Task, reason: str) -> None:
         await asyncio.wait([op], timeout=5)
-        self.s.end(self.ending or reason)
+        self.s.end(self.phase.end_reason_for(reason))
 
     async def release_line(self, reason: str) -> None:
         """The bridge is giving the call up (shutdown, failure): free the caller's line rather than
         leave them in silence."""
-        if self.hung_up or self.transferring:
+        if self._released:
             return
-        self.hung_up = True
+        self._released = True
         if self.twilio is not None:
             try:
                 async with asyncio.timeout(5):

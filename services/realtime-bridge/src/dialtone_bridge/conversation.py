@@ -39,7 +39,7 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from dialtone_proto.events import (
@@ -77,11 +77,10 @@ from dialtone_bridge.engine import (
     Usage,
 )
 from dialtone_bridge.heard import cut_text
+from dialtone_bridge.phase import Activity, Phase
+from dialtone_bridge.recovery import Restored
 from dialtone_bridge.responses import Purpose, Request, Responses
-
-if TYPE_CHECKING:
-    from dialtone_bridge.recovery import Restored
-    from dialtone_bridge.session import CallSession
+from dialtone_bridge.roles import CallLine, Control
 
 log = logging.getLogger("dialtone.bridge.conversation")
 
@@ -112,10 +111,19 @@ class ToolRun:
 
 
 class Conversation:
-    def __init__(self, session: CallSession, agent: Agent) -> None:
-        self.s = session
+    """The conversation of one call.
+
+    Args:
+        line: the call's session (audio out, the model connection, events, the phase).
+        agent: the agent answering.
+    """
+
+    control: Control  # the call's control: attached by the session once both exist
+
+    def __init__(self, line: CallLine, agent: Agent) -> None:
+        self.s = line
         self.agent = agent
-        self.log = session.log
+        self.log = line.log
         self._order: dict[str, int] = {}
         self._agent_text: dict[str, str] = {}
         self._truncated: set[str] = set()
@@ -136,7 +144,7 @@ class Conversation:
         self._spoke: set[str] = set()  # responses that produced audio
         self._quiet = asyncio.Event()  # set whenever the agent stops talking
         self.outcome: str | None = None
-        self.state = "listening"
+        self.state = Activity.LISTENING
         self._catalog: dict[str, ToolSpec] = {}
         self.voice = agent.voice  # fixed once the caller has heard it, even across handoffs
 
@@ -180,10 +188,10 @@ class Conversation:
         """An answering machine picked up: leave the agent's message, or hang up, as it says."""
         if self.agent.voicemail == "leave_message" and self.agent.voicemail_message and answered_by != "fax":
             self.log.info("voicemail (%s): leaving the agent's message", answered_by)
-            await self.s.control.say_goodbye("voicemail_left", self.agent.voicemail_message)
+            await self.control.say_goodbye("voicemail_left", self.agent.voicemail_message)
         else:
             self.log.info("voicemail (%s): hanging up", answered_by)
-            self.s.spawn(self.s.control.hang_up("voicemail_hangup"), "hang-up")
+            self.s.spawn(self.control.hang_up("voicemail_hangup"), "hang-up")
 
     def finished(self) -> None:
         for run in self._tools.values():
@@ -234,12 +242,12 @@ class Conversation:
                     self._offsets[ev.item_id] = self.s.stream_ms(ev.audio_start_ms)
                     _trim(self._offsets)
                 self.s.turns.speech_started()
-                self.s.control.speech_started()
+                self.control.speech_started()
                 await self._barge_in()
             case CallerSpeechStopped():
                 end = ev.audio_end_ms
                 self.s.turns.speech_stopped(self.s.clock.ms(), None if end is None else round(self.s.stream_ms(end), 1))
-                self.s.control.speech_stopped()
+                self.control.speech_stopped()
             case ItemPlaced():
                 self._place(ev.item_id)
             case CallerText():
@@ -249,7 +257,7 @@ class Conversation:
                     m.RATE_LIMIT_REMAINING.labels(name).set(remaining)
             case ReplyStarted():
                 self.responses.created(ev.reply_id)
-                self.state = "speaking"
+                self.state = Activity.SPEAKING
             case AgentText():
                 self._agent_text[ev.item_id] = ev.text
             case ToolCallRequested():
@@ -272,7 +280,7 @@ class Conversation:
                 m.GREETING_SECONDS.observe(elapsed / 1000)
             self.s.events.emit(CallMetric, name="first_agent_audio_ms", value=round(elapsed, 1))
         self.s.turns.reply_audio(ev.item_id, reply=purpose != "prompt")
-        self.state = "speaking"
+        self.state = Activity.SPEAKING
         self._spoke.add(ev.reply_id)
         if purpose == "filler":
             self._oob_items.add(ev.item_id)
@@ -382,13 +390,13 @@ class Conversation:
         spoke = rid in self._spoke
         self._spoke.discard(rid)
         # The agent's state for the live view: working while its tools run, else listening.
-        self.state = "tool" if calls or self._tools else "listening"
+        self.state = Activity.TOOL if calls or self._tools else Activity.LISTENING
         if status == "incomplete":
             self.log.warning("response %s incomplete (%s)", rid, reply.reason)
         if status == "failed" or (status == "incomplete" and not spoke and not calls):
             self._failed(request, reply)
         if spoke and purpose == "goodbye":
-            self.s.control.goodbye_done()
+            self.control.goodbye_done()
         if not self.s.playout.playing:
             self._quiet.set()
         if calls:
@@ -408,7 +416,7 @@ class Conversation:
         if not request.retried:
             self.responses.queue.appendleft(request.retry())
         elif request.purpose == "goodbye":
-            self.s.control.goodbye_done()  # the goodbye is given up: the hang-up goes ahead
+            self.control.goodbye_done()  # the goodbye is given up: the hang-up goes ahead
         else:
             self.log.error("the model failed to answer twice: apologising to the caller")
             self.responses.queue.appendleft(Request(f'Say exactly: "{APOLOGY}"', "apology"))
@@ -417,7 +425,7 @@ class Conversation:
                                force: bool = False) -> None:
         """Ask the model to speak, unless a response is already running (then after it).
         ``force`` asks even after the goodbye (the goodbye itself)."""
-        if self.s.control.suppress_response() and not force:
+        if self.s.phase.quiet and not force:
             return
         request = Request(instructions, purpose, force)
         if self.responses.active is not None:
@@ -433,7 +441,7 @@ class Conversation:
     async def _send_next(self) -> None:
         while self.responses.queue and self.responses.active is None:
             request = self.responses.queue.popleft()
-            if self.s.control.suppress_response() and not request.force:
+            if self.s.phase.quiet and not request.force:
                 continue
             await self._send(request)
 
@@ -441,7 +449,7 @@ class Conversation:
         """The agent fell quiet. What follows (an idle timer, a REST hang-up) runs as its own task,
         so neither the caller's audio nor the model's events wait on Twilio's API."""
         self._quiet.set()
-        self.s.spawn(self.s.control.playback_finished(), "settled")
+        self.s.spawn(self.control.playback_finished(), "settled")
 
     def busy(self) -> bool:
         """The agent is talking or working: not a moment to prompt an idle caller."""
@@ -532,7 +540,7 @@ class Conversation:
         seq = self._place(item_id) if item_id else len(self._order)
         task = self.s.spawn(self._run_tool(call_id, name, arguments, seq), f"tool-{name}")
         run = self._tools[call_id] = ToolRun(call_id, name, task)
-        self.state = "tool"
+        self.state = Activity.TOOL
         return run
 
     async def _run_tool(self, call_id: str, name: str, arguments: str, seq: int) -> ToolCallReply:
@@ -572,18 +580,18 @@ class Conversation:
             replies = await asyncio.gather(*(r.task for r in runs))
         finally:
             filler.cancel()
-        if self.s.ended.is_set():
+        if self.s.phase.is_ended:
             return  # the caller hung up while the tool ran: the result has nowhere to go
         for run, reply in zip(runs, replies, strict=True):
             await self.s.model.tool_result(run.call_id, reply.output)
             self._tools.pop(run.call_id, None)
-        control = self.s.control
-        if control.transferring:
+        phase = self.s.phase.phase
+        if phase is Phase.TRANSFERRING:
             return
-        if control.hangup_pending and not control.goodbye_said:
+        if phase is Phase.CLOSING:
             if spoke:
                 # The model said its goodbye in the response that ended the call.
-                control.goodbye_done()
+                self.control.goodbye_done()
                 if not self.speaking():
                     self._settled()
                 return
@@ -593,7 +601,7 @@ class Conversation:
 
     async def _filler_after(self, delay: float) -> None:
         await asyncio.sleep(delay)
-        if self.responses.active is None and not self.s.ended.is_set():
+        if self.responses.active is None and not self.s.phase.is_ended:
             self.log.info("tool still running after %.1f s: filler", delay)
             await self._send(Request(f'Say exactly: "{self.agent.filler}"', "filler"))
 
@@ -604,7 +612,7 @@ class Conversation:
         elif action.action == "handoff" and action.value:
             await self.handoff(action.value)
         else:
-            await self.s.control.apply(action)
+            await self.control.apply(action)
 
     async def handoff(self, to_agent: str) -> None:
         """Another agent takes over: new instructions and tools, same audio formats and voice."""

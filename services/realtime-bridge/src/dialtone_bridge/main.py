@@ -13,8 +13,8 @@ from dialtone_common.health import HealthServer
 
 from dialtone_bridge import metrics as m
 from dialtone_bridge.agents import AgentBook
+from dialtone_bridge.context import BridgeContext
 from dialtone_bridge.service import Bridge
-from dialtone_bridge.session import BridgeContext
 from dialtone_bridge.settings import BridgeSettings
 from dialtone_bridge.toolclient import ToolClient
 
@@ -30,7 +30,7 @@ async def serve(stack: AsyncExitStack, stop: asyncio.Event, settings: BridgeSett
     await bus.ensure_stream(js, replicas=settings.jetstream_replicas)
     twilio = None
     if settings.twilio_account_sid and settings.twilio_auth_token:
-        from dialtone_bridge.callcontrol import TwilioControlFactory
+        from dialtone_bridge.twilio_line import TwilioControlFactory
 
         twilio = TwilioControlFactory(settings)
         stack.push_async_callback(twilio.close)

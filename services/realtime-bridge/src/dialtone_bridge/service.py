@@ -24,7 +24,9 @@ from pydantic import ValidationError
 from dialtone_bridge import metrics as m
 from dialtone_bridge import recovery
 from dialtone_bridge.agents import AgentError
-from dialtone_bridge.session import REPLACED, BridgeContext, CallSession
+from dialtone_bridge.context import BridgeContext
+from dialtone_bridge.phase import REPLACED
+from dialtone_bridge.session import CallSession
 
 log = logging.getLogger("dialtone.bridge")
 
@@ -170,7 +172,7 @@ class Bridge:
                     call_id=call_id, agent=session.conversation.agent.name,
                     started_at=self._started_at.get(call_id, datetime.now(UTC)), bridge_id=self.ctx.bridge_id,
                     from_number=o.from_number, to_number=o.to_number, direction=o.direction,
-                    state=session.conversation.state if not session.ended.is_set() else "ending",
+                    state=session.conversation.state.value if not session.ended.is_set() else "ending",
                 )
                 with contextlib.suppress(Exception):
                     await self.ctx.nc.publish(subjects.live(call_id), beat.model_dump_json().encode())

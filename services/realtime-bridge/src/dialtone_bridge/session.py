@@ -12,64 +12,36 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from dialtone_common.callbook import CallBook, CallBookUnavailable
+from dialtone_common.callbook import CallBookUnavailable
 from dialtone_common.logs import CallLog
 from dialtone_common.metrics import TRANSIT_SAMPLE
 from dialtone_proto import CallOffer, subjects
 from dialtone_proto.events import CallEnded, CallStatus, TurnMeasured
 from dialtone_proto.frames import FrameError, Kind, decode_frame, encode_control, encode_frame, transit_ms
-from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.js import JetStreamContext
 
 from dialtone_bridge import metrics as m
-from dialtone_bridge.agents import Agent, AgentBook
+from dialtone_bridge.agents import Agent
+from dialtone_bridge.callcontrol import CallControl
+from dialtone_bridge.context import BridgeContext
+from dialtone_bridge.conversation import Conversation
 from dialtone_bridge.engine import Closed, EngineUnavailable, ModelConnection
+from dialtone_bridge.phase import CALL_GOES_ON, HANDED_OFF, HUNG_UP, LINE_STILL_OPEN, REPLACED, CallPhase
 from dialtone_bridge.playout import Playout
 from dialtone_bridge.publisher import EventPublisher
 from dialtone_bridge.realtime_engine import RealtimeConnection
 from dialtone_bridge.recovery import Restored
-from dialtone_bridge.settings import BridgeSettings
-from dialtone_bridge.toolclient import ToolClient
 from dialtone_bridge.turns import Turn, TurnLatency
-
-if TYPE_CHECKING:
-    from dialtone_bridge.callcontrol import TwilioControlFactory
-    from dialtone_bridge.conversation import Conversation
 
 log = logging.getLogger("dialtone.bridge.call")
 
 BACKLOG_BYTES = 8000 * 30  # 30 s of caller audio kept while the model socket (re)connects
 MIN_CHUNK = 320  # agent audio goes to the gateway in chunks of at least 40 ms (each then marked)
 STREAM_SILENT_S = 10.0  # Twilio sends media every 20 ms: this long without a frame, the stream is gone
-# Ends after which the caller may still be on the line: the bridge must free it.
-LINE_STILL_OPEN = {"bridge_shutdown", "bridge_error", "stream_lost", "realtime_unavailable", "realtime_lost"}
-# The gateway gave the call to another bridge (this one was silent too long): it goes on there, so
-# this bridge neither frees the line nor reports the call ended.
-REPLACED = "bridge_replaced"
-# This bridge is draining and the call outlasted its grace: it asked the gateway to offer the call
-# to another bridge, which carries it on. Like REPLACED, the call is not over.
-HANDED_OFF = "handed_off"
-CALL_GOES_ON = {REPLACED, HANDED_OFF}
-# The caller left (or the stream closed under them): agent audio still queued was never heard.
-HUNG_UP = {"caller_hangup", "stream_closed"}
-
-
-@dataclass
-class BridgeContext:
-    """What every call on this bridge shares."""
-
-    nc: Client
-    js: JetStreamContext
-    settings: BridgeSettings
-    agents: AgentBook
-    tools: ToolClient
-    bridge_id: str
-    twilio: TwilioControlFactory | None = None
-    calls: CallBook | None = None  # the call records: who holds each call now
+__all__ = ["CALL_GOES_ON", "HANDED_OFF", "HUNG_UP", "LINE_STILL_OPEN", "REPLACED", "BridgeContext", "CallSession"]
 
 
 @dataclass
@@ -84,9 +56,6 @@ class CallSession:
     def __init__(self, ctx: BridgeContext, offer: CallOffer, agent: Agent, restored: Restored | None = None) -> None:
         """``offer`` carries the caller's details from the call record; ``restored`` is the
         conversation so far when this bridge takes over a call whose bridge was lost."""
-        from dialtone_bridge.callcontrol import CallControl
-        from dialtone_bridge.conversation import Conversation
-
         self.ctx, self.offer, self.call_id = ctx, offer, offer.call_id
         self.restored = restored
         self.log = CallLog(log, call_id=offer.call_id)
@@ -97,9 +66,8 @@ class CallSession:
         self.playout = Playout()
         self.turns = TurnLatency(on_measured=self._turn_measured)
         self.model: ModelConnection = self._connection()
-        self.ready = asyncio.Event()
-        self.ended = asyncio.Event()
-        self.end_reason = "unknown"
+        self.ready = asyncio.Event()  # the model connection is open
+        self.phase = CallPhase()
         self._backlog = bytearray()
         # The model's input buffer on the stream's clock: ms of caller audio appended to the current
         # socket, and the media timestamp at the end of the latest caller frame (appended or held).
@@ -111,10 +79,19 @@ class CallSession:
         self._tasks: set[asyncio.Task] = set()
         self._pending_audio: tuple[str, bytearray] | None = None  # (item, bytes) not yet 40 ms
         self._last_frame = time.monotonic()
-        self.conversation: Conversation = Conversation(self, agent)
+        self.conversation = Conversation(self, agent)
         if restored is not None:
             self.conversation.restore(restored)
-        self.control = CallControl(self, ctx.twilio)
+        self.control = CallControl(self, self.conversation, ctx.twilio)
+        self.conversation.control = self.control
+
+    @property
+    def ended(self) -> asyncio.Event:
+        return self.phase.ended
+
+    @property
+    def end_reason(self) -> str:
+        return self.phase.end_reason
 
     def _connection(self) -> ModelConnection:
         s = self.ctx.settings
@@ -160,7 +137,7 @@ class CallSession:
                     with contextlib.suppress(Exception):
                         await self.control.release_line(self.end_reason)
                 else:  # another bridge serves the call now: leave its line and its session alone
-                    self.end_reason = REPLACED
+                    self.phase.end_reason = REPLACED
             await self._teardown()
             active.dec()
             m.CALLS_ENDED.labels(*labels, self.end_reason, m.outcome_label(self.conversation.outcome)).inc()
@@ -223,10 +200,8 @@ class CallSession:
                 return
 
     def end(self, reason: str) -> None:
-        """End the call (idempotent). The socket is closed at once by ``run``'s teardown."""
-        if not self.ended.is_set():
-            self.end_reason = reason
-            self.ended.set()
+        """End the call (idempotent). The model connection is closed at once by ``run``'s teardown."""
+        self.phase.end(reason)
 
     def spawn(self, coro: Any, name: str) -> asyncio.Task:
         """Start a task owned by this call: cancelled when the call ends."""
