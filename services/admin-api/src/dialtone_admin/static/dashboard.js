@@ -697,8 +697,9 @@ function webhookRows(d) {
     el("p", { class: "muted" }, `webhook-id ${d.id} · ${d.url}`),
     d.attempts.length ? el("ol", {}, ...d.attempts.map((a) => el("li", {},
       `${when(a.at)} · ${a.status_code != null ? `HTTP ${a.status_code}` : "no answer"} · ${ms(a.latency_ms)}`,
-      a.error ? ` · ${a.error}` : "", a.response ? el("pre", {}, a.response) : null))) : el("p", {}, "No attempt yet.")));
-  const toggle = el("button", { class: "plain", type: "button", "aria-expanded": "false" }, String(d.attempts.length));
+      a.error && a.status_code == null ? ` · ${a.error}` : "", a.response ? el("pre", {}, a.response) : null))) : el("p", {}, "No attempt yet.")));
+  const toggle = el("button", { class: "plain", type: "button", "aria-expanded": "false",
+    "aria-label": `${d.attempts.length} attempt${d.attempts.length === 1 ? "" : "s"}: show them` }, String(d.attempts.length));
   toggle.addEventListener("click", () => {
     details.hidden = !details.hidden;
     toggle.setAttribute("aria-expanded", String(!details.hidden));
