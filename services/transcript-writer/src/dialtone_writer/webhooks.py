@@ -308,6 +308,8 @@ class Deliverer:
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.warning("webhooks %s: delivery %s not settled (%s: %s); tried again after its lease",
                         ep.name, row["id"], type(exc).__name__, exc)
+        except Exception:  # a bug must not take down the writer: the lease expires, it is tried again
+            log.exception("webhooks %s: delivery %s failed; tried again after its lease", ep.name, row["id"])
 
     async def _build(self, row: asyncpg.Record) -> str:
         """The body of a delivery, stored before its first send so that every retry sends it unchanged."""
