@@ -116,10 +116,12 @@ def test_the_delivery_id_is_deterministic_per_endpoint_and_event() -> None:
 @pytest.mark.unit
 def test_backoff_doubles_with_jitter_up_to_its_cap() -> None:
     rng = random.Random(7)
-    for attempt in range(1, 12):
-        delay = backoff_s(attempt, 5.0, 3600.0, rng)
+    delays = [backoff_s(attempt, 5.0, 3600.0, rng) for attempt in range(1, 14)]
+    for attempt, delay in enumerate(delays, 1):
         ceiling = min(3600.0, 5.0 * 2 ** (attempt - 1))
         assert ceiling / 2 <= delay <= ceiling
+    assert delays[:10] == sorted(delays[:10])  # 50-100 % of a doubling: never shorter than the one before
+    assert sum(delays) < 6 * 3600  # 14 attempts within 6 h; the default 24 h holds some 40
 
 
 @pytest.mark.unit
@@ -265,7 +267,7 @@ async def test_500_three_times_then_200_is_one_delivery_of_four_attempts_with_gr
         async with pool.acquire() as conn:
             await write_events(conn, call_events(call), Outbox([endpoint]))
         before = metrics.REGISTRY.get_sample_value("dialtone_writer_webhook_failures_total", {"reason": "http_5xx"})
-        run_deliverer([endpoint], backoff_s=0.3)
+        run_deliverer([endpoint], backoff_s=0.3, jitter=0.2)
 
         async def delivered():
             rows = await deliveries(pool, call)
@@ -275,7 +277,10 @@ async def test_500_three_times_then_200_is_one_delivery_of_four_attempts_with_gr
     assert len(receiver.hits) == 4 and {h.id for h in receiver.hits} == {row["id"]}  # nothing lost or doubled
     assert len({h.body for h in receiver.hits}) == 1  # every retry the same bytes
     gaps = [b.at - a.at for a, b in zip(receiver.hits, receiver.hits[1:], strict=False)]
-    assert gaps[0] >= 0.15 and gaps[0] < gaps[1] < gaps[2], gaps  # 0.15-0.3, 0.3-0.6, 0.6-1.2 s
+    # Each gap is 80-100 % of 0.3 s doubled per attempt (0.24-0.3, 0.48-0.6, 0.96-1.2 s), plus the
+    # poll's and the request's time (a few tens of ms).
+    assert [g >= floor for g, floor in zip(gaps, (0.24, 0.48, 0.96), strict=True)] == [True] * 3, gaps
+    assert gaps[0] < gaps[1] < gaps[2] < 3, gaps
     print("attempt gaps (s):", [round(g, 3) for g in gaps])
     assert [t["status_code"] for t in row["tries"]] == [500, 500, 500, 200]
     assert row["tries"][0]["response"] == "x" * 200 and row["tries"][3]["response"] == "ok"

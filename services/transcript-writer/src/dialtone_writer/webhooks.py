@@ -66,12 +66,14 @@ def delivery_id(endpoint: str, event_id: str) -> str:
     return "msg_" + base64.b32encode(digest).decode().rstrip("=").lower()
 
 
-def backoff_s(attempt: int, base_s: float, max_s: float, rng: random.Random | None = None) -> float:
+def backoff_s(
+    attempt: int, base_s: float, max_s: float, rng: random.Random | None = None, jitter: float = 0.5
+) -> float:
     """The delay after failed attempt ``attempt`` (1, 2, ...): ``base_s * 2**(attempt-1)``, at most
-    ``max_s``, times a random factor in [0.5, 1] (jitter: retries of many deliveries spread out,
-    yet each gap is at least the one before it)."""
+    ``max_s``, times a random factor in [1 - jitter, 1] (retries of many deliveries spread out, yet
+    with the default each gap is at least the one before it)."""
     ceiling = min(max_s, base_s * 2 ** min(attempt - 1, 40))
-    return ceiling * (rng or random).uniform(0.5, 1.0)
+    return ceiling * (rng or random).uniform(1.0 - jitter, 1.0)
 
 
 def retry_after_s(value: str | None, now: datetime) -> float | None:
@@ -226,12 +228,14 @@ class Deliverer:
         concurrency: int = 4,
         poll_s: float = 1.0,
         gauge_every_s: float = 5.0,
+        jitter: float = 0.5,
     ) -> None:
         self._pool = pool
         self.endpoints = {ep.name: ep for ep in endpoints}
         self.retry_for_s, self.timeout_s = retry_for_s, timeout_s
         self.backoff_s, self.backoff_max_s = backoff_s, backoff_max_s
         self.concurrency, self.poll_s, self.gauge_every_s = concurrency, poll_s, gauge_every_s
+        self.jitter = jitter
         self._signers = {ep.name: Webhook(ep.secret) for ep in endpoints}
         self._wake = {ep.name: asyncio.Event() for ep in endpoints}
 
@@ -358,7 +362,7 @@ class Deliverer:
         elif not outcome.retryable:
             status, next_at = "dead", None
         else:
-            delay = backoff_s(row["attempts"], self.backoff_s, self.backoff_max_s)
+            delay = backoff_s(row["attempts"], self.backoff_s, self.backoff_max_s, jitter=self.jitter)
             if outcome.status == 429 and outcome.retry_after is not None:
                 delay = outcome.retry_after
             next_at = now + timedelta(seconds=delay)
