@@ -7,6 +7,7 @@ import asyncio
 import logging
 import sys
 from contextlib import AsyncExitStack
+from urllib.parse import urlsplit
 
 import asyncpg
 from dialtone_common import bus, logs, runtime
@@ -91,7 +92,8 @@ async def _start_webhooks(stack: AsyncExitStack, stop: asyncio.Event, settings: 
     stack.push_async_callback(asyncio.wait_for, task, None)
     task.add_done_callback(lambda _: stop.set())  # a deliverer that died must take the process down
     if endpoints:
-        log.info("webhooks to %s", ", ".join(f"{e.name} ({e.url})" for e in endpoints))
+        # The host only: a receiver's URL may carry a token of its own in its path or query.
+        log.info("webhooks to %s", ", ".join(f"{e.name} ({urlsplit(e.url).hostname})" for e in endpoints))
     return deliverer
 
 
