@@ -406,3 +406,26 @@ async def test_call_analyzed_is_stored_and_delivered_with_the_analysis(pool, run
         await poll(lambda: receiver.hits, timeout=10, what="the call.analyzed webhook")
     body = receiver.hits[0].json
     assert body["type"] == "call.analyzed" and body["data"]["analysis"] == {"summary": "Said hello.", "score": 5}
+
+
+@pytest.mark.integration
+async def test_two_writers_deliverers_send_each_delivery_once(pool, run_deliverer) -> None:
+    calls = [new_call() for _ in range(8)]
+    async with Receiver() as receiver:
+        endpoint = Endpoint(uniq("global"), receiver.url, SECRET)
+        async with pool.acquire() as conn:
+            for call in calls:
+                await write_events(conn, call_events(call), Outbox([endpoint]))
+        run_deliverer([endpoint], concurrency=3)
+        run_deliverer([endpoint], concurrency=3)  # another writer instance
+
+        async def all_delivered() -> bool:
+            rows = [r for call in calls for r in await deliveries(pool, call)]
+            return len(rows) == 16 and all(r["status"] == "delivered" for r in rows)
+
+        await poll(all_delivered, timeout=20, what="sixteen deliveries delivered")
+    ids = [h.id for h in receiver.hits]
+    assert len(ids) == len(set(ids)) == 16  # every delivery once, none twice
+    for call in calls:
+        assert [h.json["type"] for h in receiver.hits if h.json["data"]["call_sid"] == call] == [
+            "call.started", "call.ended"]
