@@ -143,6 +143,25 @@ def build() -> dict:
         ("sum(rate(dialtone_writer_events_written_total[5m]))", "written/s"),
     ))  # fmt: skip
 
+    d.with_row(dash.Row("Webhooks"))
+    d.with_panel(_series(
+        "Webhook deliveries", "short",
+        "Deliveries finished per minute, by result (delivered, dead), and failed attempts per minute, by reason.",
+        ("sum by (result) (rate(dialtone_writer_webhook_deliveries_total[5m])) * 60", "{{result}}/min"),
+        ("sum by (reason) (rate(dialtone_writer_webhook_failures_total[5m])) * 60", "failed {{reason}}/min"),
+        width=8,
+    ))  # fmt: skip
+    d.with_panel(_series(
+        "Webhook backlog", "short", "Deliveries not yet delivered nor dead: first tries and retries to come.",
+        ("max(dialtone_writer_webhook_backlog)", "undelivered"),  # every writer reports the same table
+        width=8,
+    ))  # fmt: skip
+    d.with_panel(_series(
+        "Oldest undelivered webhook", "s", "How long the oldest undelivered delivery has waited (0 with none).",
+        ("max(dialtone_writer_webhook_oldest_undelivered_age_seconds)", "age"),
+        width=8,
+    ))  # fmt: skip
+
     d.with_row(dash.Row("Services"))
     d.with_panel(_series(
         "CPU per service", "percentunit", "CPU time per second, per service.",

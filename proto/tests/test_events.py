@@ -10,6 +10,7 @@ import pytest
 from dialtone_proto import (
     EVENT_TYPES,
     AgentChanged,
+    CallAnalyzed,
     CallEnded,
     CallMetric,
     CallStarted,
@@ -80,6 +81,8 @@ SAMPLES = [
                  tool_ms=300.0, tools=1),
     TurnMeasured(**_base(16), turn=1, sent_ms=700.0),
     CallEnded(**_base(12), reason="caller_hangup"),
+    CallAnalyzed(**_base(17), analysis={"summary": "Balance given.", "sentiment": "positive", "score": 4.5},
+                 model="gpt-5-mini"),
 ]
 
 

@@ -14,6 +14,7 @@ import secrets
 import signal
 import sys
 import time
+import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,6 +118,8 @@ class Platform:
     twilio_api_base_url: str | None = None
     admin_token: str = ""
     public_base_url: str | None = None
+    webhook_url: str | None = None  # the global webhook endpoint (the writer's WEBHOOK_URL)
+    webhook_secret: str | None = None
     agents_dir: Path = ROOT / "agents"
     tools_module: str = str(ROOT / "examples" / "tools.py")
     echo: Callable[[str], None] | None = None
@@ -198,12 +201,29 @@ class Platform:
                     "METRICS_PORT": str(self.ports.tools)}
         elif name == "transcript-writer":
             env |= {"DATABASE_URL": self.database_url or "", "METRICS_PORT": str(self.ports.writer),
-                    "RECORDINGS_DIR": str(self.data_dir / "recordings")}
+                    "RECORDINGS_DIR": str(self.data_dir / "recordings"), "AGENTS_DIR": str(self.agents_dir)}
+            env |= self._webhook_env()
         elif name == "admin-api":
             env |= twilio | {"DATABASE_URL": self.database_url or "", "ADMIN_TOKEN": self.admin_token,
                              "ADMIN_PORT": str(self.ports.admin), "PUBLIC_BASE_URL": self.public_base_url,
                              "RECORDINGS_DIR": str(self.data_dir / "recordings")}
         return env | self.extra_env
+
+    def _webhook_env(self) -> dict[str, str]:
+        """The writer's webhook settings: the global endpoint, the WEBHOOK_* tuning of this
+        environment, and the secrets the agents' [[webhooks]] name (their ``secret_env``)."""
+        env = {k: v for k, v in os.environ.items() if k.startswith("WEBHOOK_")}
+        for path in sorted(self.agents_dir.glob("*/agent.toml")):
+            with contextlib.suppress(OSError, tomllib.TOMLDecodeError):
+                for hook in tomllib.loads(path.read_text()).get("webhooks") or []:
+                    name = hook.get("secret_env") if isinstance(hook, dict) else None
+                    if isinstance(name, str) and name in os.environ:
+                        env[name] = os.environ[name]
+        if self.webhook_url:
+            env["WEBHOOK_URL"] = self.webhook_url
+        if self.webhook_secret:
+            env["WEBHOOK_SECRET"] = self.webhook_secret
+        return env
 
     def health_url(self, name: str, port: int | None = None) -> str:
         default = {"media-gateway": self.ports.gateway, "admin-api": self.ports.admin,

@@ -88,6 +88,7 @@ def _banner(p: Platform, simulated: bool) -> str:
         f"  Metrics              : gateway {p.gateway_url}/metrics, admin {p.admin_url}/metrics,"
         f" bridge :{p.ports.bridge}, tool-runner :{p.ports.tools}, writer :{p.ports.writer}",
         "  Place a test call    : make call",
+        f"  Webhooks             : {p.webhook_url or 'none (set WEBHOOK_URL and WEBHOOK_SECRET)'}   (deliveries: {p.admin_url}/webhooks)",
     ]
     if simulated:
         lines += [
@@ -136,6 +137,8 @@ async def run_platform() -> None:
             twilio_api_base_url=settings.twilio_api_base_url,
             admin_token=_secret(settings.admin_token) or saved["admin_token"],
             public_base_url=settings.public_base_url,
+            webhook_url=settings.webhook_url,
+            webhook_secret=_secret(settings.webhook_secret),
             echo=lambda line: print(line, flush=True),
         )
         await stack.enter_async_context(platform)

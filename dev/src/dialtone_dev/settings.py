@@ -25,6 +25,8 @@ class DevSettings(BaseSettings):
     twilio_account_sid: str | None = None
     twilio_api_base_url: str | None = None
     admin_token: SecretStr | None = None
+    webhook_url: str | None = Field(default=None, description="make run: the global webhook endpoint")
+    webhook_secret: SecretStr | None = Field(default=None, description="make run: its whsec_ secret")
     dialtone_data_dir: Path = Field(
         default=Path(".dialtone"),
         description="embedded servers' data, logs, run.json and secrets.json; private to its owner (0700)",

@@ -193,6 +193,16 @@ class CallEnded(_Event):
     reason: str
 
 
+class CallAnalyzed(_Event):
+    """What an analysis of the finished call found (a summary, extracted fields, a score...), as
+    published by an analysis worker. ``analysis`` is free-form JSON, kept whole on the session
+    (the latest one wins) and carried by the ``call.analyzed`` webhook."""
+
+    type: Literal["call.analyzed"] = "call.analyzed"
+    analysis: dict[str, Any]
+    model: str | None = None
+
+
 Event = Annotated[
     CallStarted
     | TranscriptLine
@@ -204,7 +214,8 @@ Event = Annotated[
     | AgentChanged
     | CallMetric
     | TurnMeasured
-    | CallEnded,
+    | CallEnded
+    | CallAnalyzed,
     Field(discriminator="type"),
 ]
 
@@ -222,6 +233,7 @@ EVENT_TYPES = {
         CallMetric,
         TurnMeasured,
         CallEnded,
+        CallAnalyzed,
     )
 }
 

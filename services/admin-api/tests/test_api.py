@@ -90,7 +90,8 @@ async def page_all(client, **params) -> list[dict]:
 @pytest.mark.parametrize(
     "path",
     ["/sessions", "/sessions/CAnope", "/live", "/sessions/count", "/sessions/facets", "/sessions/export",
-     "/sessions/CAnope/transcript", "/live/stream", "/live/CAnope/listen", "/stats/daily"],
+     "/sessions/CAnope/transcript", "/live/stream", "/live/CAnope/listen", "/stats/daily",
+     "/webhooks/deliveries"],
 )
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"}])
 async def test_every_api_route_needs_the_token(client, path: str, headers: dict) -> None:
@@ -630,6 +631,9 @@ async def test_openapi_documents_the_error_responses(client) -> None:
         ("/auth/sessions", "get"): {"200", "401", "429"},
         ("/auth/sessions", "delete"): {"200", "401", "429", "503"},
         ("/auth/sessions/{signin}", "delete"): {"204", "401", "404", "422", "429", "503"},
+        ("/webhooks/deliveries", "get"): {"200", "400", "401", "422", "429", "503"},
+        ("/webhooks/deliveries/{delivery_id}/resend", "post"): {"200", "400", "401", "404", "422", "429", "503"},
+        ("/webhooks/replay", "post"): {"200", "400", "401", "422", "429", "503"},
     }
     sessions = spec["paths"]["/sessions"]["get"]["responses"]
     assert sessions["503"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorBody"}

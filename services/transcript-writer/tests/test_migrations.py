@@ -16,7 +16,7 @@ EXPECTED_COLUMNS = {
         "id", "call_sid", "agent", "direction", "from_number", "to_number", "stream_sid", "started_at",
         "ended_at", "end_reason", "status", "status_rank", "status_at", "answered_by", "outcome",
         "outcome_detail", "outcome_at", "transferred_to", "transcript", "usage", "cost_usd", "metrics",
-        "created_at", "updated_at", "cost_breakdown",
+        "created_at", "updated_at", "cost_breakdown", "analysis", "analysis_at",
     },
     "call_events": {"event_id", "call_sid", "type", "at", "payload", "received_at"},
     "transcript_lines": {
@@ -42,6 +42,12 @@ EXPECTED_COLUMNS = {
         "bucket_samples", "peaks", "recorded_by", "created_at",
     },
     "schema_migrations": {"version", "name", "applied_at"},
+    "webhook_deliveries": {
+        "id", "seq", "endpoint", "url", "event_id", "event_type", "call_sid", "event_at", "created_at", "status",
+        "attempts", "next_attempt_at", "retry_from", "locked_until", "payload", "delivered_at", "last_status",
+        "last_error",
+    },
+    "webhook_attempts": {"delivery_id", "n", "at", "status_code", "latency_ms", "response", "error"},
 }
 
 EXPECTED_INDEXES = {
@@ -61,6 +67,9 @@ EXPECTED_INDEXES = {
     "agent_changes_call_idx",
     "call_turns_call_idx",
     "call_recordings_created_idx",
+    "webhook_deliveries_due_idx",
+    "webhook_deliveries_order_idx",
+    "webhook_deliveries_list_idx",
 }
 
 

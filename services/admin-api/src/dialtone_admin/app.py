@@ -36,6 +36,7 @@ from dialtone_admin.stats import router as stats_router
 from dialtone_admin.stream import LiveHub
 from dialtone_admin.stream import router as stream_router
 from dialtone_admin.throttle import Guard
+from dialtone_admin.webhooks import router as webhooks_router
 
 log = logging.getLogger(__name__)
 
@@ -254,4 +255,5 @@ def create_app(settings: AdminSettings) -> FastAPI:
     app.include_router(stats_router)
     app.include_router(calls_router)
     app.include_router(recordings_router)
+    app.include_router(webhooks_router)
     return app

@@ -14,20 +14,18 @@ from typing import Any
 
 import asyncpg
 import orjson
+from dialtone_common.session_view import (  # noqa: F401 - the read model of one session, re-exported
+    COST_KINDS,
+    HOSTED_FEE_USD_PER_MIN,
+    SUMMARY_COLUMNS,
+    get_session,
+    latency,
+    percentile,
+    session_cost,
+    summary,
+)
 
 from dialtone_admin.cursor import decode_cursor, encode_cursor
-
-# What a hosted voice-agent engine charges per minute on top of the model: the admin API shows what
-# it would have added to each call (cost.hosted_fee_usd), next to the call's own cost per minute.
-HOSTED_FEE_USD_PER_MIN = 0.09
-# The kinds of the cost breakdown (the writer's mapping.COST_KINDS).
-COST_KINDS = ("audio_in", "audio_out", "text_in", "text_out", "cached", "transcription", "other")
-
-_SUMMARY_COLUMNS = """
-    s.id, s.call_sid, s.agent, s.direction, s.from_number, s.to_number, s.status, s.outcome,
-    s.started_at, s.ended_at, EXTRACT(EPOCH FROM s.ended_at - s.started_at)::float8 AS duration_s,
-    s.end_reason, s.cost_usd::float8 AS cost_usd, s.transferred_to, s.answered_by
-"""
 
 # The same expression as the index call_sessions_transcript_fts_idx (migration dashboard_filters), so the index
 # serves the search: one GIN lookup over whole calls, newest first.
@@ -69,12 +67,6 @@ def _aware(value: datetime | None) -> datetime | None:
     if value is not None and value.tzinfo is None:
         return value.replace(tzinfo=UTC)
     return value
-
-
-def _summary(row: asyncpg.Record) -> dict[str, Any]:
-    out = dict(row)
-    out.pop("id", None)
-    return out
 
 
 def _where(filters: SessionFilter) -> tuple[list[str], list[Any]]:
@@ -166,7 +158,7 @@ async def list_sessions(
         started_at, row_id = decode_cursor(cursor)
         where.append(f"(s.started_at, s.id) < ({param(started_at)}::timestamptz, {param(row_id)}::bigint)")
     sql = (
-        f"SELECT {_SUMMARY_COLUMNS} FROM call_sessions s"
+        f"SELECT {SUMMARY_COLUMNS} FROM call_sessions s"
         + (" WHERE " + " AND ".join(where) if where else "")
         + f" ORDER BY s.started_at DESC, s.id DESC LIMIT {param(limit + 1)}"
     )
@@ -174,100 +166,4 @@ async def list_sessions(
     # One row more than asked tells whether another page exists without a count query.
     page, more = rows[:limit], len(rows) > limit
     next_cursor = encode_cursor(page[-1]["started_at"], page[-1]["id"]) if more and page else None
-    return [_summary(r) for r in page], next_cursor
-
-
-async def get_session(conn: asyncpg.Connection, call_sid: str) -> dict[str, Any] | None:
-    """Everything about one call, or None if it is unknown.
-
-    Args:
-        conn: a connection from a pool made by ``dialtone_common.db.create_pool`` (jsonb codec).
-        call_sid: the call id.
-    """
-    row = await conn.fetchrow(
-        f"SELECT {_SUMMARY_COLUMNS}, s.usage, s.metrics, s.cost_breakdown FROM call_sessions s WHERE s.call_sid = $1",
-        call_sid,
-    )
-    if row is None:
-        return None
-    detail = _summary(row)
-    counters = detail.pop("usage") or {}
-    detail["usage"] = {**counters, "cost_usd": detail["cost_usd"]}
-    detail["metrics"] = detail.pop("metrics") or {}
-    detail["cost"] = session_cost(detail.pop("cost_breakdown") or {}, detail["duration_s"])
-    detail["transcript"] = [
-        dict(r)
-        for r in await conn.fetch(
-            "SELECT seq, role, text, agent, source, interrupted, untranscribed, at, offset_ms, heard_ms, audio_ms,"
-            " full_text FROM transcript_lines WHERE call_sid = $1 ORDER BY seq, at, item_id",
-            call_sid,
-        )
-    ]
-    detail["turns"] = [
-        dict(r)
-        for r in await conn.fetch(
-            "SELECT turn, item_id, offset_ms, sent_ms, heard_ms, tool_ms, tools, at FROM call_turns"
-            " WHERE call_sid = $1 ORDER BY at, event_id",
-            call_sid,
-        )
-    ]
-    detail["latency"] = latency([t["sent_ms"] for t in detail["turns"]],
-                                [t["heard_ms"] for t in detail["turns"] if t["heard_ms"] is not None])
-    detail["tool_calls"] = [
-        {**dict(r), "arguments": r["arguments"] if r["arguments"] is not None else r["raw_arguments"]}
-        for r in await conn.fetch(
-            "SELECT tool_call_id, seq, name, agent, arguments, raw_arguments, ok, result, error, duration_ms, at"
-            " FROM tool_calls WHERE call_sid = $1 ORDER BY seq, at, tool_call_id",
-            call_sid,
-        )
-    ]
-    detail["status_history"] = [
-        dict(r)
-        for r in await conn.fetch(
-            "SELECT status, source, answered_by, at FROM call_status_history"
-            " WHERE call_sid = $1 ORDER BY at, event_id",
-            call_sid,
-        )
-    ]
-    detail["agents"] = [
-        dict(r)
-        for r in await conn.fetch(
-            "SELECT from_agent, to_agent, at FROM agent_changes WHERE call_sid = $1 ORDER BY at, event_id",
-            call_sid,
-        )
-    ]
-    return detail
-
-
-def percentile(values: list[float], p: float) -> float | None:
-    """The ``p`` percentile (0..1) of ``values``, interpolated linearly between the closest ranks
-    (PostgreSQL's ``percentile_cont``); None without values."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = p * (len(ordered) - 1)
-    low = int(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return round(ordered[low] + (ordered[high] - ordered[low]) * (rank - low), 1)
-
-
-def latency(sent: list[float], heard: list[float]) -> dict[str, Any]:
-    """A call's turn latencies: p50 and p95 of its turns' ms to the first audio sent and heard."""
-    return {"turns": len(sent), "sent_p50": percentile(sent, 0.5), "sent_p95": percentile(sent, 0.95),
-            "heard_p50": percentile(heard, 0.5), "heard_p95": percentile(heard, 0.95)}
-
-
-def session_cost(breakdown: dict[str, Any], duration_s: float | None) -> dict[str, Any]:
-    """The cost object of a session: the writer's sums by kind (dollars priced by the bridge), their
-    total, the cost per minute and what a hosted engine's fee would have added over the duration."""
-    usd = {k: float(breakdown.get(f"{k}_usd") or 0) for k in COST_KINDS}
-    tokens = {k: int(breakdown.get(f"{k}_tokens") or 0) for k in COST_KINDS}
-    total = sum(usd.values())
-    minutes = duration_s / 60 if duration_s is not None and duration_s > 0 else None
-    fee = round(HOSTED_FEE_USD_PER_MIN * minutes, 6) if minutes else None
-    return {
-        "usd": usd, "tokens": tokens, "total_usd": total, "duration_s": duration_s,
-        "per_minute_usd": total / minutes if minutes else None,
-        "hosted_fee_per_minute_usd": HOSTED_FEE_USD_PER_MIN, "hosted_fee_usd": fee,
-        "total_with_hosted_fee_usd": total + fee if fee is not None else None,
-    }
+    return [summary(r) for r in page], next_cursor

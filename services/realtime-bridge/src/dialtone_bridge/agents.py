@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from dialtone_common.webhook_config import WebhookConfigError, agent_endpoints
+
 # How long a pause ends the caller's turn, by language. Speakers of some languages pause longer
 # inside a sentence; a shorter window there makes the agent interrupt them.
 SILENCE_BY_LANGUAGE_MS: dict[str, int] = {
@@ -106,6 +108,13 @@ def load_agent(folder: Path) -> Agent:
         raise AgentError(f"agent {folder.name}: unknown limits {sorted(unknown_limits)}")
     limits = Limits(**limits_raw)
     tools = raw.pop("tools", "*")
+    # [[webhooks]]: the transcript-writer sends them (dialtone_common.webhook_config); checked here
+    # too, so a wrong one stops the bridge that would take the agent's calls, not only the writer.
+    if "webhooks" in raw:
+        try:
+            agent_endpoints(folder.name, raw.pop("webhooks"), env=None)
+        except WebhookConfigError as exc:
+            raise AgentError(str(exc)) from exc
     known = set(Agent.__dataclass_fields__) - {"name", "instructions", "limits", "tools"}
     unknown = set(raw) - known
     if unknown:

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import asyncpg
@@ -30,6 +31,7 @@ from pydantic import ValidationError
 from dialtone_writer import metrics
 from dialtone_writer.settings import WriterSettings
 from dialtone_writer.store import write_events
+from dialtone_writer.webhooks import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,8 @@ class Consumer:
         js: the JetStream context; the stream must exist (``bus.ensure_stream``).
         settings: durable name, batch size and timeouts.
         filter_subject: the events to consume; every call's by default (tests narrow it).
+        outbox: enqueues webhook deliveries in each batch's transaction (None: no webhooks).
+        on_webhooks: called after a commit that enqueued deliveries (wakes the deliverer).
     """
 
     def __init__(
@@ -68,9 +72,12 @@ class Consumer:
         settings: WriterSettings,
         *,
         filter_subject: str = subjects.EVENTS_ALL,
+        outbox: Outbox | None = None,
+        on_webhooks: Callable[[], None] | None = None,
     ) -> None:
         self._pool, self._js, self._settings = pool, js, settings
         self._filter = filter_subject
+        self._outbox, self._on_webhooks = outbox, on_webhooks
         self._sub: JetStreamContext.PullSubscription | None = None
         self._db_ok = True
         self._db_answers = True  # the latest probe's verdict (probe_db)
@@ -182,10 +189,12 @@ class Consumer:
         # A bound on the whole write so a half-dead connection cannot stall the consumer past ack_wait.
         async with asyncio.timeout(self._settings.ack_wait_s * 0.66):
             async with self._pool.acquire() as conn:
-                result = await write_events(conn, events)
+                result = await write_events(conn, events, self._outbox)
         metrics.WRITE_SECONDS.observe(time.perf_counter() - started)
         metrics.BATCHES.inc()
         metrics.DUPLICATES.inc(result.duplicates)
+        if result.webhooks and self._on_webhooks is not None:
+            self._on_webhooks()
         committed = datetime.now(UTC)
         for event in result.applied:
             metrics.EVENTS_WRITTEN.labels(event.type).inc()

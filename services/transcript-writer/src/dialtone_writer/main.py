@@ -7,6 +7,7 @@ import asyncio
 import logging
 import sys
 from contextlib import AsyncExitStack
+from urllib.parse import urlsplit
 
 import asyncpg
 from dialtone_common import bus, logs, runtime
@@ -18,8 +19,9 @@ from dialtone_writer import metrics
 from dialtone_writer.consumer import Consumer
 from dialtone_writer.migrations import apply_migrations
 from dialtone_writer.recorder import Recorder
-from dialtone_writer.settings import WriterSettings
+from dialtone_writer.settings import WebhookConfigError, WriterSettings
 from dialtone_writer.sweeper import Sweeper
+from dialtone_writer.webhooks import Deliverer, Outbox
 
 log = logging.getLogger("dialtone_writer")
 
@@ -53,7 +55,9 @@ async def _serve(stack: AsyncExitStack, stop: asyncio.Event) -> None:
     stack.push_async_callback(bus.close, nc)
     js = nc.jetstream()
     await bus.ensure_stream(js, replicas=settings.jetstream_replicas)
-    consumer = Consumer(pool, js, settings)
+    deliverer = await _start_webhooks(stack, stop, settings)
+    outbox = Outbox(list(deliverer.endpoints.values()), settings.webhook_ended_delay_s)
+    consumer = Consumer(pool, js, settings, outbox=outbox if outbox.endpoints else None, on_webhooks=deliverer.notify)
     await consumer.start()
     await stack.enter_async_context(HealthServer(settings.metrics_host, settings.metrics_port, consumer.health,
                                                       registry=metrics.REGISTRY))
@@ -72,6 +76,25 @@ async def _serve(stack: AsyncExitStack, stop: asyncio.Event) -> None:
     sweep_task.add_done_callback(lambda _: stop.set())
     await _start_recorder(stack, stop, pool, nc, js, settings)
     log.info("transcript-writer running (metrics on :%d)", settings.metrics_port)
+
+
+async def _start_webhooks(stack: AsyncExitStack, stop: asyncio.Event, settings: WriterSettings) -> Deliverer:
+    """The webhook deliverer, in this process (webhooks.py says why), on a pool of its own so that
+    its queries never wait behind the consumer's or hold its connections."""
+    try:
+        endpoints = settings.webhook_endpoints()
+    except WebhookConfigError as exc:
+        raise SystemExit(f"transcript-writer: cannot start: {exc}") from None
+    pool = await create_pool(settings.database_url, min_size=1, max_size=2 + min(len(endpoints), 8))
+    stack.push_async_callback(pool.close)
+    deliverer = Deliverer.from_settings(pool, endpoints, settings)
+    task = asyncio.create_task(deliverer.run(stop), name="webhooks")
+    stack.push_async_callback(asyncio.wait_for, task, None)
+    task.add_done_callback(lambda _: stop.set())  # a deliverer that died must take the process down
+    if endpoints:
+        # The host only: a receiver's URL may carry a token of its own in its path or query.
+        log.info("webhooks to %s", ", ".join(f"{e.name} ({urlsplit(e.url).hostname})" for e in endpoints))
+    return deliverer
 
 
 async def _start_recorder(stack: AsyncExitStack, stop: asyncio.Event, pool, nc, js, settings: WriterSettings) -> None:

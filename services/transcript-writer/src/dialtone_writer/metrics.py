@@ -61,3 +61,42 @@ for _operation in ("put", "delete"):
         RECORDING_STORAGE_ERRORS.labels(_operation, _kind)
 for _task in ("watch", "keep", "retention", "finish"):
     BACKGROUND_ERRORS.labels(_task)
+
+# Webhooks (webhooks.py). Every series known in advance starts at zero.
+WEBHOOK_RESULTS = ("delivered", "dead")
+WEBHOOK_FAILURES = ("timeout", "network", "http_5xx", "http_429", "http_4xx", "other")
+WEBHOOK_DELIVERIES = Counter(
+    "dialtone_writer_webhook_deliveries_total",
+    "Webhook deliveries finished, by result: delivered (a 2xx) or dead (retries ran out, or refused for good)",
+    ["result"],
+    registry=REGISTRY,
+)
+WEBHOOK_ATTEMPTS = Counter(
+    "dialtone_writer_webhook_attempts_total", "Webhook requests sent, each attempt counted", registry=REGISTRY
+)
+WEBHOOK_FAILED_ATTEMPTS = Counter(
+    "dialtone_writer_webhook_failures_total",
+    "Webhook attempts that failed, by reason: timeout, network, http_5xx, http_429, http_4xx, other",
+    ["reason"],
+    registry=REGISTRY,
+)
+WEBHOOK_ATTEMPT_SECONDS = Histogram(
+    "dialtone_writer_webhook_attempt_seconds",
+    "Time of one webhook attempt, request sent to response (or failure)",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    registry=REGISTRY,
+)
+WEBHOOK_BACKLOG = Gauge(
+    "dialtone_writer_webhook_backlog",
+    "Webhook deliveries not yet delivered nor dead (first try or retry to come), every endpoint",
+    registry=REGISTRY,
+)
+WEBHOOK_OLDEST_AGE = Gauge(
+    "dialtone_writer_webhook_oldest_undelivered_age_seconds",
+    "Age of the oldest undelivered webhook delivery, since it was enqueued (or resent); 0 with none",
+    registry=REGISTRY,
+)
+for _result in WEBHOOK_RESULTS:
+    WEBHOOK_DELIVERIES.labels(_result)
+for _reason in WEBHOOK_FAILURES:
+    WEBHOOK_FAILED_ATTEMPTS.labels(_reason)

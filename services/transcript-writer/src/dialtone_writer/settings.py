@@ -2,8 +2,21 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from dialtone_common.recording_storage import RecordingStorageSettings
-from pydantic import Field
+from dialtone_common.webhook_config import (
+    GLOBAL,
+    WEBHOOK_EVENTS,
+    Endpoint,
+    WebhookConfigError,
+    check_events,
+    check_secret,
+    check_url,
+    load_agent_endpoints,
+)
+from pydantic import Field, SecretStr, model_validator
 
 
 class WriterSettings(RecordingStorageSettings):
@@ -45,3 +58,58 @@ class WriterSettings(RecordingStorageSettings):
         default=40, ge=20, le=1000,
         description="the gateway's MIN_CHUNK_MS: the recorder repeats the gateway's coalescing of agent audio",
     )
+
+    # Webhooks (webhooks.py; docs/CONTRACTS.md, Webhooks).
+    webhook_url: str | None = Field(
+        default=None, description="the global webhook endpoint: every call's events are POSTed here (unset: none)"
+    )
+    webhook_secret: SecretStr | None = Field(
+        default=None, description="its Standard Webhooks secret, whsec_ and base64 (required with WEBHOOK_URL)"
+    )
+    webhook_events: str = Field(
+        default=",".join(WEBHOOK_EVENTS), description="the events the global endpoint receives, comma-separated"
+    )
+    agents_dir: Path = Field(
+        default=Path("agents"), description="agent definitions, read for their [[webhooks]] (the bridge's AGENTS_DIR)"
+    )
+    webhook_retry_for_s: float = Field(
+        default=24 * 3600.0, gt=0, description="a failing delivery is retried this long, then dead-lettered"
+    )
+    webhook_timeout_s: float = Field(default=10.0, gt=0, description="an attempt without an answer this long failed")
+    webhook_backoff_s: float = Field(
+        default=5.0, gt=0, description="the first retry's delay; each next one doubles (with jitter: 50-100%)"
+    )
+    webhook_backoff_max_s: float = Field(default=3600.0, gt=0, description="the longest delay between two retries")
+    webhook_ended_delay_s: float = Field(
+        default=2.0, ge=0, description="call.ended is first sent this long after its event is written, so late "
+        "transcript lines and the final status are in it",
+    )
+    webhook_concurrency: int = Field(default=4, ge=1, le=100, description="requests in flight per endpoint")
+    webhook_poll_s: float = Field(default=1.0, gt=0, description="how often a deliverer looks for due deliveries")
+
+    @model_validator(mode="after")
+    def _webhook_pair(self) -> WriterSettings:
+        if self.webhook_url and self.webhook_secret is None:
+            raise ValueError("WEBHOOK_URL needs WEBHOOK_SECRET (a Standard Webhooks secret, whsec_...)")
+        if self.webhook_url:
+            check_url(self.webhook_url, "WEBHOOK_URL")
+            check_secret(self.webhook_secret.get_secret_value(), "WEBHOOK_SECRET")  # type: ignore[union-attr]
+        check_events(self.webhook_events, "WEBHOOK_EVENTS")
+        return self
+
+    def webhook_endpoints(self, env: dict[str, str] | None = None) -> list[Endpoint]:
+        """The global endpoint (if set) and every agent's, their secrets read from ``env`` (the
+        process environment by default: an agent's ``secret_env`` names a variable of it).
+
+        Raises:
+            WebhookConfigError: an agent's webhook is invalid or its secret is not set.
+        """
+        endpoints = []
+        if self.webhook_url and self.webhook_secret is not None:
+            endpoints.append(Endpoint(GLOBAL, self.webhook_url, self.webhook_secret.get_secret_value(),
+                                      check_events(self.webhook_events, "WEBHOOK_EVENTS")))
+        endpoints += load_agent_endpoints(self.agents_dir, os.environ if env is None else env)
+        return endpoints
+
+
+__all__ = ["WebhookConfigError", "WriterSettings"]

@@ -11,10 +11,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import asyncpg
 from dialtone_proto import (
     AgentChanged,
+    CallAnalyzed,
     CallEnded,
     CallMetric,
     CallStarted,
@@ -31,6 +33,9 @@ from dialtone_proto import (
 
 from dialtone_writer.mapping import RANK_IMPLIED_BY_END, cost_breakdown, status_rank, usage_counters
 
+if TYPE_CHECKING:
+    from dialtone_writer.webhooks import Outbox
+
 
 @dataclass(slots=True)
 class BatchResult:
@@ -38,6 +43,7 @@ class BatchResult:
 
     applied: list[Event] = field(default_factory=list)
     duplicates: int = 0
+    webhooks: int = 0  # webhook deliveries enqueued (the outbox)
 
 
 # The payload goes in as text and is cast in SQL because asyncpg's jsonb codec does not cover
@@ -144,6 +150,12 @@ SET end_reason = CASE WHEN ended_at IS NULL OR $2 < ended_at THEN $3 ELSE end_re
 WHERE call_sid = $1
 """
 
+# The latest analysis wins, whatever order two of them are applied in.
+_ANALYZED = """
+UPDATE call_sessions SET analysis = $2, analysis_at = $3, updated_at = now()
+WHERE call_sid = $1 AND (analysis_at IS NULL OR analysis_at <= $3)
+"""
+
 # Recomputed once per batch and call rather than once per line.
 _REFRESH_TRANSCRIPTS = """
 UPDATE call_sessions s
@@ -177,12 +189,14 @@ WHERE s.call_sid = ANY($1::text[])
 """
 
 
-async def write_events(conn: asyncpg.Connection, events: Sequence[Event]) -> BatchResult:
+async def write_events(conn: asyncpg.Connection, events: Sequence[Event], outbox: Outbox | None = None) -> BatchResult:
     """Apply a batch of events in one transaction.
 
     Args:
         conn: a connection whose jsonb codec takes Python objects (``dialtone_common.db.create_pool``).
         events: decoded events in delivery order; the same event id may appear more than once.
+        outbox: where the webhook deliveries of the events applied now are enqueued, in the same
+            transaction (so ``call.ended`` is sent only once its session row is committed).
 
     Returns:
         The events applied now and how many were already recorded (duplicates).
@@ -224,6 +238,8 @@ async def write_events(conn: asyncpg.Connection, events: Sequence[Event]) -> Bat
         usage = sorted({e.call_id for e in result.applied if isinstance(e, UsageReported)})
         if usage:
             await conn.execute(_REFRESH_USAGE, usage)
+        if outbox is not None:
+            result.webhooks = await outbox.enqueue(conn, result.applied)
     return result
 
 
@@ -267,6 +283,8 @@ async def _apply(conn: asyncpg.Connection, e: Event) -> None:
             await conn.execute(_AGENT_CHANGED, e.id, e.call_id, e.from_agent, e.to_agent, e.at)
         case CallMetric():
             await conn.execute(_METRIC, e.call_id, e.name, e.value)
+        case CallAnalyzed():
+            await conn.execute(_ANALYZED, e.call_id, e.analysis, e.at)
         case CallEnded():
             await conn.execute(_ENDED, e.call_id, e.at, e.reason)
             await conn.execute(_STATUS, e.call_id, "completed", RANK_IMPLIED_BY_END, e.at)

@@ -1,4 +1,4 @@
-// The dashboard: one shell, a page per URL (/calls, /calls/<sid>, /monitor, /overview, /login),
+// The dashboard: one shell, a page per URL (/calls, /calls/<sid>, /monitor, /overview, /webhooks, /login),
 // drawn from the JSON API. A served file: the page's Content-Security-Policy allows no inline script.
 // Signed in means an HttpOnly session cookie this script never sees; signed out (or expired), every
 // piece of call data is removed from the page, not hidden.
@@ -70,7 +70,7 @@ document.addEventListener("click", (ev) => {
   const a = ev.target.closest && ev.target.closest("a[href]");
   if (!a || a.hasAttribute("download") || a.target || ev.ctrlKey || ev.metaKey || ev.shiftKey || ev.button) return;
   const url = new URL(a.href, location.href);
-  if (url.origin !== location.origin || !/^\/(calls|monitor|overview|login)/.test(url.pathname)) return;
+  if (url.origin !== location.origin || !/^\/(calls|monitor|overview|webhooks|login)/.test(url.pathname)) return;
   ev.preventDefault();
   navigate(url.pathname + url.search);
 });
@@ -107,7 +107,7 @@ async function render() {
       const s = await api("/auth/session");
       watchExpiry(s.expires_at);
       const next = new URLSearchParams(location.search).get("next");
-      return navigate(next && /^\/(calls|monitor|overview)/.test(next) ? next : "/calls", true);
+      return navigate(next && /^\/(calls|monitor|overview|webhooks)/.test(next) ? next : "/calls", true);
     } catch { return drawLogin(""); }
   }
   $("nav").hidden = false; $("logout").hidden = false; $("logout-all").hidden = false;
@@ -122,6 +122,7 @@ async function render() {
     if (m) await drawCall(decodeURIComponent(m[1]), stillHere);
     else if (path === "/monitor") await drawMonitor(stillHere);
     else if (path === "/overview") await drawOverview(stillHere);
+    else if (path === "/webhooks") await drawWebhooks(stillHere);
     else await drawCalls(stillHere);
   } catch (e) {
     if (e instanceof SignedOut) return;
@@ -150,7 +151,7 @@ function drawLogin(message) {
       input.value = "";
       watchExpiry(s.expires_at);
       const next = new URLSearchParams(location.search).get("next");
-      navigate(next && /^\/(calls|monitor|overview)/.test(next) ? next : "/calls", true);
+      navigate(next && /^\/(calls|monitor|overview|webhooks)/.test(next) ? next : "/calls", true);
     } catch (e) { error.textContent = e.status === 401 ? "That is not the admin token." : e.message; }
   });
   VIEW.replaceChildren(form);
@@ -635,6 +636,88 @@ async function drawOverview(stillHere) {
     agents.length ? el("div", { class: "table-wrap" }, el("table", {}, el("thead", {}, el("tr", {}, ...["Day", "Agent", "Turns", "p50", "p95"].map((h) => el("th", { scope: "col" }, h)))),
       el("tbody", {}, ...agents.map((a) => el("tr", {}, el("td", {}, a.day), el("td", {}, a.agent), el("td", {}, a.turns), el("td", {}, ms(a.latency_p50_ms)), el("td", {}, ms(a.latency_p95_ms)))))))
       : el("p", { class: "muted" }, "No turns measured in this period.")));
+}
+
+// ---- webhooks --------------------------------------------------------------------------------
+// Deliveries to the operator's systems, newest first, each with its attempts; "Resend" puts one back
+// in the queue (POST with the session cookie: the server checks the request comes from this page).
+async function drawWebhooks(stillHere) {
+  document.title = "Webhooks · Dialtone";
+  const params = new URLSearchParams(location.search);
+  const form = el("form", { id: "webhook-filters", class: "filters", role: "search" });
+  const field = (label, control) => el("label", { class: "field" }, el("span", {}, label), control);
+  const status = el("select", { name: "status" }, ...["", "pending", "delivered", "dead"].map((v) =>
+    el("option", { value: v, selected: (params.get("status") || "") === v }, v || "Any")));
+  form.append(field("Status", status),
+    field("Call", el("input", { name: "call", type: "search", value: params.get("call") || "", maxlength: 64, placeholder: "CA…" })),
+    field("Endpoint", el("input", { name: "endpoint", type: "search", value: params.get("endpoint") || "", maxlength: 200, placeholder: "global" })),
+    el("div", { class: "actions" }, el("button", { type: "submit" }, "Filter"), el("a", { href: "/webhooks", class: "button plain" }, "Clear")));
+  form.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const next = new URLSearchParams();
+    for (const [k, v] of new FormData(form)) if (String(v).trim()) next.set(k, String(v).trim());
+    navigate(`/webhooks${next.toString() ? `?${next}` : ""}`);
+  });
+  const rows = el("tbody", { id: "webhook-rows" });
+  const table = el("table", { class: "webhooks" },
+    el("caption", { class: "sr-only" }, `Webhook deliveries, newest first; times in ${TZ}`),
+    el("thead", {}, el("tr", {}, ...["Event", "Call", "Endpoint", "Status", "Attempts", "Last result", ""]
+      .map((h) => el("th", { scope: "col" }, h)))), rows);
+  const note = el("p", { id: "webhook-status", class: "muted", "aria-live": "polite" });
+  const more = el("button", { id: "webhook-more", class: "plain", type: "button", hidden: true }, "Load more");
+  VIEW.replaceChildren(el("h1", {}, "Webhooks"), form, el("div", { class: "table-wrap" }, table), el("p", {}, more, " ", note));
+  let cursor = null;
+  async function load() {
+    note.textContent = "Loading…"; more.hidden = true;
+    const q = new URLSearchParams();
+    for (const k of ["status", "call", "endpoint"]) if (params.get(k)) q.set(k, params.get(k));
+    q.set("limit", "50");
+    if (cursor) q.set("cursor", cursor);
+    try {
+      const page = await api(`/webhooks/deliveries?${q}`);
+      if (!stillHere()) return;
+      for (const d of page.items) rows.append(...webhookRows(d));
+      cursor = page.next_cursor;
+      more.hidden = !cursor;
+      note.textContent = rows.children.length ? "" : "No webhook deliveries.";
+    } catch (e) { if (!(e instanceof SignedOut)) note.textContent = e.message; }
+  }
+  more.addEventListener("click", load);
+  await load();
+}
+
+function webhookRows(d) {
+  const last = d.attempts[d.attempts.length - 1];
+  const result = last ? (last.status_code != null ? `HTTP ${last.status_code}` : last.error || "") : "not tried yet";
+  const cell = (label, ...value) => el("td", { "data-label": label }, ...value);
+  const statusCell = cell("Status", el("span", { class: `wh-${d.status}` }, d.status),
+    d.status === "pending" && d.next_attempt_at ? el("span", { class: "muted" }, ` · next ${when(d.next_attempt_at)}`) : null);
+  const button = el("button", { class: "plain resend", type: "button", "data-id": d.id }, "Resend");
+  const details = el("tr", { class: "attempts", hidden: true }, el("td", { colspan: 7 },
+    el("p", { class: "muted" }, `webhook-id ${d.id} · ${d.url}`),
+    d.attempts.length ? el("ol", {}, ...d.attempts.map((a) => el("li", {},
+      `${when(a.at)} · ${a.status_code != null ? `HTTP ${a.status_code}` : "no answer"} · ${ms(a.latency_ms)}`,
+      a.error && a.status_code == null ? ` · ${a.error}` : "", a.response ? el("pre", {}, a.response) : null))) : el("p", {}, "No attempt yet.")));
+  const toggle = el("button", { class: "plain", type: "button", "aria-expanded": "false",
+    "aria-label": `${d.attempts.length} attempt${d.attempts.length === 1 ? "" : "s"}: show them` }, String(d.attempts.length));
+  toggle.addEventListener("click", () => {
+    details.hidden = !details.hidden;
+    toggle.setAttribute("aria-expanded", String(!details.hidden));
+  });
+  const row = el("tr", { "data-delivery": d.id },
+    cell("Event", d.event_type, el("br"), el("span", { class: "muted" }, when(d.event_at))),
+    cell("Call", el("a", { href: `/calls/${encodeURIComponent(d.call_sid)}` }, d.call_sid)),
+    cell("Endpoint", d.endpoint), statusCell, cell("Attempts", toggle), cell("Last result", result), cell("", button));
+  button.addEventListener("click", async () => {
+    button.disabled = true;
+    try {
+      const updated = await api(`/webhooks/deliveries/${encodeURIComponent(d.id)}/resend`, { method: "POST" });
+      statusCell.replaceChildren(el("span", { class: `wh-${updated.status}` }, updated.status), el("span", { class: "muted" }, " · resent"));
+    } catch (e) {
+      if (!(e instanceof SignedOut)) statusCell.append(el("span", { class: "err", role: "alert" }, ` ${e.message}`));
+    } finally { button.disabled = false; }
+  });
+  return [row, details];
 }
 
 render();
