@@ -101,7 +101,7 @@ async def platform(
         twilio_api_base_url=twilio_api.base_url,
         agents_dir=make_agents_dir(tmp_root / "agents"),
         tools_module=str(HERE / "e2e_tools.py"),
-        extra_env={"LOG_LEVEL": "INFO"},
+        extra_env={"LOG_LEVEL": "INFO", "PREPARE_TTL_S": "4"},
     )
     async with p:
         yield p

@@ -71,6 +71,11 @@ class CallBook:
             state="streaming", stream_key=stream_key, gateway_id=gateway_id, epoch=0,
         )
 
+    async def prepared(self, call_id: str, bridge_id: str) -> CallRecord | None:
+        """``bridge_id`` opened the model session of a call whose stream has not started yet."""
+        return await self._change(call_id, lambda r: r.state == "pending" and r.prepared_by is None,
+                                  prepared_by=bridge_id)
+
     async def rekey(self, call_id: str, old_key: str, new_key: str, epoch: int, gateway_id: str) -> CallRecord | None:
         """Re-offering: the stream keeps the call under a new key and epoch (the old key is dead)."""
         return await self._change(

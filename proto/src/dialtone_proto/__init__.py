@@ -6,7 +6,7 @@ JSON message carries ``"v": 1``.
 """
 
 from dialtone_proto import subjects
-from dialtone_proto.calls import CallAnswer, CallOffer, CallRecord
+from dialtone_proto.calls import CallAnswer, CallOffer, CallPrepare, CallRecord
 from dialtone_proto.events import (
     EVENT_TYPES,
     STREAM_NAME,
@@ -40,6 +40,7 @@ __all__ = [
     "AgentChanged",
     "CallAnalyzed",
     "CallAnswer",
+    "CallPrepare",
     "CallMetric",
     "CallStatus",
     "CallTransferred",

@@ -48,6 +48,9 @@ class CallRecord(BaseModel):
     gateway_id: str | None = None
     epoch: int = Field(default=0, ge=0)
     bridge_id: str | None = None
+    # The bridge that opened the call's model session at the voice webhook, before the stream: the
+    # stream's gateway offers the call to it first.
+    prepared_by: str | None = Field(default=None, max_length=128)
     # False when the agent that took the call says not to record it (agent.toml ``record = false``);
     # set by the bridge right after it takes the call, read by the recorder.
     record: bool = True
@@ -95,6 +98,21 @@ class CallOffer(BaseModel):
             "agent": record.agent,
             "parameters": dict(record.variables),
         })
+
+
+class CallPrepare(BaseModel):
+    """The voice webhook of a call arrived (``dt.v1.calls.prepare``, to one bridge of the queue
+    group): that bridge may open the model session for the call's agent while Twilio sets up the
+    stream, and marks the call's record ``prepared_by`` itself. Nothing depends on it: an offer
+    that reaches another bridge (or none prepared) is served as before."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    v: Literal[1] = 1
+    type: Literal["call.prepare"] = "call.prepare"
+    call_id: str = Field(pattern=_CALL_ID)
+    to_number: str | None = Field(default=None, max_length=64)
+    agent: str | None = Field(default=None, max_length=64)
 
 
 class CallAnswer(BaseModel):

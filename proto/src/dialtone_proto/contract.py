@@ -12,7 +12,7 @@ import orjson
 from pydantic import BaseModel, ValidationError
 
 from dialtone_proto import subjects
-from dialtone_proto.calls import CallAnswer, CallOffer, CallRecord
+from dialtone_proto.calls import CallAnswer, CallOffer, CallPrepare, CallRecord
 from dialtone_proto.events import STREAM_NAME, decode_event
 from dialtone_proto.frames import FrameError, Kind, decode_frame
 from dialtone_proto.live import LiveCall
@@ -64,9 +64,12 @@ def _check(subject: str, data: bytes, headers: dict[str, str]) -> str:
         return f"reply:{body['type']}"
     if parts[:2] != ["dt", "v1"]:
         raise ContractError(f"{subject}: not a dt.v1 subject")
-    if subject == subjects.CALL_OFFER:
+    if subject == subjects.CALL_OFFER or (len(parts) == 5 and subject.startswith(subjects.CALL_OFFER + ".")):
         CallOffer.model_validate_json(data)
         return "call.offer"
+    if subject == subjects.CALL_PREPARE:
+        CallPrepare.model_validate_json(data)
+        return "call.prepare"
     if subject in (subjects.TOOLS_CALL,):
         ToolCallRequest.model_validate_json(data)
         return "tools.call"

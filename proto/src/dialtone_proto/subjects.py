@@ -4,6 +4,9 @@ Layout (all under ``dt.v1``):
 
 - ``dt.v1.calls.offer``            request/reply; a media-gateway offers a new call, one bridge of the
                                    ``realtime-bridge`` queue group claims it.
+- ``dt.v1.calls.offer.<bridge>``     the same offer to one bridge: the one that prepared the call.
+- ``dt.v1.calls.prepare``          core NATS, gateway -> one bridge of the queue group: a voice webhook
+                                   arrived; open the call's model session now.
 - ``dt.v1.call.<call_id>.<key>.in``  core NATS, gateway -> bridge: caller audio and control frames.
 - ``dt.v1.call.<call_id>.<key>.out`` core NATS, bridge -> gateway: agent audio, control, heartbeats.
                                    ``key`` is the stream key: a random token the gateway stream
@@ -19,6 +22,8 @@ import re
 
 PREFIX = "dt.v1"
 CALL_OFFER = f"{PREFIX}.calls.offer"
+# A voice webhook arrived: a bridge may open the model session now, while Twilio sets up the stream.
+CALL_PREPARE = f"{PREFIX}.calls.prepare"
 BRIDGE_QUEUE = "realtime-bridge"
 TOOLS_SERVICE = "dialtone-tools"
 TOOLS_GROUP = f"{PREFIX}.tools"
@@ -45,6 +50,11 @@ def check_stream_key(key: str) -> str:
     if not isinstance(key, str) or not _TOKEN.match(key):
         raise InvalidCallId(f"invalid stream key {key!r}")
     return key
+
+
+def bridge_offer(bridge_id: str) -> str:
+    """The offer subject of one bridge: the call goes first to the bridge that prepared its session."""
+    return f"{CALL_OFFER}.{check_call_id(bridge_id)}"
 
 
 def call_in(call_id: str, key: str) -> str:

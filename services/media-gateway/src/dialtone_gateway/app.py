@@ -15,10 +15,11 @@ from datetime import UTC, datetime
 import nats.errors
 from dialtone_common import bus
 from dialtone_common.callbook import CallBook, CallBookUnavailable, new_record
-from dialtone_proto import subjects
+from dialtone_proto import CallPrepare, CallRecord, subjects
 from dialtone_proto.events import CallStatus, encode_event
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import PlainTextResponse, Response
+from nats.aio.client import Client
 from nats.js.errors import NoStreamResponseError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
@@ -37,6 +38,14 @@ log = logging.getLogger("dialtone.gateway")
 # and form concatenated without separators, so a replayed request could otherwise move characters
 # between a query value and an invented form key and still carry a valid signature.
 _TWILIO_PARAM = re.compile(r"[A-Z][A-Za-z0-9]{0,63}")
+
+
+async def _prepare(nc: Client, record: CallRecord) -> None:
+    """Tell one bridge that a call is coming, so its model session opens during the stream's set-up.
+    Fire and forget: the webhook's answer never waits on it, and a lost message only costs time."""
+    prepare = CallPrepare(call_id=record.call_id, to_number=record.to_number, agent=record.agent)
+    with contextlib.suppress(nats.errors.Error):
+        await nc.publish(subjects.CALL_PREPARE, prepare.model_dump_json().encode())
 
 
 def create_app(settings: GatewaySettings) -> FastAPI:
@@ -114,6 +123,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             log.error("could not keep the record of call %s: %s", call_id, exc)
             return PlainTextResponse("call store unavailable", status_code=503)
         m.WEBHOOKS.labels("voice", "ok").inc()
+        if settings.prepare_sessions:
+            await _prepare(request.app.state.nc, record)
         twiml = connect_stream(settings.stream_url(checker.stream_path(call_id, int(time.time()))))
         return Response(twiml, media_type="application/xml")
 

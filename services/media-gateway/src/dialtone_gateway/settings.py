@@ -20,6 +20,11 @@ class GatewaySettings(ServiceSettings):
     )
     port: int = Field(default=8000, validation_alias=AliasChoices("GATEWAY_PORT", "PORT"))
     claim_timeout_s: float = Field(default=1.0, description="wait for a bridge to answer an offer, per try")
+    prepare_sessions: bool = Field(
+        default=True,
+        description="at the voice webhook, ask a bridge to open the call's model session while Twilio sets "
+        "up the stream (the caller hears the first words sooner); off: the session opens with the stream",
+    )
     claim_deadline_s: float = Field(
         default=5.0, description="no bridge took the call (or took it back) this long: apologise and hang up"
     )

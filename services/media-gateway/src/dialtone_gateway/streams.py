@@ -201,9 +201,17 @@ class MediaStream:
         started = time.monotonic()
         deadline = started + self.settings.claim_deadline_s
         payload = self._offer().model_dump_json().encode()
+        # The bridge that opened this call's model session at the webhook gets the first offer; if
+        # it does not take it, the call goes to the queue group as any other.
+        prepared = self.record.prepared_by if self.epoch == 0 and self.record is not None else None
         while True:
+            subject = subjects.CALL_OFFER
+            if prepared:
+                with contextlib.suppress(subjects.InvalidCallId):
+                    subject = subjects.bridge_offer(prepared)
+                prepared = None
             try:
-                reply = await self.nc.request(subjects.CALL_OFFER, payload, timeout=self.settings.claim_timeout_s)
+                reply = await self.nc.request(subject, payload, timeout=self.settings.claim_timeout_s)
                 answer = CallAnswer.model_validate_json(reply.data)
                 if answer.accepted:
                     break

@@ -76,6 +76,7 @@ from dialtone_bridge.engine import (
     ToolCallRequested,
     Usage,
 )
+from dialtone_bridge.engines import session_spec
 from dialtone_bridge.heard import cut_text
 from dialtone_bridge.phase import Activity, Phase
 from dialtone_bridge.recovery import Restored
@@ -152,13 +153,11 @@ class Conversation:
     async def spec(self) -> SessionSpec:
         """What the model is to be for the current agent: instructions, tools (those the runners
         offer) and the call's voice (fixed once the caller has heard it, even across handoffs)."""
-        catalog = await self.s.ctx.tools.catalog()
-        names = catalog.keys() if self.agent.tools == "*" else [n for n in self.agent.tools if n in catalog]
-        missing = [] if self.agent.tools == "*" else [n for n in self.agent.tools if n not in catalog]
-        if missing:
+        spec = await session_spec(self.s.ctx, self.agent, self.voice)
+        self._catalog = {t.name: t for t in spec.tools}
+        if self.agent.tools != "*" and (missing := [n for n in self.agent.tools if n not in self._catalog]):
             self.log.warning("agent %s names tools the runners do not offer: %s", self.agent.name, missing)
-        self._catalog = {n: catalog[n] for n in names}
-        return SessionSpec(self.agent, list(self._catalog.values()), self.voice)
+        return spec
 
     async def started(self) -> None:
         o = self.s.offer

@@ -131,3 +131,12 @@ def start_at_zero(agents: list[str]) -> None:
         OFFERS.labels(result)
     for cause in ("lost", "handoff"):
         RECOVERED.labels(cause)
+PREPARED = Counter(
+    "dialtone_bridge_prepared_sessions_total",
+    "Model sessions opened at a call's voice webhook, before its stream, by what became of them: used "
+    "(its call came here), failed (it did not open), expired (no call came within PREPARE_TTL_S) or "
+    "unused (the call went to another bridge or agent)",
+    ["result"], registry=REGISTRY,
+)
+for _result in ("used", "failed", "expired", "unused"):
+    PREPARED.labels(_result)

@@ -26,6 +26,7 @@ from dialtone_bridge import recovery
 from dialtone_bridge.agents import AgentError
 from dialtone_bridge.context import BridgeContext
 from dialtone_bridge.phase import REPLACED
+from dialtone_bridge.prepared import PreparedSessions
 from dialtone_bridge.session import CallSession
 
 log = logging.getLogger("dialtone.bridge")
@@ -38,6 +39,8 @@ class Bridge:
         self._started_at: dict[str, datetime] = {}
         self._tasks: set[asyncio.Task] = set()
         self._sub: Subscription | None = None
+        self._subs: list[Subscription] = []  # the direct offers and the prepares
+        self.prepared = PreparedSessions(ctx, calls, self._can_take)
         self._heartbeat: asyncio.Task | None = None
         self._leases: asyncio.Task | None = None
         self._offers: set[asyncio.Task] = set()
@@ -46,6 +49,11 @@ class Bridge:
 
     async def start(self) -> None:
         self._sub = await self.ctx.nc.subscribe(subjects.CALL_OFFER, queue=subjects.BRIDGE_QUEUE, cb=self._on_offer)
+        with contextlib.suppress(subjects.InvalidCallId):  # an id no subject can carry: offers by queue only
+            self._subs.append(await self.ctx.nc.subscribe(subjects.bridge_offer(self.ctx.bridge_id), cb=self._on_offer))
+            self._subs.append(
+                await self.ctx.nc.subscribe(subjects.CALL_PREPARE, queue=subjects.BRIDGE_QUEUE, cb=self._on_prepare)
+            )
         m.READY.set_function(self._ready)
         m.start_at_zero(sorted(self.ctx.agents.agents))
         self._heartbeat = asyncio.create_task(self._heartbeats(), name="heartbeats")
@@ -56,6 +64,15 @@ class Bridge:
         """1 while an offer would be taken: the ``dialtone_bridge_ready`` gauge, read at each scrape."""
         taking = self.ctx.nc.is_connected and not self.draining and len(self.sessions) < self.ctx.settings.max_calls
         return 1.0 if taking else 0.0
+
+    def _can_take(self) -> bool:
+        """Room for one more call, counting the sessions prepared for calls still to come."""
+        return self._ready() == 1.0 and len(self.sessions) + len(self.prepared) < self.ctx.settings.max_calls
+
+    async def _on_prepare(self, msg: Msg) -> None:
+        task = asyncio.create_task(self.prepared.on_prepare(msg.data), name="prepare")
+        self._offers.add(task)
+        task.add_done_callback(self._offers.discard)
 
     async def _answer(self, msg: Msg, call_id: str, accepted: bool, agent: str | None = None, reason: str | None = None) -> None:
         answer = CallAnswer(call_id=call_id, accepted=accepted, bridge_id=self.ctx.bridge_id, agent=agent, reason=reason)
@@ -134,7 +151,8 @@ class Bridge:
             except CallBookUnavailable as exc:
                 await self._answer(msg, call_id, False, reason=f"unavailable: call record: {exc}")
                 return
-        session = CallSession(self.ctx, offer, agent, restored)
+        preopened = self.prepared.take(call_id, agent) if restored is None else None
+        session = CallSession(self.ctx, offer, agent, restored, preopened)
         await session.attach()
         self.sessions[call_id] = session
         self._started_at[call_id] = restored.started_at if restored else datetime.now(UTC)
@@ -196,10 +214,11 @@ class Bridge:
         (``DRAIN_GRACE_S``); hand the rest to other bridges through their gateways."""
         grace = self.ctx.settings.drain_grace_s if grace is None else grace
         self.stop_taking_calls()
-        if self._sub is not None:
+        for sub in [s for s in (self._sub, *self._subs) if s is not None]:
             with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
-            self._sub = None
+                await sub.unsubscribe()
+        self._sub, self._subs = None, []
+        await self.prepared.close()
         if self._offers:  # offers being taken now become calls to finish like the others
             await asyncio.wait(list(self._offers), timeout=10)
         if self._tasks:

@@ -29,10 +29,10 @@ from dialtone_bridge.callcontrol import CallControl
 from dialtone_bridge.context import BridgeContext
 from dialtone_bridge.conversation import Conversation
 from dialtone_bridge.engine import Closed, EngineUnavailable, ModelConnection
+from dialtone_bridge.engines import model_connection
 from dialtone_bridge.phase import CALL_GOES_ON, HANDED_OFF, HUNG_UP, LINE_STILL_OPEN, REPLACED, CallPhase
 from dialtone_bridge.playout import Playout
 from dialtone_bridge.publisher import EventPublisher
-from dialtone_bridge.realtime_engine import RealtimeConnection
 from dialtone_bridge.recovery import Restored
 from dialtone_bridge.turns import Turn, TurnLatency
 
@@ -53,9 +53,13 @@ class _Clock:
 
 
 class CallSession:
-    def __init__(self, ctx: BridgeContext, offer: CallOffer, agent: Agent, restored: Restored | None = None) -> None:
+    def __init__(
+        self, ctx: BridgeContext, offer: CallOffer, agent: Agent, restored: Restored | None = None,
+        preopened: asyncio.Task[ModelConnection] | None = None,
+    ) -> None:
         """``offer`` carries the caller's details from the call record; ``restored`` is the
-        conversation so far when this bridge takes over a call whose bridge was lost."""
+        conversation so far when this bridge takes over a call whose bridge was lost; ``preopened``
+        is the model session this bridge began to open for the call at its voice webhook."""
         self.ctx, self.offer, self.call_id = ctx, offer, offer.call_id
         self.restored = restored
         self.log = CallLog(log, call_id=offer.call_id)
@@ -65,7 +69,8 @@ class CallSession:
         self._out_subject = subjects.call_out(offer.call_id, offer.stream_key)
         self.playout = Playout()
         self.turns = TurnLatency(on_measured=self._turn_measured)
-        self.model: ModelConnection = self._connection()
+        self.model: ModelConnection = model_connection(ctx, agent, self.log)
+        self._preopened = preopened
         self.ready = asyncio.Event()  # the model connection is open
         self.phase = CallPhase()
         self._backlog = bytearray()
@@ -92,11 +97,6 @@ class CallSession:
     @property
     def end_reason(self) -> str:
         return self.phase.end_reason
-
-    def _connection(self) -> ModelConnection:
-        s = self.ctx.settings
-        key = s.openai_api_key.get_secret_value() if s.openai_api_key else None
-        return RealtimeConnection(s.openai_realtime_url, s.openai_realtime_model, s.transcription_model, key, self.log)
 
     # ---- lifecycle -------------------------------------------------------------------------
     async def attach(self) -> None:
@@ -220,6 +220,11 @@ class CallSession:
     async def _teardown(self) -> None:
         self.ready.clear()
         await self.model.close()  # at once: a lingering session keeps billing
+        if (preopened := self._preopened) is not None:  # the call ended before it was needed
+            self._preopened = None
+            m.PREPARED.labels("unused").inc()
+            with contextlib.suppress(Exception):
+                await (await asyncio.wait_for(preopened, 15)).close()
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -241,6 +246,20 @@ class CallSession:
         s = self.ctx.settings
         delay = 0.2
         last: Exception | None = None
+        if (preopened := self._preopened) is not None:
+            self._preopened = None
+            try:
+                self.model = await preopened
+                m.PREPARED.labels("used").inc()
+                self.log.info("model session opened at the webhook: %.0f ms into the call", self.clock.ms())
+                self._appended_ms = 0.0
+                self.ready.set()
+                await self._flush_backlog()
+                await self.conversation.spec()  # the tools it was given, for the tool calls to come
+                return
+            except EngineUnavailable as exc:
+                m.PREPARED.labels("failed").inc()
+                self.log.warning("the model session opened at the webhook failed (%s): opening another", exc)
         for attempt in range(s.connect_attempts):
             if self.ended.is_set():
                 return

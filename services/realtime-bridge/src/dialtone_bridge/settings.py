@@ -45,6 +45,11 @@ class BridgeSettings(ServiceSettings):
     twilio_account_sid: str | None = None
     twilio_auth_token: SecretStr | None = None
     twilio_api_base_url: str | None = Field(default=None, description="Twilio REST base (a local fake in tests)")
+    prepare_ttl_s: float = Field(
+        default=10.0, gt=0,
+        description="a model session opened at a call's voice webhook is closed if its call has not come to this "
+        "bridge within this long (the stream never came, or another bridge took the call)",
+    )
     heartbeat_s: float = Field(default=5.0, description="live-call heartbeat for the admin API's live view")
     drain_grace_s: float = Field(
         default=60.0, ge=0,

@@ -56,6 +56,8 @@ class RealtimeSimulator:
         audio_chunk_ms: audio per ``response.output_audio.delta``.
         speed: audio is generated at ``speed`` x real time; 0 means as fast as possible.
         expire_after_s: end each session this long after it starts with ``session_expired``.
+        connect_delay_s: the first ``session.updated`` of a session comes this long after the socket
+            opened, as a real socket's set-up and first update take about 1.5 s.
     """
 
     def __init__(
@@ -69,6 +71,7 @@ class RealtimeSimulator:
         audio_chunk_ms: int = 100,
         speed: float = 4.0,
         expire_after_s: float | None = None,
+        connect_delay_s: float = 0.0,
     ) -> None:
         self.scenario = scenario
         self.api_key = api_key
@@ -77,6 +80,7 @@ class RealtimeSimulator:
         self.audio_chunk_ms = audio_chunk_ms
         self.speed = speed
         self.expire_after_s = expire_after_s
+        self.connect_delay_s = connect_delay_s
         self.sessions: list[SimSession] = []
         self.violations: list[str] = []
         self.server_violations: list[str] = []

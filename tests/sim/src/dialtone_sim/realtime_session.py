@@ -128,6 +128,8 @@ class SimSession:
         }  # fmt: skip
         self._sim: RealtimeSimulator | None = None
         self._ws: ServerConnection | None = None
+        self.opened_at = time.monotonic()  # when the socket opened
+        self.configured = False  # a session.updated was sent
         self._counter = 0
         self._tasks: set[asyncio.Task] = set()
         self._vad = ServerVad(threshold=VOICED_ENERGY)
@@ -361,6 +363,10 @@ class SimSession:
             )
         self.client_events.append(event)
         self.session = new
+        delay = self._sim.connect_delay_s - (time.monotonic() - self.opened_at) if self._sim is not None else 0
+        if delay > 0 and not self.configured:  # a real socket's set-up and first update
+            await asyncio.sleep(delay)
+        self.configured = True
         await self.emit({"type": "session.updated", "session": copy.deepcopy(new)})
 
     @staticmethod

@@ -473,6 +473,7 @@ async def dial(
     sign: bool = True,
     extra_params: dict[str, str] | None = None,
     webhook_path: str = "/twilio-voice",
+    stream_delay_s: float = 0.0,
 ) -> SimCall:
     """Place an inbound call against the gateway at ``base_url`` and return it streaming.
 
@@ -485,6 +486,7 @@ async def dial(
         burst_ms: messages delivered only at multiples of this period, in bursts.
         seed: seeds the jitter (each direction its own stream).
         webhook_path: path and query of the voice webhook (an outbound call's ``url``).
+        stream_delay_s: Twilio's set-up of the media stream after the webhook's answer (about 0.5 s).
 
     Raises:
         WebhookRejected: the webhook answered non-200.
@@ -504,6 +506,8 @@ async def dial(
                 raise WebhookRejected(resp.status)
             twiml = await resp.text()
     stream_url, custom = _parse_twiml(twiml)
+    if stream_delay_s > 0:
+        await asyncio.sleep(stream_delay_s)
     ws_headers = {"X-Twilio-Signature": validator.compute_signature(stream_url, {})} if sign else {}
     try:
         ws = await connect(_ws_url(stream_url, base_url), additional_headers=ws_headers, ping_interval=None)
