@@ -79,10 +79,23 @@ async def test_a_greeting_generated_in_full_then_talked_over_is_stored_interrupt
                                   "heard_p50": turn["heard_ms"], "heard_p95": turn["heard_ms"]}
 
 
-def hand_cost(event: dict) -> dict[str, float]:
-    """One usage event's dollars by kind, worked out from its raw usage block and the prices,
-    without the bridge's code: USD per 1M tokens; cached input at the cached rate."""
-    prices, usage = DEFAULT_PRICES[event["model"]], event["usage"]
+def raw_usage(sim_sessions: list) -> dict[str, dict]:
+    """The provider's usage blocks the Realtime simulator sent, by what they are about (a response's
+    id, a transcribed item's id): the bus carries only the bridge's engine-neutral counts."""
+    found: dict[str, dict] = {}
+    for sim in sim_sessions:
+        for e in sim.server_events:
+            if e["type"] == "response.done" and e["response"].get("usage"):
+                found[e["response"]["id"]] = e["response"]["usage"]
+            elif e["type"] == "conversation.item.input_audio_transcription.completed" and e.get("usage"):
+                found[e["item_id"]] = e["usage"]
+    return found
+
+
+def hand_cost(event: dict, usage: dict) -> dict[str, float]:
+    """One usage event's dollars by kind, worked out from the provider's raw usage block and the
+    prices, without the bridge's code: USD per 1M tokens; cached input at the cached rate."""
+    prices = DEFAULT_PRICES[event["model"]]
     inp, out = usage.get("input_token_details") or {}, usage.get("output_token_details") or {}
     cached = inp.get("cached_tokens_details") or {}
     text_in = (inp.get("text_tokens") or 0) - (cached.get("text_tokens") or 0)
@@ -109,12 +122,14 @@ async def test_the_cost_shown_is_the_hand_sum_of_the_calls_usage_events(
         Turn(caller="How is my report coming along?", agent="Your report is ready.",
              tools=[ToolCall("slow_report", {"seconds": 0.4})]),
     ])  # fmt: skip
+    before = len(realtime.sessions)
     call = await call_lab(platform)
     await call.wait_quiet(since=0, timeout=30)
     await call.say("How is my report coming along?")
     await call.wait_quiet(timeout=30)
     await call.hangup()
     session = await admin.session(call.call_sid)
+    sent = raw_usage(realtime.sessions[before:])
 
     conn = await asyncpg.connect(platform.database_url)
     try:
@@ -126,8 +141,9 @@ async def test_the_cost_shown_is_the_hand_sum_of_the_calls_usage_events(
     assert {e["source"] for e in events} == {"response", "transcription"}
     assert {e["model"] for e in events if e["source"] == "response"} == {DEFAULT_MODEL}
     by_kind: dict[str, float] = {}
+    assert not any(e.get("usage") for e in events)  # no provider's usage block on the bus
     for e in events:
-        for kind, usd in hand_cost(e).items():
+        for kind, usd in hand_cost(e, sent[e["ref"]]).items():
             by_kind[kind] = by_kind.get(kind, 0.0) + usd
     cost = session["cost"]
     print(f"cost by hand {by_kind}; shown {cost}")
@@ -136,7 +152,7 @@ async def test_the_cost_shown_is_the_hand_sum_of_the_calls_usage_events(
         assert cost["usd"][kind] == pytest.approx(usd, rel=1e-9, abs=1e-12), kind
     assert cost["usd"]["other"] == 0
     assert cost["tokens"]["audio_out"] == sum(
-        (e["usage"].get("output_token_details") or {}).get("audio_tokens", 0) for e in events)
+        (sent[e["ref"]].get("output_token_details") or {}).get("audio_tokens", 0) for e in events)
     minutes = session["duration_s"] / 60
     assert cost["per_minute_usd"] == pytest.approx(cost["total_usd"] / minutes)
     assert cost["hosted_fee_usd"] == pytest.approx(0.09 * minutes, abs=1e-6)
