@@ -25,6 +25,8 @@ import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+from dialtone_common.nats_auth import RunCredentials
+
 # What the servers and the PostgreSQL client tools need from the launcher's environment: where
 # programs are, the locale (initdb takes the cluster's default collation from it) and the time zone.
 _PASSED = ("PATH", "LANG", "LANGUAGE", "TZ", "TMPDIR")
@@ -74,14 +76,38 @@ def nats_binary() -> str:
     return found
 
 
+def write_private_file(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable by its owner only from the first byte (0600), replacing
+    any older file whole."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 @contextlib.contextmanager
-def embedded_nats(data_dir: Path, port: int | None = None) -> Iterator[str]:
-    """Run nats-server with JetStream in ``data_dir``; yield its URL."""
+def embedded_nats(data_dir: Path, port: int | None = None, credentials: RunCredentials | None = None) -> Iterator[str]:
+    """Run nats-server with JetStream in ``data_dir``; yield its URL.
+
+    With ``credentials`` the server asks every client for a user and password and holds each to
+    its permissions (``dialtone_common.nats_auth``); its configuration, which holds the passwords,
+    is ``data_dir/nats.conf``, mode 0600 in the 0700 ``data_dir``. Without, it asks for nothing."""
     _private_dir(data_dir)
     port = port or free_port()
     log = data_dir / "nats-server.log"
+    args = [nats_binary(), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(data_dir / "js"), "-l", str(log)]
+    if credentials is not None:
+        conf = data_dir / "nats.conf"
+        write_private_file(conf, credentials.config())
+        args += ["-c", str(conf)]
     proc = subprocess.Popen(
-        [nats_binary(), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(data_dir / "js"), "-l", str(log)],
+        args,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.STDOUT,
         env=server_env(),
