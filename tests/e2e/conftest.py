@@ -110,7 +110,8 @@ async def platform(
         # No service was ever refused something it tried to do on the bus: its permissions cover
         # everything the whole suite made it do.
         service_users = {u.name for u in SERVICE_USERS.values()}
-        assert p.nats_violations(service_users) == [], "a service broke its NATS permissions"
+        violations = p.nats_violations(service_users)
+        assert not violations, "services broke their NATS permissions:\n" + "\n".join(violations[:30])
 
 
 def replies(session: Any) -> list[bytes]:

@@ -94,9 +94,9 @@ def _stream_read(stream: str) -> tuple[str, ...]:
 
 def _ordered_consumer(stream: str) -> tuple[str, ...]:
     """An ephemeral ordered push consumer (KV watch, reading a call's past events): create it,
-    recreate it after a gap, delete it, answer its flow control."""
+    look it up, recreate it after a gap, delete it, answer its flow control."""
     return (f"{API}.CONSUMER.CREATE.{stream}", f"{API}.CONSUMER.CREATE.{stream}.>",
-            f"{API}.CONSUMER.DELETE.{stream}.*", f"$JS.FC.{stream}.>")
+            f"{API}.CONSUMER.INFO.{stream}.*", f"{API}.CONSUMER.DELETE.{stream}.*", f"$JS.FC.{stream}.>")
 
 
 def _kv_write(bucket: str) -> tuple[str, ...]:

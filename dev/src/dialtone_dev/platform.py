@@ -171,8 +171,13 @@ class Platform:
         """Embedded NATS and PostgreSQL, unless URLs were given."""
         if not self.nats_url:
             self.nats_credentials = self.nats_credentials or RunCredentials.generate()
+            taken = set(vars(self.ports).values())
+            port = free_port()
+            while port in taken:  # the services' ports are chosen already, and released until they start
+                port = free_port()
             self.nats_url = await asyncio.to_thread(
-                self._stack.enter_context, embedded_nats(self.data_dir / "nats", credentials=self.nats_credentials)
+                self._stack.enter_context,
+                embedded_nats(self.data_dir / "nats", port, credentials=self.nats_credentials),
             )
             self._say(f"embedded NATS (JetStream) at {self.nats_url}, a user and password per service")
         if not self.database_url:
