@@ -108,9 +108,10 @@ async def platform(
     async with p:
         yield p
         # No service was ever refused something it tried to do on the bus: its permissions cover
-        # everything the whole suite made it do.
+        # everything the whole suite made it do. (test_bus_auth's probes, connections named
+        # e2e-probe, are refused on purpose.)
         service_users = {u.name for u in SERVICE_USERS.values()}
-        violations = p.nats_violations(service_users)
+        violations = [v for v in p.nats_violations(service_users) if ':e2e-probe"' not in v]
         assert not violations, "services broke their NATS permissions:\n" + "\n".join(violations[:30])
 
 
