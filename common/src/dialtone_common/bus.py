@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 
-import nats
 from dialtone_proto import STREAM_NAME, STREAM_SUBJECTS, subjects
 from nats.aio.client import Client
 from nats.js import JetStreamContext
