@@ -89,6 +89,9 @@ def _banner(p: Platform, simulated: bool) -> str:
         f" bridge :{p.ports.bridge}, tool-runner :{p.ports.tools}, writer :{p.ports.writer}",
         "  Place a test call    : make call",
     ]
+    if p.nats_credentials is not None:
+        lines.insert(-1, f"  NATS                 : {p.nats_url}   (a user per service; users and this run's passwords,"
+                         f" dev-harness's too, in {p.data_dir / 'nats' / 'nats.conf'})")
     if simulated:
         lines += [
             "",
