@@ -428,5 +428,6 @@ def test_the_nats_helm_values_hold_the_users_rendered_from_code() -> None:
 
     values = yaml.safe_load((K8S / "nats" / "values.yaml").read_text())
     expected = helm_values()
-    assert values["config"]["merge"] == expected["config"]["merge"]
-    assert values["container"]["env"] == expected["container"]["env"]
+    hint = "regenerate them: python -m dialtone_common.nats_auth --helm"
+    assert values["config"]["merge"] == expected["config"]["merge"], hint
+    assert values["container"]["env"] == expected["container"]["env"], hint

@@ -296,5 +296,21 @@ class RunCredentials:
         return {"user": user, "password": self.passwords[user], "inbox_prefix": inbox_prefix(user)}
 
 
-if __name__ == "__main__":  # print the deployment configuration (deploy/nats/nats.conf)
-    print(render_config(), end="")
+def main(argv: list[str] | None = None) -> None:
+    """Print deploy/nats/nats.conf, or with ``--helm`` the parts of deploy/k8s/nats/values.yaml
+    made from the users (``config.merge.authorization``, ``container.env``) to paste there."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m dialtone_common.nats_auth", description=main.__doc__)
+    parser.add_argument("--helm", action="store_true", help="the NATS Helm chart's values instead")
+    args = parser.parse_args(argv)
+    if args.helm:
+        import yaml
+
+        print(yaml.safe_dump(helm_values(), sort_keys=False, width=200), end="")
+    else:
+        print(render_config(), end="")
+
+
+if __name__ == "__main__":
+    main()
