@@ -156,7 +156,16 @@ async def _settle(*clients: Client_) -> None:
 
 
 @pytest.mark.integration
-async def test_a_client_without_credentials_or_with_a_wrong_password_is_refused(secured_nats: str) -> None:
+async def test_a_client_without_credentials_or_with_a_wrong_password_is_refused(
+    secured_nats: str, credentials: RunCredentials, caplog: pytest.LogCaptureFixture
+) -> None:
+    with pytest.raises(ValueError, match="needs a password"):
+        await bus.connect(secured_nats, "half", user="tools")
+    # The tool-runner's real password given as the gateway's: refused, and never logged.
+    stolen = credentials.passwords["tools"]
+    with pytest.raises(PermissionError, match="'gateway'"):
+        await bus.connect(secured_nats, "mixed-up", user="gateway", password=stolen)
+    assert "'gateway'" in caplog.text and stolen not in caplog.text
     with pytest.raises(PermissionError, match="without credentials"):
         await bus.connect(secured_nats, "anonymous")
     plain = Client()  # nats-py itself, as any client would
