@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import os
 import re
+from secrets import token_hex
 from typing import Any, get_args
 
 import pytest
 import yaml
-from pydantic import SecretStr
+from dialtone_admin.settings import AdminSettings
+from pydantic import SecretStr, ValidationError
 
 from .conftest import DEPLOY, ROOT, Service
 
@@ -60,6 +62,17 @@ def test_the_env_example_holds_placeholders_not_secrets(services: tuple[Service,
         assert "change-me" in active[name], name
 
 
+def test_the_admin_api_refuses_the_env_examples_placeholder_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An operator who copies the file and forgets the admin token gets a refusal that says how to
+    make one, never a dashboard guarded by a published word."""
+    for name in list(os.environ):
+        monkeypatch.delenv(name)
+    for name, value in _example(include_commented=False).items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError, match=r"ADMIN_TOKEN is a placeholder.*token_urlsafe"):
+        AdminSettings()
+
+
 def _interpolate(value: str, env: dict[str, str]) -> str:
     """Compose's ${VAR}, ${VAR:-default} and ${VAR:?error} against the .env file."""
     def one(match: re.Match[str]) -> str:
@@ -76,9 +89,10 @@ def test_a_copy_of_the_env_example_configures_every_service(
     services: tuple[Service, ...], monkeypatch: pytest.MonkeyPatch, include_commented: bool
 ) -> None:
     """What compose gives each container (.env plus the service's `environment`) passes the
-    service's own settings validation, as shipped and with every example value switched on."""
+    service's own settings validation once its placeholders are replaced as it says, as shipped and
+    with every example value switched on."""
     compose: dict[str, Any] = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
-    dotenv = {k: v for k, v in _example(include_commented).items() if v != ""}
+    dotenv = {k: (token_hex(24) if "change-me" in v else v) for k, v in _example(include_commented).items() if v != ""}
     for service in services:
         environment = {**dotenv, **{k: _interpolate(str(v), dotenv)
                                     for k, v in compose["services"][service.name]["environment"].items()}}

@@ -349,7 +349,9 @@ def test_prometheus_scrapes_every_pod_of_every_service_under_its_job_name(
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
         matching = [e for e in endpoints if e["port"] in ports]
         assert len(matching) == 1, (service.name, [e["port"] for e in matching])
-        assert ports[matching[0]["port"]] == service.health_port, service.name
+        env = {e["name"]: e.get("value") for e in container.get("env", [])}
+        metrics_port = int(env.get("ADMIN_METRICS_PORT") or service.health_port)  # the admin API's is apart
+        assert ports[matching[0]["port"]] == metrics_port, service.name
         assert matching[0]["path"] == "/metrics"
         used.add(matching[0]["port"])
     assert used == {e["port"] for e in endpoints}

@@ -24,7 +24,7 @@ ALERTS = PROMETHEUS / "alerts.yml"
 ALERT_TESTS = Path(__file__).with_name("alerts_test.yml")
 REQUIRED_ALERTS = {  # what an operator must be paged about, at least
     "DialtoneNoBridgeReady", "DialtoneCallsNotClaimed", "DialtoneRealtimeErrorRate", "DialtoneTurnLatencyHigh",
-    "DialtoneWriterLag", "DialtoneServiceDown",
+    "DialtoneWriterLag", "DialtoneServiceDown", "DialtoneAdminTokenGuessing",
 }
 _METRIC = re.compile(r"\bdialtone_[a-z0-9_]+")
 

@@ -56,7 +56,7 @@ SAMPLES = [
     ),
     UsageReported(
         **_base(6), source="response", ref="resp_1", model="gpt-realtime",
-        usage={"input_tokens": 10, "output_tokens": 20}, cost_usd=0.0012,
+        tokens={"text_in": 10, "text_out": 20}, cost_usd=0.0012,
     ),
     OutcomeSet(**_base(7), outcome="resolved", detail="refund issued"),
     CallStatus(**_base(8), status="completed", source="twilio", sequence=3, duration_s=61, direction="inbound"),
@@ -73,7 +73,7 @@ SAMPLES = [
     ),
     UsageReported(
         **_base(14), source="response", ref="resp_2", model="gpt-realtime-2.1",
-        usage={"input_tokens": 10, "output_tokens": 20}, cost_usd=0.00132,
+        cost_usd=0.00132, seconds=12.5,
         tokens={"text_in": 10, "audio_out": 20}, costs={"text_in": 0.00004, "audio_out": 0.00128},
     ),
     TurnMeasured(**_base(15), turn=0, item_id="item_4", offset_ms=6100.0, sent_ms=820.5, heard_ms=910.0,

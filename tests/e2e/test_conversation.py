@@ -157,7 +157,7 @@ async def test_response_races_are_absorbed_and_other_errors_logged_and_counted(
         assert await metric(metrics, "dialtone_bridge_realtime_errors_total", code=code) == counted[code] + 1
     log = platform.services["realtime-bridge"].log_path.read_text().splitlines()
     errors = [line for line in log if call.call_sid in line and "ERROR" in line]
-    assert len(errors) == 1 and "Realtime error server_error" in errors[0]
+    assert len(errors) == 1 and "model error server_error" in errors[0]
 
 
 @pytest.mark.parametrize("how", ["session_expired", "network_drop"])

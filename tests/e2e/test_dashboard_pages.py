@@ -5,7 +5,7 @@ One test walks the whole path on one browser, so the platform and the browser st
 find a call by a phrase said in it; filters and the timezone shown; open the call by its URL and
 see its transcript and waveform; click a line and see the audio's time move there; download the
 transcript and the recording; watch a live call appear and its transcript grow; listen in (audio
-frames arrive); the 390 px layout without horizontal overflow; sign out, after which no call data
+frames arrive); the 390 px layout without horizontal overflow; sign out (and out everywhere), after which no call data
 is in the DOM. Screenshots go to ``$DIALTONE_ARTIFACTS`` (else the test's tmp dir). Without
 Chromium the test is skipped, except where ``DIALTONE_REQUIRE_CHROMIUM=1`` or ``CI`` is set."""
 
@@ -249,6 +249,21 @@ async def test_dashboard_as_an_operator_uses_it(
         assert response.status == 401
         await page.goto("/calls")
         assert "/login" in page.url
+        # Sign out everywhere: another browser's session ends with this one's, its API refused.
+        other = await browser.new_context(base_url=base)
+        other_page = await other.new_page()
+        for signing_in in (page, other_page):
+            await signing_in.goto("/login")
+            await signing_in.fill("#token", platform.admin_token)
+            await signing_in.click("#login-form button")
+            await signing_in.wait_for_url("**/calls")
+        assert (await other_page.request.get("/sessions?limit=1")).status == 200
+        page.once("dialog", lambda dialog: dialog.accept())
+        await page.click("#logout-all")
+        await page.wait_for_url("**/login**")
+        await expect(page.locator("#view")).to_contain_text("Every session has been signed out")
+        assert (await other_page.request.get("/sessions?limit=1")).status == 401
+        await other.close()
         await page.screenshot(path=str(shots / "signed-out.png"), full_page=True)
         assert not [e for e in errors if "Failed to load resource" not in e], errors
         await browser.close()

@@ -37,5 +37,5 @@ class CallLog(logging.LoggerAdapter):
 
     def process(self, msg: str, kwargs: Any) -> tuple[str, Any]:
         extra = kwargs.pop("extra", None) or {}
-        kwargs["extra"] = {"ctx": {**self.extra, **extra}}
+        kwargs["extra"] = {"ctx": {**(self.extra or {}), **extra}}
         return msg, kwargs

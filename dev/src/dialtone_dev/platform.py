@@ -136,7 +136,7 @@ class Platform:
         self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.twilio_auth_token = self.twilio_auth_token or secrets.token_hex(16)
         self.twilio_account_sid = self.twilio_account_sid or "AC" + secrets.token_hex(16)
-        self.admin_token = self.admin_token or secrets.token_urlsafe(24)
+        self.admin_token = self.admin_token or secrets.token_urlsafe(32)
         self.public_base_url = self.public_base_url or f"http://127.0.0.1:{self.ports.gateway}"
 
     @property

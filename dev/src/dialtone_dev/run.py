@@ -70,7 +70,7 @@ def dev_secrets(data_dir: Path) -> dict[str, str]:
     fresh = dict(saved)
     fresh.setdefault("twilio_auth_token", secrets.token_hex(16))
     fresh.setdefault("twilio_account_sid", "AC" + secrets.token_hex(16))
-    fresh.setdefault("admin_token", secrets.token_urlsafe(24))
+    fresh.setdefault("admin_token", secrets.token_urlsafe(32))
     if fresh != saved or path.stat().st_mode & 0o077:
         write_private(path, fresh)
     return fresh

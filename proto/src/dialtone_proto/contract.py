@@ -53,7 +53,7 @@ def _check(subject: str, data: bytes, headers: dict[str, str]) -> str:
         if not data or data.startswith(b"+ACK") or data.startswith(b'{"stream"'):
             return "nats-reply"
         body = orjson.loads(data)
-        model = _REPLIES.get(body.get("type")) if isinstance(body, dict) else None
+        model = _REPLIES.get(str(body.get("type"))) if isinstance(body, dict) else None
         if model is None and isinstance(body, dict) and str(body.get("type", "")).startswith("io.nats."):
             return "nats-reply"  # a JetStream API answer (e.g. a KV get that found no record)
         if model is None:

@@ -104,18 +104,20 @@ class ToolCalled(_Event):
 
 
 class UsageReported(_Event):
-    """Token usage of one model response or one input transcription, and its cost.
+    """What one model response or one input transcription used, and its cost, engine-neutrally.
 
     ``tokens`` and ``costs`` split it by billing kind (``text_in``, ``text_cached``, ``audio_in``,
     ``audio_cached``, ``text_out``, ``audio_out``; cached tokens apart from the other input tokens),
-    priced by the bridge's configured price table for ``model``; ``cost_usd`` is their sum. Both
-    are empty in events of bridges older than the split."""
+    ``seconds`` is session time for engines billed by time; all priced by the bridge's configured
+    price table for ``model``, and ``cost_usd`` is their sum. No provider's usage object crosses the
+    bus: ``usage`` is kept (empty) only so that writers of the previous release still read the event."""
 
     type: Literal["usage.reported"] = "usage.reported"
     source: Literal["response", "transcription"]
     ref: str
     model: str
-    usage: dict[str, Any]
+    usage: dict[str, Any] = Field(default_factory=dict, description="deprecated: always empty")
+    seconds: float = Field(default=0.0, ge=0)
     cost_usd: float = Field(ge=0)
     tokens: dict[str, int] = Field(default_factory=dict)
     costs: dict[str, float] = Field(default_factory=dict)

@@ -17,6 +17,7 @@ import pytest
 from dialtone_admin.app import create_app
 from dialtone_admin.database import Database, DatabaseUnavailable, QueryRejected
 from dialtone_admin.settings import AdminSettings
+from dialtone_admin.signins import Held
 from dialtone_common import bus
 from dialtone_proto import subjects
 from dialtone_proto.live import LiveCall
@@ -102,7 +103,10 @@ async def test_every_api_route_needs_the_token(client, path: str, headers: dict)
 async def test_open_routes_and_openapi(client) -> None:
     assert (await client.get("/healthz")).json() == {"status": "ok"}
     assert "Dialtone" in (await client.get("/login")).text
-    spec = (await client.get("/openapi.json")).json()
+    # The API's description and docs are for operators, not the public listener's passers-by.
+    assert (await client.get("/openapi.json")).status_code == 401
+    assert (await client.get("/docs")).status_code == 401
+    spec = (await client.get("/openapi.json", headers=AUTH)).json()
     assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
     await client.get("/sessions", headers=AUTH)
     metrics = (await client.get("/metrics")).text
@@ -221,11 +225,6 @@ async def test_live_calls_from_heartbeats(client, nats_url) -> None:
         await nc.drain()
 
 
-class _StreamRequest:
-    headers = {"authorization": "Bearer x"}  # a bearer stream: no session to outlive
-    cookies: dict = {}
-
-
 async def _next_event(stream, name: str, timeout: float = 10.0) -> dict:
     async def read() -> dict:
         async for chunk in stream:
@@ -244,7 +243,7 @@ async def test_live_stream_pushes_calls_and_lines_from_the_bus(client, nats_url)
 
     hub: LiveHub = client._transport.app.state.hub
     call_id = "CA" + uuid.uuid4().hex
-    stream = hub.stream(_StreamRequest())
+    stream = hub.stream(Held(None, None, None))  # a bearer stream: no session to outlive
     snapshot = await _next_event(stream, "snapshot")
     assert call_id not in {c["call_id"] for c in snapshot["calls"]}
     nc = await bus.connect(nats_url, "live-stream-test")
@@ -258,7 +257,7 @@ async def test_live_stream_pushes_calls_and_lines_from_the_bus(client, nats_url)
         got = await _next_event(stream, "line")
         assert (got["call_id"], got["text"], got["role"]) == (call_id, "I would like a table for two", "caller")
         # A browser arriving now gets the call and its lines so far in its snapshot.
-        late = hub.stream(_StreamRequest())
+        late = hub.stream(Held(None, None, None))  # a bearer stream: no session to outlive
         snap = await _next_event(late, "snapshot")
         assert call_id in {c["call_id"] for c in snap["calls"]}
         assert [x["text"] for x in snap["lines"] if x["call_id"] == call_id] == ["I would like a table for two"]
@@ -277,7 +276,7 @@ async def test_a_slow_browser_is_cut_off_not_buffered(client, monkeypatch) -> No
 
     monkeypatch.setattr(stream_module, "CLIENT_QUEUE", 4)
     hub = client._transport.app.state.hub
-    stream = hub.stream(_StreamRequest())
+    stream = hub.stream(Held(None, None, None))  # a bearer stream: no session to outlive
     await _next_event(stream, "snapshot")
     for i in range(10):  # never read: the fifth overflows its queue
         hub._publish("line", {"n": i})
@@ -291,7 +290,7 @@ async def test_listen_in_streams_both_sides_audio_from_the_bus(client, nats_url)
 
     call_id = "CA" + uuid.uuid4().hex
     nc = await bus.connect(nats_url, "listen-test")
-    stream = _listen(client._transport.app.state.nc, call_id, _StreamRequest())
+    stream = _listen(client._transport.app.state.nc, call_id, Held(None, None, None))
     try:
         assert (await _next_event(stream, "listening"))["encoding"] == "mulaw"
         await nc.publish(subjects.call_in(call_id, "k1"), encode_frame(Kind.AUDIO, 0, 0, b"\xff" * 160))
@@ -588,7 +587,7 @@ async def test_transcript_download(client, db, agent) -> None:
 
 
 async def test_docs_load_only_local_assets_allowed_by_the_policy(client) -> None:
-    r = await client.get("/docs")
+    r = await client.get("/docs", headers=AUTH)
     assert r.status_code == 200
     page = _Page()
     page.feed(r.text)
@@ -607,27 +606,30 @@ async def test_docs_load_only_local_assets_allowed_by_the_policy(client) -> None
 
 
 async def test_openapi_documents_the_error_responses(client) -> None:
-    spec = (await client.get("/openapi.json")).json()
+    spec = (await client.get("/openapi.json", headers=AUTH)).json()
     documented = {
         (path, method): set(op["responses"]) for path, ops in spec["paths"].items() for method, op in ops.items()
     }
     assert documented == {
-        ("/sessions", "get"): {"200", "400", "401", "422", "503"},
-        ("/sessions/count", "get"): {"200", "400", "401", "422", "503"},
-        ("/sessions/facets", "get"): {"200", "401", "503"},
-        ("/sessions/export", "get"): {"200", "401", "422", "503"},
-        ("/sessions/{call_sid}", "get"): {"200", "400", "401", "404", "422", "503"},
-        ("/sessions/{call_sid}/transcript", "get"): {"200", "400", "401", "404", "422", "503"},
-        ("/sessions/{call_sid}/recording", "get"): {"200", "206", "400", "401", "404", "416", "422", "503"},
-        ("/sessions/{call_sid}/waveform", "get"): {"200", "400", "401", "404", "422", "503"},
-        ("/live", "get"): {"200", "401"},
-        ("/live/stream", "get"): {"200", "401"},
-        ("/live/{call_sid}/listen", "get"): {"200", "400", "401", "422"},
-        ("/stats/daily", "get"): {"200", "401", "422", "503"},
-        ("/calls", "post"): {"201", "400", "401", "422", "502", "503"},
-        ("/auth/session", "post"): {"200", "400", "401", "403", "422"},
-        ("/auth/session", "get"): {"200", "401"},
-        ("/auth/logout", "post"): {"204"},
+        ("/sessions", "get"): {"200", "400", "401", "422", "429", "503"},
+        ("/sessions/count", "get"): {"200", "400", "401", "422", "429", "503"},
+        ("/sessions/facets", "get"): {"200", "401", "429", "503"},
+        ("/sessions/export", "get"): {"200", "401", "422", "429", "503"},
+        ("/sessions/{call_sid}", "get"): {"200", "400", "401", "404", "422", "429", "503"},
+        ("/sessions/{call_sid}/transcript", "get"): {"200", "400", "401", "404", "422", "429", "503"},
+        ("/sessions/{call_sid}/recording", "get"): {"200", "206", "400", "401", "404", "416", "422", "429", "503"},
+        ("/sessions/{call_sid}/waveform", "get"): {"200", "400", "401", "404", "422", "429", "503"},
+        ("/live", "get"): {"200", "401", "429"},
+        ("/live/stream", "get"): {"200", "401", "429"},
+        ("/live/{call_sid}/listen", "get"): {"200", "400", "401", "422", "429"},
+        ("/stats/daily", "get"): {"200", "401", "422", "429", "503"},
+        ("/calls", "post"): {"201", "400", "401", "422", "429", "502", "503"},
+        ("/auth/session", "post"): {"200", "400", "401", "403", "422", "429", "503"},
+        ("/auth/session", "get"): {"200", "401", "429"},
+        ("/auth/logout", "post"): {"204", "503"},
+        ("/auth/sessions", "get"): {"200", "401", "429"},
+        ("/auth/sessions", "delete"): {"200", "401", "429", "503"},
+        ("/auth/sessions/{signin}", "delete"): {"204", "401", "404", "422", "429", "503"},
     }
     sessions = spec["paths"]["/sessions"]["get"]["responses"]
     assert sessions["503"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorBody"}
@@ -639,9 +641,11 @@ async def test_database_errors_become_what_a_client_can_act_on(database_url: str
     db = await Database.open(database_url, timeout=0.5)
     try:
         # A value PostgreSQL refuses (here past the edge checks on purpose): a 400, not a 500.
-        with pytest.raises(QueryRejected, match="0x00"):
+        # Its message is ours, never PostgreSQL's text; the driver's error stays the cause, for the log.
+        with pytest.raises(QueryRejected, match="^the database cannot take a value") as rejected:
             async with db.connection() as conn:
                 await conn.fetchval("SELECT $1::text", "a\x00b")
+        assert "0x00" in str(rejected.value.__cause__) and "0x00" not in str(rejected.value)
         # Past the deadline: unavailable (503), on time, and the interrupted connection is discarded...
         started = time.monotonic()
         with pytest.raises(DatabaseUnavailable) as caught:

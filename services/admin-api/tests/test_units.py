@@ -91,13 +91,13 @@ def test_binds_this_machine_only_unless_told(monkeypatch: pytest.MonkeyPatch, en
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    settings = AdminSettings(database_url="postgresql://db", admin_token="t")
+    settings = AdminSettings(database_url="postgresql://db", admin_token="t" * 32)
     assert settings.host == host
     assert settings.forwarded_allow_ips == "127.0.0.1"
 
 
 async def test_a_handler_exception_is_a_counted_json_500() -> None:
-    app = create_app(AdminSettings(database_url="postgresql://db", admin_token="t"))
+    app = create_app(AdminSettings(database_url="postgresql://db", admin_token="t" * 32))
 
     async def broken() -> None:
         raise RuntimeError("a bug")

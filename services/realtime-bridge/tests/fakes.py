@@ -5,7 +5,6 @@ the SDK types, as the real API would) and the events they emit."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import types
 
@@ -14,6 +13,7 @@ from dialtone_bridge.agents import Agent
 from dialtone_bridge.callcontrol import CallControl
 from dialtone_bridge.conversation import Conversation
 from dialtone_bridge.playout import Playout
+from dialtone_bridge.realtime_engine import RealtimeConnection, parse
 from dialtone_bridge.settings import DEFAULT_MODEL
 from dialtone_bridge.turns import Turn, TurnLatency
 from dialtone_proto.tools import ToolCallReply, ToolSpec
@@ -41,6 +41,26 @@ class Tools:
         return ToolCallReply(ok=True, output={"ok": True}, actions=self.actions)
 
 
+class RecordingConnection(RealtimeConnection):
+    """The Realtime engine with its socket replaced by a list: every client event it would send
+    is recorded, after the SDK oracle has checked it as the real API would."""
+
+    def __init__(self) -> None:
+        super().__init__("ws://unused", DEFAULT_MODEL, "t", None, logging.LoggerAdapter(logging.getLogger("test")))
+        self.sent: list[dict] = []
+
+    async def _send(self, event: str) -> bool:
+        self.sent.append(orjson.loads(event))
+        check_client_event(self.sent[-1])
+        return True
+
+
+async def feed(c: Conversation, raw: dict) -> None:
+    """A Realtime server event, through the engine's edge, into the conversation."""
+    if (event := parse(raw)) is not None:
+        await c.on_event(event)
+
+
 class FakeSession:
     """What ``Conversation`` and ``CallControl`` use of a ``CallSession``."""
 
@@ -57,17 +77,13 @@ class FakeSession:
         self.turn_seconds: list[float] = []  # turn latencies, as the real session observes them
         self.ended, self.end_reason = asyncio.Event(), None
         self.holds = True
-        self.sent: list[dict] = []
+        self.model = RecordingConnection()
+        self.sent = self.model.sent
         self.frames: list[tuple[str, object]] = []
         self.tasks: set[asyncio.Task] = set()
         self.conversation = Conversation(self, agent)
         self.control = CallControl(self, None)
         self.clock = types.SimpleNamespace(ms=lambda: asyncio.get_running_loop().time() * 1000)
-
-    async def send(self, event: str) -> bool:
-        self.sent.append(orjson.loads(event))
-        check_client_event(self.sent[-1])
-        return True
 
     async def send_frame(self, kind, body=None, audio=b"") -> None:
         self.frames.append((kind.name, body))
@@ -94,8 +110,7 @@ class FakeSession:
         """The model's input buffer is the stream here: the caller's audio from its start, no gap."""
         return float(buffer_ms)
 
-    async def play(self, item_id, audio_b64):
-        audio = base64.b64decode(audio_b64)
+    async def play(self, item_id, audio):
         self.frames.append(("AUDIO", (item_id, audio)))
         mark = self.playout.on_audio_sent(item_id, len(audio), self.clock.ms())
         if (latency := self.turns.audio_sent(item_id, mark, self.clock.ms())) is not None:
@@ -126,9 +141,9 @@ def call_item(call_id="c1", status="completed"):
 
 
 async def tool_response(c: Conversation, rid: str, status: str = "completed") -> None:
-    await c.on_event({"type": "response.created", "response": {"id": rid}})
-    await c.on_event({"type": "response.output_item.done", "item": call_item(status=status)})
-    await c.on_event({"type": "response.done", "response": {"id": rid, "status": status, "output": [call_item(status=status)]}})
+    await feed(c, {"type": "response.created", "response": {"id": rid}})
+    await feed(c, {"type": "response.output_item.done", "item": call_item(status=status)})
+    await feed(c, {"type": "response.done", "response": {"id": rid, "status": status, "output": [call_item(status=status)]}})
 
 
 async def poll(condition, timeout=3.0):

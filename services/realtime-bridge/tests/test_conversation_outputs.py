@@ -11,7 +11,7 @@ from dialtone_bridge import metrics
 from dialtone_bridge.agents import Agent
 from dialtone_bridge.conversation import APOLOGY, Conversation
 
-from .fakes import FakeSession, Tools, poll
+from .fakes import FakeSession, Tools, feed, poll
 
 pytestmark = pytest.mark.unit
 
@@ -29,29 +29,29 @@ def function_call(call_id: str, arguments: str = "{}") -> dict:
 
 
 async def created(c: Conversation, rid: str) -> None:
-    await c.on_event({"type": "response.created", "response": {"id": rid}})
+    await feed(c, {"type": "response.created", "response": {"id": rid}})
 
 
 async def done(c: Conversation, rid: str, status: str, output: list, **details: dict) -> None:
-    await c.on_event({"type": "response.done", "response": {"id": rid, "status": status, "output": output,
+    await feed(c, {"type": "response.done", "response": {"id": rid, "status": status, "output": output,
                                                             "status_details": details.get("details")}})  # fmt: skip
 
 
 async def audio(c: Conversation, rid: str, item_id: str, audio: bytes) -> None:
-    await c.on_event({"type": "response.output_audio.delta", "response_id": rid, "item_id": item_id,
+    await feed(c, {"type": "response.output_audio.delta", "response_id": rid, "item_id": item_id,
                       "delta": base64.b64encode(audio).decode()})  # fmt: skip
 
 
 async def item(c: Conversation, rid: str, out: dict, chunks: list[bytes], transcript: str | None = None) -> None:
     """One output item: added to the conversation, its audio, its transcript, done."""
-    await c.on_event({"type": "conversation.item.added", "item": {"id": out["id"]}})
+    await feed(c, {"type": "conversation.item.added", "item": {"id": out["id"]}})
     for chunk in chunks:
         await audio(c, rid, out["id"], chunk)
     if out["type"] == "message":
-        await c.on_event({"type": "response.output_audio.done", "response_id": rid, "item_id": out["id"]})
+        await feed(c, {"type": "response.output_audio.done", "response_id": rid, "item_id": out["id"]})
         said = transcript if transcript is not None else out["content"][0]["transcript"]
-        await c.on_event({"type": "response.output_audio_transcript.done", "item_id": out["id"], "transcript": said})
-    await c.on_event({"type": "response.output_item.done", "item": out})
+        await feed(c, {"type": "response.output_audio_transcript.done", "item_id": out["id"], "transcript": said})
+    await feed(c, {"type": "response.output_item.done", "item": out})
 
 
 def said(s: FakeSession) -> list[tuple[str, str, bool]]:
@@ -116,15 +116,15 @@ async def test_parallel_function_calls_all_run_and_all_results_go_back_before_on
 async def test_a_caller_line_without_text_is_recorded_untranscribed_never_dropped() -> None:
     s = FakeSession(Agent(name="a", instructions="i"))
     c = s.conversation
-    await c.on_event({"type": "input_audio_buffer.committed", "item_id": "u1"})
-    await c.on_event({"type": "input_audio_buffer.committed", "item_id": "u2"})
-    await c.on_event({"type": "input_audio_buffer.committed", "item_id": "u3"})
-    await c.on_event({"type": "conversation.item.input_audio_transcription.completed", "item_id": "u3",
+    await feed(c, {"type": "input_audio_buffer.committed", "item_id": "u1"})
+    await feed(c, {"type": "input_audio_buffer.committed", "item_id": "u2"})
+    await feed(c, {"type": "input_audio_buffer.committed", "item_id": "u3"})
+    await feed(c, {"type": "conversation.item.input_audio_transcription.completed", "item_id": "u3",
                       "content_index": 0, "transcript": "Thanks."})  # fmt: skip
-    await c.on_event({"type": "conversation.item.input_audio_transcription.failed", "item_id": "u1",
+    await feed(c, {"type": "conversation.item.input_audio_transcription.failed", "item_id": "u1",
                       "content_index": 0, "error": {"type": "transcription_error", "code": "audio_unintelligible",
                                                     "message": "The audio could not be transcribed."}})  # fmt: skip
-    await c.on_event({"type": "conversation.item.input_audio_transcription.completed", "item_id": "u2",
+    await feed(c, {"type": "conversation.item.input_audio_transcription.completed", "item_id": "u2",
                       "content_index": 0, "transcript": "  "})  # fmt: skip
     lines = sorted(s.lines(), key=lambda line: line["seq"])
     assert [(line["seq"], line["role"], line["text"], line.get("untranscribed", False)) for line in lines] == [
@@ -151,7 +151,7 @@ async def test_a_failed_response_is_asked_for_again_once_then_the_agent_apologis
 async def test_a_failed_answer_the_server_started_itself_is_asked_for_again() -> None:
     s = FakeSession(Agent(name="a", instructions="i"))
     c = s.conversation
-    await c.on_event({"type": "input_audio_buffer.committed", "item_id": "u1"})
+    await feed(c, {"type": "input_audio_buffer.committed", "item_id": "u1"})
     await created(c, "V1")  # server VAD answering the caller
     await done(c, "V1", "failed", [], details=FAILED)
     assert len(s.creates()) == 1 and "response" not in s.creates()[0]  # a plain retry of the answer
@@ -190,7 +190,7 @@ async def test_an_incomplete_response_is_recorded_interrupted_and_a_silent_one_i
 
 async def test_rate_limits_are_accepted_as_a_gauge() -> None:
     c = FakeSession(Agent(name="a", instructions="i")).conversation
-    await c.on_event({"type": "rate_limits.updated", "rate_limits": [
+    await feed(c, {"type": "rate_limits.updated", "rate_limits": [
         {"name": "requests", "limit": 5000, "remaining": 4999, "reset_seconds": 0.012},
         {"name": "tokens", "limit": 400000, "remaining": 395904, "reset_seconds": 0.6}]})  # fmt: skip
     gauge = "dialtone_bridge_realtime_rate_limit_remaining"
@@ -204,11 +204,11 @@ async def test_barge_in_during_the_preamble_truncates_it_and_deletes_the_unheard
     preamble = message("p1", "Let me see.")
     await created(c, "R1")
     await item(c, "R1", preamble, [b"\x11" * 800, b"\x12" * 800])
-    await c.on_event({"type": "conversation.item.added", "item": {"id": "a1"}})
+    await feed(c, {"type": "conversation.item.added", "item": {"id": "a1"}})
     await audio(c, "R1", "a1", b"\x22" * 800)  # queued at Twilio behind the preamble
     first_mark = [body for kind, body in s.frames if kind == "MARK"][0]
     s.playout.on_mark(first_mark, s.clock.ms())  # the caller heard the first 100 ms
-    await c.on_event({"type": "input_audio_buffer.speech_started", "item_id": "u1", "audio_start_ms": 900})
+    await feed(c, {"type": "input_audio_buffer.speech_started", "item_id": "u1", "audio_start_ms": 900})
     assert ("CLEAR", None) in s.frames
     assert [(e["item_id"], e["audio_end_ms"]) for e in sent(s, "conversation.item.truncate")] == [("p1", 100)]
     await audio(c, "R1", "a1", b"\x23" * 800)  # still in flight: not played
@@ -228,9 +228,9 @@ async def test_barge_in_before_anything_was_heard_deletes_instead_of_truncating_
     c = s.conversation
     reply = message("r1", "Hello there, how can I help?", status="incomplete")
     await created(c, "R1")
-    await c.on_event({"type": "conversation.item.added", "item": {"id": "r1"}})
+    await feed(c, {"type": "conversation.item.added", "item": {"id": "r1"}})
     await audio(c, "R1", "r1", b"\x11" * 800)
-    await c.on_event({"type": "input_audio_buffer.speech_started", "item_id": "u1", "audio_start_ms": 20})
+    await feed(c, {"type": "input_audio_buffer.speech_started", "item_id": "u1", "audio_start_ms": 20})
     assert sent(s, "conversation.item.truncate") == []  # a truncate to 0 ms is refused (trap 8)
     await done(c, "R1", "cancelled", [reply])
     assert [e["item_id"] for e in sent(s, "conversation.item.delete")] == ["r1"]
@@ -248,7 +248,7 @@ async def test_barge_in_after_a_fully_heard_preamble_keeps_it_whole_and_deletes_
     await done(c, "R1", "completed", [preamble, answer])  # lines recorded as the response ends
     first_mark = [body for kind, body in s.frames if kind == "MARK"][0]
     s.playout.on_mark(first_mark, s.clock.ms())  # the preamble played out; the answer not yet
-    await c.on_event({"type": "input_audio_buffer.speech_started", "item_id": "u1", "audio_start_ms": 900})
+    await feed(c, {"type": "input_audio_buffer.speech_started", "item_id": "u1", "audio_start_ms": 900})
     assert sent(s, "conversation.item.truncate") == []
     assert [e["item_id"] for e in sent(s, "conversation.item.delete")] == ["a1"]  # no response running: now
     # The answer's line, written when the response ended, is written again as interrupted and heard
@@ -270,7 +270,7 @@ async def test_barge_in_after_the_response_ended_rewrites_the_cut_line_as_interr
     await done(c, "R1", "completed", [reply])
     first_mark = [body for kind, body in s.frames if kind == "MARK"][0]
     s.playout.on_mark(first_mark, s.clock.ms())  # half of it heard, the rest still queued
-    await c.on_event({"type": "input_audio_buffer.speech_started", "item_id": "u1", "audio_start_ms": 900})
+    await feed(c, {"type": "input_audio_buffer.speech_started", "item_id": "u1", "audio_start_ms": 900})
     assert [(e["item_id"], e["audio_end_ms"]) for e in sent(s, "conversation.item.truncate")] == [("r1", 100)]
     assert said(s) == [("agent", "We are open from nine to five.", False),
                        ("agent", "We are open from", True)]  # fmt: skip

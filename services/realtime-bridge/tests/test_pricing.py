@@ -1,12 +1,22 @@
-"""Cost of a call's model usage."""
+"""Cost of a call's model usage: the Realtime edge counts tokens by kind from the provider's usage
+blocks (``token_counts``), and the neutral price table prices them."""
 
 from __future__ import annotations
 
 import pytest
-from dialtone_bridge.pricing import cost_usd, split
+from dialtone_bridge import pricing
+from dialtone_bridge.realtime_engine import token_counts
 from dialtone_bridge.settings import DEFAULT_MODEL, DEFAULT_PRICES, BridgeSettings
 
 pytestmark = pytest.mark.unit
+
+def cost_usd(usage: dict, prices: dict[str, float] | None) -> float:
+    return pricing.cost_usd(token_counts(usage), prices)
+
+
+def split(usage: dict, prices: dict[str, float] | None) -> tuple[dict[str, int], dict[str, float]]:
+    return pricing.split(token_counts(usage), prices)
+
 
 RESPONSE_USAGE = {
     "total_tokens": 1900,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from dialtone_bridge import realtime as rt
+from dialtone_bridge import realtime_engine as rt
 from dialtone_bridge.agents import Agent, AgentBook
 from dialtone_proto.tools import ToolSpec
 from dialtone_sim.oracle import OracleError, check_client_event

@@ -12,7 +12,7 @@ from dialtone_bridge.agents import Agent
 from dialtone_bridge.heard import cut_text
 from dialtone_bridge.turns import TurnLatency
 
-from .fakes import FakeSession, Tools, poll
+from .fakes import FakeSession, Tools, feed, poll
 from .test_conversation_outputs import audio, created, done, function_call, item, message, sent
 
 pytestmark = pytest.mark.unit
@@ -63,17 +63,17 @@ async def test_a_reply_cut_while_still_being_generated_is_stored_interrupted_and
     s = FakeSession(Agent(name="a", instructions="i"))
     c = s.conversation
     await created(c, "R1")
-    await c.on_event({"type": "conversation.item.added", "item": {"id": "r1"}})
+    await feed(c, {"type": "conversation.item.added", "item": {"id": "r1"}})
     for chunk in (b"\x11" * 800, b"\x12" * 800, b"\x13" * 800):
         await audio(c, "R1", "r1", chunk)
     s.playout.on_mark(marks(s)[0], s.clock.ms())  # the caller heard the first 100 ms
-    await c.on_event({"type": "input_audio_buffer.speech_started", "item_id": "u1", "audio_start_ms": 900})
+    await feed(c, {"type": "input_audio_buffer.speech_started", "item_id": "u1", "audio_start_ms": 900})
     assert [(e["item_id"], e["audio_end_ms"]) for e in sent(s, "conversation.item.truncate")] == [("r1", 100)]
     assert agent_lines(s) == []  # nothing is published before the response is done
     await audio(c, "R1", "r1", b"\x14" * 800)  # generated before the server stopped: never played
     await audio(c, "R1", "r1", b"\x15" * 800)
     cut = message("r1", ANSWER, status="incomplete")
-    await c.on_event({"type": "response.output_audio_transcript.done", "item_id": "r1", "transcript": ANSWER})
+    await feed(c, {"type": "response.output_audio_transcript.done", "item_id": "r1", "transcript": ANSWER})
     await done(c, "R1", "cancelled", [cut])
 
     [line] = agent_lines(s)
@@ -102,7 +102,7 @@ async def test_a_reply_generated_in_full_then_cut_is_published_again_interrupted
 
     s.playout.on_mark(marks(s)[1], now[0])  # the caller heard 200 ms of it
     now[0] = 1210.0
-    await c.on_event({"type": "input_audio_buffer.speech_started", "item_id": "u1", "audio_start_ms": 2300})
+    await feed(c, {"type": "input_audio_buffer.speech_started", "item_id": "u1", "audio_start_ms": 2300})
     [truncate] = sent(s, "conversation.item.truncate")
     assert truncate["item_id"] == "r1" and 200 <= truncate["audio_end_ms"] < 600
 
@@ -143,9 +143,9 @@ async def test_a_call_that_ends_with_nothing_playing_changes_no_line() -> None:
 async def test_a_callers_line_starts_where_the_model_heard_speech_start_on_the_stream_clock() -> None:
     s = FakeSession(Agent(name="a", instructions="i"))
     c = s.conversation
-    await c.on_event({"type": "input_audio_buffer.speech_started", "item_id": "u1", "audio_start_ms": 1234})
-    await c.on_event({"type": "input_audio_buffer.committed", "item_id": "u1"})
-    await c.on_event({"type": "conversation.item.input_audio_transcription.completed", "item_id": "u1",
+    await feed(c, {"type": "input_audio_buffer.speech_started", "item_id": "u1", "audio_start_ms": 1234})
+    await feed(c, {"type": "input_audio_buffer.committed", "item_id": "u1"})
+    await feed(c, {"type": "conversation.item.input_audio_transcription.completed", "item_id": "u1",
                       "content_index": 0, "transcript": "Hello?"})  # fmt: skip
     [line] = s.lines()
     assert line["offset_ms"] == 1234.0  # the fake's input buffer is the stream, from its start
@@ -208,8 +208,8 @@ async def test_the_conversation_publishes_a_turn_with_the_tool_time_in_it() -> N
     s = clocked(now)
     s.ctx.tools = Tools(delay=0.05)
     c = s.conversation
-    await c.on_event({"type": "input_audio_buffer.speech_started", "item_id": "u1", "audio_start_ms": 100})
-    await c.on_event({"type": "input_audio_buffer.speech_stopped", "item_id": "u1", "audio_end_ms": 1100})
+    await feed(c, {"type": "input_audio_buffer.speech_started", "item_id": "u1", "audio_start_ms": 100})
+    await feed(c, {"type": "input_audio_buffer.speech_stopped", "item_id": "u1", "audio_end_ms": 1100})
     await created(c, "R1")
     await item(c, "R1", function_call("c1"), [])
     now[0] = 5100.0  # the tool starts

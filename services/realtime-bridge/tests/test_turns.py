@@ -12,7 +12,7 @@ from dialtone_bridge.service import Bridge
 from dialtone_bridge.settings import DEFAULT_PRICES
 from dialtone_bridge.turns import TurnLatency
 
-from .fakes import FakeSession
+from .fakes import FakeSession, feed
 from .test_conversation_outputs import created, done, item, message, sent
 from .test_pricing import RESPONSE_USAGE
 
@@ -87,9 +87,9 @@ async def test_the_conversation_times_the_turn_from_the_models_speech_stopped_to
     now = [5000.0]
     s = session_at(now)
     c = s.conversation
-    await c.on_event({"type": "input_audio_buffer.speech_started", "item_id": "u1", "audio_start_ms": 100})
+    await feed(c, {"type": "input_audio_buffer.speech_started", "item_id": "u1", "audio_start_ms": 100})
     now[0] = 6000.0
-    await c.on_event({"type": "input_audio_buffer.speech_stopped", "item_id": "u1", "audio_end_ms": 1100})
+    await feed(c, {"type": "input_audio_buffer.speech_stopped", "item_id": "u1", "audio_end_ms": 1100})
     now[0] = 6200.0
     await created(c, "R1")
     now[0] = 6720.0
@@ -101,7 +101,7 @@ async def test_an_idle_prompt_is_not_a_turn() -> None:
     now = [1000.0]
     s = session_at(now)
     c = s.conversation
-    await c.on_event({"type": "input_audio_buffer.speech_stopped", "item_id": "u1", "audio_end_ms": 900})
+    await feed(c, {"type": "input_audio_buffer.speech_stopped", "item_id": "u1", "audio_end_ms": 900})
     await c.request_response('Say exactly: "Are you still there?"', purpose="prompt")
     await created(c, "R1")
     now[0] = 9000.0
@@ -116,13 +116,13 @@ async def test_a_truncate_the_model_refuses_is_counted_and_other_errors_are_not(
     await item(c, "R1", message("p1", "Let me see."), [b"\x11" * 800, b"\x12" * 800])
     first_mark = [body for kind, body in s.frames if kind == "MARK"][0]
     s.playout.on_mark(first_mark, s.clock.ms())
-    await c.on_event({"type": "input_audio_buffer.speech_started", "item_id": "u1", "audio_start_ms": 900})
+    await feed(c, {"type": "input_audio_buffer.speech_started", "item_id": "u1", "audio_start_ms": 900})
     [truncate] = sent(s, "conversation.item.truncate")
     before = sample("dialtone_bridge_truncates_refused_total")
-    await c.on_event({"type": "error", "error": {"type": "invalid_request_error", "code": "invalid_value",
+    await feed(c, {"type": "error", "error": {"type": "invalid_request_error", "code": "invalid_value",
                                                  "message": "audio_end_ms too large", "event_id": "evt_other"}})
     assert sample("dialtone_bridge_truncates_refused_total") == before
-    await c.on_event({"type": "error", "error": {"type": "invalid_request_error", "code": "invalid_value",
+    await feed(c, {"type": "error", "error": {"type": "invalid_request_error", "code": "invalid_value",
                                                  "message": "audio_end_ms too large",
                                                  "event_id": truncate["event_id"]}})
     assert sample("dialtone_bridge_truncates_refused_total") == before + 1
@@ -137,7 +137,7 @@ async def test_tokens_and_dollars_are_counted_by_kind() -> None:
     tokens = {k: sample("dialtone_bridge_realtime_tokens_total", kind=k) for k in kinds}
     dollars = {k: sample("dialtone_bridge_realtime_cost_dollars_total", kind=k) for k in kinds}
     await created(c, "R1")
-    await c.on_event({"type": "response.done", "response": {"id": "R1", "status": "completed", "output": [],
+    await feed(c, {"type": "response.done", "response": {"id": "R1", "status": "completed", "output": [],
                                                              "usage": RESPONSE_USAGE}})
     got = {k: sample("dialtone_bridge_realtime_tokens_total", kind=k) - tokens[k] for k in kinds}
     assert got == {"text_in": 100, "text_cached": 200, "audio_in": 700, "audio_cached": 300,

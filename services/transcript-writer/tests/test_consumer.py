@@ -76,11 +76,9 @@ def full_call(call_id: str) -> list:
                        text="", agent="booking", untranscribed=True),
         UsageReported(id=f"{call_id}-6", call_id=call_id, at=at(8), source="response", ref="resp_1",
                       model="gpt-realtime", cost_usd=0.0125,
-                      usage={"input_tokens": 100, "output_tokens": 50,
-                             "input_token_details": {"text_tokens": 40, "audio_tokens": 60, "cached_tokens": 10},
-                             "output_token_details": {"text_tokens": 10, "audio_tokens": 40}}),
+                      tokens={"text_in": 30, "text_cached": 10, "audio_in": 60, "text_out": 10, "audio_out": 40}),
         UsageReported(id=f"{call_id}-7", call_id=call_id, at=at(9), source="transcription", ref="item_b",
-                      model="gpt-4o-transcribe", cost_usd=0.0005, usage={"total_tokens": 30}),
+                      model="gpt-4o-transcribe", cost_usd=0.0005, tokens={"audio_in": 25, "text_out": 5}),
         CallMetric(id=f"{call_id}-8", call_id=call_id, at=at(9), name="first_agent_audio_ms", value=420.0),
         OutcomeSet(id=f"{call_id}-9", call_id=call_id, at=at(10), outcome="booked", detail="Mon 09:00"),
         CallTransferred(id=f"{call_id}-10", call_id=call_id, at=at(11), target="+15550003333", agent="booking"),
@@ -328,13 +326,13 @@ async def test_the_cost_breakdown_is_the_sum_of_the_events_split(pool) -> None:
     call_id = new_call_id()
     events = [
         UsageReported(id=f"{call_id}-1", call_id=call_id, at=at(1), source="response", ref="r1", model="m",
-                      usage={}, cost_usd=0.0532, tokens={"audio_in": 1000, "audio_cached": 500, "audio_out": 300},
+                      cost_usd=0.0532, tokens={"audio_in": 1000, "audio_cached": 500, "audio_out": 300},
                       costs={"audio_in": 0.032, "audio_cached": 0.0002, "audio_out": 0.0192}),
         UsageReported(id=f"{call_id}-2", call_id=call_id, at=at(2), source="response", ref="r2", model="m",
-                      usage={}, cost_usd=0.00016, tokens={"text_in": 10, "text_cached": 100, "text_out": 3},
+                      cost_usd=0.00016, tokens={"text_in": 10, "text_cached": 100, "text_out": 3},
                       costs={"text_in": 0.00004, "text_cached": 0.00004, "text_out": 0.000072}),
         UsageReported(id=f"{call_id}-3", call_id=call_id, at=at(3), source="transcription", ref="u1", model="t",
-                      usage={}, cost_usd=0.00051, tokens={"audio_in": 120, "text_out": 30},
+                      cost_usd=0.00051, tokens={"audio_in": 120, "text_out": 30},
                       costs={"audio_in": 0.00036, "text_out": 0.00015}),
     ]
     async with pool.acquire() as conn:

@@ -8,7 +8,6 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from dialtone_writer.mapping import (
     RANK_IMPLIED_BY_END,
-    USAGE_COUNTERS,
     cost_breakdown,
     status_rank,
     status_wins,
@@ -48,15 +47,9 @@ def test_later_terminal_status_wins() -> None:
     assert _fold([("completed", 40), ("transferred", 10)]) == "completed"
 
 
-def test_response_usage_is_flattened() -> None:
-    usage = {
-        "total_tokens": 300,
-        "input_tokens": 200,
-        "output_tokens": 100,
-        "input_token_details": {"text_tokens": 50, "audio_tokens": 150, "cached_tokens": 40},
-        "output_token_details": {"text_tokens": 20, "audio_tokens": 80},
-    }
-    assert usage_counters("response", usage) == {
+def test_a_responses_tokens_by_kind_become_the_admin_counters() -> None:
+    tokens = {"text_in": 10, "text_cached": 40, "audio_in": 150, "text_out": 20, "audio_out": 80}
+    assert usage_counters("response", tokens) == {
         "input_tokens": 200,
         "output_tokens": 100,
         "input_text_tokens": 50,
@@ -69,23 +62,13 @@ def test_response_usage_is_flattened() -> None:
 
 
 def test_transcription_usage_counts_only_transcription_tokens() -> None:
-    usage = {"type": "tokens", "total_tokens": 27, "input_tokens": 20, "output_tokens": 7}
-    assert usage_counters("transcription", usage) == {"transcription_tokens": 27}
-    assert usage_counters("transcription", {"input_tokens": 3, "output_tokens": 2}) == {"transcription_tokens": 5}
-    # Duration-billed transcription has no tokens to count.
-    assert usage_counters("transcription", {"type": "duration", "seconds": 2.5}) == {}
+    assert usage_counters("transcription", {"audio_in": 20, "text_out": 7}) == {"transcription_tokens": 27}
+    # A transcription billed by time has no tokens to count.
+    assert usage_counters("transcription", {}) == {}
 
 
-def test_garbage_usage_values_count_as_zero() -> None:
-    usage = {"input_tokens": "12", "output_tokens": True, "input_token_details": [1, 2]}
-    assert usage_counters("response", usage) == {"responses": 1}
-
-
-def test_flat_counters_are_accepted() -> None:
-    flat = dict.fromkeys(USAGE_COUNTERS, 3)
-    flat.pop("transcription_tokens")
-    flat.pop("responses")
-    assert usage_counters("response", flat) == {**flat, "responses": 1}
+def test_garbage_token_values_count_as_zero() -> None:
+    assert usage_counters("response", {"text_in": "12", "text_out": True, "audio_in": [1]}) == {"responses": 1}  # type: ignore[dict-item]
 
 
 def test_a_responses_cost_is_filed_by_kind_with_cached_text_and_audio_together() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import secrets
 from datetime import timedelta
 from pathlib import Path
@@ -12,9 +13,10 @@ from pathlib import Path
 import pytest
 from dialtone_common import bus
 from dialtone_common.callbook import CallBook, new_record
-from dialtone_common.recording_storage import LocalStorage, open_storage
+from dialtone_common.recording_storage import LocalStorage, RecordingStorageError, open_storage
 from dialtone_proto import CallMetric, subjects
 from dialtone_proto.frames import Kind, encode_control, encode_frame
+from dialtone_writer import metrics
 from dialtone_writer.recorder import Recorder, storage_key
 from dialtone_writer.recorder_audio import read_wav, to_pcm16
 from dialtone_writer.settings import WriterSettings
@@ -52,10 +54,10 @@ async def recorders(nc, pool, nats_url: str, database_url: str):
     """``await start(directory, **settings) -> Running``: a recorder as a writer runs it."""
     running: list[Running] = []
 
-    async def start(directory: Path, lease_s: float | None = None, **overrides) -> Running:
+    async def start(directory: Path, lease_s: float | None = None, storage=None, **overrides) -> Running:
         settings = WriterSettings(database_url=database_url, nats_url=nats_url, recordings_dir=directory,
                                   **overrides)
-        recorder = Recorder(pool, nc, nc.jetstream(), settings, open_storage(settings), book_bucket=BOOK,
+        recorder = Recorder(pool, nc, nc.jetstream(), settings, storage or open_storage(settings), book_bucket=BOOK,
                             claims_bucket=CLAIMS)
         if lease_s:
             recorder.lease_s, recorder.beat_s = lease_s, lease_s / 3
@@ -231,3 +233,86 @@ async def test_retention_deletes_old_recordings_and_their_rows(nc, pool, recorde
             "SELECT call_sid FROM call_recordings WHERE call_sid = ANY($1::text[])", [old, new])}
     assert left == {new}
     assert not (tmp_path / "store" / storage_key(old)).exists() and (tmp_path / "store" / storage_key(new)).exists()
+
+
+class FailingStorage(LocalStorage):
+    """A local store whose puts and deletes fail with the errors given, one per call, then work."""
+
+    def __init__(self, root: Path, puts: list[Exception], deletes: list[Exception]) -> None:
+        super().__init__(root)
+        self.put_errors, self.delete_errors = puts, deletes
+
+    async def put_file(self, key: str, path: Path) -> None:
+        if self.put_errors:
+            raise self.put_errors.pop(0)
+        await super().put_file(key, path)
+
+    async def delete(self, key: str) -> None:
+        if self.delete_errors:
+            raise self.delete_errors.pop(0)
+        await super().delete(key)
+
+
+def sample(name: str, **labels: str) -> float:
+    return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_no_error_of_the_store_stops_the_recorder_or_loses_a_recording(nc, pool, recorders, poll, tmp_path):
+    """A fatal store error (access denied), an unexpected one (a bug), then the store works: the call
+    is stored; the retention sweep survives the same and deletes afterwards."""
+    denied = RecordingStorageError("put", "denied", "PermissionDeniedError: 403 AccessDenied")
+    storage = FailingStorage(tmp_path / "store", puts=[denied, RuntimeError("a bug in a store")],
+                             deletes=[RuntimeError("a bug in a store"),
+                                      RecordingStorageError("delete", "unavailable", "GenericError: refused")])
+    before = {
+        "denied": sample("dialtone_writer_recording_storage_errors_total", operation="put", kind="denied"),
+        "unavailable": sample("dialtone_writer_recording_storage_errors_total", operation="delete", kind="unavailable"),
+        "retention": sample("dialtone_writer_background_errors_total", task="retention"),
+        "errors": sample("dialtone_writer_recording_errors_total"),
+    }
+    old = "CA" + secrets.token_hex(16)
+    (tmp_path / "old.wav").write_bytes(b"RIFF")
+    await LocalStorage(tmp_path / "store").put_file(storage_key(old), tmp_path / "old.wav")
+    async with pool.acquire() as conn:
+        await conn.execute(
+            "INSERT INTO call_recordings (call_sid, storage_key, bytes, duration_ms, complete, bucket_samples, "
+            "peaks, created_at) VALUES ($1, $2, 4, 0, true, 80, '{}'::jsonb, now() - interval '9 days')",
+            old, storage_key(old),
+        )
+    r = await recorders(tmp_path, storage=storage, recordings_retry_initial_s=0.05, recordings_retry_max_s=0.2,
+                        recordings_retention_days=7, recordings_sweep_interval_s=3600)
+    sid, key = await new_call(nc)
+    await poll(lambda: asyncio.sleep(0, sid in r.recorder.calls), 10, "the claim")
+    await send_caller(nc, sid, key, range(0, 25))
+    await stop_stream(nc, sid, key, 25)
+    row = await recording_row(pool, sid, poll)
+    assert row["complete"] is True and (tmp_path / "store" / storage_key(sid)).stat().st_size == row["bytes"]
+    assert sample("dialtone_writer_recording_storage_errors_total", operation="put", kind="denied") == (
+        before["denied"] + 1)
+    assert sample("dialtone_writer_recording_errors_total") == before["errors"] + 2
+    # The sweep's first round met a bug, its second an outage; it went on (sooner than its hour).
+    await poll(lambda: asyncio.sleep(0, not (tmp_path / "store" / storage_key(old)).exists()), 10,
+               "the sweep to delete the old recording")
+    async with pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM call_recordings WHERE call_sid = $1", old) == 0
+    assert sample("dialtone_writer_background_errors_total", task="retention") == before["retention"] + 1
+    assert sample("dialtone_writer_recording_storage_errors_total", operation="delete", kind="unavailable") == (
+        before["unavailable"] + 1)
+    assert not r.task.done()
+
+
+async def test_the_recordings_directory_is_the_services_alone(recorders, tmp_path):
+    loose = tmp_path / "loose"  # made by an earlier version, or by hand, 0755
+    loose.mkdir()
+    os.chmod(loose, 0o755)
+    old_umask = os.umask(0o022)
+    try:
+        fresh = await recorders(tmp_path / "data" / "recordings")
+        existing = await recorders(loose)
+    finally:
+        os.umask(old_umask)
+    for r in (fresh, existing):
+        directory = Path(r.recorder.settings.recordings_dir)
+        assert os.stat(directory).st_mode & 0o777 == 0o700, directory
+        assert (directory / "spool").stat().st_mode & 0o777 == 0o700
+    assert (tmp_path / "data").stat().st_mode & 0o777 == 0o700, "a parent it had to create, too"

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 from dialtone_common import bus
+from dialtone_common.health import HealthServer
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -22,7 +23,7 @@ from dialtone_admin.errors import responses
 from dialtone_admin.export import EXPORT_BATCH, EXPORT_MAX, export_rows
 from dialtone_admin.live import LiveCalls
 from dialtone_admin.metrics import REGISTRY
-from dialtone_admin.middleware import Metrics, SecurityHeaders
+from dialtone_admin.middleware import HeadAsGet, Metrics, SecurityHeaders
 from dialtone_admin.models import Facets, LivePage, SessionCount, SessionDetail, SessionPage
 from dialtone_admin.outbound import Dialer
 from dialtone_admin.outbound import router as calls_router
@@ -30,9 +31,11 @@ from dialtone_admin.params import Text, UtcTime
 from dialtone_admin.recordings import router as recordings_router
 from dialtone_admin.sessions import SessionFilter, count_sessions, facet_values, get_session, list_sessions
 from dialtone_admin.settings import AdminSettings
+from dialtone_admin.signins import SignIns
 from dialtone_admin.stats import router as stats_router
 from dialtone_admin.stream import LiveHub
 from dialtone_admin.stream import router as stream_router
+from dialtone_admin.throttle import Guard
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +187,14 @@ def create_app(settings: AdminSettings) -> FastAPI:
             hub = LiveHub(live)
             await hub.start(nc)
             stack.push_async_callback(hub.stop)
+            signins = SignIns(settings.session_ttl_s)
+            await signins.start(nc, settings.jetstream_replicas)
+            stack.push_async_callback(signins.stop)
+            app.state.signins = signins
+            if settings.metrics_port is not None:  # /metrics off the public listener
+                await stack.enter_async_context(
+                    HealthServer(settings.metrics_host, settings.metrics_port, registry=REGISTRY)
+                )
             dialer = Dialer.from_settings(settings)
             if dialer is not None:
                 stack.push_async_callback(dialer.close)
@@ -193,9 +204,13 @@ def create_app(settings: AdminSettings) -> FastAPI:
             log.info("admin API ready")
             yield
 
-    app = FastAPI(title="Dialtone admin API", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="Dialtone admin API", version="1", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
+    )
     app.state.settings = settings
+    app.state.guard = Guard(settings.auth_failures_per_address, settings.auth_failures_global)
     # The last added is the outermost: security headers go on every response, the 500s too.
+    app.add_middleware(HeadAsGet)
     app.add_middleware(Metrics)
     app.add_middleware(SecurityHeaders)
     errors.install(app)
@@ -227,9 +242,11 @@ def create_app(settings: AdminSettings) -> FastAPI:
         """Liveness: the process answers. Readiness (PostgreSQL, NATS) is /healthz."""
         return JSONResponse({"status": "alive"})
 
-    @app.get("/metrics", include_in_schema=False)
-    async def metrics() -> Response:
-        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+    if settings.metrics_port is None:
+
+        @app.get("/metrics", include_in_schema=False)
+        async def metrics() -> Response:
+            return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     pages.install(app)
     app.include_router(api)

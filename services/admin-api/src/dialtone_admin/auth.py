@@ -3,10 +3,14 @@
 
 The cookie is ``HttpOnly`` (no script reads it), ``SameSite=Strict`` (no other site's page sends
 it) and ``Secure`` over HTTPS. Its value is ``v1.<expiry>.<nonce>.<mac>``: an HMAC-SHA256 under a
-key derived from the admin token, so every instance of the admin API accepts it without shared
-state, and changing ``ADMIN_TOKEN`` ends every session. Signing out forgets the nonce on this
-instance and clears the cookie. A cookie is accepted for reading only (GET and HEAD): anything
-that changes state, such as placing a call, still needs the bearer token.
+key derived from the admin token, so changing ``ADMIN_TOKEN`` ends every session. A cookie is
+accepted only while its sign-in is in the shared register (:mod:`dialtone_admin.signins`): signing
+out, here or on any other instance, ends it everywhere, and a restart forgets no sign-out. A
+cookie is accepted for reading only (GET and HEAD): anything that changes state, such as placing
+a call, still needs the bearer token.
+
+Wrong tokens, at sign-in or as a bearer, are throttled per client address and globally
+(:mod:`dialtone_admin.throttle`): 429 with ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -16,10 +20,14 @@ import hashlib
 import hmac
 import secrets
 import time
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import HTTPException, Request, Security, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from dialtone_admin.signins import Held, SignIns
+from dialtone_admin.throttle import Guard
 
 # auto_error=False: we answer 401 with WWW-Authenticate ourselves (HTTPBearer alone may say 403).
 # Declaring the scheme this way also puts it in the OpenAPI document, so /docs offers "Authorize".
@@ -27,7 +35,14 @@ bearer_scheme = HTTPBearer(auto_error=False, description="The ADMIN_TOKEN, as `A
 
 COOKIE = "dialtone_session"
 _READ_ONLY = frozenset({"GET", "HEAD"})
-_revoked: dict[str, float] = {}  # nonce -> expiry, of sessions signed out on this instance
+
+
+@dataclass(frozen=True)
+class Cookie:
+    """A session cookie whose MAC and expiry hold (whether its sign-in is in force is asked apart)."""
+
+    expiry: int
+    nonce: str
 
 
 def _unauthorized(detail: str) -> HTTPException:
@@ -38,9 +53,36 @@ def _expected(request: Request) -> bytes:
     return request.app.state.settings.admin_token.get_secret_value().encode()
 
 
+def client_address(request: Request) -> str:
+    """The client's address (a trusted proxy's X-Forwarded-For already applied by the server)."""
+    return request.client.host if request.client else "unknown"
+
+
+def signins(request: Request) -> SignIns | None:
+    return getattr(request.app.state, "signins", None)
+
+
+def guard(request: Request) -> Guard:
+    return request.app.state.guard
+
+
 def token_matches(request: Request, token: str) -> bool:
     """Constant-time comparison, so response timing does not reveal how much of a guess was right."""
     return hmac.compare_digest(token.encode(), _expected(request))
+
+
+def check_guess(request: Request, token: str, via: str) -> None:
+    """Raise 429 for a throttled address (before looking at the token), 401 for a wrong token."""
+    address = client_address(request)
+    if wait := guard(request).retry_after(address):
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            detail=f"too many wrong tokens from {address}; try again in {wait} s",
+            headers={"Retry-After": str(wait)},
+        )
+    if not token_matches(request, token):
+        guard(request).failed(address, via)
+        raise _unauthorized("invalid bearer token" if via == "bearer" else "that is not the admin token")
 
 
 def _mac(request: Request, expiry: int, nonce: str) -> str:
@@ -49,15 +91,15 @@ def _mac(request: Request, expiry: int, nonce: str) -> str:
     return base64.urlsafe_b64encode(digest).decode().rstrip("=")
 
 
-def issue_session(request: Request, ttl_s: float) -> tuple[str, int]:
-    """A new session cookie value and its expiry (Unix seconds)."""
+def new_session(request: Request, ttl_s: float) -> tuple[str, Cookie]:
+    """A new session cookie value and what it holds (not yet registered)."""
     expiry = int(time.time() + ttl_s)
     nonce = secrets.token_urlsafe(16)
-    return f"v1.{expiry}.{nonce}.{_mac(request, expiry, nonce)}", expiry
+    return f"v1.{expiry}.{nonce}.{_mac(request, expiry, nonce)}", Cookie(expiry, nonce)
 
 
-def session_expiry(request: Request) -> int | None:
-    """The expiry of the request's valid session cookie, or None (no cookie, forged, expired, revoked)."""
+def read_cookie(request: Request) -> Cookie | None:
+    """The request's session cookie if it is ours (MAC) and unexpired; None otherwise."""
     value = request.cookies.get(COOKIE)
     if not value or len(value) > 200:
         return None
@@ -67,19 +109,26 @@ def session_expiry(request: Request) -> int | None:
     expiry, nonce, mac = int(parts[1]), parts[2], parts[3]
     if not hmac.compare_digest(mac.encode(), _mac(request, expiry, nonce).encode()):
         return None
-    if expiry <= time.time() or nonce in _revoked:
+    if expiry <= time.time():
         return None
-    return expiry
+    return Cookie(expiry, nonce)
 
 
-def revoke_session(request: Request) -> None:
-    """Forget the request's session on this instance (its cookie is cleared by the response)."""
-    if (expiry := session_expiry(request)) is None:
-        return
-    now = time.time()
-    for nonce in [n for n, e in _revoked.items() if e <= now]:
-        del _revoked[nonce]
-    _revoked[request.cookies[COOKIE].split(".")[2]] = expiry
+async def session(request: Request) -> Cookie | None:
+    """The request's session if it is valid and its sign-in in force, else None."""
+    cookie = read_cookie(request)
+    if cookie is None:
+        return None
+    register = signins(request)
+    if register is None or not await register.check(cookie.nonce):
+        return None
+    return cookie
+
+
+async def session_expiry(request: Request) -> int | None:
+    """The expiry of the request's session, or None (no cookie, forged, expired, signed out)."""
+    cookie = await session(request)
+    return None if cookie is None else cookie.expiry
 
 
 async def require_token(
@@ -87,8 +136,17 @@ async def require_token(
 ) -> None:
     """FastAPI dependency: reject a request with neither the admin token nor (to read) a session."""
     if credentials is None:
-        if request.method in _READ_ONLY and session_expiry(request) is not None:
+        if request.method in _READ_ONLY and await session(request) is not None:
             return
         raise _unauthorized("missing bearer token or session")
-    if not token_matches(request, credentials.credentials):
-        raise _unauthorized("invalid bearer token")
+    check_guess(request, credentials.credentials, "bearer")
+
+
+async def held(request: Request) -> Held:
+    """What a stream opened by this (already authorized) request holds: its sign-in, if by cookie."""
+    if "authorization" in request.headers:
+        return Held(None, None, None)
+    cookie = read_cookie(request)
+    if cookie is None:  # authorized a moment ago, gone now: the stream ends at its first look
+        return Held(signins(request), "", 0)
+    return Held(signins(request), cookie.nonce, cookie.expiry)

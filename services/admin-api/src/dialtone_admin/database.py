@@ -95,7 +95,7 @@ class Database:
             async with asyncio.timeout(budget), self._pool.acquire(timeout=budget) as conn:
                 try:
                     yield conn
-                except (asyncio.CancelledError, *_UNAVAILABLE):
+                except (asyncio.CancelledError, *_UNAVAILABLE):  # type: ignore[misc]  # mypy reads a starred tuple of classes as an instance
                     # Interrupted mid-query (our deadline) or a broken socket: the connection's
                     # state is unknown and resetting it could wait on a frozen server.
                     conn.terminate()
@@ -104,5 +104,10 @@ class Database:
             log.warning("database unavailable: %s: %s", type(exc).__name__, exc)
             raise DatabaseUnavailable("the database is unavailable; try again shortly") from exc
         except _REJECTED as exc:
-            raise QueryRejected(f"the database cannot take this request: {exc}") from exc
+            # PostgreSQL's own text names its internals (and echoes what it was given): it goes to
+            # the log, the client gets what it can act on.
+            log.info("database rejected a value: %s: %s", type(exc).__name__, exc)
+            raise QueryRejected(
+                "the database cannot take a value of this request (out of range, or text it cannot store)"
+            ) from exc
 

@@ -35,6 +35,13 @@ _RESPONSES: dict[int, dict[str, Any]] = {
         "headers": {"WWW-Authenticate": {"description": "`Bearer`", "schema": {"type": "string"}}},
     },
     403: {"model": ErrorBody, "description": "a sign-in posted by another site's page"},
+    429: {
+        "model": ErrorBody,
+        "description": "too many wrong tokens from this address (or from everywhere, and some from it)",
+        "headers": {
+            "Retry-After": {"description": "seconds to wait before presenting a token", "schema": {"type": "integer"}}
+        },
+    },
     404: {"model": ErrorBody, "description": "no such session"},
     503: {
         "model": ErrorBody,
@@ -47,8 +54,11 @@ _RESPONSES: dict[int, dict[str, Any]] = {
 
 
 def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
-    """The OpenAPI ``responses`` of a route for these status codes (422 FastAPI adds by itself)."""
-    return {code: _RESPONSES[code] for code in codes}
+    """The OpenAPI ``responses`` of a route for these status codes (422 FastAPI adds by itself); a
+    route that can say 401 can also say 429 (wrong tokens are throttled)."""
+    if 401 in codes:
+        codes = (*codes, 429)
+    return {code: _RESPONSES[code] for code in sorted(set(codes))}
 
 
 class AsciiJSONResponse(JSONResponse):

@@ -12,3 +12,19 @@ LATENCY = Histogram("dialtone_admin_request_seconds", "HTTP request latency", ["
 OUTBOUND = Counter(
     "dialtone_admin_outbound_calls_total", "Outbound calls requested, by result", ["result"], registry=REGISTRY
 )
+AUTH_FAILURES = Counter(
+    "dialtone_admin_auth_failures_total",
+    "Wrong admin tokens presented, by how: sign_in (the dashboard's form) or bearer (the API)",
+    ["via"],
+    registry=REGISTRY,
+)
+AUTH_THROTTLED = Counter(
+    "dialtone_admin_auth_throttled_total",
+    "Requests refused with 429 for too many wrong tokens, by the limit reached: address or global",
+    ["scope"],
+    registry=REGISTRY,
+)
+for _via in ("sign_in", "bearer"):
+    AUTH_FAILURES.labels(_via)
+for _scope in ("address", "global"):
+    AUTH_THROTTLED.labels(_scope)

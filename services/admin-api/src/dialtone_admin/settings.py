@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 from dialtone_common.recording_storage import RecordingStorageSettings
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+
+MIN_TOKEN_LENGTH = 32
+# Values that a template, a tutorial or an earlier release shipped: never a real token.
+PLACEHOLDER_TOKENS = frozenset({
+    "change-me-admin-token", "change-me", "changeme", "admin", "password", "secret", "token",
+    "admin-token", "your-admin-token", "replace-me", "xxx",
+})  # fmt: skip
+HOW_TO_MAKE_ONE = "make one with: python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
 
 
 class AdminSettings(RecordingStorageSettings):  # where recordings are stored (GET /sessions/{id}/recording)
     """Environment-driven settings (``DATABASE_URL``, ``ADMIN_TOKEN``, ``ADMIN_PORT``, ...)."""
 
     database_url: str = Field(description="PostgreSQL DSN")
-    admin_token: SecretStr = Field(description="bearer token for the API and the dashboard")
+    admin_token: SecretStr = Field(
+        description=f"bearer token for the API and the dashboard: at least {MIN_TOKEN_LENGTH} characters, "
+        "random, never a template's placeholder"
+    )
     port: int = Field(default=8001, validation_alias=AliasChoices("ADMIN_PORT", "port"))
     host: str = Field(
         default="127.0.0.1",
@@ -28,6 +39,24 @@ class AdminSettings(RecordingStorageSettings):  # where recordings are stored (G
         default=1.5, gt=0, description="a request's database work, waiting for a connection included, "
         "longer than this answers 503 (a frozen or overloaded database)"
     )
+    metrics_port: int | None = Field(
+        default=None,
+        validation_alias=AliasChoices("ADMIN_METRICS_PORT", "metrics_port"),
+        description="serve /metrics on this port (on METRICS_HOST) instead of the public listener; set it "
+        "wherever the admin API's port is published (Kubernetes behind an ingress)",
+    )
+    secure_cookies: bool | None = Field(
+        default=None,
+        description="mark the session cookie Secure: true behind a TLS proxy whatever the request says; "
+        "unset follows the request's scheme (X-Forwarded-Proto from a trusted proxy)",
+    )
+    auth_failures_per_address: int = Field(
+        default=10, ge=1, description="wrong tokens one client address may present per minute before 429"
+    )
+    auth_failures_global: int = Field(
+        default=100, ge=1, description="wrong tokens from all addresses per minute before every address that "
+        "has failed gets 429 (addresses with no failure are never held off)",
+    )
     session_ttl_s: float = Field(
         default=8 * 3600, gt=0, description="a dashboard sign-in lasts this long (seconds), then asks again"
     )
@@ -44,3 +73,15 @@ class AdminSettings(RecordingStorageSettings):  # where recordings are stored (G
     outbound_from_number: str | None = Field(
         default=None, description="caller id of outbound calls that do not name one (E.164)"
     )
+
+    @field_validator("admin_token")
+    @classmethod
+    def _strong_token(cls, value: SecretStr) -> SecretStr:
+        token = value.get_secret_value()
+        if token.strip().lower() in PLACEHOLDER_TOKENS or "change-me" in token.lower():
+            raise ValueError(f"ADMIN_TOKEN is a placeholder, not a secret; {HOW_TO_MAKE_ONE}")
+        if len(token) < MIN_TOKEN_LENGTH:
+            raise ValueError(
+                f"ADMIN_TOKEN has {len(token)} characters, fewer than {MIN_TOKEN_LENGTH}; {HOW_TO_MAKE_ONE}"
+            )
+        return value

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import date, timedelta
 from typing import Annotated, Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from pydantic import BaseModel
@@ -16,6 +16,8 @@ from dialtone_admin.errors import responses
 from dialtone_admin.params import Text, UtcTime
 
 MAX_DAYS = 366
+# IANA's zone names ("posixrules", "localtime" are files of the database, not zones PostgreSQL knows).
+_ZONES = frozenset(available_timezones()) - {"localtime", "Factory"}
 
 router = APIRouter(dependencies=[Depends(require_token)], tags=["stats"])
 
@@ -67,6 +69,8 @@ async def daily(
     and turn latency (the caller's last word to the reply's first audio sent) p50/p95, overall and
     per agent."""
     try:
+        if tz not in _ZONES:  # only IANA's names: a file of the tz database is not always a zone
+            raise ZoneInfoNotFoundError(tz)
         zone = ZoneInfo(tz)
     except (ZoneInfoNotFoundError, ValueError, OSError) as exc:
         raise HTTPException(422, detail=[{"loc": ["query", "tz"], "msg": f"unknown timezone {tz!r}", "type": "value_error"}]) from exc

@@ -19,7 +19,7 @@ import contextlib
 import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import orjson
 from dialtone_proto import events as ev
@@ -33,10 +33,11 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from pydantic import ValidationError
 
-from dialtone_admin.auth import require_token, session_expiry
+from dialtone_admin.auth import held, require_token
 from dialtone_admin.errors import responses
 from dialtone_admin.live import LiveCalls
 from dialtone_admin.params import Text
+from dialtone_admin.signins import CHECK_S, Held
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ KEEPALIVE_S = 15.0
 LISTEN_QUEUE = 100  # audio frames (2 s of both sides) waiting for one listener
 LISTEN_PENDING = 400  # frames the NATS client holds for the listener's subscription
 SSE_HEADERS = {"X-Accel-Buffering": "no"}  # a proxy must pass each event on at once
+_T = TypeVar("_T")
 
 
 def sse(event: str, data: Any) -> bytes:
@@ -139,18 +141,12 @@ class LiveHub:
         lines = [line for call_id in calls for line in self._lines.get(call_id, {}).values()]
         return {"calls": list(calls.values()), "lines": sorted(lines, key=lambda x: (x["call_id"], x["seq"]))}
 
-    async def stream(self, request: Request) -> AsyncIterator[bytes]:
+    async def stream(self, signin: Held) -> AsyncIterator[bytes]:
         q: asyncio.Queue[bytes | None] = asyncio.Queue(CLIENT_QUEUE)
         self._clients.add(q)
         try:
             yield b"retry: 2000\n\n" + sse("snapshot", self.snapshot())
-            while True:
-                try:
-                    message = await asyncio.wait_for(q.get(), KEEPALIVE_S)
-                except TimeoutError:
-                    message = b": keepalive\n\n"
-                    if _session_ended(request):
-                        return
+            async for message in _until_signed_out(q, signin, b": keepalive\n\n"):
                 if message is None:
                     return
                 yield message
@@ -158,9 +154,26 @@ class LiveHub:
             self._clients.discard(q)
 
 
-def _session_ended(request: Request) -> bool:
-    """A stream opened with a session stops when the session does (bearer streams go on)."""
-    return "authorization" not in request.headers and session_expiry(request) is None
+async def _until_signed_out(q: asyncio.Queue[_T], signin: Held, keepalive: _T) -> AsyncIterator[_T]:
+    """The queue's items, and ``keepalive`` after KEEPALIVE_S without one, until the stream's
+    sign-in ends: looked at before every item and at least every CHECK_S, so a sign-out or expiry
+    ends the stream within about a second however busy or idle it is."""
+    idle = 0.0
+    while True:
+        try:
+            item = await asyncio.wait_for(q.get(), CHECK_S)
+        except TimeoutError:
+            if signin.ended():
+                return
+            idle += CHECK_S
+            if idle >= KEEPALIVE_S:
+                idle = 0.0
+                yield keepalive
+            continue
+        if signin.ended():
+            return
+        idle = 0.0
+        yield item
 
 
 def _call_json(call: LiveCall) -> dict[str, Any]:
@@ -172,8 +185,8 @@ def _line_json(line: ev.TranscriptLine) -> dict[str, Any]:
     return out
 
 
-async def _listen(nc: Client, call_sid: str, request: Request) -> AsyncIterator[bytes]:
-    queue: asyncio.Queue[tuple[str, int, bytes]] = asyncio.Queue(LISTEN_QUEUE)
+async def _listen(nc: Client, call_sid: str, signin: Held) -> AsyncIterator[bytes]:
+    queue: asyncio.Queue[tuple[str, int, bytes] | None] = asyncio.Queue(LISTEN_QUEUE)
     dropped = 0
 
     async def on_frame(msg: Msg) -> None:
@@ -198,14 +211,11 @@ async def _listen(nc: Client, call_sid: str, request: Request) -> AsyncIterator[
     try:
         await nc.flush()  # subscribed at the server before the page hears "listening"
         yield b"retry: 2000\n\n" + sse("listening", {"call_id": call_sid, "sample_rate": 8000, "encoding": "mulaw"})
-        while True:
-            try:
-                side, seq, payload = await asyncio.wait_for(queue.get(), KEEPALIVE_S)
-            except TimeoutError:
-                if _session_ended(request):
-                    return
+        async for item in _until_signed_out(queue, signin, None):
+            if item is None:
                 yield b": keepalive\n\n"
                 continue
+            side, seq, payload = item
             yield sse("audio", {"side": side, "seq": seq, "audio": base64.b64encode(payload).decode(), "dropped": dropped})
     finally:
         for sub in subs:
@@ -225,7 +235,7 @@ async def live_stream(request: Request) -> StreamingResponse:
     ({calls, lines}), then ``call`` (a call started or was first heard of), ``line`` (a transcript
     line, again with a higher ``rev`` when corrected) and ``ended`` ({call_id, reason})."""
     hub: LiveHub = request.app.state.hub
-    return StreamingResponse(hub.stream(request), media_type="text/event-stream", headers=SSE_HEADERS)
+    return StreamingResponse(hub.stream(await held(request)), media_type="text/event-stream", headers=SSE_HEADERS)
 
 
 @router.get(
@@ -240,4 +250,5 @@ async def listen(call_sid: Annotated[Text, Path()], request: Request) -> Streami
     except subjects.InvalidCallId as exc:
         raise HTTPException(400, detail=str(exc)) from exc
     nc: Client = request.app.state.nc
-    return StreamingResponse(_listen(nc, call_sid, request), media_type="text/event-stream", headers=SSE_HEADERS)
+    signin = await held(request)
+    return StreamingResponse(_listen(nc, call_sid, signin), media_type="text/event-stream", headers=SSE_HEADERS)

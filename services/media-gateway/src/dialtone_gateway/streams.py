@@ -34,6 +34,7 @@ from dialtone_proto.events import CallEnded, CallStatus, encode_event
 from dialtone_proto.frames import FrameError, Kind, decode_frame, encode_control, encode_frame, transit_ms
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
@@ -80,7 +81,7 @@ class MediaStream:
         self._seq = 0
         self._claimed = False
         self._backlog: deque[bytes] = deque(maxlen=BACKLOG_FRAMES)
-        self._out_sub = None
+        self._out_sub: Subscription | None = None
         self._out_subject = ""
         self._claim_task: asyncio.Task | None = None
         self._watch_task: asyncio.Task | None = None

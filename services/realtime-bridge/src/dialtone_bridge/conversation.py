@@ -1,4 +1,4 @@
-"""The conversation of one call: Realtime server events in, decisions out.
+"""The conversation of one call: engine-neutral model events in (``engine.py``), decisions out.
 
 Turn-taking is the model's (server VAD); this class keeps the bookkeeping the model cannot do for
 a phone line: which items came in which order (transcripts finish out of order), what the caller
@@ -25,7 +25,9 @@ What the model sends is not always tidy, and each case has one rule here:
   left in silence. A failed goodbye is given up and the hang-up goes ahead; a filler or apology
   is not retried. Lines of an ``incomplete`` response are recorded ``interrupted`` (the model
   stopped early; the reason is logged).
-- ``rate_limits.updated`` sets the ``dialtone_bridge_realtime_rate_limit_remaining`` gauge.
+- Rate limits the engine reports set the ``dialtone_bridge_realtime_rate_limit_remaining`` gauge.
+
+Nothing here reads or writes a provider's JSON: the model is a :class:`engine.ModelConnection`.
 """
 
 from __future__ import annotations
@@ -55,8 +57,25 @@ from dialtone_proto.tools import ToolAction, ToolCallReply, ToolCallRequest, Too
 
 from dialtone_bridge import metrics as m
 from dialtone_bridge import pricing
-from dialtone_bridge import realtime as rt
 from dialtone_bridge.agents import Agent
+from dialtone_bridge.engine import (
+    AgentAudio,
+    AgentAudioDone,
+    AgentText,
+    CallerSpeechStarted,
+    CallerSpeechStopped,
+    CallerText,
+    EngineError,
+    EngineEvent,
+    HistoryLine,
+    ItemPlaced,
+    RateLimits,
+    ReplyFinished,
+    ReplyStarted,
+    SessionSpec,
+    ToolCallRequested,
+    Usage,
+)
 from dialtone_bridge.heard import cut_text
 from dialtone_bridge.responses import Purpose, Request, Responses
 
@@ -70,11 +89,6 @@ log = logging.getLogger("dialtone.bridge.conversation")
 BENIGN_ERRORS = {"conversation_already_has_active_response", "response_cancel_not_active"}
 # Said when the model failed to answer twice in a row, rather than leave the caller in silence.
 APOLOGY = "I'm sorry, I had a problem just now. Could you say that again?"
-
-
-def _b64_len(data: str) -> int:
-    """Bytes a base64 string decodes to, without decoding it."""
-    return len(data) * 3 // 4 - (2 if data.endswith("==") else 1 if data.endswith("=") else 0)
 
 
 def _trim(recent: dict, keep: int = 64) -> None:
@@ -127,18 +141,16 @@ class Conversation:
         self.voice = agent.voice  # fixed once the caller has heard it, even across handoffs
 
     # ---- session -------------------------------------------------------------------------
-    async def session_config(self) -> dict[str, Any]:
+    async def spec(self) -> SessionSpec:
+        """What the model is to be for the current agent: instructions, tools (those the runners
+        offer) and the call's voice (fixed once the caller has heard it, even across handoffs)."""
         catalog = await self.s.ctx.tools.catalog()
         names = catalog.keys() if self.agent.tools == "*" else [n for n in self.agent.tools if n in catalog]
         missing = [] if self.agent.tools == "*" else [n for n in self.agent.tools if n not in catalog]
         if missing:
             self.log.warning("agent %s names tools the runners do not offer: %s", self.agent.name, missing)
         self._catalog = {n: catalog[n] for n in names}
-        s = self.s.ctx.settings
-        session = rt.session_config(self.agent, list(self._catalog.values()), s.openai_realtime_model,
-                                    s.transcription_model)
-        session["audio"]["output"]["voice"] = self.voice
-        return session
+        return SessionSpec(self.agent, list(self._catalog.values()), self.voice)
 
     async def started(self) -> None:
         o = self.s.offer
@@ -177,14 +189,11 @@ class Conversation:
         for run in self._tools.values():
             run.task.cancel()
 
-    def history(self) -> list[str]:
-        """A new socket after a lost one: the conversation so far as text items, so the caller
+    def history(self) -> list[HistoryLine]:
+        """A new connection after a lost one: the conversation so far as text, so the caller
         keeps talking to the same agent that remembers what was said."""
         self.responses.reset()
-        return [
-            rt.user_text(line.text) if line.role == "caller" else rt.assistant_text(line.text)
-            for line in self.lines[-60:]
-        ]
+        return [HistoryLine("caller" if line.role == "caller" else "agent", line.text) for line in self.lines]
 
     def restore(self, restored: Restored) -> None:
         """Take over a conversation another bridge lost: its lines (for ``history``), its outcome,
@@ -214,100 +223,91 @@ class Conversation:
         self.s.events.emit(TranscriptLine, item_id=item_id, seq=seq, role=role, text=text, agent=self.agent.name, **extra)
 
     # ---- server events -------------------------------------------------------------------
-    async def on_event(self, ev: dict[str, Any]) -> None:
-        kind = ev.get("type")
-        if kind == "response.output_audio.delta":
-            delta = ev.get("delta") or ""
-            self._generated[ev["item_id"]] = self._generated.get(ev["item_id"], 0) + _b64_len(delta)
-            if ev.get("response_id") in self._cancelled:
-                return  # audio of a reply the caller interrupted, still in flight
-            purpose = self.responses.purpose_of(ev.get("response_id", ""))
-            if not self._first_audio:
-                self._first_audio = True
-                elapsed = self.s.clock.ms()
-                m.FIRST_AUDIO_SECONDS.observe(elapsed / 1000)
-                if purpose == "greeting":
-                    m.GREETING_SECONDS.observe(elapsed / 1000)
-                self.s.events.emit(CallMetric, name="first_agent_audio_ms", value=round(elapsed, 1))
-            self.s.turns.reply_audio(ev["item_id"], reply=purpose != "prompt")
-            self.state = "speaking"
-            self._spoke.add(ev.get("response_id", ""))
-            if purpose == "filler":
-                self._oob_items.add(ev["item_id"])
-            if not self._played or self._played[-1] != ev["item_id"]:
-                self._played = [*self._played[-31:], ev["item_id"]]
-            await self.s.play(ev["item_id"], delta)
-        elif kind == "response.output_audio.done":
-            await self.s.flush_audio(ev["item_id"])
-        elif kind == "input_audio_buffer.speech_started":
-            if ev.get("item_id") and isinstance(ev.get("audio_start_ms"), int | float):
-                self._offsets[ev["item_id"]] = self.s.stream_ms(ev["audio_start_ms"])
-                _trim(self._offsets)
-            self.s.turns.speech_started()
-            self.s.control.speech_started()
-            await self._barge_in()
-        elif kind == "input_audio_buffer.speech_stopped":
-            end = ev.get("audio_end_ms")
-            self.s.turns.speech_stopped(self.s.clock.ms(),
-                                        round(self.s.stream_ms(end), 1) if isinstance(end, int | float) else None)
-            self.s.control.speech_stopped()
-        elif kind == "input_audio_buffer.committed":
-            self._place(ev["item_id"])
-        elif kind == "conversation.item.added":
-            self._place(ev["item"]["id"])
-        elif kind == "conversation.item.input_audio_transcription.completed":
-            await self._caller_said(ev)
-        elif kind == "conversation.item.input_audio_transcription.failed":
-            error = ev.get("error") or {}
-            self._untranscribed(ev["item_id"], str(error.get("code") or error.get("type") or "failed"))
-        elif kind == "rate_limits.updated":
-            for limit in ev.get("rate_limits") or []:
-                if limit.get("name") in ("requests", "tokens") and isinstance(limit.get("remaining"), int):
-                    m.RATE_LIMIT_REMAINING.labels(limit["name"]).set(limit["remaining"])
-        elif kind == "response.created":
-            self.responses.created(ev["response"]["id"])
-            self.state = "speaking"
-        elif kind == "response.output_audio_transcript.done":
-            self._agent_text[ev["item_id"]] = ev.get("transcript") or ""
-        elif kind == "response.output_item.done":
-            item = ev.get("item") or {}
-            # Arguments are final only in a completed item: a cancelled response may cut them off.
-            if item.get("type") == "function_call" and item.get("status") == "completed":
-                self._start_tool(item["call_id"], item["name"], item.get("arguments") or "", item.get("id"))
-        elif kind == "response.done":
-            await self._response_done(ev["response"])
-        elif kind == "error":
-            self._error(ev.get("error") or {})
+    async def on_event(self, ev: EngineEvent) -> None:
+        match ev:
+            case AgentAudio():
+                await self._agent_audio(ev)
+            case AgentAudioDone():
+                await self.s.flush_audio(ev.item_id)
+            case CallerSpeechStarted():
+                if ev.item_id and ev.audio_start_ms is not None:
+                    self._offsets[ev.item_id] = self.s.stream_ms(ev.audio_start_ms)
+                    _trim(self._offsets)
+                self.s.turns.speech_started()
+                self.s.control.speech_started()
+                await self._barge_in()
+            case CallerSpeechStopped():
+                end = ev.audio_end_ms
+                self.s.turns.speech_stopped(self.s.clock.ms(), None if end is None else round(self.s.stream_ms(end), 1))
+                self.s.control.speech_stopped()
+            case ItemPlaced():
+                self._place(ev.item_id)
+            case CallerText():
+                self._caller_said(ev)
+            case RateLimits():
+                for name, remaining in ev.remaining.items():
+                    m.RATE_LIMIT_REMAINING.labels(name).set(remaining)
+            case ReplyStarted():
+                self.responses.created(ev.reply_id)
+                self.state = "speaking"
+            case AgentText():
+                self._agent_text[ev.item_id] = ev.text
+            case ToolCallRequested():
+                self._start_tool(ev.call_id, ev.name, ev.arguments, ev.item_id)
+            case ReplyFinished():
+                await self._response_done(ev)
+            case EngineError():
+                self._error(ev)
 
-    def _error(self, error: dict[str, Any]) -> None:
-        code = str(error.get("code") or error.get("type") or "unknown")
-        m.REALTIME_ERRORS.labels(code).inc()
-        if error.get("event_id") in self._truncates:
+    async def _agent_audio(self, ev: AgentAudio) -> None:
+        self._generated[ev.item_id] = self._generated.get(ev.item_id, 0) + len(ev.audio)
+        if ev.reply_id in self._cancelled:
+            return  # audio of a reply the caller interrupted, still in flight
+        purpose = self.responses.purpose_of(ev.reply_id)
+        if not self._first_audio:
+            self._first_audio = True
+            elapsed = self.s.clock.ms()
+            m.FIRST_AUDIO_SECONDS.observe(elapsed / 1000)
+            if purpose == "greeting":
+                m.GREETING_SECONDS.observe(elapsed / 1000)
+            self.s.events.emit(CallMetric, name="first_agent_audio_ms", value=round(elapsed, 1))
+        self.s.turns.reply_audio(ev.item_id, reply=purpose != "prompt")
+        self.state = "speaking"
+        self._spoke.add(ev.reply_id)
+        if purpose == "filler":
+            self._oob_items.add(ev.item_id)
+        if not self._played or self._played[-1] != ev.item_id:
+            self._played = [*self._played[-31:], ev.item_id]
+        await self.s.play(ev.item_id, ev.audio)
+
+    def _error(self, error: EngineError) -> None:
+        m.REALTIME_ERRORS.labels(error.code).inc()
+        if error.request_id in self._truncates:
             m.TRUNCATES_REFUSED.inc()
-        self.responses.refused(error.get("event_id"), code)
-        if code in BENIGN_ERRORS:
+        self.responses.refused(error.request_id, error.code)
+        if error.code in BENIGN_ERRORS:
             # A race with the server's own turn-taking: the conversation simply goes on.
-            self.log.info("Realtime race (%s) ignored", code)
+            self.log.info("model race (%s) ignored", error.code)
             return
-        self.log.error("Realtime error %s: %s", code, str(error.get("message"))[:300])
+        self.log.error("model error %s: %s", error.code, error.message[:300])
 
-    async def _caller_said(self, ev: dict[str, Any]) -> None:
-        text = (ev.get("transcript") or "").strip()
-        if text:
-            self._line(ev["item_id"], "caller", text)
+    def _caller_said(self, ev: CallerText) -> None:
+        if ev.failure is None and ev.text:
+            self._line(ev.item_id, "caller", ev.text)
         else:
-            self._untranscribed(ev["item_id"], "empty transcript")
-        if usage := ev.get("usage"):
-            self._used("transcription", ev["item_id"], self.s.ctx.settings.transcription_model, usage)
+            self._untranscribed(ev.item_id, ev.failure or "empty transcript")
+        if ev.usage is not None:
+            self._used("transcription", ev.item_id, self.s.model.transcription_model, ev.usage)
 
-    def _used(self, source: str, ref: str, model: str, usage: dict[str, Any]) -> None:
-        """Record a usage block: the session's event, and the token and cost counters by kind."""
-        tokens, costs = pricing.split(usage, self.s.ctx.settings.prices.get(model))
+    def _used(self, source: str, ref: str, model: str, usage: Usage) -> None:
+        """Record what a reply or transcription used: the session's event (engine-neutral: tokens
+        by kind, seconds) and the token and cost counters by kind."""
+        tokens, costs = pricing.split(usage.tokens, self.s.ctx.settings.prices.get(model))
         for kind, n in tokens.items():
             m.TOKENS.labels(kind).inc(n)
             m.COST.labels(kind).inc(costs[kind])
         self.s.events.emit(
-            UsageReported, source=source, ref=ref, model=model, usage=usage,
+            UsageReported, source=source, ref=ref, model=model, seconds=usage.seconds,
             cost_usd=round(max(sum(costs.values()), 0.0), 8), tokens=tokens, costs=costs,
         )
 
@@ -347,46 +347,46 @@ class Conversation:
         self.log.warning("caller's words could not be transcribed (%s)", reason)
         self._line(item_id, "caller", "", remember=False, untranscribed=True)
 
-    async def _response_done(self, response: dict[str, Any]) -> None:
-        rid = response.get("id", "")
+    async def _response_done(self, reply: ReplyFinished) -> None:
+        rid = reply.reply_id
         request = self.responses.done(rid)
         purpose = request.purpose if request else "reply"
-        self.state = "listening"
-        status = response.get("status")
-        m.RESPONSES.labels(str(status)).inc()
-        if usage := response.get("usage"):
-            self._used("response", rid, self.s.ctx.settings.openai_realtime_model, usage)
+        status = reply.status
+        m.RESPONSES.labels(status).inc()
+        if reply.usage is not None:
+            self._used("response", rid, self.s.model.model, reply.usage)
         calls: list[ToolRun] = []
         cancelled = rid in self._cancelled
-        for item in response.get("output") or []:
-            if item.get("type") == "message" and item.get("role") == "assistant":
-                text = self._agent_text.pop(item["id"], None)
-                if cancelled and item["id"] not in self._played:
-                    self._forget(item["id"])  # its audio came after the caller cut in: never played
+        for item in reply.items:
+            if item.kind == "message":
+                text = self._agent_text.pop(item.item_id, None)
+                if cancelled and item.item_id not in self._played:
+                    self._forget(item.item_id)  # its audio came after the caller cut in: never played
                 if text is None:
-                    text = " ".join(c.get("transcript") or c.get("text") or "" for c in item.get("content") or [])
+                    text = item.text
                 if text.strip():
                     # Cut short: talked over, or the model stopped (incomplete, failed, cancelled).
-                    interrupted = (item["id"] in self._truncated or item["id"] in self._unheard
-                                   or item.get("status") == "incomplete")  # fmt: skip
-                    self._agent_line(item["id"], text.strip(), purpose, interrupted=interrupted)
-            elif item.get("type") == "function_call":
+                    interrupted = (item.item_id in self._truncated or item.item_id in self._unheard
+                                   or item.status == "incomplete")  # fmt: skip
+                    self._agent_line(item.item_id, text.strip(), purpose, interrupted=interrupted)
+            elif item.kind == "function_call":
                 if status == "completed":
-                    calls.append(self._tools.get(item["call_id"]) or self._start_tool(
-                        item["call_id"], item["name"], item.get("arguments") or "", item.get("id")))
-                elif run := self._tools.pop(item["call_id"], None):
+                    calls.append(self._tools.get(item.call_id) or self._start_tool(
+                        item.call_id, item.name, item.arguments, item.item_id or None))
+                elif run := self._tools.pop(item.call_id, None):
                     run.task.cancel()  # the response was cut short: its tool call never happened
         self._cancelled.discard(rid)
         for item_id in self._to_delete:
-            await self.s.send(rt.delete_item(item_id))
+            await self.s.model.forget(item_id)
         self._to_delete.clear()
         spoke = rid in self._spoke
         self._spoke.discard(rid)
+        # The agent's state for the live view: working while its tools run, else listening.
+        self.state = "tool" if calls or self._tools else "listening"
         if status == "incomplete":
-            details = response.get("status_details") or {}
-            self.log.warning("response %s incomplete (%s)", rid, details.get("reason"))
+            self.log.warning("response %s incomplete (%s)", rid, reply.reason)
         if status == "failed" or (status == "incomplete" and not spoke and not calls):
-            self._failed(request, response)
+            self._failed(request, reply)
         if spoke and purpose == "goodbye":
             self.s.control.goodbye_done()
         if not self.s.playout.playing:
@@ -398,12 +398,11 @@ class Conversation:
         elif not self.s.playout.playing:
             self._settled()
 
-    def _failed(self, request: Request | None, response: dict[str, Any]) -> None:
+    def _failed(self, request: Request | None, reply: ReplyFinished) -> None:
         """The model did not answer: ask once more, then apologise (queued; sent once settled)."""
-        error = (response.get("status_details") or {}).get("error") or {}
         request = request or Request()  # a response the server started itself (server VAD)
-        self.log.warning("response %s %s (%s: %s)", response.get("id"), response.get("status"),
-                         error.get("code") or error.get("type"), str(error.get("message"))[:200])
+        self.log.warning("response %s %s (%s: %s)", reply.reply_id, reply.status, reply.error_code,
+                         (reply.error_message or "")[:200])
         if request.purpose in ("filler", "apology"):
             return  # the answer follows a filler anyway; an apology is the last resort
         if not request.retried:
@@ -428,8 +427,7 @@ class Conversation:
 
     async def _send(self, request: Request) -> None:
         event_id = self.responses.sending(request)
-        event = rt.response_create(request.instructions, out_of_band=request.out_of_band, event_id=event_id)
-        if not await self.s.send(event):
+        if not await self.s.model.reply(event_id, request.instructions, out_of_band=request.out_of_band):
             self.responses.send_failed(event_id)
 
     async def _send_next(self) -> None:
@@ -480,7 +478,7 @@ class Conversation:
             if cut.item_id not in self._oob_items:  # a filler is not in the conversation
                 event_id = f"trunc_{uuid.uuid4().hex[:16]}"
                 self._truncates.append(event_id)
-                await self.s.send(rt.truncate(cut.item_id, cut.audio_end_ms, event_id))
+                await self.s.model.heard(cut.item_id, cut.audio_end_ms, event_id)
         else:
             unheard.insert(0, cut.item_id)  # trap 8: a truncate to 0 ms is refused; nothing was heard
         for item_id in unheard:
@@ -493,7 +491,7 @@ class Conversation:
                 self.lines.sort(key=lambda line: line.seq)
         if active is None:  # the response is over: its items can go now
             for item_id in self._to_delete:
-                await self.s.send(rt.delete_item(item_id))
+                await self.s.model.forget(item_id)
             self._to_delete.clear()
         self.log.info(
             "barge-in: cut %s at %d ms (played ~%.0f of %.0f ms); %d unheard item(s) dropped",
@@ -577,7 +575,7 @@ class Conversation:
         if self.s.ended.is_set():
             return  # the caller hung up while the tool ran: the result has nowhere to go
         for run, reply in zip(runs, replies, strict=True):
-            await self.s.send(rt.function_output(run.call_id, reply.output))
+            await self.s.model.tool_result(run.call_id, reply.output)
             self._tools.pop(run.call_id, None)
         control = self.s.control
         if control.transferring:
@@ -619,7 +617,7 @@ class Conversation:
             return
         previous, self.agent = self.agent, agents[to_agent]
         # session_config keeps the voice: it cannot change once the caller has heard it.
-        await self.s.send(rt.session_update(await self.session_config()))
+        await self.s.model.update(await self.spec())
         self.s.events.emit(AgentChanged, from_agent=previous.name, to_agent=to_agent)
         self.log.info("handoff %s -> %s", previous.name, to_agent)
 
@@ -632,5 +630,5 @@ class Conversation:
         item_id = f"dtmf_{uuid.uuid4().hex[:16]}"
         self._line(item_id, "caller", f"pressed {digit}", source="dtmf",
                    offset_ms=round(self.s.playout.caller_now(self.s.clock.ms()), 1))
-        await self.s.send(rt.user_text(f"The caller pressed {digit} on the keypad.", item_id))
+        await self.s.model.caller_text(item_id, f"The caller pressed {digit} on the keypad.")
         await self.request_response()

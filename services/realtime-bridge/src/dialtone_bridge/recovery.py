@@ -22,6 +22,7 @@ from dialtone_proto.events import (
     AgentChanged,
     CallEnded,
     CallStarted,
+    Event,
     OutcomeSet,
     ToolCalled,
     TranscriptLine,
@@ -64,7 +65,7 @@ async def load(js: JetStreamContext, call_id: str, limit: int = 5000) -> Restore
         return None  # nothing to restore: answered at once, not after an empty read
     subject = f"{subjects.PREFIX}.events.{subjects.check_call_id(call_id)}.*"
     sub = await js.subscribe(subject, stream=STREAM_NAME, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
-    events = []
+    events: list[Event] = []
     try:
         while len(events) < limit:
             try:

@@ -18,6 +18,7 @@ from dialtone_common.callbook import CallBook, CallBookUnavailable
 from dialtone_proto import CallAnswer, CallOffer, subjects
 from dialtone_proto.live import LiveCall
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from pydantic import ValidationError
 
 from dialtone_bridge import metrics as m
@@ -34,7 +35,7 @@ class Bridge:
         self.sessions: dict[str, CallSession] = {}
         self._started_at: dict[str, datetime] = {}
         self._tasks: set[asyncio.Task] = set()
-        self._sub = None
+        self._sub: Subscription | None = None
         self._heartbeat: asyncio.Task | None = None
         self._leases: asyncio.Task | None = None
         self._offers: set[asyncio.Task] = set()

@@ -1,6 +1,6 @@
-"""One call: the Realtime socket on one side, the call's bus subjects on the other.
+"""One call: the model connection (``engine.py``) on one side, the call's bus subjects on the other.
 
-A ``CallSession`` owns every task it starts (the socket reader, tool calls, the event publisher)
+A ``CallSession`` owns every task it starts (the model reader, tool calls, the event publisher)
 and cancels them when the call ends. The conversation logic lives in ``Conversation``
 (``conversation.py``); this module is the plumbing: connecting, reconnecting, audio in and out.
 """
@@ -8,14 +8,12 @@ and cancels them when the call ends. The conversation logic lives in ``Conversat
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import orjson
 from dialtone_common.callbook import CallBook, CallBookUnavailable
 from dialtone_common.logs import CallLog
 from dialtone_common.metrics import TRANSIT_SAMPLE
@@ -24,15 +22,15 @@ from dialtone_proto.events import CallEnded, CallStatus, TurnMeasured
 from dialtone_proto.frames import FrameError, Kind, decode_frame, encode_control, encode_frame, transit_ms
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
-from websockets.asyncio.client import ClientConnection
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from dialtone_bridge import metrics as m
-from dialtone_bridge import realtime as rt
 from dialtone_bridge.agents import Agent, AgentBook
+from dialtone_bridge.engine import Closed, EngineUnavailable, ModelConnection
 from dialtone_bridge.playout import Playout
 from dialtone_bridge.publisher import EventPublisher
+from dialtone_bridge.realtime_engine import RealtimeConnection
 from dialtone_bridge.recovery import Restored
 from dialtone_bridge.settings import BridgeSettings
 from dialtone_bridge.toolclient import ToolClient
@@ -74,10 +72,6 @@ class BridgeContext:
     calls: CallBook | None = None  # the call records: who holds each call now
 
 
-class RealtimeUnavailable(RuntimeError):
-    """The model socket could not be opened or configured."""
-
-
 @dataclass
 class _Clock:
     started: float = field(default_factory=time.monotonic)
@@ -102,7 +96,7 @@ class CallSession:
         self._out_subject = subjects.call_out(offer.call_id, offer.stream_key)
         self.playout = Playout()
         self.turns = TurnLatency(on_measured=self._turn_measured)
-        self.ws: ClientConnection | None = None
+        self.model: ModelConnection = self._connection()
         self.ready = asyncio.Event()
         self.ended = asyncio.Event()
         self.end_reason = "unknown"
@@ -112,7 +106,7 @@ class CallSession:
         self._appended_ms = 0.0
         self._in_end_ts = 0.0
         self._audio_lock = asyncio.Lock()
-        self._sub = None
+        self._sub: Subscription | None = None
         self._out_seq = 0
         self._tasks: set[asyncio.Task] = set()
         self._pending_audio: tuple[str, bytearray] | None = None  # (item, bytes) not yet 40 ms
@@ -121,6 +115,11 @@ class CallSession:
         if restored is not None:
             self.conversation.restore(restored)
         self.control = CallControl(self, ctx.twilio)
+
+    def _connection(self) -> ModelConnection:
+        s = self.ctx.settings
+        key = s.openai_api_key.get_secret_value() if s.openai_api_key else None
+        return RealtimeConnection(s.openai_realtime_url, s.openai_realtime_model, s.transcription_model, key, self.log)
 
     # ---- lifecycle -------------------------------------------------------------------------
     async def attach(self) -> None:
@@ -140,8 +139,8 @@ class CallSession:
                 await self.send_frame(Kind.MARK, {"name": probe})
             try:
                 await self._connect(restore=self.restored is not None)
-            except RealtimeUnavailable as exc:
-                self.log.error("could not reach the Realtime API: %s", exc)
+            except EngineUnavailable as exc:
+                self.log.error("could not reach the model: %s", exc)
                 self.end("realtime_unavailable")
                 return
             self.spawn(self._read_loop(), "reader")
@@ -244,12 +243,8 @@ class CallSession:
                 self.end("bridge_error")  # without its reader the call would be silent forever
 
     async def _teardown(self) -> None:
-        ws, self.ws = self.ws, None
         self.ready.clear()
-        if ws is not None:
-            # Close at once: a lingering socket keeps billing the model.
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(ws.close(), 1.0)
+        await self.model.close()  # at once: a lingering session keeps billing
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -266,103 +261,55 @@ class CallSession:
         await self.events.close()
         self.log.info("call ended (%s) after %.1f s", self.end_reason, self.clock.ms() / 1000)
 
-    # ---- the model socket ------------------------------------------------------------------
+    # ---- the model connection --------------------------------------------------------------
     async def _connect(self, *, restore: bool) -> None:
         s = self.ctx.settings
-        key = s.openai_api_key.get_secret_value() if s.openai_api_key else None
         delay = 0.2
         last: Exception | None = None
         for attempt in range(s.connect_attempts):
             if self.ended.is_set():
                 return
-            ws = None
             try:
-                ws = await rt.open_socket(s.openai_realtime_url, s.openai_realtime_model, key)
-                await ws.send(rt.session_update(await self.conversation.session_config()))
-                await self._await_session(ws)
-                if restore:
-                    for event in self.conversation.history():
-                        await ws.send(event)
-                self.ws, ws = ws, None
-                self._appended_ms = 0.0  # a new socket's input buffer starts empty
+                history = self.conversation.history() if restore else []
+                await self.model.open(await self.conversation.spec(), history)
+                self._appended_ms = 0.0  # a new connection's input buffer starts empty
                 self.ready.set()
                 await self._flush_backlog()
                 return
-            except (OSError, InvalidHandshake, InvalidStatus, ConnectionClosed, TimeoutError, RealtimeUnavailable,
-                    ValueError) as exc:
+            except EngineUnavailable as exc:
                 last = exc
-                self.log.warning("Realtime connect attempt %d failed: %s", attempt + 1, exc)
+                self.log.warning("model connect attempt %d failed: %s", attempt + 1, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
-            finally:
-                if ws is not None:  # a socket that was not handed over must not linger (and bill)
-                    with contextlib.suppress(Exception):
-                        await asyncio.wait_for(ws.close(), 1.0)
-        raise RealtimeUnavailable(str(last))
-
-    async def _await_session(self, ws: ClientConnection) -> None:
-        """Read until ``session.updated`` and check the formats really are mu-law."""
-        async with asyncio.timeout(10):
-            async for raw in ws:
-                event = orjson.loads(raw)
-                kind = event.get("type")
-                if kind == "session.updated":
-                    audio = event["session"].get("audio", {})
-                    formats = (audio.get("input", {}).get("format", {}), audio.get("output", {}).get("format", {}))
-                    if any(f.get("type") != "audio/pcmu" for f in formats):
-                        raise RealtimeUnavailable(f"session formats are {formats}, not audio/pcmu")
-                    return
-                if kind == "error":
-                    raise RealtimeUnavailable(f"session.update refused: {event.get('error')}")
-        raise RealtimeUnavailable("socket closed before session.updated")
+        raise EngineUnavailable(str(last))
 
     async def _read_loop(self) -> None:
         while not self.ended.is_set():
-            ws = self.ws
-            if ws is None:
+            if not self.ready.is_set():
                 return
             cause = "closed"
-            try:
-                async for raw in ws:
-                    try:
-                        event = orjson.loads(raw)
-                    except orjson.JSONDecodeError:
-                        self.log.warning("non-JSON message from the Realtime API: %.100r", raw)
-                        continue
-                    if event.get("type") == "error" and (event.get("error") or {}).get("code") == "session_expired":
-                        cause = "session_expired"
-                    try:
-                        await self.conversation.on_event(event)
-                    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-                        # One event we cannot use must not end the conversation.
-                        m.REALTIME_ERRORS.labels("bad_event").inc()
-                        self.log.error("could not handle %s event: %r", event.get("type"), exc)
-            except ConnectionClosed as exc:
-                cause = cause if cause != "closed" else f"closed {exc.rcvd.code if exc.rcvd else 'abnormally'}"
+            async for event in self.model.events():
+                if isinstance(event, Closed):
+                    cause = event.cause
+                    break
+                try:
+                    await self.conversation.on_event(event)
+                except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                    # One event we cannot use must not end the conversation.
+                    m.REALTIME_ERRORS.labels("bad_event").inc()
+                    self.log.error("could not handle %s: %r", type(event).__name__, exc)
             if self.ended.is_set():
                 return
             self.ready.clear()
-            self.ws = None
             m.RECONNECTS.labels(cause.split(" ")[0]).inc()
-            self.log.warning("Realtime socket lost (%s); reconnecting", cause)
+            self.log.warning("model connection lost (%s); reconnecting", cause)
             self.conversation.socket_lost()
             try:
                 await self._connect(restore=True)
-            except RealtimeUnavailable as exc:
-                self.log.error("Realtime socket could not be restored: %s", exc)
+            except EngineUnavailable as exc:
+                self.log.error("model connection could not be restored: %s", exc)
                 self.end("realtime_lost")
                 return
-
-    async def send(self, event: str) -> bool:
-        """Send one client event; False if the socket is not there (reconnecting or ended)."""
-        ws = self.ws
-        if ws is None or not self.ready.is_set():
-            return False
-        try:
-            await ws.send(event)
-            return True
-        except ConnectionClosed:
-            return False
 
     # ---- the caller's side (bus) ----------------------------------------------------------
     async def _on_in(self, msg: Msg) -> None:
@@ -410,7 +357,7 @@ class CallSession:
             self.log.warning("bad control frame: %s", exc)
 
     async def _append(self, audio: bytes) -> None:
-        if await self.send(rt.append(audio)):
+        if self.ready.is_set() and await self.model.append_audio(audio):
             self._appended_ms += len(audio) / 8
             m.FRAMES_IN.inc()
         else:
@@ -434,7 +381,7 @@ class CallSession:
     async def _flush_backlog_locked(self) -> None:
         while self._backlog and self.ready.is_set():
             chunk = bytes(self._backlog[:1600])  # 200 ms per append
-            if not await self.send(rt.append(chunk)):
+            if not await self.model.append_audio(chunk):
                 return
             del self._backlog[: len(chunk)]
             self._appended_ms += len(chunk) / 8
@@ -450,11 +397,10 @@ class CallSession:
         )
         await self.ctx.nc.publish(self._out_subject, data)
 
-    async def play(self, item_id: str, audio_b64: str) -> None:
+    async def play(self, item_id: str, audio: bytes) -> None:
         """Agent audio from the model to the caller, in chunks of at least 40 ms, each followed by
         a mark to follow its playout (a mark makes the gateway flush, so a shorter chunk would be
         padded with silence mid-sentence)."""
-        audio = base64.b64decode(audio_b64)
         if self._pending_audio is not None and self._pending_audio[0] != item_id:
             await self.flush_audio(self._pending_audio[0])
         if self._pending_audio is None:

@@ -225,7 +225,7 @@ class Consumer:
             await msg.term()
 
 
-async def _ack_all(msgs) -> None:  # type: ignore[no-untyped-def]
+async def _ack_all(msgs) -> None:
     """Acknowledge committed messages; a lost ack only causes a harmless redelivery."""
     for msg in msgs:
         try:

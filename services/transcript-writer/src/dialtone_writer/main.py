@@ -74,7 +74,7 @@ async def _serve(stack: AsyncExitStack, stop: asyncio.Event) -> None:
     log.info("transcript-writer running (metrics on :%d)", settings.metrics_port)
 
 
-async def _start_recorder(stack: AsyncExitStack, stop: asyncio.Event, pool, nc, js, settings: WriterSettings) -> None:  # type: ignore[no-untyped-def]
+async def _start_recorder(stack: AsyncExitStack, stop: asyncio.Event, pool, nc, js, settings: WriterSettings) -> None:
     """The call recorder, in this process (recorder.py says why). A recorder that cannot start (an
     unwritable directory, say) is logged and left off: transcripts matter more than recordings."""
     if not settings.recordings_enabled:

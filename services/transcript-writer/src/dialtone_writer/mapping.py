@@ -54,44 +54,32 @@ def _int(value: Any) -> int:
     return int(value)
 
 
-def _details(usage: Mapping[str, Any], key: str) -> Mapping[str, Any]:
-    value = usage.get(key)
-    return value if isinstance(value, Mapping) else {}
+def usage_counters(source: str, tokens: Mapping[str, int]) -> dict[str, int]:
+    """One usage event's tokens by billing kind (``UsageReported.tokens``, engine-neutral) as the
+    admin API's counters.
 
-
-def usage_counters(source: str, usage: Mapping[str, Any]) -> dict[str, int]:
-    """Flatten one Realtime usage object into the admin API's counters.
-
-    ``response`` usage is ``response.done.response.usage`` (token totals with
-    ``input_token_details`` / ``output_token_details``); ``transcription`` usage is the input
-    transcription's usage, counted only as ``transcription_tokens`` because it is billed by the
-    transcription model, not the conversation model. Already-flat counters (e.g. from a test or a
-    future bridge) are accepted as they are.
+    A ``transcription`` counts only as ``transcription_tokens``, because it is billed by the
+    transcription model, not the conversation model. Cached tokens are part of the input tokens.
 
     Args:
         source: ``"response"`` or ``"transcription"`` (``UsageReported.source``).
-        usage: the provider's usage object.
+        tokens: tokens by billing kind.
 
     Returns:
         Every counter of ``USAGE_COUNTERS`` that is non-zero.
     """
+    n = {kind: _int(tokens.get(kind)) for kind in ("text_in", "text_cached", "audio_in", "audio_cached", "text_out", "audio_out")}
     counters = dict.fromkeys(USAGE_COUNTERS, 0)
     if source == "transcription":
-        total = _int(usage.get("total_tokens"))
-        if not total:
-            total = _int(usage.get("input_tokens")) + _int(usage.get("output_tokens"))
-        counters["transcription_tokens"] = total or _int(usage.get("transcription_tokens"))
+        counters["transcription_tokens"] = sum(n.values())
     else:
-        inp, out = _details(usage, "input_token_details"), _details(usage, "output_token_details")
-        counters["input_tokens"] = _int(usage.get("input_tokens"))
-        counters["output_tokens"] = _int(usage.get("output_tokens"))
-        counters["input_text_tokens"] = _int(inp.get("text_tokens")) or _int(usage.get("input_text_tokens"))
-        counters["input_audio_tokens"] = _int(inp.get("audio_tokens")) or _int(usage.get("input_audio_tokens"))
-        counters["cached_tokens"] = _int(inp.get("cached_tokens")) or _int(usage.get("cached_tokens"))
-        counters["output_text_tokens"] = _int(out.get("text_tokens")) or _int(usage.get("output_text_tokens"))
-        counters["output_audio_tokens"] = (
-            _int(out.get("audio_tokens")) or _int(usage.get("output_audio_tokens"))
-        )
+        counters["input_text_tokens"] = n["text_in"] + n["text_cached"]
+        counters["input_audio_tokens"] = n["audio_in"] + n["audio_cached"]
+        counters["cached_tokens"] = n["text_cached"] + n["audio_cached"]
+        counters["input_tokens"] = counters["input_text_tokens"] + counters["input_audio_tokens"]
+        counters["output_text_tokens"] = n["text_out"]
+        counters["output_audio_tokens"] = n["audio_out"]
+        counters["output_tokens"] = n["text_out"] + n["audio_out"]
         counters["responses"] = 1
     return {k: v for k, v in counters.items() if v}
 

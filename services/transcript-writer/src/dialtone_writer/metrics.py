@@ -1,6 +1,7 @@
 """Prometheus metrics of the transcript-writer, in its own registry (served on ``/metrics``)."""
 
 from dialtone_common.metrics import service_registry
+from dialtone_common.recording_storage import ERROR_KINDS
 from prometheus_client import Counter, Gauge, Histogram
 
 REGISTRY = service_registry()
@@ -40,3 +41,23 @@ SESSIONS_SWEPT = Counter(
     "dialtone_writer_sessions_swept_total", "Open sessions of calls no longer live, closed by the sweeper",
     registry=REGISTRY,
 )
+RECORDING_STORAGE_ERRORS = Counter(
+    "dialtone_writer_recording_storage_errors_total",
+    "Failed requests to the recording store, by operation (put, delete) and kind of error; each is retried "
+    "with back-off (a recording's spool is kept until it is stored)",
+    ["operation", "kind"], registry=REGISTRY,
+)
+BACKGROUND_ERRORS = Counter(
+    "dialtone_writer_background_errors_total",
+    "Unexpected errors in the writer's background tasks, logged and survived (the task goes on), by task",
+    ["task"], registry=REGISTRY,
+)
+
+# A labelled series exists only from its first increment, which rate() and increase() cannot see:
+# the first failed upload of an outage would never show on a graph or in an alert. The series known
+# in advance start at zero.
+for _operation in ("put", "delete"):
+    for _kind in ERROR_KINDS:
+        RECORDING_STORAGE_ERRORS.labels(_operation, _kind)
+for _task in ("watch", "keep", "retention", "finish"):
+    BACKGROUND_ERRORS.labels(_task)

@@ -24,10 +24,15 @@ own, and only listens (a call never waits on it).
   ``complete = false`` with the reason (how much, from when). So is a call whose caller frames
   skipped sequence numbers (lost on the bus) or that the recorder joined late.
 - **The end.** The gateway's ``STOP`` (or the record turning ``ended``) finishes the call: the WAV is
-  built from the spool in a thread, uploaded, and its row (``call_recordings``) written.
+  built from the spool in a thread, uploaded, and its row (``call_recordings``) written. Any failure
+  (the store down or refusing, the database, even a bug) is logged, counted and retried with capped
+  exponential back-off and jitter, without end, the spool kept until the recording is stored.
 - **Retention.** Every ``RECORDINGS_SWEEP_INTERVAL_S`` a writer deletes recordings older than
   ``RECORDINGS_RETENTION_DAYS`` (object first, then row; ``FOR UPDATE SKIP LOCKED``, so writers
-  sweeping at once never collide).
+  sweeping at once never collide). A round that fails is tried again after the same back-off.
+- **No silent death.** Every background task of the recorder survives any exception (logged and
+  counted in ``dialtone_writer_background_errors_total``); a task that ends by an exception all
+  the same is logged by its done callback.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 import re
 import secrets
 import shutil
@@ -48,7 +54,7 @@ import asyncpg
 import nats.errors
 import nats.js.errors
 import orjson
-from dialtone_common.recording_storage import LocalStorage, S3Storage
+from dialtone_common.recording_storage import LocalStorage, RecordingStorageError, S3Storage, private_dir
 from dialtone_proto import CallMetric, CallRecord, encode_event, subjects
 from dialtone_proto.frames import FrameError, Kind, decode_frame
 from nats.aio.client import Client
@@ -59,6 +65,7 @@ from nats.js.kv import KeyValue
 from prometheus_client import Counter, Gauge, Histogram
 from pydantic import ValidationError
 
+from dialtone_writer import metrics
 from dialtone_writer.metrics import REGISTRY
 from dialtone_writer.recorder_audio import CallAudio, Spool, build_wav
 from dialtone_writer.settings import WriterSettings
@@ -109,6 +116,14 @@ ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED
 """
 
 
+def backoff_delay(attempt: int, initial_s: float, max_s: float, rand: float | None = None) -> float:
+    """The wait after the ``attempt``-th consecutive failure (1, 2, ...): ``initial_s`` doubled at
+    each failure up to ``max_s``, of which a random half to whole ("equal jitter", so writers that
+    failed together do not retry together, and none retries sooner than half the step)."""
+    step = min(max_s, initial_s * 2 ** min(attempt - 1, 30))
+    return step * (0.5 + 0.5 * (random.random() if rand is None else rand))  # noqa: S311 - not a secret
+
+
 def _put_all(batch: list) -> None:
     for rec, taken in batch:
         rec.put(taken)
@@ -137,6 +152,7 @@ class CallRecording:
         self.claim_revision = 0
         self.finishing: asyncio.Task | None = None
         self.ended_reason: str | None = None
+        self.ended_before = False  # the spool resumed was of a call already over, being stored
 
     # ---- frames -------------------------------------------------------------------------
     async def on_in(self, msg: Msg) -> None:
@@ -185,6 +201,8 @@ class CallRecording:
         self.audio.play_pos = max(self.audio.play_pos, int(meta.get("play_pos", 0)))
         self.reasons = list(meta.get("reasons", [])) + self.reasons
         self.lost_ms += int(meta.get("lost_ms", 0))
+        self.lost_frames += int(meta.get("lost_frames", 0))
+        self.ended_before = bool(meta.get("ended"))
         self.retired |= set(meta.get("retired", []))
         self._resumed, self._resume_at = why, int(meta.get("caller_end", 0))
         if self.first_ts is not None:
@@ -217,7 +235,10 @@ class CallRecording:
         return {
             "caller_end": self.audio.caller_end, "play_pos": self.audio.play_pos, "reasons": self.reasons,
             "next_in_seq": self.next_in_seq, "retired": sorted(self.retired), "owner": self.r.owner,
-            "lost_ms": self.lost_ms,
+            "lost_ms": self.lost_ms, "lost_frames": self.lost_frames,
+            # Set once the call is over and its store began (the spool then holds all of it): a
+            # writer that stops while the store is down leaves the next start nothing to guess.
+            "ended": self.ended_reason,
         }
 
     def take(self) -> tuple[dict, dict]:
@@ -254,14 +275,16 @@ class Recorder:
         self._done: set[str] = set()  # finished here: a late record update must not start it again
         self._claims: KeyValue | None = None
         self._book: KeyValue | None = None
-        self._watcher = None
+        self._watcher: KeyValue.KeyWatcher | None = None
         self._tasks: set[asyncio.Task] = set()
         self._lock = asyncio.Lock()
+        self._last_renew = self._last_check = 0.0  # monotonic times of _keep's last beat and check
 
     # ---- life -----------------------------------------------------------------------------
     async def start(self) -> None:
-        self.spool_root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(self.spool_root, 0o700)
+        # Recordings are personal data: the directory and the spool in it are the service's alone.
+        private_dir(Path(self.settings.recordings_dir))
+        private_dir(self.spool_root)
         self._claims = await self._bucket(self._claims_bucket, "Dialtone recordings: which recorder holds each call")
         self._book = await self._bucket(self._book_bucket, None if self._book_bucket == subjects.CALLS_BUCKET
                                         else "Dialtone calls (a test's own)")
@@ -286,8 +309,8 @@ class Recorder:
     async def run(self, stop: asyncio.Event) -> None:
         """Watch the call book, keep the claims, flush spools and sweep old recordings until ``stop``."""
         assert self._book is not None
-        loops = [self._watch(stop), self._keep(stop), self._retention(stop)]
-        tasks = [asyncio.create_task(c) for c in loops]
+        tasks = [self._spawn(self._watch(stop), "watch"), self._spawn(self._keep(stop), "keep"),
+                 self._spawn(self._retention(stop), "retention")]
         try:
             await stop.wait()
         finally:
@@ -295,6 +318,21 @@ class Recorder:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await self.close()
+
+    def _spawn(self, coro, task: str) -> asyncio.Task:
+        """A background task, held (not garbage-collected mid-way) and watched: should it end by an
+        exception after all, that is logged and counted, never lost with the task."""
+        t = asyncio.create_task(coro, name=f"recorder-{task}")
+        self._tasks.add(t)
+
+        def done(t: asyncio.Task) -> None:
+            self._tasks.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                metrics.BACKGROUND_ERRORS.labels(task.split("-")[0]).inc()
+                log.error("recorder: task %s died: %r", t.get_name(), t.exception(), exc_info=t.exception())
+
+        t.add_done_callback(done)
+        return t
 
     async def close(self) -> None:
         """Stop listening, keep each unfinished call's spool (a restart resumes it), let finishes end."""
@@ -305,6 +343,16 @@ class Recorder:
         pending = [r.finishing for r in self.calls.values() if r.finishing is not None]
         if pending:
             await asyncio.wait(pending, timeout=10)
+        for rec in list(self.calls.values()):
+            if rec.finishing is not None and not rec.finishing.done():
+                # Still retrying (the store is down): the spool stays, and the next start of a
+                # writer on this disk stores it (an orphaned spool).
+                rec.finishing.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await rec.finishing
+                rec.spool.unlock()
+                log.warning("call %s: recording not stored yet; its spool %s is kept for the next start",
+                            rec.sid, rec.spool.dir)
         for rec in list(self.calls.values()):
             if rec.finishing is None:
                 with contextlib.suppress(OSError):
@@ -318,11 +366,11 @@ class Recorder:
         assert self._book is not None
         while not stop.is_set():
             try:
-                self._watcher = await self._book.watchall()
+                watcher = self._watcher = await self._book.watchall()
                 synced = False
                 while not stop.is_set():
                     try:
-                        entry = await self._watcher.updates(timeout=1.0)
+                        entry = await watcher.updates(timeout=1.0)
                     except nats.errors.TimeoutError:
                         continue
                     if entry is None:
@@ -337,7 +385,7 @@ class Recorder:
                 log.warning("recorder: watching the call book failed: %s", exc)
                 await asyncio.sleep(1.0)
 
-    async def _on_record(self, entry) -> None:  # type: ignore[no-untyped-def]
+    async def _on_record(self, entry) -> None:
         sid = entry.key
         if entry.operation in ("DEL", "PURGE") or not entry.value:
             self._others.discard(sid)
@@ -441,6 +489,8 @@ class Recorder:
             rec.claim_revision = revision
             self.calls[sid] = rec
             RECORDINGS_ACTIVE.set(len(self.calls))
+            if rec.ended_before:  # its recorder stopped while storing it: the spool holds the whole call
+                self.finish_soon(rec, 0, "its recorder stopped while storing it")
             return rec
 
     async def _take_over(self, sid: str, spool: Spool) -> tuple[int | None, str | None]:
@@ -469,33 +519,44 @@ class Recorder:
     async def _keep(self, stop: asyncio.Event) -> None:
         """Flush spools, beat, take over calls of recorders that stopped, end calls nobody speaks of."""
         assert self._claims is not None
-        last_renew = last_check = 0.0
+        self._last_renew = self._last_check = 0.0
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), min(SPOOL_FLUSH_S, self.beat_s))
-            live = [r for r in self.calls.values() if r.finishing is None]
-            batch = [(r, r.take()) for r in live]
             try:
-                await asyncio.to_thread(_put_all, batch)
-            except OSError as exc:
-                log.error("recorder: spool write failed: %s", exc)
-            now = time.monotonic()
-            if now - last_renew < self.beat_s:
-                continue
-            last_renew = now
-            try:
-                await self._beat()
-            except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
-                log.warning("recorder: heartbeat failed: %s", exc)
-            for rec in live:
-                if now - rec.last_heard > IDLE_END_S:
-                    self.finish_soon(rec, 0, "no audio for a long time")
-            if now - last_check >= self.lease_s:
-                last_check = now
-                for sid in list(self._others):
-                    if sid not in self.calls:
-                        with contextlib.suppress(nats.errors.Error, nats.js.errors.Error, TimeoutError):
-                            await self._check_other(sid)
+                await self._keep_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a bug: the spools must still be flushed and the claims kept next time
+                metrics.BACKGROUND_ERRORS.labels("keep").inc()
+                log.error("recorder: keeping the calls failed: %r", exc, exc_info=exc)
+
+    async def _keep_once(self) -> None:
+        """One round of ``_keep``: flush the spools; every ``beat_s`` beat and end silent calls;
+        every ``lease_s`` look for calls whose recorder stopped."""
+        live = [r for r in self.calls.values() if r.finishing is None]
+        batch = [(r, r.take()) for r in live]
+        try:
+            await asyncio.to_thread(_put_all, batch)
+        except OSError as exc:
+            log.error("recorder: spool write failed: %s", exc)
+        now = time.monotonic()
+        if now - self._last_renew < self.beat_s:
+            return
+        self._last_renew = now
+        try:
+            await self._beat()
+        except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
+            log.warning("recorder: heartbeat failed: %s", exc)
+        for rec in live:
+            if now - rec.last_heard > IDLE_END_S:
+                self.finish_soon(rec, 0, "no audio for a long time")
+        if now - self._last_check >= self.lease_s:
+            self._last_check = now
+            for sid in list(self._others):
+                if sid not in self.calls:
+                    with contextlib.suppress(nats.errors.Error, nats.js.errors.Error, TimeoutError):
+                        await self._check_other(sid)
 
     async def _check_other(self, sid: str) -> None:
         """Take over a live call whose recorder stopped beating (one read while it beats)."""
@@ -516,6 +577,8 @@ class Recorder:
             sid = directory.name
             if sid in self.calls or not directory.is_dir():
                 continue
+            # A call that was over and being stored when its writer stopped (the store was down, say).
+            over = bool(Spool(directory).read_meta().get("ended"))
             try:
                 entry = await self._book.get(sid)
                 record = CallRecord.model_validate_json(entry.value or b"")
@@ -523,13 +586,15 @@ class Recorder:
                 record = None
             except (nats.errors.Error, nats.js.errors.Error, TimeoutError):
                 continue
-            if record is not None and record.state != "ended" and record.record:
+            if record is not None and record.state != "ended" and record.record and not over:
                 continue  # live: claimed (and resumed) through the watch
             rec = await self._try_claim(sid, takeover_only=True)
             if rec is None:
                 continue
             if record is not None and not record.record:
                 await self._drop(rec, "the agent does not record calls")
+            elif rec.ended_before:
+                pass  # being stored already (_try_claim)
             else:
                 rec.reasons.append(
                     f"the recorder stopped before the call ended: audio after {rec.audio.caller_end / 8000:.2f} s lost"
@@ -541,11 +606,23 @@ class Recorder:
         if rec.finishing is not None:
             return
         rec.ended_reason = why
-        rec.finishing = asyncio.create_task(self._finish(rec, delay), name=f"record-{rec.sid}")
-        self._tasks.add(rec.finishing)
-        rec.finishing.add_done_callback(self._tasks.discard)
+        rec.finishing = self._spawn(self._finish(rec, delay), f"finish-{rec.sid}")
 
     async def _finish(self, rec: CallRecording, delay: float) -> None:
+        """Store the call's recording (``_finish_call``); whatever happens, this task ends normally
+        and the call does not stay ``finishing`` for ever."""
+        try:
+            await self._finish_call(rec, delay)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug outside the retried store: keep the spool for the next start
+            metrics.BACKGROUND_ERRORS.labels("finish").inc()
+            log.error("call %s: finishing the recording failed; its spool %s is kept for the next start: %r",
+                      rec.sid, rec.spool.dir, exc, exc_info=exc)
+            with contextlib.suppress(Exception):
+                await self._forget(rec, keep_spool=True, done=False)
+
+    async def _finish_call(self, rec: CallRecording, delay: float) -> None:
         if delay:
             await asyncio.sleep(delay)
         for sub in rec.subs:
@@ -563,7 +640,10 @@ class Recorder:
         reasons = rec.all_reasons()
         started = time.perf_counter()
         target = rec.spool.dir / "recording.wav"
-        for attempt in range(1, 1_000_000):
+        s = self.settings
+        attempt = 0
+        while True:  # no limit: the spool is the only copy until the recording is stored
+            attempt += 1
             try:
                 await asyncio.to_thread(rec.put, rec.take())
                 built = await asyncio.to_thread(build_wav, rec.spool.dir, target)
@@ -576,16 +656,44 @@ class Recorder:
                         "; ".join(reasons) or None, built.bucket_samples, peaks, self.owner,
                     )
                 break
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
                 RECORDING_ERRORS.inc()
-                log.warning("call %s: storing the recording failed (attempt %d): %s", rec.sid, attempt, exc)
-                await asyncio.sleep(min(30.0, 0.5 * 2 ** min(attempt, 6)))
+                wait = backoff_delay(attempt, s.recordings_retry_initial_s, s.recordings_retry_max_s)
+                self._log_failure(f"call {rec.sid}: storing the recording failed (attempt {attempt}), "
+                                  f"retrying in {wait:.1f} s, spool kept", exc)
+                await asyncio.sleep(wait)
+        if attempt > 1:
+            log.warning("call %s: recording stored after %d failed attempts", rec.sid, attempt - 1)
         await self._tell_session(rec, not reasons)
         RECORDINGS_STORED.labels("complete" if not reasons else "incomplete").inc()
         RECORDING_SECONDS.observe(time.perf_counter() - started)
         log.info("call %s: recording stored (%d bytes, %.1f s%s)", rec.sid, built.bytes, built.samples / 8000,
                  f"; incomplete: {'; '.join(reasons)}" if reasons else "")
         await self._forget(rec, keep_spool=False, done=True)
+
+    @staticmethod
+    def _log_failure(what: str, exc: Exception, *, count: bool = True) -> None:
+        """Log (and count, by kind) a failure that is retried.
+
+        A fatal storage error (credentials refused, bucket missing, request rejected) is retried all
+        the same, as patiently as an outage: giving up would delete the only copy of a call, while an
+        operator can fix credentials, a bucket policy or a bucket; it is logged as an error, at each
+        attempt, so the operator hears of it. An error nobody expected (a bug) is logged with its
+        traceback and retried too: the spool is kept, nothing is lost waiting for the fix."""
+        if isinstance(exc, RecordingStorageError):
+            if count:
+                metrics.RECORDING_STORAGE_ERRORS.labels(exc.operation, exc.kind).inc()
+            if exc.fatal:
+                log.error("%s: %s (an operator must act: check the store's credentials, bucket and policy)",
+                          what, exc)
+            else:
+                log.warning("%s: %s", what, exc)
+        elif isinstance(exc, OSError | asyncpg.PostgresError | asyncpg.InterfaceError | TimeoutError):
+            log.warning("%s: %s: %s", what, type(exc).__name__, exc)
+        else:
+            log.error("%s: unexpected %r", what, exc, exc_info=exc)
 
     async def _tell_session(self, rec: CallRecording, complete: bool) -> None:
         """The session's metrics say whether its recording is whole (``recording_complete`` 1 or
@@ -627,36 +735,63 @@ class Recorder:
 
     # ---- retention ---------------------------------------------------------------------------
     async def sweep_once(self) -> int:
-        """Delete recordings older than the retention period (object, then row); returns how many."""
+        """Delete recordings older than the retention period (object, then row); returns how many.
+
+        Raises:
+            RecordingStorageError: the store failed a delete; the rows of the recordings deleted
+                before it are gone, the rest wait for the next round.
+        """
         days = self.settings.recordings_retention_days
         if not days:
             return 0
         deleted = 0
-        while True:
-            async with self.pool.acquire() as conn, conn.transaction():
-                rows = await conn.fetch(_EXPIRED, int(days), _RETENTION_BATCH)
-                gone = []
-                for row in rows:
-                    try:
-                        await self.storage.delete(row["storage_key"])
+        failure: RecordingStorageError | None = None
+        try:
+            while failure is None:
+                async with self.pool.acquire() as conn, conn.transaction():
+                    rows = await conn.fetch(_EXPIRED, int(days), _RETENTION_BATCH)
+                    gone = []
+                    for row in rows:
+                        try:
+                            await self.storage.delete(row["storage_key"])
+                        except RecordingStorageError as exc:
+                            metrics.RECORDING_STORAGE_ERRORS.labels("delete", exc.kind).inc()
+                            failure = exc  # the store is likely down for the others too: stop this round
+                            break
                         gone.append(row["call_sid"])
-                    except OSError as exc:
-                        log.warning("retention: could not delete %s: %s", row["storage_key"], exc)
-                if gone:
-                    await conn.execute("DELETE FROM call_recordings WHERE call_sid = ANY($1::text[])", gone)
-            deleted += len(gone)
-            if len(rows) < _RETENTION_BATCH or not gone:
-                break
-        if deleted:
-            RECORDINGS_EXPIRED.inc(deleted)
-            log.info("retention: deleted %d recordings older than %d days", deleted, days)
+                    if gone:
+                        await conn.execute("DELETE FROM call_recordings WHERE call_sid = ANY($1::text[])", gone)
+                deleted += len(gone)
+                if len(rows) < _RETENTION_BATCH or not gone:
+                    break
+        finally:
+            if deleted:
+                RECORDINGS_EXPIRED.inc(deleted)
+                log.info("retention: deleted %d recordings older than %d days", deleted, days)
+        if failure is not None:
+            raise failure
         return deleted
 
     async def _retention(self, stop: asyncio.Event) -> None:
+        """Sweep every ``recordings_sweep_interval_s``; after a failed round, sooner: with the
+        store's back-off (capped by the interval), until a round succeeds. Never dies."""
+        s = self.settings
+        failures = 0
         while not stop.is_set():
+            wait = s.recordings_sweep_interval_s
             try:
                 await self.sweep_once()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
-                log.warning("retention sweep failed: %s", exc)
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                failures += 1
+                wait = min(wait, backoff_delay(failures, s.recordings_retry_initial_s, s.recordings_retry_max_s))
+                if not isinstance(exc, RecordingStorageError | OSError | asyncpg.PostgresError
+                                  | asyncpg.InterfaceError | TimeoutError):
+                    metrics.BACKGROUND_ERRORS.labels("retention").inc()
+                # (a storage error was counted by sweep_once, by kind)
+                self._log_failure(f"retention sweep failed (round {failures}), again in {wait:.1f} s", exc,
+                                  count=False)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.settings.recordings_sweep_interval_s)
+                await asyncio.wait_for(stop.wait(), wait)

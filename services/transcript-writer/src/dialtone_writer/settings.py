@@ -33,6 +33,14 @@ class WriterSettings(RecordingStorageSettings):
         default=30, ge=0, description="recordings older than this many days are deleted; 0 keeps them forever"
     )
     recordings_sweep_interval_s: float = Field(default=3600.0, gt=0, description="how often the retention sweep runs")
+    recordings_retry_initial_s: float = Field(
+        default=1.0, gt=0, description="first wait before storing a recording again (or sweeping again) after a "
+        "storage or database error; doubled at each failure, with jitter, up to recordings_retry_max_s",
+    )
+    recordings_retry_max_s: float = Field(
+        default=60.0, gt=0, description="longest wait between two attempts to store a recording; attempts never "
+        "stop while the service runs (the spool stays on disk until the recording is stored)",
+    )
     min_chunk_ms: int = Field(
         default=40, ge=20, le=1000,
         description="the gateway's MIN_CHUNK_MS: the recorder repeats the gateway's coalescing of agent audio",

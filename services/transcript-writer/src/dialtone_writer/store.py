@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import asyncpg
 from dialtone_proto import (
@@ -210,9 +211,9 @@ async def write_events(conn: asyncpg.Connection, events: Sequence[Event]) -> Bat
         result.duplicates += len(batch) - len(result.applied)
         if not result.applied:
             return result
-        first_seen: dict[str, object] = {}
+        first_seen: dict[str, datetime] = {}
         for e in result.applied:
-            first_seen[e.call_id] = min(first_seen.get(e.call_id, e.at), e.at)  # type: ignore[type-var]
+            first_seen[e.call_id] = min(first_seen.get(e.call_id, e.at), e.at)
         calls = sorted(first_seen)
         await conn.execute(_ENSURE_SESSIONS, calls, [first_seen[c] for c in calls])
         for event in result.applied:
@@ -243,8 +244,8 @@ async def _apply(conn: asyncpg.Connection, e: Event) -> None:
             )
         case UsageReported():
             await conn.execute(
-                _USAGE, e.id, e.call_id, e.source, e.ref, e.model, e.usage,
-                usage_counters(e.source, e.usage), e.cost_usd, e.at,
+                _USAGE, e.id, e.call_id, e.source, e.ref, e.model, {"tokens": e.tokens, "seconds": e.seconds},
+                usage_counters(e.source, e.tokens), e.cost_usd, e.at,
                 cost_breakdown(e.source, e.tokens, e.costs, e.cost_usd),
             )
         case TurnMeasured():

@@ -85,7 +85,7 @@ function signedOut(message = "") {
   leavePage();
   clearTimeout(expiryTimer);
   VIEW.replaceChildren();
-  $("nav").hidden = true; $("logout").hidden = true; $("tz").hidden = true;
+  $("nav").hidden = true; $("logout").hidden = true; $("logout-all").hidden = true; $("tz").hidden = true;
   const here = location.pathname + location.search;
   const next = location.pathname.startsWith("/login") ? "" : `?next=${encodeURIComponent(here)}`;
   history.replaceState(null, "", `/login${next}`);
@@ -110,7 +110,7 @@ async function render() {
       return navigate(next && /^\/(calls|monitor|overview)/.test(next) ? next : "/calls", true);
     } catch { return drawLogin(""); }
   }
-  $("nav").hidden = false; $("logout").hidden = false;
+  $("nav").hidden = false; $("logout").hidden = false; $("logout-all").hidden = false;
   $("tz").hidden = false; $("tz").textContent = `Times in ${TZ}`;
   for (const a of document.querySelectorAll("[data-nav]")) {
     const on = path === `/${a.dataset.nav}` || (a.dataset.nav === "calls" && path.startsWith("/calls"));
@@ -159,6 +159,16 @@ function drawLogin(message) {
 
 $("logout").addEventListener("click", async () => {
   try { await fetch("/auth/logout", { method: "POST", credentials: "same-origin" }); } finally { signedOut("You have signed out."); }
+});
+
+// A lost or shared device: end every session (this one too); their open pages stop within a second.
+$("logout-all").addEventListener("click", async () => {
+  if (!confirm("Sign out every dashboard session, on every device?")) return;
+  let message = "Every session has been signed out.";
+  try {
+    const r = await fetch("/auth/sessions", { method: "DELETE", credentials: "same-origin" });
+    if (!r.ok) message = "Signing everyone out failed; try again.";
+  } finally { signedOut(message); }
 });
 
 // ---- calls list ------------------------------------------------------------------------------
