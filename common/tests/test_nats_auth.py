@@ -223,7 +223,7 @@ async def test_the_tool_runner_hears_no_audio_and_publishes_no_event(connect) ->
 
 
 @pytest.mark.integration
-async def test_the_admin_api_hears_calls_but_publishes_nothing(connect) -> None:
+async def test_the_admin_api_hears_calls_but_publishes_no_audio_offer_or_event(connect) -> None:
     harness, admin = await connect(HARNESS.name), await connect("admin")
     heard_events, heard_audio = await _heard(harness, subjects.EVENTS_ALL), await _heard(harness, AUDIO_OUT)
     listen = await _heard(admin, AUDIO_IN)  # the dashboard's listen-in

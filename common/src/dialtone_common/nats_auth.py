@@ -33,7 +33,8 @@ What each service really does on the bus, and so may do (read from the code; see
   ``call.status`` and ``call.ended`` (the sweeper closing a call whose end was never reported) and
   ``call.metric`` (whether a recording is whole).
 - admin-api: hears events, heartbeats and, for the dashboard's listen-in, both sides of a call's
-  audio; publishes nothing (outbound calls go to Twilio's REST API, not the bus).
+  audio; publishes nothing on the call subjects and no event (outbound calls go to Twilio's REST
+  API, not the bus); keeps its own bucket of dashboard sign-ins (``$KV.dialtone_admin_signins``).
 """
 
 from __future__ import annotations
@@ -158,10 +159,16 @@ WRITER = User(
     subscribe=(subjects.CALL_IN_ALL, subjects.CALL_OUT_ALL, subjects.LIVE_ALL, _inbox("writer")),
 )
 
+ADMIN_SIGNINS_KV_STREAM = f"KV_{subjects.ADMIN_SIGNINS_BUCKET}"
+
 ADMIN = User(
     name="admin", service="admin-api", password_env="ADMIN_NATS_PASSWORD",
-    publish=(),
-    subscribe=(subjects.EVENTS_ALL, subjects.LIVE_ALL, subjects.CALL_IN_ALL, subjects.CALL_OUT_ALL),
+    # Its own bucket of dashboard sign-ins only: nothing on the call subjects, no event.
+    publish=(
+        *_stream_admin(ADMIN_SIGNINS_KV_STREAM), *_stream_read(ADMIN_SIGNINS_KV_STREAM),
+        *_ordered_consumer(ADMIN_SIGNINS_KV_STREAM), *_kv_write(subjects.ADMIN_SIGNINS_BUCKET),
+    ),
+    subscribe=(subjects.EVENTS_ALL, subjects.LIVE_ALL, subjects.CALL_IN_ALL, subjects.CALL_OUT_ALL, _inbox("admin")),
 )
 
 # The users of the five services, by service name.

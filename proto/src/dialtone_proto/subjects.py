@@ -77,6 +77,10 @@ CALLS_BUCKET = "dialtone_calls"
 # recorder's "alive" beat.
 RECORDINGS_BUCKET = "dialtone_recordings"
 
+# NATS KV bucket of the admin API's dashboard sign-ins (one entry per session cookie), shared by
+# every admin API instance.
+ADMIN_SIGNINS_BUCKET = "dialtone_admin_signins"
+
 # Wildcards over the subjects above, for NATS permissions (``dialtone_common.nats_auth``) and
 # listeners: every call's caller side (``.in``) and agent side (``.out``), and every event.
 CALL_IN_ALL = f"{PREFIX}.call.*.*.in"
