@@ -282,3 +282,22 @@ async def test_the_bridge_answers_offers_and_the_tool_runner_tool_calls(connect)
     with pytest.raises(nats.errors.TimeoutError):  # the gateway may not call tools: its request is dropped
         await gateway.nc.request(subjects.TOOLS_CALL, b"{}", timeout=1)
     assert gateway.refused(subjects.TOOLS_CALL)
+
+
+@pytest.mark.integration
+async def test_the_admin_api_keeps_its_sign_ins_bucket_and_touches_no_call_record(
+    secured_nats: str, credentials: RunCredentials
+) -> None:
+    from nats.js.api import KeyValueConfig
+
+    admin = await bus.connect(secured_nats, "admin", **_creds(credentials, "admin-api"))
+    try:
+        js = admin.jetstream(timeout=2)
+        signins = await js.create_key_value(KeyValueConfig(bucket=subjects.ADMIN_SIGNINS_BUCKET, history=1))
+        await signins.put("session-1", b"{}")
+        assert (await signins.get("session-1")).value == b"{}"
+        await signins.delete("session-1")
+        with pytest.raises(nats.errors.TimeoutError):
+            await admin.jetstream(timeout=1).key_value(subjects.CALLS_BUCKET)
+    finally:
+        await bus.close(admin)
