@@ -70,3 +70,23 @@ def test_embedded_servers_do_not_inherit_the_launchers_secrets(tmp_path: Path, l
         asyncio.run(use_both())
     for data in (tmp_path / "nats", tmp_path / "pg", tmp_path / "pg" / "pgdata"):
         assert stat.S_IMODE(data.stat().st_mode) == 0o700, data
+
+
+def test_embedded_postgres_leaves_a_private_data_directory_private(tmp_path: Path) -> None:
+    """``make run`` keeps the servers' data in ``.dialtone`` (0700). Run as root, PostgreSQL runs as
+    a user of its own, yet neither ``.dialtone`` nor any directory above it is opened to others."""
+    private = tmp_path / "dotdialtone"
+    private.mkdir(mode=0o700)
+    above = {p: stat.S_IMODE(p.stat().st_mode) for p in [tmp_path, *tmp_path.parents]}
+    with embedded_postgres(private / "postgres") as dsn:
+        async def query() -> int:
+            conn = await asyncpg.connect(dsn)
+            try:
+                return await conn.fetchval("SELECT 1")
+            finally:
+                await conn.close()
+
+        assert asyncio.run(query()) == 1
+        assert stat.S_IMODE(private.stat().st_mode) == 0o700
+        assert stat.S_IMODE((private / "postgres").stat().st_mode) == 0o700
+        assert {p: stat.S_IMODE(p.stat().st_mode) for p in above} == above

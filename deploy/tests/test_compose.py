@@ -278,3 +278,25 @@ def test_grafana_has_no_default_password_nor_anonymous_access(compose: dict[str,
     assert "env_file" not in compose["services"]["grafana"]  # the services' secrets are not Grafana's business
     example = dict(re.findall(r"^([A-Z][A-Z0-9_]*)=(.*)$", ENV_EXAMPLE.read_text(), re.MULTILINE))
     assert "change-me" in example["GRAFANA_ADMIN_PASSWORD"]
+
+
+def test_nats_asks_every_service_for_its_own_user(compose: dict[str, Any], services: tuple[Service, ...]) -> None:
+    """The NATS server loads the repository's users and permissions (deploy/nats/nats.conf) and
+    reads their passwords from deploy/.env; each service connects as its own user with its own
+    password, never a literal one."""
+    from dialtone_common.nats_auth import SERVICE_USERS
+
+    nats = compose["services"]["nats"]
+    conf = nats["command"][nats["command"].index("--config") + 1]
+    assert f"./nats/nats.conf:{conf}:ro" in nats["volumes"]
+    assert set(nats["environment"]) == {u.password_env for u in SERVICE_USERS.values()}
+    for name, value in nats["environment"].items():
+        assert value.startswith(f"${{{name}:?"), name  # compose refuses to start without it
+    users = set()
+    for service in services:
+        environment = compose["services"][service.name]["environment"]
+        user = SERVICE_USERS[service.name]
+        assert environment["NATS_USER"] == user.name, service.name
+        assert environment["NATS_PASSWORD"].startswith(f"${{{user.password_env}:?"), service.name
+        users.add(environment["NATS_USER"])
+    assert len(users) == len(services)  # nobody shares a user

@@ -401,3 +401,35 @@ def test_the_prometheus_rule_is_alerts_yml(production: list[dict[str, Any]]) -> 
     )
     rule = find(production, "PrometheusRule", "dialtone")
     assert rule["spec"] == yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
+
+
+def test_every_service_connects_to_nats_as_its_own_user_from_the_secret(
+    rendered: list[dict[str, Any]], services: tuple[Service, ...]
+) -> None:
+    from dialtone_common.nats_auth import K8S_SECRET, SERVICE_USERS, secret_key
+
+    for service in services:
+        (container,) = find(rendered, "Deployment", service.name)["spec"]["template"]["spec"]["containers"]
+        env = {e["name"]: e for e in container["env"]}
+        user = SERVICE_USERS[service.name]
+        assert env["NATS_USER"]["value"] == user.name, service.name
+        assert env["NATS_PASSWORD"]["valueFrom"] == {"secretKeyRef": {"name": K8S_SECRET, "key": secret_key(user)}}
+    # No password, token or key is written into a manifest: secrets come from Secrets made outside.
+    assert not [o for o in rendered if o["kind"] == "Secret"]
+    for name, spec in _pod_specs(rendered):
+        for container in spec["containers"]:
+            for e in container.get("env", []):
+                if any(word in e["name"] for word in ("PASSWORD", "TOKEN", "SECRET", "KEY")):
+                    assert "value" not in e, (name, e["name"])
+
+
+def test_the_nats_helm_values_hold_the_users_rendered_from_code() -> None:
+    """config.merge.authorization and container.env of the Helm values are what
+    dialtone_common.nats_auth renders: the permissions are written down once, in code."""
+    from dialtone_common.nats_auth import helm_values
+
+    values = yaml.safe_load((K8S / "nats" / "values.yaml").read_text())
+    expected = helm_values()
+    hint = "regenerate them: python -m dialtone_common.nats_auth --helm"
+    assert values["config"]["merge"] == expected["config"]["merge"], hint
+    assert values["container"]["env"] == expected["container"]["env"], hint

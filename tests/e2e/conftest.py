@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 import pytest_asyncio
+from dialtone_common.nats_auth import SERVICE_USERS
 from dialtone_dev.platform import Platform, Ports
 from dialtone_sim.polling import poll
 from dialtone_sim.realtime import RealtimeSimulator
@@ -87,12 +88,13 @@ async def twilio_api() -> AsyncIterator[FakeTwilioApi]:
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def platform(
-    tmp_root: Path, nats_url: str, database_url: str, realtime: RealtimeSimulator, twilio_api: FakeTwilioApi
+    tmp_root: Path, database_url: str, realtime: RealtimeSimulator, twilio_api: FakeTwilioApi
 ) -> AsyncIterator[Platform]:
+    """The platform with its own embedded NATS, which asks every client for credentials: each
+    service connects as its own user, held to its permissions (dialtone_common.nats_auth)."""
     p = Platform(
         data_dir=tmp_root / "platform",
         ports=Ports.free(),
-        nats_url=nats_url,
         database_url=database_url,
         realtime_url=realtime.url,
         openai_api_key="sk-test-e2e",
@@ -105,6 +107,12 @@ async def platform(
     )
     async with p:
         yield p
+        # No service was ever refused something it tried to do on the bus: its permissions cover
+        # everything the whole suite made it do. (test_bus_auth's probes, connections named
+        # e2e-probe, are refused on purpose.)
+        service_users = {u.name for u in SERVICE_USERS.values()}
+        violations = [v for v in p.nats_violations(service_users) if ':e2e-probe"' not in v]
+        assert not violations, "services broke their NATS permissions:\n" + "\n".join(violations[:30])
 
 
 def replies(session: Any) -> list[bytes]:

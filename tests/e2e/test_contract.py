@@ -28,7 +28,7 @@ async def test_every_bus_message_of_a_call_matches_the_contract(
         except ContractError as exc:
             violations.append(str(exc)[:300])
 
-    nc = await nats.connect(platform.nats_url)
+    nc = await nats.connect(platform.nats_url, **platform.nats_connect_options())  # dev-harness: hears all
     try:
         await nc.subscribe(">", cb=check, pending_msgs_limit=200_000)
         call = await converse(platform, LINES)

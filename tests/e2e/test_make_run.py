@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
+import stat
 from pathlib import Path
 
 import pytest
@@ -49,6 +51,14 @@ async def test_make_run_then_make_call_prints_a_transcript(tmp_path: Path):
         assert f"{info['public_base_url']}/twilio-voice" in banner
         assert f"{info['admin_url']}/" in banner and info["admin_token"] in banner
         assert "SIMULATOR" in banner
+        # The data directory stays private to its owner with the embedded servers running in it,
+        # and NATS's users' passwords (drawn for this run) are in its 0600 configuration only.
+        data = tmp_path / "dialtone"
+        assert stat.S_IMODE(data.stat().st_mode) == 0o700
+        conf = data / "nats" / "nats.conf"
+        assert stat.S_IMODE(conf.stat().st_mode) == 0o600 and stat.S_IMODE(conf.parent.stat().st_mode) == 0o700
+        passwords = re.findall(r'password: "([^"]+)"', conf.read_text())
+        assert len(passwords) == 6  # the five services' users and dev-harness
 
         call = await asyncio.create_subprocess_exec(
             "make", "-s", "call", cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
@@ -66,6 +76,9 @@ async def test_make_run_then_make_call_prints_a_transcript(tmp_path: Path):
         code = await asyncio.wait_for(run.wait(), 60)
         await reader
     text = "".join(output)
+    logs = "".join(p.read_text(errors="replace") for p in (tmp_path / "dialtone" / "logs").glob("*.log"))
+    assert not [p for p in passwords if p in text or p in logs], "a NATS password was printed or logged"
+    assert stat.S_IMODE((tmp_path / "dialtone").stat().st_mode) == 0o700
     # make itself reports the interrupt (its exit code is the signal's); the platform must stop cleanly.
     assert "stopped." in text and "Traceback" not in text, text[-3000:]
     assert code in (0, 2, -signal.SIGINT), text[-3000:]

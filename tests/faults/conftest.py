@@ -29,6 +29,7 @@ import psutil
 import pytest
 import pytest_asyncio
 from dialtone_common.embedded import embedded_nats, embedded_postgres, free_port
+from dialtone_common.nats_auth import RunCredentials
 from dialtone_dev.platform import Platform, Ports
 from dialtone_sim.realtime import RealtimeSimulator
 from dialtone_sim.scenario import Scenario, ToolCall, Turn
@@ -69,13 +70,14 @@ class Servers:
         self.nats_dir, self.pg_dir = root / "nats", root / "pg"
         self.nats_port, self.pg_port = free_port(), free_port()
         self.nats_url = self.database_url = ""
+        self.nats_credentials = RunCredentials.generate()  # the same users and passwords across restarts
         self._nats = contextlib.ExitStack()
         self._pg = contextlib.ExitStack()
         self._frozen: list[psutil.Process] = []
         self.nats_up = self.pg_up = False
 
     async def start_nats(self) -> None:
-        self.nats_url = await asyncio.to_thread(self._nats.enter_context, embedded_nats(self.nats_dir, self.nats_port))
+        self.nats_url = await asyncio.to_thread(self._nats.enter_context, embedded_nats(self.nats_dir, self.nats_port, credentials=self.nats_credentials))
         self.nats_up = True
 
     async def stop_nats(self) -> None:
@@ -176,6 +178,7 @@ async def fault_platform(
         data_dir=tmp_root / "faults-platform",
         ports=Ports.free(),
         nats_url=servers.nats_url,
+        nats_credentials=servers.nats_credentials,
         database_url=servers.database_url,
         realtime_url=fault_realtime.url,
         openai_api_key="sk-test-faults",

@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from dialtone_common.embedded import embedded_nats, embedded_postgres
+from dialtone_common.nats_auth import RunCredentials
 from dialtone_dev.platform import SERVICES, Platform, Ports
 from dialtone_sim.balancer import Backend, Balancer
 from dialtone_sim.realtime import RealtimeSimulator
@@ -83,17 +84,18 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def scale_servers(tmp_root: Path) -> AsyncIterator[tuple[str, str]]:
+async def scale_servers(tmp_root: Path) -> AsyncIterator[tuple[str, str, RunCredentials]]:
     """NATS (JetStream) and PostgreSQL of this suite's own, migrated."""
     from dialtone_writer.migrations import apply_migrations
 
     stack = contextlib.ExitStack()
+    credentials = RunCredentials.generate()
     try:
-        nats_start = asyncio.to_thread(stack.enter_context, embedded_nats(tmp_root / "scale-nats"))
+        nats_start = asyncio.to_thread(stack.enter_context, embedded_nats(tmp_root / "scale-nats", credentials=credentials))
         pg_start = asyncio.to_thread(stack.enter_context, embedded_postgres(tmp_root / "scale-pg"))
         nats_url, database_url = await asyncio.gather(nats_start, pg_start)
         await apply_migrations(database_url)
-        yield nats_url, database_url
+        yield nats_url, database_url, credentials
     finally:
         await asyncio.to_thread(stack.close)
 
@@ -124,14 +126,14 @@ async def balancer() -> AsyncIterator[Balancer]:
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def scale_platform(
     tmp_root: Path,
-    scale_servers: tuple[str, str],
+    scale_servers: tuple[str, str, RunCredentials],
     scale_realtime: RealtimeSimulator,
     scale_twilio: FakeTwilioApi,
     balancer: Balancer,
     figures: dict[str, Any],
 ) -> AsyncIterator[Platform]:
     """Two instances of each of the five services; the gateways behind ``balancer``."""
-    nats_url, database_url = scale_servers
+    nats_url, database_url, nats_credentials = scale_servers
     agents = tmp_root / "scale-agents" / "scale"
     agents.mkdir(parents=True)
     (agents / "agent.toml").write_text(AGENT_TOML)
@@ -140,6 +142,7 @@ async def scale_platform(
         data_dir=tmp_root / "scale-platform",
         ports=Ports.free(),
         nats_url=nats_url,
+        nats_credentials=nats_credentials,
         database_url=database_url,
         realtime_url=scale_realtime.url,
         openai_api_key="sk-test-scale",

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 
-import nats
 from dialtone_proto import STREAM_NAME, STREAM_SUBJECTS, subjects
 from nats.aio.client import Client
 from nats.js import JetStreamContext
@@ -14,14 +13,36 @@ from nats.js.api import DiscardPolicy, KeyValueConfig, RetentionPolicy, StorageT
 from nats.js.errors import BadRequestError
 from nats.js.kv import KeyValue
 
+from dialtone_common.nats_auth import inbox_prefix
+
 log = logging.getLogger(__name__)
 
 
-async def connect(servers: list[str] | str, name: str, *, connect_timeout: float = 5.0) -> Client:
-    """Connect with unlimited reconnects so a NATS restart is ridden out, not fatal."""
+async def connect(
+    servers: list[str] | str, name: str, *, user: str | None = None, password: str | None = None,
+    connect_timeout: float = 5.0,
+) -> Client:
+    """Connect with unlimited reconnects so a NATS restart is ridden out, not fatal.
+
+    ``user`` and ``password``: this service's NATS user (``NATS_USER`` / ``NATS_PASSWORD``, see
+    ``dialtone_common.nats_auth``); its replies then arrive under its own inbox prefix. Neither:
+    connect without credentials (a NATS server that asks for none). The password is never logged.
+
+    Raises:
+        ValueError: only one of ``user`` and ``password``.
+        PermissionError: the server refused the credentials (or asks for some and none were given).
+    """
+    if bool(user) != bool(password):
+        raise ValueError("a NATS user needs a password, and a password a user")
+    refused = asyncio.Event()
+    who = f"the user {user!r}" if user else "a connection without credentials (NATS_USER unset)"
 
     async def on_error(exc: Exception) -> None:
-        log.warning("nats error: %s", exc)
+        if "authorization violation" in str(exc).lower():
+            refused.set()
+            log.error("NATS refused %s: check NATS_USER and NATS_PASSWORD", who)
+        else:
+            log.warning("nats error: %s", exc)
 
     async def on_disconnect() -> None:
         log.warning("nats disconnected")
@@ -29,18 +50,40 @@ async def connect(servers: list[str] | str, name: str, *, connect_timeout: float
     async def on_reconnect() -> None:
         log.info("nats reconnected")
 
-    return await nats.connect(
+    nc = Client()
+    # A server that is down is waited for (forever, as a restart is), but one that refuses the
+    # credentials is final: fail at once with a clear error instead of retrying.
+    connecting = asyncio.ensure_future(nc.connect(
         servers=servers,
         name=name,
-        connect_timeout=connect_timeout,
+        connect_timeout=connect_timeout,  # type: ignore[arg-type]  # nats-py annotates int; it takes seconds
         max_reconnect_attempts=-1,
-        reconnect_time_wait=0.5,
+        reconnect_time_wait=0.5,  # type: ignore[arg-type]  # likewise
         allow_reconnect=True,
         pending_size=64 * 1024 * 1024,
         error_cb=on_error,
         disconnected_cb=on_disconnect,
         reconnected_cb=on_reconnect,
-    )
+        user=user,
+        password=password,
+        inbox_prefix=inbox_prefix(user) if user else "_INBOX",
+    ))
+    waiting = asyncio.ensure_future(refused.wait())
+    try:
+        await asyncio.wait([connecting, waiting], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiting.cancel()
+        if not connecting.done():
+            connecting.cancel()
+            with contextlib.suppress(BaseException):
+                await connecting
+    if connecting.cancelled() or connecting.exception() is not None:
+        with contextlib.suppress(Exception):
+            await nc.close()
+        if refused.is_set():
+            raise PermissionError(f"NATS refused {who}: check NATS_USER and NATS_PASSWORD")
+        connecting.result()  # the connection's own error
+    return nc
 
 
 async def close(nc: Client, timeout: float = 10.0) -> None:

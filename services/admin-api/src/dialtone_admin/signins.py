@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from dialtone_proto import subjects
 from nats.aio.client import Client
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import BadRequestError, KeyNotFoundError, NoKeysError
@@ -34,7 +35,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 log = logging.getLogger(__name__)
 
-BUCKET = "dialtone_admin_signins"
+BUCKET = subjects.ADMIN_SIGNINS_BUCKET
 CHECK_S = 0.5  # an idle stream looks at its sign-in at least this often
 RESYNC_S = 30.0  # the whole bucket is read again this often, in case a watch missed a delete
 MAX_SIGNINS = 10_000

@@ -57,7 +57,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        nc = await bus.connect(settings.nats_servers(), name=gateway_id)
+        nc = await bus.connect(settings.nats_servers(), name=gateway_id, **settings.nats_credentials())
         line = TwilioLine(settings)
         try:
             js = nc.jetstream()

@@ -24,7 +24,7 @@ log = logging.getLogger("dialtone.bridge")
 async def serve(stack: AsyncExitStack, stop: asyncio.Event, settings: BridgeSettings) -> Bridge:
     bridge_id = settings.instance_id or f"bridge-{uuid.uuid4().hex[:8]}"
     agents = AgentBook.load(settings.agents_dir)
-    nc = await bus.connect(settings.nats_servers(), name=bridge_id)
+    nc = await bus.connect(settings.nats_servers(), name=bridge_id, **settings.nats_credentials())
     stack.push_async_callback(bus.close, nc)
     js = nc.jetstream()
     await bus.ensure_stream(js, replicas=settings.jetstream_replicas)

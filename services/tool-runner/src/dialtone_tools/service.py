@@ -182,7 +182,7 @@ class ToolRunner:
             result = hook(self.database)
             if asyncio.iscoroutine(result):
                 await result
-        nc = await bus.connect(self.settings.nats_servers(), name=f"dialtone-tools-{self.runner_id}")
+        nc = await bus.connect(self.settings.nats_servers(), name=f"dialtone-tools-{self.runner_id}", **self.settings.nats_credentials())
         stack.push_async_callback(nc.close)
         if self.database.configured:
             # Tools use the database (ctx.db): the runner is not ready while it does not answer.

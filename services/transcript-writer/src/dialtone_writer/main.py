@@ -51,7 +51,7 @@ async def _serve(stack: AsyncExitStack, stop: asyncio.Event) -> None:
         return
     pool = await create_pool(settings.database_url, max_size=settings.pool_size)
     stack.push_async_callback(pool.close)
-    nc = await bus.connect(settings.nats_servers(), f"transcript-writer{settings.instance_id}")
+    nc = await bus.connect(settings.nats_servers(), f"transcript-writer{settings.instance_id}", **settings.nats_credentials())
     stack.push_async_callback(bus.close, nc)
     js = nc.jetstream()
     await bus.ensure_stream(js, replicas=settings.jetstream_replicas)

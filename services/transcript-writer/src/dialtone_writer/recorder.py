@@ -91,7 +91,7 @@ RECORDING_SECONDS = Histogram(
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=REGISTRY,
 )
 
-CLAIMS_BUCKET = "dialtone_recordings"
+CLAIMS_BUCKET = subjects.RECORDINGS_BUCKET
 LEASE_RENEW_S = 2.0
 LEASE_S = 6.0
 SPOOL_FLUSH_S = 1.0
