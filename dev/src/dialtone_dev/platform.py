@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import os
 import secrets
 import signal
@@ -22,6 +23,7 @@ from pathlib import Path
 import aiohttp
 from dialtone_common.embedded import embedded_nats, embedded_postgres, free_port
 from dialtone_common.nats_auth import RunCredentials
+from pydantic import AliasChoices
 
 ROOT = Path(__file__).resolve().parents[3]
 SERVICES = {
@@ -101,6 +103,38 @@ class Service:
         return ""
 
 
+# Each service's settings class: every environment name it reads is one `make run` passes on.
+SETTINGS = {
+    "media-gateway": "dialtone_gateway.settings:GatewaySettings",
+    "realtime-bridge": "dialtone_bridge.settings:BridgeSettings",
+    "tool-runner": "dialtone_tools.settings:ToolSettings",
+    "transcript-writer": "dialtone_writer.settings:WriterSettings",
+    "admin-api": "dialtone_admin.settings:AdminSettings",
+}
+# Set by the platform whatever the environment says: where its servers and services are, and the
+# embedded NATS's credentials (``NATS_URL`` and ``DATABASE_URL`` given to ``make run`` are used as
+# the servers themselves; the ports come from ``make run``'s own settings). ``HOST`` is the admin
+# API's alias for ``ADMIN_HOST``, but some shells set it to the machine's name.
+MANAGED = frozenset({"NATS_URL", "NATS_USER", "NATS_PASSWORD", "DATABASE_URL", "GATEWAY_PORT", "ADMIN_PORT",
+                     "PORT", "METRICS_PORT", "HOST"})  # fmt: skip
+
+
+def setting_names(service: str) -> frozenset[str]:
+    """The environment names ``service`` reads (aliases included), from its settings class."""
+    module, _, cls = SETTINGS[service].partition(":")
+    settings = getattr(importlib.import_module(module), cls)
+    names: set[str] = set()
+    for field_name, info in settings.model_fields.items():
+        alias = info.validation_alias
+        if isinstance(alias, AliasChoices):
+            names.update(str(c).upper() for c in alias.choices)
+        elif isinstance(alias, str):
+            names.add(alias.upper())
+        else:
+            names.add(field_name.upper())
+    return frozenset(names)
+
+
 @dataclass
 class Platform:
     """Servers and services of one Dialtone installation.
@@ -132,6 +166,10 @@ class Platform:
     tools_module: str = str(ROOT / "examples" / "tools.py")
     echo: Callable[[str], None] | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
+    # `make run`: every setting of a service found in this process's environment reaches that
+    # service (AGENTS_DIR, OPENAI_LIVE_URL, MAX_CALLS, ...). Tests leave it off: their platforms are
+    # what the test says, whatever a developer's shell holds.
+    settings_from_environment: bool = False
     services: dict[str, Service] = field(default_factory=dict)
     _stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
 
@@ -227,6 +265,9 @@ class Platform:
             env |= twilio | {"DATABASE_URL": self.database_url or "", "ADMIN_TOKEN": self.admin_token,
                              "ADMIN_PORT": str(self.ports.admin), "PUBLIC_BASE_URL": public_base_url,
                              "RECORDINGS_DIR": str(self.data_dir / "recordings")}
+        if self.settings_from_environment:
+            names = setting_names(name) - MANAGED
+            env |= {k: v for k, v in os.environ.items() if k in names}
         return env | self.extra_env
 
     def _webhook_env(self) -> dict[str, str]:

@@ -143,6 +143,7 @@ async def run_platform() -> None:
             webhook_url=settings.webhook_url,
             webhook_secret=_secret(settings.webhook_secret),
             echo=lambda line: print(line, flush=True),
+            settings_from_environment=True,
         )
         await stack.enter_async_context(platform)
         write_private(
