@@ -75,6 +75,7 @@ from dialtone_bridge.engine import (
     SessionSpec,
     ToolCallRequested,
     Usage,
+    UsageUpdated,
 )
 from dialtone_bridge.heard import cut_text
 from dialtone_bridge.phase import Activity, Phase
@@ -264,6 +265,8 @@ class Conversation:
                 self._start_tool(ev.call_id, ev.name, ev.arguments, ev.item_id)
             case ReplyFinished():
                 await self._response_done(ev)
+            case UsageUpdated():
+                self._used("response", ev.ref, ev.usage.model or self.s.model.model, ev.usage)
             case EngineError():
                 self._error(ev)
 
@@ -310,10 +313,11 @@ class Conversation:
     def _used(self, source: str, ref: str, model: str, usage: Usage) -> None:
         """Record what a reply or transcription used: the session's event (engine-neutral: tokens
         by kind, seconds) and the token and cost counters by kind."""
-        tokens, costs = pricing.split(usage.tokens, self.s.ctx.settings.prices.get(model))
+        tokens, costs = pricing.split(usage.tokens, self.s.ctx.settings.prices.get(model), usage.seconds)
         for kind, n in tokens.items():
             m.TOKENS.labels(kind).inc(n)
-            m.COST.labels(kind).inc(costs[kind])
+        for kind, usd in costs.items():
+            m.COST.labels(kind).inc(usd)
         self.s.events.emit(
             UsageReported, source=source, ref=ref, model=model, seconds=usage.seconds,
             cost_usd=round(max(sum(costs.values()), 0.0), 8), tokens=tokens, costs=costs,
@@ -362,7 +366,7 @@ class Conversation:
         status = reply.status
         m.RESPONSES.labels(status).inc()
         if reply.usage is not None:
-            self._used("response", rid, self.s.model.model, reply.usage)
+            self._used("response", rid, reply.usage.model or self.s.model.model, reply.usage)
         calls: list[ToolRun] = []
         cancelled = rid in self._cancelled
         for item in reply.items:
@@ -575,6 +579,7 @@ class Conversation:
     async def _answer_tools(self, runs: list[ToolRun], spoke: bool) -> None:
         """Send every result of a response, then ask for the next response (without it the model
         falls silent after a tool call)."""
+        model = self.s.model
         filler = self.s.spawn(self._filler_after(self.s.ctx.settings.filler_after_s), "filler")
         try:
             replies = await asyncio.gather(*(r.task for r in runs))
@@ -583,7 +588,8 @@ class Conversation:
         if self.s.phase.is_ended:
             return  # the caller hung up while the tool ran: the result has nowhere to go
         for run, reply in zip(runs, replies, strict=True):
-            await self.s.model.tool_result(run.call_id, reply.output)
+            if self.s.model is model:  # (a handoff to another engine: the new one never made the call)
+                await self.s.model.tool_result(run.call_id, reply.output)
             self._tools.pop(run.call_id, None)
         phase = self.s.phase.phase
         if phase is Phase.TRANSFERRING:
@@ -615,7 +621,9 @@ class Conversation:
             await self.control.apply(action)
 
     async def handoff(self, to_agent: str) -> None:
-        """Another agent takes over: new instructions and tools, same audio formats and voice."""
+        """Another agent takes over: new instructions and tools, same audio formats and voice.
+        An agent on another engine, or on GPT-Live (whose instructions are fixed once a session
+        starts), takes over on a new connection that is given the conversation so far."""
         agents = self.s.ctx.agents.agents
         if to_agent not in agents or to_agent == self.agent.name:
             self.log.warning("handoff to unknown agent %s ignored", to_agent)
@@ -624,8 +632,11 @@ class Conversation:
             self.log.warning("agent %s may not hand off to %s", self.agent.name, to_agent)
             return
         previous, self.agent = self.agent, agents[to_agent]
-        # session_config keeps the voice: it cannot change once the caller has heard it.
-        await self.s.model.update(await self.spec())
+        if self.agent.engine != previous.engine or self.agent.engine == "live":
+            await self.s.switch_engine()
+        else:
+            # session_config keeps the voice: it cannot change once the caller has heard it.
+            await self.s.model.update(await self.spec())
         self.s.events.emit(AgentChanged, from_agent=previous.name, to_agent=to_agent)
         self.log.info("handoff %s -> %s", previous.name, to_agent)
 

@@ -29,6 +29,7 @@ from dialtone_bridge.callcontrol import CallControl
 from dialtone_bridge.context import BridgeContext
 from dialtone_bridge.conversation import Conversation
 from dialtone_bridge.engine import Closed, EngineUnavailable, ModelConnection
+from dialtone_bridge.live_engine import LiveConnection
 from dialtone_bridge.phase import CALL_GOES_ON, HANDED_OFF, HUNG_UP, LINE_STILL_OPEN, REPLACED, CallPhase
 from dialtone_bridge.playout import Playout
 from dialtone_bridge.publisher import EventPublisher
@@ -65,7 +66,7 @@ class CallSession:
         self._out_subject = subjects.call_out(offer.call_id, offer.stream_key)
         self.playout = Playout()
         self.turns = TurnLatency(on_measured=self._turn_measured)
-        self.model: ModelConnection = self._connection()
+        self.model: ModelConnection = self._connection(agent)
         self.ready = asyncio.Event()  # the model connection is open
         self.phase = CallPhase()
         self._backlog = bytearray()
@@ -93,10 +94,29 @@ class CallSession:
     def end_reason(self) -> str:
         return self.phase.end_reason
 
-    def _connection(self) -> ModelConnection:
+    def _connection(self, agent: Agent) -> ModelConnection:
+        """The agent's engine: GPT-Live (``engine = "live"``) or OpenAI Realtime."""
         s = self.ctx.settings
         key = s.openai_api_key.get_secret_value() if s.openai_api_key else None
+        if agent.engine == "live":
+            return LiveConnection(s.openai_live_url, agent.live_model, key, self.log)
         return RealtimeConnection(s.openai_realtime_url, s.openai_realtime_model, s.transcription_model, key, self.log)
+
+    async def switch_engine(self) -> None:
+        """A handoff to an agent the current connection cannot serve (another engine, or GPT-Live,
+        whose instructions are fixed at start): close it and open the new agent's, given the
+        conversation so far. The reader moves on to the new connection once it is open."""
+        old, self.model = self.model, self._connection(self.conversation.agent)
+        self.ready.clear()
+        self.log.info("handoff to agent %s: switching to a new %s connection",
+                      self.conversation.agent.name, self.conversation.agent.engine)
+        await old.close()
+        self.conversation.socket_lost()
+        try:
+            await self._connect(restore=True)
+        except EngineUnavailable as exc:
+            self.log.error("the new agent's model could not be reached: %s", exc)
+            self.end("realtime_unavailable")
 
     # ---- lifecycle -------------------------------------------------------------------------
     async def attach(self) -> None:
@@ -263,7 +283,8 @@ class CallSession:
             if not self.ready.is_set():
                 return
             cause = "closed"
-            async for event in self.model.events():
+            model = self.model
+            async for event in model.events():
                 if isinstance(event, Closed):
                     cause = event.cause
                     break
@@ -274,6 +295,13 @@ class CallSession:
                     m.REALTIME_ERRORS.labels("bad_event").inc()
                     self.log.error("could not handle %s: %r", type(event).__name__, exc)
             if self.ended.is_set():
+                return
+            if self.model is not model:  # a handoff switched engines: read the new connection
+                await self.ready.wait()
+                continue
+            if cause == "content_filter":  # the model's safety filter ended the session
+                self.log.warning("the model ended the session (content filter)")
+                self.end("content_filter")
                 return
             self.ready.clear()
             m.RECONNECTS.labels(cause.split(" ")[0]).inc()
