@@ -247,7 +247,8 @@ class Conversation:
                 await self._barge_in()
             case CallerSpeechStopped():
                 end = ev.audio_end_ms
-                self.s.turns.speech_stopped(self.s.clock.ms(), None if end is None else round(self.s.stream_ms(end), 1))
+                self.s.turns.speech_stopped(self.s.clock.ms() - ev.ago_ms,
+                                            None if end is None else round(self.s.stream_ms(end), 1))
                 self.control.speech_stopped()
             case ItemPlaced():
                 self._place(ev.item_id)

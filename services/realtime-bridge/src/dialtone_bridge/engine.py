@@ -55,9 +55,12 @@ class CallerSpeechStarted:
 
 @dataclass(frozen=True, slots=True)
 class CallerSpeechStopped:
-    """The caller stopped speaking: a turn begins."""
+    """The caller stopped speaking: a turn begins. ``ago_ms``: how long before this event they
+    stopped, for an engine that learns of it late (GPT-Live: a pause in the caller's transcript);
+    turn latency counts from then."""
 
     audio_end_ms: float | None
+    ago_ms: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

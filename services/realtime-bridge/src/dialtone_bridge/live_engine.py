@@ -12,8 +12,9 @@ when to stop. Its events say less than Realtime's, so this edge derives what the
   first voiced audio and ends after :data:`REPLY_GAP_S` without any (its trailing silence is never
   played); silence inside a reply is played. Its text is the output transcript's deltas.
 - **Caller speech.** There is no speech-started event and no transcript ``done``: the input
-  transcript's deltas open a caller turn (:class:`~engine.CallerSpeechStarted`) and a pause of the
-  agent's ``silence_duration_ms``, or the agent starting to reply, closes it
+  transcript's deltas open a caller turn (:class:`~engine.CallerSpeechStarted`) and a pause in them
+  (the agent's ``silence_duration_ms`` plus a margin, at least :data:`CALLER_GAP_S`), or the agent
+  starting to reply, closes it
   (:class:`~engine.CallerSpeechStopped`, then the line as :class:`~engine.CallerText`).
 - **Interruption.** The model stops by itself; nothing is truncated (``heard``/``forget`` are
   no-ops). When the caller speaks over a reply and the model's voiced output stops, the caller's
@@ -84,6 +85,7 @@ HISTORY_MESSAGES = 128  # GPT-Live's limit on a session's starting input
 HISTORY_TOKENS = 8192  # and its default limit on the tokens of that input (estimated here)
 REPLY_GAP_S = 0.8  # the model's output without voiced audio this long ends its reply
 YIELD_S = 0.2  # talked over, the model's voiced output stopped this long: it yielded to the caller
+CALLER_GAP_S = 0.8  # at least this long without caller transcript ends the caller's turn
 REPLY_WAIT_S = 15.0  # a reply asked for that has not begun after this is given up
 CLOSE_WAIT_S = 1.0  # on close, how long to wait for session.closed (its final usage)
 # session.closed reasons as the cause of a lost connection (the session reconnects, or ends the call
@@ -299,7 +301,7 @@ class LiveTurns:
         elif reply is not None and now - self.last_voiced >= REPLY_GAP_S:
             out += self._end_reply("completed")
         if self.caller is not None and now - self.caller.last >= self.caller_gap_s:
-            out += self._end_caller()
+            out += self._end_caller(now)
         if self.pending is not None and now - self.pending[1] >= REPLY_WAIT_S:
             request_id, _, instructions = self.pending
             self.pending = None
@@ -347,7 +349,7 @@ class LiveTurns:
             if not loud:
                 return out  # the model's idle output: silence
             if self.caller is not None:
-                out += self._end_caller()  # the agent answers: the caller's turn is over
+                out += self._end_caller(now)  # the agent answers: the caller's turn is over
             request = self.pending is not None
             self.pending = None
             reply = self.reply = _Reply(self._id("reply"), self._id("item"), request, text=self.agent_text)
@@ -401,7 +403,7 @@ class LiveTurns:
         item = ReplyItem("message", reply.item_id, "completed" if status == "completed" else "incomplete", text=text)
         return [AgentAudioDone(reply.item_id), AgentText(reply.item_id, text), ReplyFinished(reply.reply_id, status, (item,))]
 
-    def _end_caller(self) -> list[EngineEvent]:
+    def _end_caller(self, now: float) -> list[EngineEvent]:
         turn, self.caller = self.caller, None
         self.talked_over = False  # the model talked on through the caller's turn: no barge-in
         if turn is None:
@@ -409,7 +411,8 @@ class LiveTurns:
         text = "".join(turn.text).strip()
         out: list[EngineEvent] = []
         if turn.started:
-            out.append(CallerSpeechStopped(turn.end_ms))
+            # The caller stopped at their last words: turn latency counts from there.
+            out.append(CallerSpeechStopped(turn.end_ms, ago_ms=max(0.0, (now - turn.last) * 1000)))
         out.append(CallerText(turn.item_id, text, None if text else "empty transcript"))
         return out
 
@@ -494,7 +497,10 @@ class LiveConnection:
             ws = await open_socket(self.url, self._key)
             await ws.send(session_start(spec, self.model, history))
             session_id = await self._await_started(ws)
-            self._turns = LiveTurns(uuid.uuid4().hex[:8], spec.agent.silence_duration_ms / 1000, spec.agent.backend_model)
+            # Transcript fragments stop during a pause and the rest may come only once the model's
+            # own detection ends the utterance: the turn is over after the agent's silence and a margin.
+            gap = max(CALLER_GAP_S, spec.agent.silence_duration_ms / 1000 + 0.3)
+            self._turns = LiveTurns(uuid.uuid4().hex[:8], gap, spec.agent.backend_model)
             self._turns.session_id = session_id
             self._closed = asyncio.Event()
             self._calls.clear()
