@@ -170,3 +170,39 @@ async def test_barge_in_on_live_marks_the_line_interrupted_with_what_was_heard(
     assert [(line["role"], line["text"]) for line in lines[1:]] == [
         ("caller", "Sorry, I need billing."), ("agent", "Of course, one moment."),
     ]  # fmt: skip
+
+
+async def test_a_handoff_from_a_realtime_agent_to_a_live_agent_reconnects_with_the_history(
+    platform: Platform, realtime: RealtimeSimulator, live: LiveSimulator, admin: Admin
+):
+    """The lab agent (Realtime) hands the call to the live agent: its Realtime session closes, a
+    GPT-Live session starts with the conversation so far as input, and the live agent answers."""
+    from .conftest import LAB
+
+    realtime.scenario = Scenario(turns=[
+        Turn(caller="Put me through to the live desk.", agent="unused", tools=[ToolCall("handoff", {"agent": "live"})]),
+    ])  # fmt: skip
+    live.scenario = Scenario(turns=[Turn(caller=None, agent="unused"), Turn(caller=None, agent="Live desk here. How can I help?")])
+    realtime_before, live_before = len(realtime.sessions), len(live.sessions)
+    call = await dial(
+        platform.gateway_url, AUTH_TOKEN, public_base_url=platform.public_base_url, account_sid=ACCOUNT_SID,
+        from_=CALLER, to=LAB,
+    )  # fmt: skip
+    await call.wait_quiet(since=0, timeout=30)
+    await call.say("Put me through to the live desk.")
+    await call.wait_quiet(timeout=30)
+    await call.hangup()
+    session = await admin.session(call.call_sid)
+    assert [(a["from_agent"], a["to_agent"]) for a in session["agents"]] == [("lab", "live")]
+    assert await_closed(realtime.sessions[realtime_before])
+    (s,) = live.sessions[live_before:]
+    start = s.client_events[0]["session"]
+    assert [(i["role"], i["content"][0]["text"]) for i in start["input"]][-1] == ("user", "Put me through to the live desk.")
+    who = [(line["agent"], line["role"], line["text"]) for line in session["transcript"]]
+    assert who[0][:2] == ("lab", "agent") and who[1] == ("lab", "caller", "Put me through to the live desk.")
+    assert who[-1] == ("live", "agent", "Live desk here. How can I help?")
+    assert s.tool_outputs == []  # the handoff call was the Realtime session's, not answered on GPT-Live
+
+
+def await_closed(session) -> bool:  # noqa: ANN001 - a simulator session of either kind
+    return session.closed.is_set()

@@ -89,6 +89,7 @@ log = logging.getLogger("dialtone.bridge.conversation")
 BENIGN_ERRORS = {"conversation_already_has_active_response", "response_cancel_not_active"}
 # Said when the model failed to answer twice in a row, rather than leave the caller in silence.
 APOLOGY = "I'm sorry, I had a problem just now. Could you say that again?"
+HANDOFF_WAIT_S = 2.0  # a handoff to another connection waits this long at most for the caller's last words
 
 
 def _trim(recent: dict, keep: int = 64) -> None:
@@ -148,6 +149,7 @@ class Conversation:
         self.state = Activity.LISTENING
         self._catalog: dict[str, ToolSpec] = {}
         self.voice = agent.voice  # fixed once the caller has heard it, even across handoffs
+        self._untold = 0  # caller turns ended whose text has not come yet (a handoff waits for them)
 
     # ---- session -------------------------------------------------------------------------
     async def spec(self) -> SessionSpec:
@@ -214,6 +216,14 @@ class Conversation:
 
     def socket_lost(self) -> None:
         self.responses.reset()
+        self._untold = 0
+
+    async def caller_told(self, timeout: float) -> None:
+        """Until the text of every caller turn that ended has come (or ``timeout``): a connection
+        about to be replaced may still owe the caller's last words, which the new one must be given."""
+        async with asyncio.timeout(timeout):
+            while self._untold:  # noqa: ASYNC110 - a handoff, a few 20 ms polls at most
+                await asyncio.sleep(0.02)
 
     # ---- ordering ------------------------------------------------------------------------
     def _place(self, item_id: str) -> int:
@@ -247,12 +257,14 @@ class Conversation:
                 await self._barge_in()
             case CallerSpeechStopped():
                 end = ev.audio_end_ms
+                self._untold += 1
                 self.s.turns.speech_stopped(self.s.clock.ms() - ev.ago_ms,
                                             None if end is None else round(self.s.stream_ms(end), 1))
                 self.control.speech_stopped()
             case ItemPlaced():
                 self._place(ev.item_id)
             case CallerText():
+                self._untold = max(0, self._untold - 1)
                 self._caller_said(ev)
             case RateLimits():
                 for name, remaining in ev.remaining.items():
@@ -632,8 +644,14 @@ class Conversation:
         if self.agent.handoffs and to_agent not in self.agent.handoffs:
             self.log.warning("agent %s may not hand off to %s", self.agent.name, to_agent)
             return
+        switching = agents[to_agent].engine != self.agent.engine or agents[to_agent].engine == "live"
+        if switching:
+            # The new connection is given the conversation so far: the caller's last words too,
+            # which the old one may still owe (their lines stay the old agent's).
+            with contextlib.suppress(TimeoutError):
+                await self.caller_told(HANDOFF_WAIT_S)
         previous, self.agent = self.agent, agents[to_agent]
-        if self.agent.engine != previous.engine or self.agent.engine == "live":
+        if switching:
             await self.s.switch_engine()
         else:
             # session_config keeps the voice: it cannot change once the caller has heard it.

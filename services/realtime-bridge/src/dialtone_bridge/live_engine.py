@@ -211,6 +211,9 @@ def response_create(event_id: str | None = None) -> str:
 
 
 SESSION_CLOSE = '{"type":"session.close"}'
+# A session started from history (a handoff from another engine) asked to reply with nothing to
+# continue: the model is told to carry on, or it might wait for the caller to speak first.
+CARRY_ON = "You have just taken over this call. Answer the caller's last message now."
 
 
 # ---- server events ---------------------------------------------------------------------------
@@ -490,6 +493,7 @@ class LiveConnection:
         self._turns = LiveTurns(uuid.uuid4().hex[:8], 0.5, "")
         self._closed = asyncio.Event()
         self._calls: set[str] = set()  # function calls of this session awaiting their output
+        self._resumed = False  # started from history, not yet asked to reply
 
     async def open(self, spec: SessionSpec, history: Sequence[HistoryLine] = ()) -> None:
         ws = None
@@ -504,6 +508,7 @@ class LiveConnection:
             self._turns.session_id = session_id
             self._closed = asyncio.Event()
             self._calls.clear()
+            self._resumed = bool(history)
             self._ws, ws, self._spec = ws, None, spec
         except (OSError, InvalidHandshake, InvalidStatus, ConnectionClosed, TimeoutError, ValueError, KeyError) as exc:
             raise EngineUnavailable(str(exc) or type(exc).__name__) from exc
@@ -600,11 +605,14 @@ class LiveConnection:
         if self._ws is None:
             return False
         turns = self._turns
+        resumed, self._resumed = self._resumed, False
         if instructions:
             sent = await self._send(commentary(instructions, request_id))
         elif turns.outputs_waiting:
             sent = await self._send(response_create(request_id))
             turns.outputs_waiting = not sent
+        elif resumed:
+            sent = await self._send(commentary(CARRY_ON, request_id))
         else:
             sent = True
         if sent:
