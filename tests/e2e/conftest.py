@@ -1,5 +1,6 @@
 """End-to-end fixtures: the five services as real processes, with the Twilio edge, the Twilio
-REST API and the OpenAI Realtime API simulated. One platform serves the whole session (starting
+REST API, the OpenAI Realtime API and OpenAI GPT-Live simulated (the ``live`` agent answers on
+GPT-Live, every other one on Realtime). One platform serves the whole session (starting
 five Python processes takes seconds); each test sets the simulator's scenario it needs."""
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import pytest
 import pytest_asyncio
 from dialtone_common.nats_auth import SERVICE_USERS
 from dialtone_dev.platform import Platform, Ports
+from dialtone_sim.live import LiveSimulator
 from dialtone_sim.polling import poll
 from dialtone_sim.realtime import RealtimeSimulator
 from dialtone_sim.twilio_api import FakeTwilioApi
@@ -25,6 +27,7 @@ LAB = "+15005550096"  # all tools, long greeting, no idle prompts
 QUICK = "+15005550099"  # idle prompts after 1.5 s, two prompts
 BRIEF = "+15005550098"  # calls last at most 6 s
 ANSWERPHONE = "+15005550097"  # hangs up on voicemail
+LIVE = "+15005550095"  # the GPT-Live agent (engine = "live"), all tools
 
 TEST_AGENTS = {
     "lab": f"""
@@ -60,6 +63,19 @@ voicemail = "hangup"
 [limits]
 idle_prompt_s = 0
 """,
+    "live": f"""
+numbers = ["{LIVE}"]
+engine = "live"
+live_model = "gpt-live-1.1"
+backend_model = "gpt-5.4-mini"
+backend_instructions = "Look callers up by phone number before answering account questions. Set the outcome before the call ends."
+voice = "marin"
+tools = "*"
+greeting = "Thanks for calling Acme live support. How can I help you today?"
+[limits]
+idle_prompt_s = 0
+max_duration_s = 0
+""",
 }
 
 
@@ -81,6 +97,12 @@ async def realtime() -> AsyncIterator[RealtimeSimulator]:
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def live() -> AsyncIterator[LiveSimulator]:
+    async with LiveSimulator(api_key="sk-test-e2e") as sim:
+        yield sim
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def twilio_api() -> AsyncIterator[FakeTwilioApi]:
     async with FakeTwilioApi(ACCOUNT_SID, AUTH_TOKEN) as api:
         yield api
@@ -88,7 +110,8 @@ async def twilio_api() -> AsyncIterator[FakeTwilioApi]:
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def platform(
-    tmp_root: Path, database_url: str, realtime: RealtimeSimulator, twilio_api: FakeTwilioApi
+    tmp_root: Path, database_url: str, realtime: RealtimeSimulator, live: LiveSimulator,
+    twilio_api: FakeTwilioApi,
 ) -> AsyncIterator[Platform]:
     """The platform with its own embedded NATS, which asks every client for credentials: each
     service connects as its own user, held to its permissions (dialtone_common.nats_auth)."""
@@ -97,6 +120,7 @@ async def platform(
         ports=Ports.free(),
         database_url=database_url,
         realtime_url=realtime.url,
+        live_url=live.url,
         openai_api_key="sk-test-e2e",
         twilio_auth_token=AUTH_TOKEN,
         twilio_account_sid=ACCOUNT_SID,

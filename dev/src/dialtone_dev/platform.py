@@ -154,6 +154,7 @@ class Platform:
     nats_credentials: RunCredentials | None = None
     database_url: str | None = None
     realtime_url: str | None = None
+    live_url: str | None = None  # GPT-Live (agents with engine = "live")
     openai_api_key: str | None = None
     twilio_auth_token: str = ""
     twilio_account_sid: str = ""
@@ -252,6 +253,8 @@ class Platform:
             env |= twilio | {"AGENTS_DIR": str(self.agents_dir), "METRICS_PORT": str(self.ports.bridge)}
             if self.realtime_url:
                 env["OPENAI_REALTIME_URL"] = self.realtime_url
+            if self.live_url:
+                env["OPENAI_LIVE_URL"] = self.live_url
             if self.openai_api_key:
                 env["OPENAI_API_KEY"] = self.openai_api_key
         elif name == "tool-runner":

@@ -1,7 +1,8 @@
 """``make run``: the whole platform on this machine, from nothing.
 
 Embedded NATS and PostgreSQL when no URLs are set, migrations, the five services, and the Realtime
-simulator when ``OPENAI_API_KEY`` is unset. Writes ``.dialtone/run.json`` for ``make call``.
+and GPT-Live simulators when ``OPENAI_API_KEY`` is unset (agents with ``engine = "live"`` talk to
+the second). Writes ``.dialtone/run.json`` for ``make call``.
 Ctrl-C stops everything in order.
 
 The data directory is private (0700) and so are the two files in it that ``make call`` reads, from
@@ -97,7 +98,7 @@ def _banner(p: Platform, simulated: bool) -> str:
         lines += [
             "",
             "!" * 72,
-            "!!  OPENAI_API_KEY is not set: calls talk to Dialtone's OpenAI Realtime SIMULATOR,",
+            "!!  OPENAI_API_KEY is not set: calls talk to Dialtone's OpenAI Realtime (and GPT-Live) SIMULATOR,",
             "!!  a scripted stand-in. Set OPENAI_API_KEY to talk to the real model.",
             "!" * 72,
         ]
@@ -125,6 +126,14 @@ async def run_platform() -> None:
             await stack.enter_async_context(sim)
             realtime_url = sim.url
             print(f"OpenAI Realtime simulator listening at {sim.url}", flush=True)
+        live_url = settings.openai_live_url
+        if not api_key and not live_url:
+            from dialtone_sim.live import LiveSimulator
+
+            live = LiveSimulator(scenario(), port=settings.live_simulator_port, validate=True)
+            await stack.enter_async_context(live)
+            live_url = live.url
+            print(f"OpenAI GPT-Live simulator listening at {live.url}", flush=True)
         platform = Platform(
             data_dir=data_dir,
             ports=Ports(
@@ -134,6 +143,7 @@ async def run_platform() -> None:
             nats_url=settings.nats_url,
             database_url=settings.database_url,
             realtime_url=realtime_url,
+            live_url=live_url,
             openai_api_key=api_key,
             twilio_auth_token=_secret(settings.twilio_auth_token) or saved["twilio_auth_token"],
             twilio_account_sid=settings.twilio_account_sid or saved["twilio_account_sid"],

@@ -16,6 +16,7 @@ class DevSettings(BaseSettings):
     database_url: str | None = None
     openai_api_key: SecretStr | None = None
     openai_realtime_url: str | None = None
+    openai_live_url: str | None = None
     public_base_url: str | None = None
     twilio_auth_token: SecretStr | None = Field(
         default=None,
@@ -32,6 +33,7 @@ class DevSettings(BaseSettings):
         description="embedded servers' data, logs, run.json and secrets.json; private to its owner (0700)",
     )
     simulator_port: int = 8765
+    live_simulator_port: int = 8766
     gateway_port: int = 8000
     admin_port: int = 8001
     bridge_metrics_port: int = 9101

@@ -1,7 +1,11 @@
 """Agent definitions: one folder per agent under ``AGENTS_DIR``.
 
-    agents/<name>/agent.toml   voice, language, numbers, tools, greeting, limits, ...
+    agents/<name>/agent.toml   voice, language, numbers, tools, greeting, limits, engine, ...
     agents/<name>/system.md    the instructions (the seed's system prompt)
+
+``engine`` chooses the voice engine that answers for the agent: ``"realtime"`` (OpenAI Realtime,
+the default) or ``"live"`` (OpenAI GPT-Live: ``live_model``, and the backend its tools are
+delegated to, ``backend_model`` with ``backend_instructions``; see ``live_engine.py``).
 
 The dialled number chooses the agent (``numbers``); an agent named in the call's parameters wins;
 otherwise the agent with ``default = true`` (or the only one) answers.
@@ -22,6 +26,11 @@ SILENCE_BY_LANGUAGE_MS: dict[str, int] = {
     "en": 500, "es": 600, "pt": 600, "fr": 600, "it": 600, "de": 600, "nl": 550,
     "ja": 700, "zh": 700, "ko": 650, "hi": 650, "ar": 650,
 }
+
+
+ENGINES = ("realtime", "live")
+DEFAULT_LIVE_MODEL = "gpt-live-1.1"
+DEFAULT_BACKEND_MODEL = "gpt-5.4-mini"
 
 
 class AgentError(ValueError):
@@ -58,6 +67,12 @@ class Agent:
     filler: str = "One moment, I'm still checking that for you."
     # Said when another bridge takes the call over after this one's bridge was lost.
     resumed: str = "Sorry, the line dropped for a moment. Please go on."
+    engine: Literal["realtime", "live"] = "realtime"
+    # GPT-Live only: the live model, and the Responses model its tools are delegated to, with that
+    # model's own instructions (unset: the agent's instructions, system.md).
+    live_model: str = DEFAULT_LIVE_MODEL
+    backend_model: str = DEFAULT_BACKEND_MODEL
+    backend_instructions: str | None = None
 
     @property
     def silence_duration_ms(self) -> int:
@@ -119,6 +134,8 @@ def load_agent(folder: Path) -> Agent:
     unknown = set(raw) - known
     if unknown:
         raise AgentError(f"agent {folder.name}: unknown settings {sorted(unknown)}")
+    if raw.get("engine", "realtime") not in ENGINES:
+        raise AgentError(f"agent {folder.name}: engine must be one of {list(ENGINES)}, not {raw['engine']!r}")
     for key in ("numbers", "handoffs"):
         if key in raw:
             raw[key] = tuple(raw[key])

@@ -75,6 +75,7 @@ from dialtone_bridge.engine import (
     SessionSpec,
     ToolCallRequested,
     Usage,
+    UsageUpdated,
 )
 from dialtone_bridge.engines import session_spec
 from dialtone_bridge.heard import cut_text
@@ -89,6 +90,7 @@ log = logging.getLogger("dialtone.bridge.conversation")
 BENIGN_ERRORS = {"conversation_already_has_active_response", "response_cancel_not_active"}
 # Said when the model failed to answer twice in a row, rather than leave the caller in silence.
 APOLOGY = "I'm sorry, I had a problem just now. Could you say that again?"
+HANDOFF_WAIT_S = 2.0  # a handoff to another connection waits this long at most for the caller's last words
 
 
 def _trim(recent: dict, keep: int = 64) -> None:
@@ -148,6 +150,7 @@ class Conversation:
         self.state = Activity.LISTENING
         self._catalog: dict[str, ToolSpec] = {}
         self.voice = agent.voice  # fixed once the caller has heard it, even across handoffs
+        self._untold = 0  # caller turns ended whose text has not come yet (a handoff waits for them)
 
     # ---- session -------------------------------------------------------------------------
     async def spec(self) -> SessionSpec:
@@ -212,6 +215,14 @@ class Conversation:
 
     def socket_lost(self) -> None:
         self.responses.reset()
+        self._untold = 0
+
+    async def caller_told(self, timeout: float) -> None:
+        """Until the text of every caller turn that ended has come (or ``timeout``): a connection
+        about to be replaced may still owe the caller's last words, which the new one must be given."""
+        async with asyncio.timeout(timeout):
+            while self._untold:  # noqa: ASYNC110 - a handoff, a few 20 ms polls at most
+                await asyncio.sleep(0.02)
 
     # ---- ordering ------------------------------------------------------------------------
     def _place(self, item_id: str) -> int:
@@ -245,11 +256,14 @@ class Conversation:
                 await self._barge_in()
             case CallerSpeechStopped():
                 end = ev.audio_end_ms
-                self.s.turns.speech_stopped(self.s.clock.ms(), None if end is None else round(self.s.stream_ms(end), 1))
+                self._untold += 1
+                self.s.turns.speech_stopped(self.s.clock.ms() - ev.ago_ms,
+                                            None if end is None else round(self.s.stream_ms(end), 1))
                 self.control.speech_stopped()
             case ItemPlaced():
                 self._place(ev.item_id)
             case CallerText():
+                self._untold = max(0, self._untold - 1)
                 self._caller_said(ev)
             case RateLimits():
                 for name, remaining in ev.remaining.items():
@@ -263,6 +277,8 @@ class Conversation:
                 self._start_tool(ev.call_id, ev.name, ev.arguments, ev.item_id)
             case ReplyFinished():
                 await self._response_done(ev)
+            case UsageUpdated():
+                self._used("response", ev.ref, ev.usage.model or self.s.model.model, ev.usage)
             case EngineError():
                 self._error(ev)
 
@@ -309,10 +325,11 @@ class Conversation:
     def _used(self, source: str, ref: str, model: str, usage: Usage) -> None:
         """Record what a reply or transcription used: the session's event (engine-neutral: tokens
         by kind, seconds) and the token and cost counters by kind."""
-        tokens, costs = pricing.split(usage.tokens, self.s.ctx.settings.prices.get(model))
+        tokens, costs = pricing.split(usage.tokens, self.s.ctx.settings.prices.get(model), usage.seconds)
         for kind, n in tokens.items():
             m.TOKENS.labels(kind).inc(n)
-            m.COST.labels(kind).inc(costs[kind])
+        for kind, usd in costs.items():
+            m.COST.labels(kind).inc(usd)
         self.s.events.emit(
             UsageReported, source=source, ref=ref, model=model, seconds=usage.seconds,
             cost_usd=round(max(sum(costs.values()), 0.0), 8), tokens=tokens, costs=costs,
@@ -361,7 +378,7 @@ class Conversation:
         status = reply.status
         m.RESPONSES.labels(status).inc()
         if reply.usage is not None:
-            self._used("response", rid, self.s.model.model, reply.usage)
+            self._used("response", rid, reply.usage.model or self.s.model.model, reply.usage)
         calls: list[ToolRun] = []
         cancelled = rid in self._cancelled
         for item in reply.items:
@@ -574,6 +591,7 @@ class Conversation:
     async def _answer_tools(self, runs: list[ToolRun], spoke: bool) -> None:
         """Send every result of a response, then ask for the next response (without it the model
         falls silent after a tool call)."""
+        model = self.s.model
         filler = self.s.spawn(self._filler_after(self.s.ctx.settings.filler_after_s), "filler")
         try:
             replies = await asyncio.gather(*(r.task for r in runs))
@@ -582,7 +600,8 @@ class Conversation:
         if self.s.phase.is_ended:
             return  # the caller hung up while the tool ran: the result has nowhere to go
         for run, reply in zip(runs, replies, strict=True):
-            await self.s.model.tool_result(run.call_id, reply.output)
+            if self.s.model is model:  # (a handoff to another engine: the new one never made the call)
+                await self.s.model.tool_result(run.call_id, reply.output)
             self._tools.pop(run.call_id, None)
         phase = self.s.phase.phase
         if phase is Phase.TRANSFERRING:
@@ -614,7 +633,9 @@ class Conversation:
             await self.control.apply(action)
 
     async def handoff(self, to_agent: str) -> None:
-        """Another agent takes over: new instructions and tools, same audio formats and voice."""
+        """Another agent takes over: new instructions and tools, same audio formats and voice.
+        An agent on another engine, or on GPT-Live (whose instructions are fixed once a session
+        starts), takes over on a new connection that is given the conversation so far."""
         agents = self.s.ctx.agents.agents
         if to_agent not in agents or to_agent == self.agent.name:
             self.log.warning("handoff to unknown agent %s ignored", to_agent)
@@ -622,9 +643,18 @@ class Conversation:
         if self.agent.handoffs and to_agent not in self.agent.handoffs:
             self.log.warning("agent %s may not hand off to %s", self.agent.name, to_agent)
             return
+        switching = agents[to_agent].engine != self.agent.engine or agents[to_agent].engine == "live"
+        if switching:
+            # The new connection is given the conversation so far: the caller's last words too,
+            # which the old one may still owe (their lines stay the old agent's).
+            with contextlib.suppress(TimeoutError):
+                await self.caller_told(HANDOFF_WAIT_S)
         previous, self.agent = self.agent, agents[to_agent]
-        # session_config keeps the voice: it cannot change once the caller has heard it.
-        await self.s.model.update(await self.spec())
+        if switching:
+            await self.s.switch_engine()
+        else:
+            # session_config keeps the voice: it cannot change once the caller has heard it.
+            await self.s.model.update(await self.spec())
         self.s.events.emit(AgentChanged, from_agent=previous.name, to_agent=to_agent)
         self.log.info("handoff %s -> %s", previous.name, to_agent)
 

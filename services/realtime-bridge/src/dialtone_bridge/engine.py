@@ -1,8 +1,9 @@
 """The one seam between a call and a voice model: what a model connection yields and what it takes.
 
-A voice engine (OpenAI Realtime today; ``realtime_engine.py``) is an implementation of
-:class:`ModelConnection`. It turns the provider's JSON into the engine-neutral events below at its
-edge, and the engine-neutral commands into the provider's JSON; nothing past it sees provider JSON.
+A voice engine (OpenAI Realtime, ``realtime_engine.py``; OpenAI GPT-Live, ``live_engine.py``) is
+an implementation of :class:`ModelConnection`. It turns the provider's JSON into the engine-neutral
+events below at its edge, and the engine-neutral commands into the provider's JSON; nothing past it
+sees provider JSON. Each agent chooses its engine (``engine`` in agent.toml).
 The conversation (``conversation.py``) is written once against these types: turns, fillers, limits,
 DTMF, goodbye, transfer, voicemail, handoff and recovery work the same on every engine.
 
@@ -32,10 +33,13 @@ ReplyStatus = Literal["completed", "cancelled", "failed", "incomplete"]
 class Usage:
     """What one model answer (or transcription, or stretch of session) used, engine-neutrally:
     tokens by billing kind (``pricing.KINDS``: text_in, text_cached, audio_in, audio_cached,
-    text_out, audio_out) and, for engines billed by time, seconds of session."""
+    text_out, audio_out) and, for engines billed by time, seconds of session. ``model`` names the
+    model that used it when that is not the connection's own (a backend model the engine delegates
+    to); it is priced under that model."""
 
     tokens: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    model: str | None = None
 
 
 # ---- what a connection yields ----------------------------------------------------------------
@@ -51,9 +55,12 @@ class CallerSpeechStarted:
 
 @dataclass(frozen=True, slots=True)
 class CallerSpeechStopped:
-    """The caller stopped speaking: a turn begins."""
+    """The caller stopped speaking: a turn begins. ``ago_ms``: how long before this event they
+    stopped, for an engine that learns of it late (GPT-Live: a pause in the caller's transcript);
+    turn latency counts from then."""
 
     audio_end_ms: float | None
+    ago_ms: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +144,15 @@ class ReplyFinished:
 
 
 @dataclass(frozen=True, slots=True)
+class UsageUpdated:
+    """Usage that belongs to no one reply: a stretch of session time (an engine billed by the
+    second), or a backend model's tokens. ``ref`` names it in the call's usage records."""
+
+    ref: str
+    usage: Usage
+
+
+@dataclass(frozen=True, slots=True)
 class EngineError:
     """The engine refused or failed something; ``request_id`` names our request when it is one."""
 
@@ -159,7 +175,8 @@ class Closed:
 
 EngineEvent = (
     CallerSpeechStarted | CallerSpeechStopped | ItemPlaced | CallerText | ReplyStarted | AgentAudio
-    | AgentAudioDone | AgentText | ToolCallRequested | ReplyFinished | EngineError | RateLimits | Closed
+    | AgentAudioDone | AgentText | ToolCallRequested | ReplyFinished | UsageUpdated | EngineError | RateLimits
+    | Closed
 )
 
 

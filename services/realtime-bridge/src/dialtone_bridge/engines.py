@@ -7,13 +7,17 @@ import logging
 from dialtone_bridge.agents import Agent
 from dialtone_bridge.context import BridgeContext
 from dialtone_bridge.engine import ModelConnection, SessionSpec
+from dialtone_bridge.live_engine import LiveConnection
 from dialtone_bridge.realtime_engine import RealtimeConnection
 
 
 def model_connection(ctx: BridgeContext, agent: Agent, log: logging.LoggerAdapter) -> ModelConnection:
-    """A new (unopened) connection to the model that serves ``agent``."""
+    """A new (unopened) connection to the agent's engine: GPT-Live (``engine = "live"``) or
+    OpenAI Realtime."""
     s = ctx.settings
     key = s.openai_api_key.get_secret_value() if s.openai_api_key else None
+    if agent.engine == "live":
+        return LiveConnection(s.openai_live_url, agent.live_model, key, log)
     return RealtimeConnection(s.openai_realtime_url, s.openai_realtime_model, s.transcription_model, key, log)
 
 

@@ -19,7 +19,9 @@ import asyncio
 import enum
 
 # Ends after which the caller may still be on the line: the bridge must free it.
-LINE_STILL_OPEN = frozenset({"bridge_shutdown", "bridge_error", "stream_lost", "realtime_unavailable", "realtime_lost"})
+LINE_STILL_OPEN = frozenset({
+    "bridge_shutdown", "bridge_error", "stream_lost", "realtime_unavailable", "realtime_lost", "content_filter",
+})
 # The gateway gave the call to another bridge (this one was silent too long): it goes on there, so
 # this bridge neither frees the line nor reports the call ended.
 REPLACED = "bridge_replaced"

@@ -7,6 +7,9 @@ and dollars by kind in its ``usage.reported`` event; the writer and the admin AP
 from __future__ import annotations
 
 KINDS = ("text_in", "text_cached", "audio_in", "audio_cached", "text_out", "audio_out")
+# Engines billed by time (GPT-Live): the price table's ``session_seconds`` is USD per second of
+# session, and a usage's seconds are priced and reported under this kind.
+SECONDS = "session_seconds"
 
 
 def cost_by_kind(tokens: dict[str, int], prices: dict[str, float] | None) -> dict[str, float]:
@@ -22,9 +25,15 @@ def cost_usd(tokens: dict[str, int], prices: dict[str, float] | None) -> float:
     return round(max(sum(cost_by_kind(tokens, prices).values()), 0.0), 8)
 
 
-def split(counts: dict[str, int], prices: dict[str, float] | None) -> tuple[dict[str, int], dict[str, float]]:
+def split(
+    counts: dict[str, int], prices: dict[str, float] | None, seconds: float = 0.0
+) -> tuple[dict[str, int], dict[str, float]]:
     """Tokens and USD by kind, kinds with no tokens left out (the event's ``tokens`` and ``costs``).
+    ``seconds`` of session are priced per second (:data:`SECONDS`), a cost with no tokens.
     Dollars are rounded to 1e-12, far below a cent, so they stay exact sums."""
     tokens = {kind: n for kind, n in counts.items() if n}
     prices = prices or {}
-    return tokens, {kind: round(n * prices.get(kind, 0) / 1_000_000, 12) for kind, n in tokens.items()}
+    costs = {kind: round(n * prices.get(kind, 0) / 1_000_000, 12) for kind, n in tokens.items()}
+    if seconds > 0:
+        costs[SECONDS] = round(seconds * prices.get(SECONDS, 0), 12)
+    return tokens, costs

@@ -84,6 +84,10 @@ class CallLine(Protocol):
 
     def end(self, reason: str) -> None: ...
 
+    async def switch_engine(self) -> None:
+        """The conversation's agent changed engine: a new connection with the conversation so far."""
+        ...
+
 
 class Talk(Protocol):
     """What the call control uses of the conversation."""

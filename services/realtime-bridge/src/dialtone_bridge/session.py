@@ -98,6 +98,22 @@ class CallSession:
     def end_reason(self) -> str:
         return self.phase.end_reason
 
+    async def switch_engine(self) -> None:
+        """A handoff to an agent the current connection cannot serve (another engine, or GPT-Live,
+        whose instructions are fixed at start): close it and open the new agent's, given the
+        conversation so far. The reader moves on to the new connection once it is open."""
+        old, self.model = self.model, model_connection(self.ctx, self.conversation.agent, self.log)
+        self.ready.clear()
+        self.log.info("handoff to agent %s: switching to a new %s connection",
+                      self.conversation.agent.name, self.conversation.agent.engine)
+        await old.close()
+        self.conversation.socket_lost()
+        try:
+            await self._connect(restore=True)
+        except EngineUnavailable as exc:
+            self.log.error("the new agent's model could not be reached: %s", exc)
+            self.end("realtime_unavailable")
+
     # ---- lifecycle -------------------------------------------------------------------------
     async def attach(self) -> None:
         """Subscribe to the caller's frames. Called before the claim is answered, so no frame
@@ -282,7 +298,8 @@ class CallSession:
             if not self.ready.is_set():
                 return
             cause = "closed"
-            async for event in self.model.events():
+            model = self.model
+            async for event in model.events():
                 if isinstance(event, Closed):
                     cause = event.cause
                     break
@@ -293,6 +310,13 @@ class CallSession:
                     m.REALTIME_ERRORS.labels("bad_event").inc()
                     self.log.error("could not handle %s: %r", type(event).__name__, exc)
             if self.ended.is_set():
+                return
+            if self.model is not model:  # a handoff switched engines: read the new connection
+                await self.ready.wait()
+                continue
+            if cause == "content_filter":  # the model's safety filter ended the session
+                self.log.warning("the model ended the session (content filter)")
+                self.end("content_filter")
                 return
             self.ready.clear()
             m.RECONNECTS.labels(cause.split(" ")[0]).inc()

@@ -11,7 +11,8 @@ from pydantic import Field, SecretStr
 # are billed at the cached price. The default model is the current GA flagship, gpt-realtime-2.1
 # (gpt-realtime and gpt-realtime-mini retire in January 2027); the older models keep their prices for
 # calls still made with them. A transcription usage with no per-modality split is billed as audio in,
-# text out. Override the whole table with the PRICES setting (JSON, same shape).
+# text out. GPT-Live models are priced per second of session (kind ``session_seconds``, USD per second).
+# Override the whole table with the PRICES setting (JSON, same shape).
 DEFAULT_MODEL = "gpt-realtime-2.1"
 _REALTIME = {"text_in": 4.0, "text_cached": 0.40, "audio_in": 32.0, "audio_cached": 0.40, "audio_out": 64.0}
 _MINI = {"text_in": 0.60, "text_cached": 0.06, "text_out": 2.40, "audio_in": 10.0, "audio_cached": 0.30,
@@ -23,6 +24,10 @@ DEFAULT_PRICES: dict[str, dict[str, float]] = {
     "gpt-realtime-1.5": {**_REALTIME, "text_out": 16.0},
     "gpt-realtime": {**_REALTIME, "text_out": 16.0},
     "gpt-realtime-mini": dict(_MINI),
+    # GPT-Live bills the session by the second ($0.05 per active minute); the backend model it
+    # delegates to bills its tokens under its own entry (add one to PRICES for the backend you use).
+    "gpt-live-1.1": {"session_seconds": 0.05 / 60},
+    "gpt-live-1": {"session_seconds": 0.05 / 60},
     "gpt-4o-mini-transcribe": {
         "text_in": 1.25, "text_cached": 1.25, "text_out": 5.0,
         "audio_in": 3.0, "audio_cached": 3.0, "audio_out": 0.0,
@@ -34,6 +39,9 @@ class BridgeSettings(ServiceSettings):
     openai_api_key: SecretStr | None = Field(default=None, description="unset: talk to a simulator")
     openai_realtime_url: str = "wss://api.openai.com/v1/realtime"
     openai_realtime_model: str = DEFAULT_MODEL
+    openai_live_url: str = Field(
+        default="wss://api.openai.com/v1/live/sessions", description="GPT-Live WebSocket URL (agents with engine = \"live\")"
+    )
     transcription_model: str = "gpt-4o-mini-transcribe"
     agents_dir: Path = Field(default=Path("agents"), description="one folder per agent: agent.toml, system.md")
     metrics_port: int = 9101

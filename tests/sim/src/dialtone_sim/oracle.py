@@ -1,9 +1,11 @@
-"""The official SDK's Realtime event types used as a strict test oracle.
+"""The official SDK's Realtime and GPT-Live event types used as a strict test oracle.
 
 The ``openai`` pydantic models accept unknown keys (they land in ``model_extra``), so validating
 alone would let a misspelt or beta-era field through. :func:`check_client_event` and
 :func:`check_server_event` validate with ``TypeAdapter`` and then walk the result, rejecting any
-extra key at any depth. The Realtime simulator and the end-to-end tests both use them.
+extra key at any depth. The Realtime simulator and the end-to-end tests both use them;
+:func:`check_live_client_event` and :func:`check_live_server_event` do the same with GPT-Live's
+``openai.types.live`` (the GPT-Live simulator, the live engine's unit tests).
 """
 
 from __future__ import annotations
@@ -13,9 +15,16 @@ import typing
 from typing import Any
 
 import pydantic
+from openai.types.live import ClientEvent as LiveClientEvent
+from openai.types.live import ServerEvent as LiveServerEvent
 from openai.types.realtime import RealtimeClientEvent, RealtimeServerEvent
 
-__all__ = ["OracleError", "check_client_event", "check_server_event"]
+__all__ = ["OracleError", "check_client_event", "check_live_client_event", "check_live_server_event", "check_server_event"]
+
+_UNIONS: dict[str, Any] = {
+    "client": RealtimeClientEvent, "server": RealtimeServerEvent,
+    "live client": LiveClientEvent, "live server": LiveServerEvent,
+}  # fmt: skip
 
 
 class OracleError(ValueError):
@@ -35,7 +44,7 @@ class OracleError(ValueError):
 
 @functools.cache
 def _adapter(kind: str) -> pydantic.TypeAdapter:
-    return pydantic.TypeAdapter(RealtimeClientEvent if kind == "client" else RealtimeServerEvent)
+    return pydantic.TypeAdapter(_UNIONS[kind])
 
 
 def _extras(value: Any, path: str) -> list[str]:
@@ -58,7 +67,7 @@ def _extras(value: Any, path: str) -> list[str]:
 @functools.cache
 def _types(kind: str) -> frozenset[str]:
     """The ``type`` literals of every member of the client or server event union."""
-    union = typing.get_args(RealtimeClientEvent if kind == "client" else RealtimeServerEvent)[0]
+    union = typing.get_args(_UNIONS[kind])[0]
     return frozenset(typing.get_args(m.model_fields["type"].annotation)[0] for m in typing.get_args(union))
 
 
@@ -99,3 +108,13 @@ def check_client_event(event: dict) -> None:
 def check_server_event(event: dict) -> None:
     """Raise :class:`OracleError` (a ValueError) unless ``event`` is a valid GA server event."""
     _check("server", event)
+
+
+def check_live_client_event(event: dict) -> None:
+    """Raise :class:`OracleError` unless ``event`` is a valid GPT-Live client event."""
+    _check("live client", event)
+
+
+def check_live_server_event(event: dict) -> None:
+    """Raise :class:`OracleError` unless ``event`` is a valid GPT-Live server event."""
+    _check("live server", event)
