@@ -15,6 +15,7 @@ import pytest_asyncio
 from dialtone_dev.platform import Platform, Ports
 from dialtone_sim.polling import poll
 from dialtone_sim.realtime import RealtimeSimulator
+from dialtone_sim.responses_api import ResponsesSimulator
 from dialtone_sim.twilio_api import FakeTwilioApi
 
 ACCOUNT_SID = "AC" + "0" * 31 + "1"
@@ -24,6 +25,7 @@ LAB = "+15005550096"  # all tools, long greeting, no idle prompts
 QUICK = "+15005550099"  # idle prompts after 1.5 s, two prompts
 BRIEF = "+15005550098"  # calls last at most 6 s
 ANSWERPHONE = "+15005550097"  # hangs up on voicemail
+ANALYST = "+15005550095"  # a post-call analysis with extraction fields (test_analysis.py)
 
 TEST_AGENTS = {
     "lab": f"""
@@ -59,6 +61,28 @@ voicemail = "hangup"
 [limits]
 idle_prompt_s = 0
 """,
+    "analyst": f"""
+numbers = ["{ANALYST}"]
+greeting = "Hello, Acme orders."
+[limits]
+idle_prompt_s = 0
+max_duration_s = 0
+[analysis]
+summary = true
+success_criteria = "The caller learnt where their order is, or a callback was arranged."
+[analysis.schema]
+type = "object"
+[analysis.schema.properties.reason]
+type = "string"
+description = "Why the caller called, in a few words."
+[analysis.schema.properties.order_id]
+type = ["string", "null"]
+[analysis.schema.properties.callback_requested]
+type = "boolean"
+[analysis.schema.properties.sentiment]
+type = "string"
+enum = ["positive", "neutral", "negative"]
+""",
 }
 
 
@@ -80,6 +104,13 @@ async def realtime() -> AsyncIterator[RealtimeSimulator]:
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def responses_api() -> AsyncIterator[ResponsesSimulator]:
+    """The Responses API of post-call analyses (the writer's OPENAI_BASE_URL)."""
+    async with ResponsesSimulator(api_key="sk-test-e2e") as sim:
+        yield sim
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def twilio_api() -> AsyncIterator[FakeTwilioApi]:
     async with FakeTwilioApi(ACCOUNT_SID, AUTH_TOKEN) as api:
         yield api
@@ -87,7 +118,8 @@ async def twilio_api() -> AsyncIterator[FakeTwilioApi]:
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def platform(
-    tmp_root: Path, nats_url: str, database_url: str, realtime: RealtimeSimulator, twilio_api: FakeTwilioApi
+    tmp_root: Path, nats_url: str, database_url: str, realtime: RealtimeSimulator, twilio_api: FakeTwilioApi,
+    responses_api: ResponsesSimulator,
 ) -> AsyncIterator[Platform]:
     p = Platform(
         data_dir=tmp_root / "platform",
@@ -95,6 +127,7 @@ async def platform(
         nats_url=nats_url,
         database_url=database_url,
         realtime_url=realtime.url,
+        responses_url=responses_api.base_url,
         openai_api_key="sk-test-e2e",
         twilio_auth_token=AUTH_TOKEN,
         twilio_account_sid=ACCOUNT_SID,

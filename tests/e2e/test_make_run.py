@@ -25,6 +25,7 @@ async def test_make_run_then_make_call_prints_a_transcript(tmp_path: Path):
     env |= {
         "DIALTONE_DATA_DIR": str(tmp_path / "dialtone"),
         "GATEWAY_PORT": str(free_port()), "ADMIN_PORT": str(free_port()), "SIMULATOR_PORT": str(free_port()),
+        "RESPONSES_SIMULATOR_PORT": str(free_port()),
         "BRIDGE_METRICS_PORT": str(free_port()), "TOOLS_METRICS_PORT": str(free_port()),
         "WRITER_METRICS_PORT": str(free_port()),
     }

@@ -32,6 +32,9 @@ class DevSettings(BaseSettings):
         description="embedded servers' data, logs, run.json and secrets.json; private to its owner (0700)",
     )
     simulator_port: int = 8765
+    responses_simulator_port: int = Field(
+        default=8766, description="make run without OPENAI_API_KEY: the Responses API simulator's port (analysis)"
+    )
     gateway_port: int = 8000
     admin_port: int = 8001
     bridge_metrics_port: int = 9101
