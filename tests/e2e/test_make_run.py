@@ -50,6 +50,7 @@ async def test_make_run_then_make_call_prints_a_transcript(tmp_path: Path):
         assert f"{info['public_base_url']}/twilio-voice" in banner
         assert f"{info['admin_url']}/" in banner and info["admin_token"] in banner
         assert "SIMULATOR" in banner
+        assert "Responses API simulator" in banner
 
         call = await asyncio.create_subprocess_exec(
             "make", "-s", "call", cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
