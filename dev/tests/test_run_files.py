@@ -108,6 +108,7 @@ async def test_make_run_keeps_a_real_twilio_token_out_of_its_files(tmp_path: Pat
     env |= {
         "TWILIO_AUTH_TOKEN": real_token, "DIALTONE_DATA_DIR": str(data),
         "GATEWAY_PORT": str(free_port()), "ADMIN_PORT": str(free_port()), "SIMULATOR_PORT": str(free_port()), "LIVE_SIMULATOR_PORT": str(free_port()),
+        "RESPONSES_SIMULATOR_PORT": str(free_port()),
         "BRIDGE_METRICS_PORT": str(free_port()), "TOOLS_METRICS_PORT": str(free_port()),
         "WRITER_METRICS_PORT": str(free_port()),
     }

@@ -18,6 +18,7 @@ from dialtone_dev.platform import Platform, Ports
 from dialtone_sim.live import LiveSimulator
 from dialtone_sim.polling import poll
 from dialtone_sim.realtime import RealtimeSimulator
+from dialtone_sim.responses_api import ResponsesSimulator
 from dialtone_sim.twilio_api import FakeTwilioApi
 
 ACCOUNT_SID = "AC" + "0" * 31 + "1"
@@ -28,6 +29,7 @@ QUICK = "+15005550099"  # idle prompts after 1.5 s, two prompts
 BRIEF = "+15005550098"  # calls last at most 6 s
 ANSWERPHONE = "+15005550097"  # hangs up on voicemail
 LIVE = "+15005550095"  # the GPT-Live agent (engine = "live"), all tools
+ANALYST = "+15005550094"  # a post-call analysis with extraction fields (test_analysis.py)
 
 TEST_AGENTS = {
     "lab": f"""
@@ -76,6 +78,28 @@ greeting = "Thanks for calling Acme live support. How can I help you today?"
 idle_prompt_s = 0
 max_duration_s = 0
 """,
+    "analyst": f"""
+numbers = ["{ANALYST}"]
+greeting = "Hello, Acme orders."
+[limits]
+idle_prompt_s = 0
+max_duration_s = 0
+[analysis]
+summary = true
+success_criteria = "The caller learnt where their order is, or a callback was arranged."
+[analysis.schema]
+type = "object"
+[analysis.schema.properties.reason]
+type = "string"
+description = "Why the caller called, in a few words."
+[analysis.schema.properties.order_id]
+type = ["string", "null"]
+[analysis.schema.properties.callback_requested]
+type = "boolean"
+[analysis.schema.properties.sentiment]
+type = "string"
+enum = ["positive", "neutral", "negative"]
+""",
 }
 
 
@@ -103,6 +127,13 @@ async def live() -> AsyncIterator[LiveSimulator]:
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def responses_api() -> AsyncIterator[ResponsesSimulator]:
+    """The Responses API of post-call analyses (the writer's OPENAI_BASE_URL)."""
+    async with ResponsesSimulator(api_key="sk-test-e2e") as sim:
+        yield sim
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def twilio_api() -> AsyncIterator[FakeTwilioApi]:
     async with FakeTwilioApi(ACCOUNT_SID, AUTH_TOKEN) as api:
         yield api
@@ -111,7 +142,7 @@ async def twilio_api() -> AsyncIterator[FakeTwilioApi]:
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def platform(
     tmp_root: Path, database_url: str, realtime: RealtimeSimulator, live: LiveSimulator,
-    twilio_api: FakeTwilioApi,
+    twilio_api: FakeTwilioApi, responses_api: ResponsesSimulator,
 ) -> AsyncIterator[Platform]:
     """The platform with its own embedded NATS, which asks every client for credentials: each
     service connects as its own user, held to its permissions (dialtone_common.nats_auth)."""
@@ -121,6 +152,7 @@ async def platform(
         database_url=database_url,
         realtime_url=realtime.url,
         live_url=live.url,
+        responses_url=responses_api.base_url,
         openai_api_key="sk-test-e2e",
         twilio_auth_token=AUTH_TOKEN,
         twilio_account_sid=ACCOUNT_SID,

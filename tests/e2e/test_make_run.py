@@ -27,6 +27,7 @@ async def test_make_run_then_make_call_prints_a_transcript(tmp_path: Path):
     env |= {
         "DIALTONE_DATA_DIR": str(tmp_path / "dialtone"),
         "GATEWAY_PORT": str(free_port()), "ADMIN_PORT": str(free_port()), "SIMULATOR_PORT": str(free_port()), "LIVE_SIMULATOR_PORT": str(free_port()),
+        "RESPONSES_SIMULATOR_PORT": str(free_port()),
         "BRIDGE_METRICS_PORT": str(free_port()), "TOOLS_METRICS_PORT": str(free_port()),
         "WRITER_METRICS_PORT": str(free_port()),
     }
@@ -59,6 +60,7 @@ async def test_make_run_then_make_call_prints_a_transcript(tmp_path: Path):
         assert stat.S_IMODE(conf.stat().st_mode) == 0o600 and stat.S_IMODE(conf.parent.stat().st_mode) == 0o700
         passwords = re.findall(r'password: "([^"]+)"', conf.read_text())
         assert len(passwords) == 6  # the five services' users and dev-harness
+        assert "Responses API simulator" in banner
 
         call = await asyncio.create_subprocess_exec(
             "make", "-s", "call", cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,

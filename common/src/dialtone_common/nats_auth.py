@@ -30,9 +30,9 @@ What each service really does on the bus, and so may do (read from the code; see
   them; publishes nothing else, hears no audio, no event.
 - transcript-writer: consumes the event stream with a durable pull consumer; its recorder hears
   both sides of every call (never publishes audio), watches the calls bucket (read only) and keeps
-  its own bucket of claims; its sweeper hears heartbeats. It publishes three event types only:
-  ``call.status`` and ``call.ended`` (the sweeper closing a call whose end was never reported) and
-  ``call.metric`` (whether a recording is whole).
+  its own bucket of claims; its sweeper hears heartbeats. It publishes four event types only:
+  ``call.status`` and ``call.ended`` (the sweeper closing a call whose end was never reported),
+  ``call.metric`` (whether a recording is whole) and ``call.analyzed`` (the post-call analysis).
 - admin-api: hears events, heartbeats and, for the dashboard's listen-in, both sides of a call's
   audio; publishes nothing on the call subjects and no event (outbound calls go to Twilio's REST
   API, not the bus); keeps its own bucket of dashboard sign-ins (``$KV.dialtone_admin_signins``).
@@ -152,7 +152,7 @@ TOOLS = User(
 WRITER = User(
     name="writer", service="transcript-writer", password_env="WRITER_NATS_PASSWORD",
     publish=(
-        *(subjects.events_of_type(t) for t in ("call.status", "call.ended", "call.metric")),
+        *(subjects.events_of_type(t) for t in ("call.status", "call.ended", "call.metric", "call.analyzed")),
         *_stream_admin(EVENTS_STREAM), *_durable_pull_consumer(EVENTS_STREAM),
         *_stream_admin(CALLS_KV_STREAM), *_stream_read(CALLS_KV_STREAM), *_ordered_consumer(CALLS_KV_STREAM),
         *_stream_admin(RECORDINGS_KV_STREAM), *_stream_read(RECORDINGS_KV_STREAM),

@@ -18,7 +18,7 @@ from pydantic import BaseModel
 # it would have added to each call (cost.hosted_fee_usd), next to the call's own cost per minute.
 HOSTED_FEE_USD_PER_MIN = 0.09
 # The kinds of the cost breakdown (the writer's mapping.COST_KINDS).
-COST_KINDS = ("audio_in", "audio_out", "text_in", "text_out", "cached", "transcription", "other")
+COST_KINDS = ("audio_in", "audio_out", "text_in", "text_out", "cached", "transcription", "analysis", "other")
 
 SUMMARY_COLUMNS = """
     s.id, s.call_sid, s.agent, s.direction, s.from_number, s.to_number, s.status, s.outcome,
@@ -51,7 +51,7 @@ async def get_session(conn: asyncpg.Connection, call_sid: str) -> dict[str, Any]
     counters = detail.pop("usage") or {}
     detail["usage"] = {**counters, "cost_usd": detail["cost_usd"]}
     detail["metrics"] = detail.pop("metrics") or {}
-    detail["analysis"] = detail.pop("analysis")
+    detail["analysis"] = detail.pop("analysis") or await analysis_state(conn, call_sid)
     detail["cost"] = session_cost(detail.pop("cost_breakdown") or {}, detail["duration_s"])
     detail["transcript"] = [
         dict(r)
@@ -95,6 +95,15 @@ async def get_session(conn: asyncpg.Connection, call_sid: str) -> dict[str, Any]
         )
     ]
     return detail
+
+
+async def analysis_state(conn: asyncpg.Connection, call_sid: str) -> dict[str, Any] | None:
+    """Where the call's post-call analysis stands while it has no result: pending (with the
+    attempts so far and the last error) or failed (with the reason); None if none was asked."""
+    row = await conn.fetchrow(
+        "SELECT status, attempts, reason, model FROM analysis_jobs WHERE call_sid = $1 AND status <> 'done'", call_sid
+    )
+    return dict(row) if row is not None else None
 
 
 def percentile(values: list[float], p: float) -> float | None:
@@ -219,6 +228,7 @@ class CostKinds(BaseModel):
     text_out: float = 0
     cached: float = 0
     transcription: float = 0
+    analysis: float = 0  # the post-call analysis (its text model)
     other: float = 0  # usage events of bridges older than the split by kind
 
 
@@ -229,6 +239,7 @@ class TokenKinds(BaseModel):
     text_out: int = 0
     cached: int = 0
     transcription: int = 0
+    analysis: int = 0
     other: int = 0
 
 
@@ -268,7 +279,9 @@ class SessionDetail(SessionSummary):
     turns: list[TurnEntry] = []
     latency: Latency = Latency()
     cost: Cost | None = None
-    # What an analysis worker said about the call (its call.analyzed event), None until then.
+    # What an analysis worker said about the call (its call.analyzed event): with the platform's
+    # worker, status "done" with summary, fields, verdict, model, cost_usd, tokens; while there is
+    # none, the job's state ("pending" or "failed", attempts, reason); None if none was asked.
     analysis: dict[str, Any] | None = None
 
 

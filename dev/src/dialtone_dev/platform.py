@@ -163,6 +163,7 @@ class Platform:
     public_base_url: str | None = None
     webhook_url: str | None = None  # the global webhook endpoint (the writer's WEBHOOK_URL)
     webhook_secret: str | None = None
+    responses_url: str | None = None  # the Responses API base for the writer's analysis (OPENAI_BASE_URL)
     agents_dir: Path = ROOT / "agents"
     tools_module: str = str(ROOT / "examples" / "tools.py")
     echo: Callable[[str], None] | None = None
@@ -264,6 +265,11 @@ class Platform:
             env |= {"DATABASE_URL": self.database_url or "", "METRICS_PORT": str(self.ports.writer),
                     "RECORDINGS_DIR": str(self.data_dir / "recordings"), "AGENTS_DIR": str(self.agents_dir)}
             env |= self._webhook_env()
+            env |= {k: v for k, v in os.environ.items() if k.startswith("ANALYSIS_")}
+            if self.openai_api_key:
+                env["OPENAI_API_KEY"] = self.openai_api_key
+            if self.responses_url:
+                env["OPENAI_BASE_URL"] = self.responses_url
         elif name == "admin-api":
             env |= twilio | {"DATABASE_URL": self.database_url or "", "ADMIN_TOKEN": self.admin_token,
                              "ADMIN_PORT": str(self.ports.admin), "PUBLIC_BASE_URL": public_base_url,

@@ -99,7 +99,8 @@ def _banner(p: Platform, simulated: bool) -> str:
             "",
             "!" * 72,
             "!!  OPENAI_API_KEY is not set: calls talk to Dialtone's OpenAI Realtime (and GPT-Live) SIMULATOR,",
-            "!!  a scripted stand-in. Set OPENAI_API_KEY to talk to the real model.",
+            "!!  a scripted stand-in, and post-call analyses to its Responses API SIMULATOR.",
+            "!!  Set OPENAI_API_KEY to talk to the real models.",
             "!" * 72,
         ]
     lines.append("=" * 72)
@@ -134,6 +135,14 @@ async def run_platform() -> None:
             await stack.enter_async_context(live)
             live_url = live.url
             print(f"OpenAI GPT-Live simulator listening at {live.url}", flush=True)
+        responses_url = None
+        if not api_key:
+            from dialtone_sim.responses_api import ResponsesSimulator
+
+            responses = ResponsesSimulator(port=settings.responses_simulator_port)
+            await stack.enter_async_context(responses)
+            responses_url = responses.base_url
+            print(f"OpenAI Responses API simulator (post-call analysis) listening at {responses_url}", flush=True)
         platform = Platform(
             data_dir=data_dir,
             ports=Ports(
@@ -152,6 +161,7 @@ async def run_platform() -> None:
             public_base_url=settings.public_base_url,
             webhook_url=settings.webhook_url,
             webhook_secret=_secret(settings.webhook_secret),
+            responses_url=responses_url,
             echo=lambda line: print(line, flush=True),
             settings_from_environment=True,
         )

@@ -34,6 +34,9 @@ class DevSettings(BaseSettings):
     )
     simulator_port: int = 8765
     live_simulator_port: int = 8766
+    responses_simulator_port: int = Field(
+        default=8767, description="make run without OPENAI_API_KEY: the Responses API simulator's port (analysis)"
+    )
     gateway_port: int = 8000
     admin_port: int = 8001
     bridge_metrics_port: int = 9101

@@ -196,11 +196,17 @@ class CallEnded(_Event):
 class CallAnalyzed(_Event):
     """What an analysis of the finished call found (a summary, extracted fields, a score...), as
     published by an analysis worker. ``analysis`` is free-form JSON, kept whole on the session
-    (the latest one wins) and carried by the ``call.analyzed`` webhook."""
+    (the latest one wins) and carried by the ``call.analyzed`` webhook.
+
+    ``cost_usd`` is what the analysis cost and ``tokens`` what it used (``input``, of which
+    ``cached``, and ``output``); the writer adds them to the call's cost, as the kind ``analysis``.
+    The platform's worker publishes one per call, with the id ``analysis-<call_id>``."""
 
     type: Literal["call.analyzed"] = "call.analyzed"
     analysis: dict[str, Any]
     model: str | None = None
+    cost_usd: float = Field(default=0.0, ge=0)
+    tokens: dict[str, int] = Field(default_factory=dict)
 
 
 Event = Annotated[

@@ -695,7 +695,7 @@ async def test_session_detail_has_what_was_heard_the_turns_and_the_cost(client, 
                             "heard_p95": 1085.0}
     cost = d["cost"]
     assert cost["usd"] == pytest.approx({"audio_in": 0.032, "audio_out": 0.0192, "text_in": 0, "text_out": 0,
-                                         "cached": 0.0002, "transcription": 0.00051, "other": 0})
+                                         "cached": 0.0002, "transcription": 0.00051, "analysis": 0, "other": 0})
     assert cost["tokens"]["audio_in"] == 1000 and cost["tokens"]["transcription"] == 150
     assert cost["total_usd"] == pytest.approx(0.05191)
     assert cost["duration_s"] == 90.0 and cost["per_minute_usd"] == pytest.approx(0.05191 / 1.5)

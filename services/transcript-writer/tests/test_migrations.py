@@ -48,6 +48,10 @@ EXPECTED_COLUMNS = {
         "last_error",
     },
     "webhook_attempts": {"delivery_id", "n", "at", "status_code", "latency_ms", "response", "error"},
+    "analysis_jobs": {
+        "call_sid", "agent", "status", "attempts", "reason", "model", "cost_usd", "tokens", "result", "latency_ms",
+        "created_at", "updated_at", "finished_at",
+    },
 }
 
 EXPECTED_INDEXES = {
@@ -70,6 +74,9 @@ EXPECTED_INDEXES = {
     "webhook_deliveries_due_idx",
     "webhook_deliveries_order_idx",
     "webhook_deliveries_list_idx",
+    "analysis_jobs_open_idx",
+    "call_sessions_verdict_idx",
+    "call_sessions_summary_fts_idx",
 }
 
 

@@ -63,13 +63,17 @@ def session_filter(
         UtcTime | None, Query(description="started before (ISO 8601; UTC if no zone; years 1-9999)")
     ] = None,
     q: Annotated[
-        Text | None, Query(description="words said in the call (full-text search, web search syntax)")
+        Text | None,
+        Query(description="words said in the call or in its analysis summary (full-text search, web search syntax)"),
+    ] = None,
+    verdict: Annotated[
+        Literal["success", "failure"] | None, Query(description="the post-call analysis' verdict")
     ] = None,
 ) -> SessionFilter:
     """The filters shared by the list, its count and its export."""
     return SessionFilter(
         outcome=outcome, status=status, agent=agent, direction=direction, number=number, since=since,
-        until=until, q=q,
+        until=until, q=q, verdict=verdict,
     )  # fmt: skip
 
 
@@ -121,7 +125,7 @@ async def sessions_export(
     """Every session the filters select (at most ``limit``), newest first, as a CSV or JSON download."""
     # The first batch is read here, so a database failure is still an ordinary 503.
     async with db.connection() as conn:
-        first, cursor = await list_sessions(conn, filters, min(EXPORT_BATCH, limit), None)
+        first, cursor = await list_sessions(conn, filters, min(EXPORT_BATCH, limit), None, with_analysis=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     return StreamingResponse(
         export_rows(db, filters, first, cursor, limit, format),

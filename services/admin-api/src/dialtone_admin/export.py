@@ -18,7 +18,28 @@ EXPORT_MAX = 1_000_000
 COLUMNS = (
     "call_sid", "started_at", "ended_at", "duration_s", "direction", "from_number", "to_number", "agent",
     "status", "outcome", "end_reason", "answered_by", "transferred_to", "cost_usd",
+    # The post-call analysis: its state, summary, verdict, the extracted fields (JSON in a CSV cell),
+    # the model and what it cost.
+    "analysis_status", "analysis_summary", "analysis_success", "analysis_reason", "analysis_fields",
+    "analysis_model", "analysis_cost_usd",
 )  # fmt: skip
+
+
+def _flatten(row: dict[str, Any], fmt: str) -> dict[str, Any]:
+    """One exported row: the summary and its analysis in the ``analysis_*`` columns."""
+    analysis = row.get("analysis") or {}
+    verdict = analysis.get("verdict") or {}
+    fields = analysis.get("fields")
+    return {
+        **row,
+        "analysis_status": analysis.get("status"),
+        "analysis_summary": analysis.get("summary"),
+        "analysis_success": verdict.get("success"),
+        "analysis_reason": verdict.get("reason") if verdict else analysis.get("reason"),
+        "analysis_fields": orjson.dumps(fields).decode() if fmt == "csv" and fields is not None else fields,
+        "analysis_model": analysis.get("model"),
+        "analysis_cost_usd": analysis.get("cost_usd"),
+    }
 
 
 def _cell(value: Any) -> str:
@@ -55,7 +76,7 @@ async def export_rows(
     if fmt == "json":
         yield b"["
     while True:
-        batch = batch[: limit - sent]
+        batch = [_flatten(row, fmt) for row in batch[: limit - sent]]
         if fmt == "csv":
             yield _csv(batch, header=sent == 0)
         else:
@@ -65,6 +86,7 @@ async def export_rows(
         if cursor is None or sent >= limit:
             break
         async with db.connection() as conn:
-            batch, cursor = await list_sessions(conn, filters, min(EXPORT_BATCH, limit - sent), cursor)
+            batch, cursor = await list_sessions(conn, filters, min(EXPORT_BATCH, limit - sent), cursor,
+                                                with_analysis=True)
     if fmt == "json":
         yield b"]"

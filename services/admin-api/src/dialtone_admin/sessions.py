@@ -29,7 +29,14 @@ from dialtone_admin.cursor import decode_cursor, encode_cursor
 
 # The same expression as the index call_sessions_transcript_fts_idx (migration dashboard_filters), so the index
 # serves the search: one GIN lookup over whole calls, newest first.
-_SEARCH = "to_tsvector('simple', dialtone_transcript_text(s.transcript)) @@ websearch_to_tsquery('simple', {})"
+# The analysis summary is searched too, through its own index (call_sessions_summary_fts_idx, migration
+# analysis): the planner ORs the two GIN lookups.
+_SEARCH = (
+    "(to_tsvector('simple', dialtone_transcript_text(s.transcript)) @@ websearch_to_tsquery('simple', {0})"
+    " OR to_tsvector('simple', coalesce(s.analysis ->> 'summary', '')) @@ websearch_to_tsquery('simple', {0}))"
+)
+# verdict=success|failure: the analysis' verdict (call_sessions_verdict_idx).
+VERDICTS = {"success": "true", "failure": "false"}
 # Exact counts stop here; past it the count is the planner's estimate, said to be one.
 COUNT_EXACT_UP_TO = 10_000
 # The choices offered for each filter, read by a skip scan over the filter's index.
@@ -59,7 +66,8 @@ class SessionFilter:
     number: str | None = None  # the caller's or the called number, exactly
     since: datetime | None = None  # inclusive, on started_at
     until: datetime | None = None  # exclusive, on started_at
-    q: str | None = None  # full-text search over transcript lines
+    q: str | None = None  # full-text search over transcript lines and analysis summaries
+    verdict: str | None = None  # "success" or "failure": the post-call analysis' verdict
 
 
 def _aware(value: datetime | None) -> datetime | None:
@@ -88,6 +96,8 @@ def _where(filters: SessionFilter) -> tuple[list[str], list[Any]]:
         where.append(f"s.started_at >= {param(_aware(filters.since))}")
     if filters.until is not None:
         where.append(f"s.started_at < {param(_aware(filters.until))}")
+    if filters.verdict is not None and filters.verdict in VERDICTS:
+        where.append(f"s.analysis IS NOT NULL AND (s.analysis -> 'verdict' ->> 'success') = {param(VERDICTS[filters.verdict])}")
     if filters.q is not None and filters.q.strip():
         where.append(_SEARCH.format(param(search_text(filters.q.strip()))))
     return where, args
@@ -132,7 +142,8 @@ async def facet_values(conn: asyncpg.Connection) -> dict[str, list[str]]:
 
 
 async def list_sessions(
-    conn: asyncpg.Connection | asyncpg.Pool, filters: SessionFilter, limit: int, cursor: str | None
+    conn: asyncpg.Connection | asyncpg.Pool, filters: SessionFilter, limit: int, cursor: str | None,
+    *, with_analysis: bool = False,
 ) -> tuple[list[dict[str, Any]], str | None]:
     """One page of sessions, newest first.
 
@@ -141,6 +152,7 @@ async def list_sessions(
         filters: what to select.
         limit: the page size.
         cursor: ``next_cursor`` of the previous page, or None for the first page.
+        with_analysis: each summary has its ``analysis`` too (the export).
 
     Returns:
         The page's summaries and the cursor of the next page (None on the last page).
@@ -158,7 +170,7 @@ async def list_sessions(
         started_at, row_id = decode_cursor(cursor)
         where.append(f"(s.started_at, s.id) < ({param(started_at)}::timestamptz, {param(row_id)}::bigint)")
     sql = (
-        f"SELECT {SUMMARY_COLUMNS} FROM call_sessions s"
+        f"SELECT {SUMMARY_COLUMNS}{', s.analysis' if with_analysis else ''} FROM call_sessions s"
         + (" WHERE " + " AND ".join(where) if where else "")
         + f" ORDER BY s.started_at DESC, s.id DESC LIMIT {param(limit + 1)}"
     )

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from dialtone_common.analysis_config import AnalysisConfigError, parse_analysis
 from dialtone_common.webhook_config import WebhookConfigError, agent_endpoints
 
 # How long a pause ends the caller's turn, by language. Speakers of some languages pause longer
@@ -129,6 +130,13 @@ def load_agent(folder: Path) -> Agent:
         try:
             agent_endpoints(folder.name, raw.pop("webhooks"), env=None)
         except WebhookConfigError as exc:
+            raise AgentError(str(exc)) from exc
+    # [analysis]: the transcript-writer's analysis worker runs it (dialtone_common.analysis_config);
+    # checked here too, so a schema strict mode would refuse stops the bridge at start-up.
+    if "analysis" in raw:
+        try:
+            parse_analysis(folder.name, raw.pop("analysis"), str(config_path))
+        except AnalysisConfigError as exc:
             raise AgentError(str(exc)) from exc
     known = set(Agent.__dataclass_fields__) - {"name", "instructions", "limits", "tools"}
     unknown = set(raw) - known

@@ -10,12 +10,15 @@ from contextlib import AsyncExitStack
 from urllib.parse import urlsplit
 
 import asyncpg
+import openai
 from dialtone_common import bus, logs, runtime
+from dialtone_common.analysis_config import AnalysisConfigError, load_agent_analysis
 from dialtone_common.db import create_pool
 from dialtone_common.health import HealthServer
 from dialtone_common.recording_storage import open_storage
 
 from dialtone_writer import metrics
+from dialtone_writer.analyst import Analyst
 from dialtone_writer.consumer import Consumer
 from dialtone_writer.migrations import apply_migrations
 from dialtone_writer.recorder import Recorder
@@ -75,6 +78,7 @@ async def _serve(stack: AsyncExitStack, stop: asyncio.Event) -> None:
     stack.push_async_callback(asyncio.wait_for, sweep_task, None)
     sweep_task.add_done_callback(lambda _: stop.set())
     await _start_recorder(stack, stop, pool, nc, js, settings)
+    await _start_analyst(stack, stop, js, settings)
     log.info("transcript-writer running (metrics on :%d)", settings.metrics_port)
 
 
@@ -111,6 +115,34 @@ async def _start_recorder(stack: AsyncExitStack, stop: asyncio.Event, pool, nc, 
         return
     task = asyncio.create_task(recorder.run(stop), name="recorder")
     stack.push_async_callback(asyncio.wait_for, task, None)
+
+
+async def _start_analyst(stack: AsyncExitStack, stop: asyncio.Event, js, settings: WriterSettings) -> None:
+    """The post-call analysis worker, in this process (analyst.py says why), on a pool of its own.
+    Off without an agent that has an [analysis] table, or without a key or a base URL to ask."""
+    try:
+        configs = load_agent_analysis(settings.agents_dir)
+    except AnalysisConfigError as exc:
+        raise SystemExit(f"transcript-writer: cannot start: {exc}") from None
+    if not settings.analysis_enabled or not configs:
+        log.info("post-call analysis is off (%s)", "ANALYSIS_ENABLED=false" if not settings.analysis_enabled
+                 else "no agent has an [analysis] table")
+        return
+    key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
+    if not key and not settings.openai_base_url:
+        log.warning("post-call analysis is OFF: agents %s have [analysis] but OPENAI_API_KEY is not set",
+                    ", ".join(sorted(configs)))
+        return
+    client = openai.AsyncOpenAI(api_key=key or "unset", base_url=settings.openai_base_url, max_retries=0,
+                                timeout=settings.analysis_timeout_s)
+    stack.push_async_callback(client.close)
+    pool = await create_pool(settings.database_url, min_size=1, max_size=settings.analysis_concurrency + 1)
+    stack.push_async_callback(pool.close)
+    analyst = Analyst(pool, js, settings, configs, client)
+    await analyst.start()
+    task = asyncio.create_task(analyst.run(stop), name="analyst")
+    stack.push_async_callback(asyncio.wait_for, task, None)
+    task.add_done_callback(lambda _: stop.set())  # a worker that died must take the process down
 
 
 async def _migrate_only() -> None:

@@ -86,7 +86,7 @@ def usage_counters(source: str, tokens: Mapping[str, int]) -> dict[str, int]:
 
 # The kinds of a session's cost breakdown (docs/CONTRACTS.md, Admin API session JSON, ``cost``).
 # ``other`` holds the cost of usage events from bridges older than the split by kind.
-COST_KINDS = ("audio_in", "audio_out", "text_in", "text_out", "cached", "transcription", "other")
+COST_KINDS = ("audio_in", "audio_out", "text_in", "text_out", "cached", "transcription", "analysis", "other")
 # The bridge's billing kinds (``UsageReported.tokens``/``costs``) in a response's breakdown.
 _RESPONSE_KINDS = {
     "audio_in": "audio_in", "audio_out": "audio_out", "text_in": "text_in", "text_out": "text_out",

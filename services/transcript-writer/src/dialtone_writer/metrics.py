@@ -100,3 +100,25 @@ for _result in WEBHOOK_RESULTS:
     WEBHOOK_DELIVERIES.labels(_result)
 for _reason in WEBHOOK_FAILURES:
     WEBHOOK_FAILED_ATTEMPTS.labels(_reason)
+
+# Post-call analysis (analyst.py).
+ANALYSES = Counter(
+    "dialtone_writer_analyses_total", "Call analyses settled, by result: done or failed", ["result"], registry=REGISTRY
+)
+ANALYSIS_ATTEMPTS = Counter(
+    "dialtone_writer_analysis_attempts_total", "Requests to the Responses API, by result: ok or error", ["result"],
+    registry=REGISTRY,
+)
+ANALYSIS_SECONDS = Histogram(
+    "dialtone_writer_analysis_request_seconds", "Time of one successful analysis request to the Responses API",
+    buckets=(0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120), registry=REGISTRY,
+)
+ANALYSIS_LATENCY = Histogram(
+    "dialtone_writer_analysis_latency_seconds", "A call's end to its stored analysis",
+    buckets=(1, 2, 3, 5, 8, 15, 30, 60, 120, 300), registry=REGISTRY,
+)
+ANALYSIS_COST = Counter("dialtone_writer_analysis_cost_usd_total", "What analyses cost, USD", registry=REGISTRY)
+for _result in ("done", "failed"):
+    ANALYSES.labels(_result)
+for _result in ("ok", "error"):
+    ANALYSIS_ATTEMPTS.labels(_result)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from dialtone_common.analysis_config import DEFAULT_TEXT_PRICES
 from dialtone_common.recording_storage import RecordingStorageSettings
 from dialtone_common.webhook_config import (
     GLOBAL,
@@ -86,6 +87,41 @@ class WriterSettings(RecordingStorageSettings):
     )
     webhook_concurrency: int = Field(default=4, ge=1, le=100, description="requests in flight per endpoint")
     webhook_poll_s: float = Field(default=1.0, gt=0, description="how often a deliverer looks for due deliveries")
+
+    # Post-call analysis (analyst.py; docs/CONTRACTS.md, Analysis).
+    analysis_enabled: bool = Field(
+        default=True, description="analyse the calls of agents with an [analysis] table (needs OPENAI_API_KEY "
+        "or OPENAI_BASE_URL)",
+    )
+    openai_api_key: SecretStr | None = Field(default=None, description="OpenAI API key of the analysis (Responses API)")
+    openai_base_url: str | None = Field(
+        default=None, description="the Responses API's base URL, e.g. a simulator's http://127.0.0.1:8766/v1 "
+        "(unset: OpenAI's)",
+    )
+    analysis_model: str = Field(
+        default="gpt-5-mini", description="the text model of an agent's analysis unless its [analysis] names one"
+    )
+    analysis_prices: dict[str, dict[str, float]] = Field(
+        default_factory=lambda: dict(DEFAULT_TEXT_PRICES),
+        description="USD per 1M tokens by model: input, cached, output (JSON; replaces the whole table)",
+    )
+    analysis_concurrency: int = Field(default=4, ge=1, le=64, description="analyses in flight per writer")
+    analysis_max_attempts: int = Field(default=4, ge=1, le=20, description="API attempts before an analysis fails")
+    analysis_backoff_s: float = Field(
+        default=2.0, gt=0, description="the delay after a failed attempt; doubled after each one (jitter 50-100%)"
+    )
+    analysis_backoff_max_s: float = Field(default=60.0, gt=0, description="the longest delay between two attempts")
+    analysis_timeout_s: float = Field(default=90.0, gt=0, description="an API request without an answer this long failed")
+    analysis_delay_s: float = Field(
+        default=2.0, ge=0, description="a call is analysed this long after it ends, so late transcript lines are in"
+    )
+    analysis_durable_name: str = Field(
+        default="transcript-writer-analysis", description="JetStream durable consumer of the analysis worker"
+    )
+    analysis_ack_wait_s: float = Field(
+        default=30.0, gt=0, description="redelivery delay of a call.ended whose analysis went silent (a crash); "
+        "a running analysis keeps it with in-progress acks",
+    )
 
     @model_validator(mode="after")
     def _webhook_pair(self) -> WriterSettings:

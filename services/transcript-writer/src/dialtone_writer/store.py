@@ -235,7 +235,7 @@ async def write_events(conn: asyncpg.Connection, events: Sequence[Event], outbox
         lines = sorted({e.call_id for e in result.applied if isinstance(e, TranscriptLine)})
         if lines:
             await conn.execute(_REFRESH_TRANSCRIPTS, lines)
-        usage = sorted({e.call_id for e in result.applied if isinstance(e, UsageReported)})
+        usage = sorted({e.call_id for e in result.applied if isinstance(e, UsageReported | CallAnalyzed)})
         if usage:
             await conn.execute(_REFRESH_USAGE, usage)
         if outbox is not None:
@@ -285,6 +285,12 @@ async def _apply(conn: asyncpg.Connection, e: Event) -> None:
             await conn.execute(_METRIC, e.call_id, e.name, e.value)
         case CallAnalyzed():
             await conn.execute(_ANALYZED, e.call_id, e.analysis, e.at)
+            # What the analysis cost joins the call's cost, as the kind "analysis".
+            await conn.execute(
+                _USAGE, e.id, e.call_id, "analysis", "analysis", e.model or "", {"tokens": e.tokens},
+                {}, e.cost_usd, e.at, {"analysis_usd": e.cost_usd, "analysis_tokens": sum(e.tokens.get(k, 0)
+                                                                                        for k in ("input", "output"))},
+            )
         case CallEnded():
             await conn.execute(_ENDED, e.call_id, e.at, e.reason)
             await conn.execute(_STATUS, e.call_id, "completed", RANK_IMPLIED_BY_END, e.at)

@@ -180,7 +180,7 @@ function dayStart(ymd, plusDays = 0) {
 }
 function apiFilters(params) {
   const out = new URLSearchParams();
-  for (const k of ["q", "number", ...FACETS]) if (params.get(k)) out.set(k, params.get(k));
+  for (const k of ["q", "number", "verdict", ...FACETS]) if (params.get(k)) out.set(k, params.get(k));
   if (params.get("since")) out.set("since", dayStart(params.get("since")));
   if (params.get("until")) out.set("until", dayStart(params.get("until"), 1)); // the whole last day
   return out;
@@ -195,7 +195,7 @@ async function drawCalls(stillHere) {
   const form = el("form", { id: "filters", class: "filters", role: "search" });
   const field = (label, control) => el("label", { class: "field" }, el("span", {}, label), control);
   form.append(field("Search transcripts", el("input", { name: "q", type: "search", value: params.get("q") || "",
-    maxlength: 200, placeholder: "words said in the call" })));
+    maxlength: 200, placeholder: "words said in the call or its summary" })));
   const facets = await facetsP;
   if (!stillHere()) return;
   for (const k of FACETS) {
@@ -205,6 +205,9 @@ async function drawCalls(stillHere) {
     for (const v of values) select.append(el("option", { value: v, selected: v.toLowerCase() === (params.get(k) || "").toLowerCase() && v === values.find((x) => x.toLowerCase() === v.toLowerCase()) }, v));
     form.append(field(k[0].toUpperCase() + k.slice(1), select));
   }
+  const verdict = el("select", { name: "verdict" }, ...[["", "Any"], ["success", "Success"], ["failure", "Failure"]]
+    .map(([v, label]) => el("option", { value: v, selected: (params.get("verdict") || "") === v }, label)));
+  form.append(field("Verdict", verdict));
   form.append(field("Number", el("input", { name: "number", type: "tel", value: params.get("number") || "", maxlength: 40, placeholder: "+1555…" })));
   form.append(field(`From (${TZ})`, el("input", { name: "since", type: "date", value: params.get("since") || "" })));
   form.append(field(`To, inclusive (${TZ})`, el("input", { name: "until", type: "date", value: params.get("until") || "" })));
@@ -436,6 +439,26 @@ function drawCost(box, s) {
   box.replaceChildren(...head, el("div", { class: "table-wrap" }, table), extra);
 }
 
+// The post-call analysis: summary, verdict, extracted fields, or where the analysis stands.
+function drawAnalysis(box, s) {
+  const a = s.analysis;
+  const head = el("h2", {}, "Analysis");
+  if (!a) { box.replaceChildren(head, el("p", { class: "muted" }, "No analysis for this agent's calls.")); return; }
+  if (a.status === "failed") {
+    box.replaceChildren(head, el("p", { class: "err", role: "status" }, `Failed after ${a.attempts} attempt(s): ${a.reason || "unknown reason"}`));
+    return;
+  }
+  if (a.status === "pending") {
+    box.replaceChildren(head, el("p", { class: "muted" }, a.attempts ? `Pending (${a.attempts} attempt(s) so far${a.reason ? `; last: ${a.reason}` : ""}).` : "Pending."));
+    return;
+  }
+  const verdict = a.verdict || {};
+  const rows = [["Verdict", verdict.success == null ? null : (verdict.success ? "Success" : "Failure")], ["Why", verdict.reason]];
+  for (const [k, v] of Object.entries(a.fields || {})) rows.push([k.replace(/_/g, " "), v == null ? "—" : (typeof v === "object" ? JSON.stringify(v) : String(v))]);
+  rows.push(["Model", a.model], ["Cost", a.cost_usd != null ? usd(a.cost_usd) : null]);
+  box.replaceChildren(head, a.summary ? el("p", { id: "analysis-summary" }, a.summary) : "", kv(rows));
+}
+
 async function drawCall(sid, stillHere) {
   document.title = `Call ${sid} · Dialtone`;
   VIEW.replaceChildren(el("p", { class: "muted" }, "Loading…"));
@@ -462,18 +485,20 @@ async function drawCall(sid, stillHere) {
   const convo = el("ol", { class: "timeline", id: "timeline" });
   const latency = el("section", { class: "card", id: "latency" });
   const cost = el("section", { class: "card", id: "cost" });
+  const analysis = el("section", { class: "card", id: "analysis" });
   const back = el("a", { href: "/calls", id: "back" }, "← Calls");
   VIEW.replaceChildren(el("p", {}, back), el("h1", {}, `Call from ${s.from_number || "unknown"}`),
     el("div", { class: "call-grid" },
       el("div", {}, el("section", { class: "card" }, facts, downloads), playerBox,
         el("section", { class: "card" }, el("h2", {}, "Timeline"), convo)),
-      el("div", {}, latency, cost)));
+      el("div", {}, analysis, latency, cost)));
   const player = makePlayer(playerBox, sid, s);
   const entries = timeline(s);
   for (const item of entries) convo.append(el("li", {}, drawEntry(item, s, player)));
   if (!entries.length) convo.append(el("li", { class: "muted" }, "No transcript."));
   player.attach([...convo.querySelectorAll("[data-offset]")]);
   drawLatency(latency, s);
+  drawAnalysis(analysis, s);
   drawCost(cost, s);
 }
 
