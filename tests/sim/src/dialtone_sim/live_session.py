@@ -102,6 +102,7 @@ class LiveSession:
     tool_outputs: list[dict] = field(default_factory=list)
     history: list[dict] = field(default_factory=list)  # the session.start input
     closed: asyncio.Event = field(default_factory=asyncio.Event)
+    opened_at: float = field(default_factory=time.monotonic)  # when the socket opened
     close_code: int | None = None
     close_reason: str | None = None
 
