@@ -22,8 +22,9 @@ run: install  ## start everything (embedded NATS/PostgreSQL, simulator without O
 call: install  ## place one simulated call through the running platform and print its session
 	$(UV) run --frozen python -m dialtone_dev call
 
-test: install  ## lint, then the unit, integration and end-to-end tiers
+test: install  ## lint and type-check, then the unit, integration and end-to-end tiers
 	$(UV) run --frozen ruff check .
+	$(UV) run --frozen mypy
 	$(UV) run --frozen pytest
 
 test-unit: install
@@ -52,6 +53,7 @@ soak: install  ## CALLS=1000 short calls in sequence: RSS of each service at sta
 
 lint: install
 	$(UV) run --frozen ruff check .
+	$(UV) run --frozen mypy
 
 clean:
 	rm -rf .dialtone .venv
