@@ -11,10 +11,12 @@ file's tests share their module fixtures and keep their order), files in the ord
   it starts after them (tests/e2e comes after proto, common and services); the workers keep that:
   a worker takes files from the front of one queue, so no worker has started it before its last
   file without an end-to-end test.
-- Then the files with one, longest first: a run lasts as long as its busiest worker, and a long
-  file handed out last would run alone at the end. The estimate is from each test's tier
-  (markers): a fault scenario lasts tens of seconds, an end-to-end call about ten, an integration
-  test a fraction of one, a unit test milliseconds.
+- Then the files with one. Both parts longest first: a run lasts as long as its busiest worker,
+  and a long file handed out last would run alone at the end (a worker also holds its next file
+  while it runs one). How long: :data:`MEASURED_S` for the long files, else an estimate from each
+  test's tier (markers): a fault scenario lasts tens of seconds, an end-to-end call about ten, an
+  integration test a fraction of one, a unit test milliseconds. A stale figure only makes the
+  order less good, never a test wrong.
 
 Within a file the order is untouched; a run without xdist is untouched.
 """
@@ -22,6 +24,29 @@ Within a file the order is untouched; a run without xdist is untouched.
 from __future__ import annotations
 
 import pytest
+
+# Seconds the files of 10 s or more took (first test's start to last test's end) in full runs of
+# `make test` on 3 workers on 2 cores; a file not listed is estimated from its tests' markers.
+MEASURED_S = {
+    "tests/faults/test_outages.py": 145,
+    "tests/e2e/test_conversation.py": 140,
+    "tests/faults/test_drain.py": 115,
+    "tests/e2e/test_call_control.py": 80,
+    "tests/e2e/test_bridge_loss.py": 70,
+    "tests/e2e/test_dashboard_pages.py": 48,
+    "tests/e2e/test_resilience.py": 47,
+    "tests/e2e/test_make_run.py": 44,
+    "dev/tests/test_run_files.py": 44,
+    "tests/e2e/test_call.py": 40,
+    "deploy/tests/test_dashboard.py": 33,
+    "tests/scale/test_instances.py": 30,
+    "deploy/tests/test_images.py": 28,
+    "tests/e2e/test_takeover.py": 24,
+    "tests/e2e/test_call_data.py": 20,
+    "tests/e2e/test_contract.py": 18,
+    "services/admin-api/tests/test_api.py": 15,
+    "services/transcript-writer/tests/test_recorder_audio.py": 11,
+}
 
 # Seconds a test of each tier takes, roughly (see the run's --durations).
 _FAULT_SCENARIO_S = 25.0
@@ -51,11 +76,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             end_to_end.add(file)
     collected = {file: i for i, file in enumerate(dict.fromkeys(_file(item) for item in items))}
 
+    per_file |= {file: seconds for file, seconds in MEASURED_S.items() if file in per_file}
+
     def key(item: pytest.Item) -> tuple[bool, float, int]:
         file = _file(item)
-        if file in end_to_end:
-            return (True, -per_file[file], collected[file])
-        return (False, 0.0, collected[file])
+        return (file in end_to_end, -per_file[file], collected[file])
 
     items.sort(key=key)  # stable: a file's tests keep their order
 
