@@ -18,10 +18,17 @@ file's tests share their module fixtures and keep their order), files in the ord
   integration test a fraction of one, a unit test milliseconds. A stale figure only makes the
   order less good, never a test wrong.
 
+The fault suite (tests/faults) is one unit, on one worker: its files share one set of servers and
+one platform (session fixtures), and its scenarios boot, kill and freeze them; two workers
+running them at once, each with its own set, loaded the machine enough for the end-to-end call
+tests' timing (the barge-in test's 40 ms) to miss.
+
 Within a file the order is untouched; a run without xdist is untouched.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import pytest
 
@@ -87,3 +94,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 def _file(item: pytest.Item) -> str:
     return item.nodeid.split("::", 1)[0]
+
+
+FAULT_SUITE = "tests/faults"
+
+
+@pytest.hookimpl(optionalhook=True, tryfirst=True)  # before xdist's own (the first answer is taken)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``--dist loadfile``, with the fault suite's files one unit (see the module docstring)."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class FilesAndFaultSuite(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            file = nodeid.split("::", 1)[0]
+            return FAULT_SUITE if file.startswith(FAULT_SUITE + "/") else file
+
+    return FilesAndFaultSuite(config, log)
