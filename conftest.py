@@ -1,1 +1,1 @@
-pytest_plugins = ["dialtone_sim.fixtures"]
+pytest_plugins = ["dialtone_sim.fixtures", "dialtone_sim.summary", "dialtone_sim.scheduling"]

@@ -6,13 +6,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 from dialtone_admin.settings import AdminSettings
 from dialtone_bridge.settings import BridgeSettings
 from dialtone_common.settings import ServiceSettings
 from dialtone_gateway.settings import GatewaySettings
+from dialtone_sim.summary import section
 from dialtone_tools.settings import ToolSettings
 from dialtone_writer.settings import WriterSettings
 from pydantic import AliasChoices
@@ -79,19 +79,9 @@ def services() -> tuple[Service, ...]:
 
 
 # ---- lines for the end of the run's output ----------------------------------------------------
-_REPORT = pytest.StashKey[list[str]]()
-
-
 @pytest.fixture
 def deploy_report(request: pytest.FixtureRequest) -> Callable[[str], None]:
     """Adds a line to the "deploy" section at the end of the run's output (shown with or without
-    ``-s``, so ``make test`` prints it): where a test left an artifact, say."""
-    return request.config.stash.setdefault(_REPORT, []).append
-
-
-def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
-    lines = config.stash.get(_REPORT, None)
-    if lines:
-        terminalreporter.section("deploy")
-        for line in lines:
-            terminalreporter.write_line(line)
+    ``-s``, so ``make test`` prints it; see :mod:`dialtone_sim.summary`): where a test left an
+    artifact, say."""
+    return section(request.config, "deploy").append

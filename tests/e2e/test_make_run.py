@@ -47,6 +47,9 @@ async def test_make_run_then_make_call_prints_a_transcript(tmp_path: Path):
     try:
         await poll(lambda: run_file.exists() or run.returncode is not None, timeout=120, what="make run to start")
         assert run.returncode is None, "".join(output[-40:])
+        # run.json is written just before the banner is printed, which then comes through a pipe.
+        await poll(lambda: "Set OPENAI_API_KEY to talk to the real model" in "".join(output) or run.returncode is not None,
+                   timeout=30, what="the banner")
         banner = "".join(output)
         info = json.loads(run_file.read_text())
         assert f"{info['public_base_url']}/twilio-voice" in banner

@@ -6,8 +6,9 @@ restart or freeze a server it does not own. Each keeps its data directory and po
 so the services reconnect to the same address and find the same JetStream stream and database.
 
 Every scenario records its figures (time to 503, time to recovery, lines expected and stored) in
-the session's :class:`Figures`; :func:`pytest_terminal_summary` prints them at the end of the run,
-so they show in ``make test`` output. ``FAULTS_KEEP_LOGS=<dir>`` keeps the services' logs there
+the session's :class:`Figures`; :func:`pytest_sessionfinish` hands them to
+:mod:`dialtone_sim.summary`, which prints them at the end of the run, so they show in ``make test``
+output. ``FAULTS_KEEP_LOGS=<dir>`` keeps the services' logs there
 (the session's own directory is deleted at the end).
 """
 
@@ -33,6 +34,7 @@ from dialtone_common.nats_auth import RunCredentials
 from dialtone_dev.platform import Platform, Ports
 from dialtone_sim.realtime import RealtimeSimulator
 from dialtone_sim.scenario import Scenario, ToolCall, Turn
+from dialtone_sim.summary import section
 from dialtone_sim.twilio_api import FakeTwilioApi
 
 HERE = Path(__file__).parent
@@ -223,15 +225,16 @@ def _show(value: Any) -> str:
     return str(value)
 
 
-def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
-    figures = config.stash.get(_FIGURES, None)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """The figures go to a section at the end of the run's output (:mod:`dialtone_sim.summary`)."""
+    figures = session.config.stash.get(_FIGURES, None)
     if not figures or not figures.rows:
         return
-    terminalreporter.section("fault suite, scenario 4: figures (seconds unless stated)")
+    lines = section(session.config, "fault suite, scenario 4: figures (seconds unless stated)")
     for name, values in figures.rows.items():
-        terminalreporter.write_line(f"{name}:")
+        lines.append(f"{name}:")
         for key, value in values.items():
-            terminalreporter.write_line(f"    {key:<42} {_show(value)}")
+            lines.append(f"    {key:<42} {_show(value)}")
 
 
 # ---- small helpers ---------------------------------------------------------------------------

@@ -7,7 +7,7 @@ The platform runs on an embedded NATS and PostgreSQL of its own (even with ``NAT
 would be in the same offer queue group and take this suite's calls; and the test counts rows in
 the database, which must hold this suite's calls only.
 
-Every figure the suite measures is printed at the end of the run (:func:`pytest_terminal_summary`).
+Every figure the suite measures is printed at the end of the run (:func:`pytest_sessionfinish`).
 ``SCALE_KEEP_LOGS=<dir>`` keeps the services' logs there.
 """
 
@@ -30,6 +30,7 @@ from dialtone_dev.platform import SERVICES, Platform, Ports
 from dialtone_sim.balancer import Backend, Balancer
 from dialtone_sim.realtime import RealtimeSimulator
 from dialtone_sim.scenario import Scenario, ToolCall, Turn
+from dialtone_sim.summary import section
 from dialtone_sim.twilio_api import FakeTwilioApi
 
 HERE = Path(__file__).parent
@@ -73,14 +74,15 @@ def figures(request: pytest.FixtureRequest) -> dict[str, Any]:
     return stash[_FIGURES]
 
 
-def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
-    figures = config.stash.get(_FIGURES, None)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """The figures go to a section at the end of the run's output (:mod:`dialtone_sim.summary`)."""
+    figures = session.config.stash.get(_FIGURES, None)
     if not figures:
         return
-    terminalreporter.section("scale suite: two instances of every service (figures)")
+    lines = section(session.config, "scale suite: two instances of every service (figures)")
     for key, value in figures.items():
         shown = f"{value:.2f}" if isinstance(value, float) else str(value)
-        terminalreporter.write_line(f"    {key:<48} {shown}")
+        lines.append(f"    {key:<48} {shown}")
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

@@ -520,7 +520,10 @@ async def test_sign_in_sets_a_strict_http_only_cookie_that_reads_but_does_not_wr
 
 
 async def test_expired_session_is_refused(database_url: str, nats_url: str) -> None:
-    settings = AdminSettings(database_url=database_url, nats_url=nats_url, admin_token=TOKEN, session_ttl_s=1)
+    # A cookie's expiry is in whole seconds (int(now + ttl)): a session of 2 s lasts 1 to 2 s, long
+    # enough for the first request whenever the sign-in falls within its second (with 1 s, a sign-in
+    # late in a second had expired by the first request), and over when the sleep below is.
+    settings = AdminSettings(database_url=database_url, nats_url=nats_url, admin_token=TOKEN, session_ttl_s=2)
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)

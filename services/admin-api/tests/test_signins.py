@@ -217,6 +217,8 @@ async def test_guessing_is_throttled_per_address_and_the_right_token_works_elsew
 ) -> None:
     settings = _settings(database_url, nats_url)
     caplog.set_level(logging.WARNING, "dialtone_admin.throttle")
+    # The counters are the process's: earlier tests in it (a wrong sign-in in test_api.py) counted
+    # too, so what this test adds is what is checked.
     failures_before = _sample("dialtone_admin_auth_failures_total", via="sign_in")
     throttled_before = _sample("dialtone_admin_auth_throttled_total", scope="address")
     async with in_process(settings, "203.0.113.5") as guesser, in_process(settings, "198.51.100.1") as operator:

@@ -213,7 +213,7 @@ async def test_a_whole_call_is_complete_and_its_opt_out_is_kept(nc, pool, record
     assert not (tmp_path / "spool" / sid).exists()
 
 
-async def test_retention_deletes_old_recordings_and_their_rows(nc, pool, recorders, tmp_path):
+async def test_retention_deletes_old_recordings_and_their_rows(nc, pool, recorders, poll, tmp_path):
     r = await recorders(tmp_path, recordings_retention_days=7)
     store = LocalStorage(tmp_path / "store")
     old, new = "CA" + secrets.token_hex(16), "CA" + secrets.token_hex(16)
@@ -227,11 +227,20 @@ async def test_retention_deletes_old_recordings_and_their_rows(nc, pool, recorde
                 "peaks, created_at) VALUES ($1, $2, 4, 0, true, 80, '{}'::jsonb, now() - $3::interval)",
                 sid, storage_key(sid), age,
             )
-    await r.recorder.sweep_once()  # (its own first sweep, at start, may have been first)
-    async with pool.acquire() as conn:
-        left = {row["call_sid"] for row in await conn.fetch(
-            "SELECT call_sid FROM call_recordings WHERE call_sid = ANY($1::text[])", [old, new])}
-    assert left == {new}
+    await r.recorder.sweep_once()
+    # Its own first sweep, at start, may have come first, or be under way still (seen under load):
+    # then this one skipped the row that one holds (FOR UPDATE SKIP LOCKED), gone once that one commits.
+
+    async def left() -> set[str]:
+        async with pool.acquire() as conn:
+            return {row["call_sid"] for row in await conn.fetch(
+                "SELECT call_sid FROM call_recordings WHERE call_sid = ANY($1::text[])", [old, new])}
+
+    async def only_the_new_one() -> bool:
+        return await left() == {new}
+
+    await poll(only_the_new_one, 10, "the old recording's row to go and the new one's to stay")
+    assert await left() == {new}
     assert not (tmp_path / "store" / storage_key(old)).exists() and (tmp_path / "store" / storage_key(new)).exists()
 
 

@@ -106,11 +106,18 @@ class SignIns:
         self._tasks = [asyncio.create_task(self._watch()), asyncio.create_task(self._resync_often())]
 
     async def stop(self) -> None:
+        # A cancellation that arrives while the watch is being set up (in nats-py's watchall) can be
+        # lost: the task then went on into its watch loop and every quick start and stop waited out a
+        # 2 s timeout (the admin API's tests, 2 s each). So the cancellation is repeated until each
+        # task has ended, for 2 s at most.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 2.0
         for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(task, 2.0)
+            while not task.done() and loop.time() < deadline:
+                task.cancel()
+                await asyncio.wait([task], timeout=0.05)
+            if task.done() and not task.cancelled():
+                task.exception()  # retrieved: a task's failure as it stops is no news
         self._tasks.clear()
 
     # -- reading -----------------------------------------------------------------------------------

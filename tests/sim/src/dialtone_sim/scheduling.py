@@ -1,0 +1,114 @@
+"""The order in which pytest-xdist hands out test files: files without an end-to-end test first,
+then the files with one, the longest first.
+
+``make test`` runs the tests on several xdist workers, a file at a time (``--dist loadfile``: a
+file's tests share their module fixtures and keep their order), files in the order collected
+(``--no-loadscope-reorder``). On the workers only, this plugin collects them in that order:
+
+- Files without an end-to-end test first. The end-to-end platform, once a worker has started it,
+  runs until the worker ends, on the worker's session NATS and PostgreSQL: its tool-runner answers
+  tool calls and its writer consumes the stream the integration tests use. In a run in one process
+  it starts after them (tests/e2e comes after proto, common and services); the workers keep that:
+  a worker takes files from the front of one queue, so no worker has started it before its last
+  file without an end-to-end test.
+- Then the files with one. Both parts longest first: a run lasts as long as its busiest worker,
+  and a long file handed out last would run alone at the end (a worker also holds its next file
+  while it runs one). How long: :data:`MEASURED_S` for the long files, else an estimate from each
+  test's tier (markers): a fault scenario lasts tens of seconds, an end-to-end call about ten, an
+  integration test a fraction of one, a unit test milliseconds. A stale figure only makes the
+  order less good, never a test wrong.
+
+The fault suite (tests/faults) is one unit, on one worker: its files share one set of servers and
+one platform (session fixtures), and its scenarios boot, kill and freeze them; two workers
+running them at once, each with its own set, loaded the machine enough for the end-to-end call
+tests' timing (the barge-in test's 40 ms) to miss.
+
+Within a file the order is untouched; a run without xdist is untouched.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+# Seconds the files of 10 s or more took (first test's start to last test's end) in full runs of
+# `make test` on 3 workers on 2 cores; a file not listed is estimated from its tests' markers.
+MEASURED_S = {
+    "tests/faults/test_outages.py": 145,
+    "tests/e2e/test_conversation.py": 140,
+    "tests/faults/test_drain.py": 115,
+    "tests/e2e/test_call_control.py": 80,
+    "tests/e2e/test_bridge_loss.py": 70,
+    "tests/e2e/test_dashboard_pages.py": 48,
+    "tests/e2e/test_resilience.py": 47,
+    "tests/e2e/test_make_run.py": 44,
+    "dev/tests/test_run_files.py": 44,
+    "tests/e2e/test_call.py": 40,
+    "deploy/tests/test_dashboard.py": 33,
+    "tests/scale/test_instances.py": 30,
+    "deploy/tests/test_images.py": 28,
+    "tests/e2e/test_takeover.py": 24,
+    "tests/e2e/test_call_data.py": 20,
+    "tests/e2e/test_contract.py": 18,
+    "services/admin-api/tests/test_api.py": 15,
+    "services/transcript-writer/tests/test_recorder_audio.py": 11,
+}
+
+# Seconds a test of each tier takes, roughly (see the run's --durations).
+_FAULT_SCENARIO_S = 25.0
+_E2E_S = 10.0
+_INTEGRATION_S = 0.5
+_OTHER_S = 0.05
+
+
+def _estimate(item: pytest.Item) -> float:
+    if item.get_closest_marker("e2e"):
+        return _FAULT_SCENARIO_S if item.get_closest_marker("faults") else _E2E_S
+    if item.get_closest_marker("integration"):
+        return _INTEGRATION_S
+    return _OTHER_S
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not hasattr(config, "workerinput"):  # not an xdist worker
+        return
+    per_file: dict[str, float] = {}
+    end_to_end: set[str] = set()
+    for item in items:
+        file = _file(item)
+        per_file[file] = per_file.get(file, 0.0) + _estimate(item)
+        if item.get_closest_marker("e2e"):
+            end_to_end.add(file)
+    collected = {file: i for i, file in enumerate(dict.fromkeys(_file(item) for item in items))}
+
+    per_file |= {file: seconds for file, seconds in MEASURED_S.items() if file in per_file}
+
+    def key(item: pytest.Item) -> tuple[bool, float, int]:
+        file = _file(item)
+        return (file in end_to_end, -per_file[file], collected[file])
+
+    items.sort(key=key)  # stable: a file's tests keep their order
+
+
+def _file(item: pytest.Item) -> str:
+    return item.nodeid.split("::", 1)[0]
+
+
+FAULT_SUITE = "tests/faults"
+
+
+@pytest.hookimpl(optionalhook=True, tryfirst=True)  # before xdist's own (the first answer is taken)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``--dist loadfile``, with the fault suite's files one unit (see the module docstring)."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class FilesAndFaultSuite(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            file = nodeid.split("::", 1)[0]
+            return FAULT_SUITE if file.startswith(FAULT_SUITE + "/") else file
+
+    return FilesAndFaultSuite(config, log)
