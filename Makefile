@@ -30,10 +30,15 @@ call: install  ## place one simulated call through the running platform and prin
 TEST_WORKERS ?= 3
 XDIST := $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 
-test: install  ## lint and type-check, then the unit, integration and end-to-end tiers
+# mypy runs beside the tests (they mostly wait); its report comes as soon as it is done, and the
+# tests' summary stays the last thing printed. Either failing fails `make test`.
+test: install  ## lint, then the type check and the unit, integration and end-to-end tiers side by side
 	$(UV) run --frozen ruff check .
-	$(UV) run --frozen mypy
-	$(UV) run --frozen pytest $(XDIST)
+	@$(UV) run --frozen mypy > .mypy.log 2>&1 & mypy=$$!; \
+	$(UV) run --frozen pytest $(XDIST) & tests=$$!; \
+	wait $$mypy; typed=$$?; echo; echo "mypy: $$(tail -1 .mypy.log)"; [ $$typed -eq 0 ] || cat .mypy.log; \
+	rm -f .mypy.log; wait $$tests; passed=$$?; \
+	[ $$passed -eq 0 ] && [ $$typed -eq 0 ]
 
 test-unit: install
 	$(UV) run --frozen pytest -m unit

@@ -29,36 +29,6 @@ def common_prefix(a: bytes, b: bytes) -> int:
     return i
 
 
-async def test_barge_in_cuts_the_reply_where_the_caller_was(platform: Platform, realtime: RealtimeSimulator):
-    realtime.scenario = Scenario(turns=[Turn(caller="Sorry, one question.", agent="Of course, go ahead.")])
-    before = len(realtime.sessions)
-    call = await call_lab(platform, one_way_delay_ms=60)
-    await call.wait_heard(1500, timeout=20)  # the long greeting is playing
-    await call.say("Sorry, one question.")
-    await call.wait_quiet(timeout=20)
-    await call.hangup()
-    session = realtime.sessions[before]
-
-    assert len(call.clears) == 1 and len(session.truncations) == 1
-    item_id, audio_end_ms, _ = session.truncations[0]
-    greeting = bytes(session.output_audio[item_id])
-    heard = bytes(call.heard)
-    start = heard.find(greeting[:1600])
-    assert start >= 0
-    clear_at = call.clears[0][1]
-    played_ms = (clear_at - start) / 8
-    # The truncate point is what the caller had really played when the clear reached them.
-    print(f"barge-in: truncated at {audio_end_ms} ms, caller had played {played_ms:.0f} ms")
-    assert abs(audio_end_ms - played_ms) <= 40, (audio_end_ms, played_ms)
-    assert audio_end_ms < len(greeting) / 8
-    # After the interruption the caller heard nothing more of that reply.
-    assert common_prefix(heard[start:], greeting) <= clear_at - start
-    assert heard.find(greeting[clear_at - start + 160: clear_at - start + 960], clear_at) == -1
-    # ... and then the answer to what they said.
-    answer = bytes(session.output_audio[session.output_order[-1]])
-    assert session.output_order[-1] != item_id and heard.find(answer[:800], clear_at) >= 0
-
-
 async def test_no_clear_or_truncate_once_playback_has_finished(platform: Platform, realtime: RealtimeSimulator):
     realtime.scenario = Scenario(turns=[Turn(caller="Thanks.", agent="You're welcome.")])
     before = len(realtime.sessions)
@@ -346,3 +316,35 @@ async def test_barge_in_during_a_preamble_drops_the_answer_queued_behind_it(
     assert lines[-1] == ("No problem at all.", False)
     # The answer, as far as it was generated, is written as never said in full.
     assert all(cut and "We are open from nine to five, Monday to Friday.".startswith(text) for text, cut in lines[2:-1])
+
+
+# Last in the file: its 40 ms tolerance is a statement about the platform's precision, and a worker
+# that has just started its platform (while other workers start theirs) is not a quiet machine.
+async def test_barge_in_cuts_the_reply_where_the_caller_was(platform: Platform, realtime: RealtimeSimulator):
+    realtime.scenario = Scenario(turns=[Turn(caller="Sorry, one question.", agent="Of course, go ahead.")])
+    before = len(realtime.sessions)
+    call = await call_lab(platform, one_way_delay_ms=60)
+    await call.wait_heard(1500, timeout=20)  # the long greeting is playing
+    await call.say("Sorry, one question.")
+    await call.wait_quiet(timeout=20)
+    await call.hangup()
+    session = realtime.sessions[before]
+
+    assert len(call.clears) == 1 and len(session.truncations) == 1
+    item_id, audio_end_ms, _ = session.truncations[0]
+    greeting = bytes(session.output_audio[item_id])
+    heard = bytes(call.heard)
+    start = heard.find(greeting[:1600])
+    assert start >= 0
+    clear_at = call.clears[0][1]
+    played_ms = (clear_at - start) / 8
+    # The truncate point is what the caller had really played when the clear reached them.
+    print(f"barge-in: truncated at {audio_end_ms} ms, caller had played {played_ms:.0f} ms")
+    assert abs(audio_end_ms - played_ms) <= 40, (audio_end_ms, played_ms)
+    assert audio_end_ms < len(greeting) / 8
+    # After the interruption the caller heard nothing more of that reply.
+    assert common_prefix(heard[start:], greeting) <= clear_at - start
+    assert heard.find(greeting[clear_at - start + 160: clear_at - start + 960], clear_at) == -1
+    # ... and then the answer to what they said.
+    answer = bytes(session.output_audio[session.output_order[-1]])
+    assert session.output_order[-1] != item_id and heard.find(answer[:800], clear_at) >= 0

@@ -21,6 +21,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, TypeVar
 
+import nats.errors
 import orjson
 from dialtone_proto import events as ev
 from dialtone_proto import subjects
@@ -209,7 +210,10 @@ async def _listen(nc: Client, call_sid: str, signin: Held) -> AsyncIterator[byte
         await nc.subscribe(f"{base}.out", cb=on_frame, pending_msgs_limit=LISTEN_PENDING),
     ]
     try:
-        await nc.flush()  # subscribed at the server before the page hears "listening"
+        # Subscribed at the server before the page hears "listening"; a server slow to answer the
+        # ping delays that word by 2 s at most, never the audio (the subscriptions are sent).
+        with contextlib.suppress(TimeoutError, nats.errors.TimeoutError):
+            await nc.flush(timeout=2)
         yield b"retry: 2000\n\n" + sse("listening", {"call_id": call_sid, "sample_rate": 8000, "encoding": "mulaw"})
         async for item in _until_signed_out(queue, signin, None):
             if item is None:
