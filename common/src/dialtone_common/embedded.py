@@ -45,10 +45,20 @@ def _private_dir(path: Path) -> None:
     path.chmod(0o700)
 
 
+_HANDED_OUT: set[int] = set()  # ports this process was given: the kernel may offer one again
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free on 127.0.0.1 now, never one this process was given before: the socket is closed
+    before the port is used, and the kernel can hand the same port to the next caller (a gateway
+    and an admin API of one test were given the same port that way)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def _wait_port(port: int, proc: subprocess.Popen, what: str, log: Path, timeout: float = 30.0) -> None:
