@@ -73,7 +73,8 @@ async def test_a_webhook_whose_stream_never_comes_leaves_no_session_open(
     await poll(lambda: session.closed.is_set(), 30, what="the unused session to be closed")
     print(f"unused prepared session closed {time.monotonic() - started:.1f} s after it opened "
           f"(PREPARE_TTL_S {platform.extra_env.get('PREPARE_TTL_S', '10')})")
-    assert await metric(bridge_metrics, "dialtone_bridge_prepared_sessions_total", result="expired") == expired + 1
+    # (Other tests' webhooks without a stream, on this platform, may expire meanwhile too.)
+    assert await metric(bridge_metrics, "dialtone_bridge_prepared_sessions_total", result="expired") >= expired + 1
 
 
 async def test_a_live_agents_session_starts_at_the_webhook_too(platform: Platform, live: LiveSimulator) -> None:
