@@ -62,6 +62,7 @@ MEASURED_S = {
     "services/transcript-writer/tests/test_webhooks.py": 30,
     "tests/e2e/test_bus_auth.py": 25,
     "tests/e2e/test_first_words.py": 16,
+    "tests/e2e/test_dashboard_analysis.py": 20,
     "services/admin-api/tests/test_signins.py": 10,
 }
 
