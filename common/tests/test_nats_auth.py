@@ -150,8 +150,12 @@ async def _heard(client: Client_, subject: str) -> list[bytes]:
 
 
 async def _settle(*clients: Client_) -> None:
-    for c in clients:
-        await c.nc.flush()
+    """Every message published so far delivered, every refusal received: a flush of every client
+    (the server has handled their publishes), then of every client again (a receiver's pong comes
+    after the messages routed to it), then a moment for what would arrive against the rules."""
+    for _ in range(2):
+        for c in clients:
+            await c.nc.flush()
     await asyncio.sleep(0.3)
 
 
