@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from dialtone_bridge import metrics as m
@@ -77,6 +77,7 @@ from dialtone_bridge.engine import (
     Usage,
     UsageUpdated,
 )
+from dialtone_bridge.socket_engine import SocketConnection, open_socket
 
 log = logging.getLogger("dialtone.bridge.live")
 
@@ -461,16 +462,7 @@ class LiveTurns:
 # ---- the connection --------------------------------------------------------------------------
 
 
-async def open_socket(url: str, api_key: str | None) -> ClientConnection:
-    """Open one primary Live socket (no query parameters: the model is in ``session.start``)."""
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    return await connect(
-        url, additional_headers=headers, compression=None, max_size=16 * 1024 * 1024,
-        open_timeout=10, ping_interval=20, ping_timeout=20, close_timeout=2,
-    )  # fmt: skip
-
-
-class LiveConnection:
+class LiveConnection(SocketConnection):
     """A call's connection to GPT-Live (:class:`dialtone_bridge.engine.ModelConnection`).
 
     Args:
@@ -498,7 +490,7 @@ class LiveConnection:
     async def open(self, spec: SessionSpec, history: Sequence[HistoryLine] = ()) -> None:
         ws = None
         try:
-            ws = await open_socket(self.url, self._key)
+            ws = await open_socket(self.url, self._key)  # no query: the model is in session.start
             await ws.send(session_start(spec, self.model, history))
             session_id = await self._await_started(ws)
             # Transcript fragments stop during a pause and the rest may come only once the model's
@@ -583,16 +575,6 @@ class LiveConnection:
         if self._ws is ws:
             self._ws = None
         yield Closed(cause)
-
-    async def _send(self, event: str) -> bool:
-        ws = self._ws
-        if ws is None:
-            return False
-        try:
-            await ws.send(event)
-            return True
-        except ConnectionClosed:
-            return False
 
     async def append_audio(self, audio: bytes) -> bool:
         return await self._send(append(audio))

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import orjson
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from dialtone_bridge import metrics as m
@@ -43,6 +43,7 @@ from dialtone_bridge.engine import (
     ToolCallRequested,
     Usage,
 )
+from dialtone_bridge.socket_engine import SocketConnection, open_socket
 
 log = logging.getLogger("dialtone.bridge.realtime")
 
@@ -272,23 +273,7 @@ def parse(ev: dict[str, Any]) -> EngineEvent | None:
 # ---- the connection --------------------------------------------------------------------------
 
 
-async def open_socket(url: str, model: str, api_key: str | None) -> ClientConnection:
-    """Open one Realtime socket. No compression: audio does not compress and deflate costs CPU."""
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    sep = "&" if "?" in url else "?"
-    return await connect(
-        f"{url}{sep}model={model}",
-        additional_headers=headers,
-        compression=None,
-        max_size=16 * 1024 * 1024,
-        open_timeout=10,
-        ping_interval=20,
-        ping_timeout=20,
-        close_timeout=2,
-    )
-
-
-class RealtimeConnection:
+class RealtimeConnection(SocketConnection):
     """A call's connection to the Realtime API (:class:`dialtone_bridge.engine.ModelConnection`).
 
     Args:
@@ -310,7 +295,8 @@ class RealtimeConnection:
     async def open(self, spec: SessionSpec, history: Sequence[HistoryLine] = ()) -> None:
         ws = None
         try:
-            ws = await open_socket(self.url, self.model, self._key)
+            sep = "&" if "?" in self.url else "?"
+            ws = await open_socket(f"{self.url}{sep}model={self.model}", self._key)
             await ws.send(session_update(self._session(spec)))
             await self._await_session(ws)
             for line in history[-HISTORY_LINES:]:
@@ -375,16 +361,6 @@ class RealtimeConnection:
         if self._ws is ws:
             self._ws = None
         yield Closed(cause)
-
-    async def _send(self, event: str) -> bool:
-        ws = self._ws
-        if ws is None:
-            return False
-        try:
-            await ws.send(event)
-            return True
-        except ConnectionClosed:
-            return False
 
     async def append_audio(self, audio: bytes) -> bool:
         return await self._send(append(audio))
