@@ -25,7 +25,6 @@ import jsonschema
 import orjson
 import pytest
 import pytest_asyncio
-from aiohttp import web
 from dialtone_dev.platform import Platform
 from dialtone_sim.polling import poll
 from dialtone_sim.realtime import RealtimeSimulator
@@ -34,7 +33,7 @@ from dialtone_sim.scenario import Scenario, Turn
 from dialtone_sim.twilio_edge import dial
 
 from .conftest import ACCOUNT_SID, ANALYST, AUTH_TOKEN, TEST_AGENTS, Admin
-from .test_webhooks import SECRET, verify
+from .test_webhooks import SECRET, restart_writer, webhook_receiver
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
 
@@ -49,35 +48,12 @@ ANALYSIS_ENV = {
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def receiver() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
-    hits: list[dict[str, Any]] = []
-
-    async def handle(request: web.Request) -> web.Response:
-        body = await request.read()
-        verify({k.lower(): v for k, v in request.headers.items()}, body)
-        hits.append({"id": request.headers["webhook-id"], **orjson.loads(body)})
-        return web.Response(status=204)
-
-    app = web.Application()
-    app.router.add_post("/crm", handle)
-    runner = web.AppRunner(app, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}/crm", hits
-    finally:
-        await runner.cleanup()
+    async with webhook_receiver() as endpoint:
+        yield endpoint
 
 
 def writer_env(url: str) -> dict[str, str]:
     return {"WEBHOOK_URL": url, "WEBHOOK_SECRET": SECRET, **ANALYSIS_ENV}
-
-
-async def restart_writer(platform: Platform, env: dict[str, str] | None, sig: int = signal.SIGTERM) -> None:
-    await platform.services["transcript-writer"].stop(sig)
-    service = await platform.start("transcript-writer", env=env)
-    await platform.wait_healthy(services=[service])
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")

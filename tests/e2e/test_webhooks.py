@@ -8,8 +8,10 @@ checks every signature by hand from the Standard Webhooks spec."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
+import signal
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -41,8 +43,9 @@ def verify(headers: dict[str, str], body: bytes) -> None:
     assert f"v1,{mac}" in headers["webhook-signature"].split(" ")
 
 
-@pytest_asyncio.fixture(loop_scope="session")
-async def receiver() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
+@contextlib.asynccontextmanager
+async def webhook_receiver() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
+    """A CRM's endpoint: it checks every signature by hand and keeps what it got; its URL and hits."""
     hits: list[dict[str, Any]] = []
 
     async def handle(request: web.Request) -> web.Response:
@@ -65,8 +68,14 @@ async def receiver() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
         await runner.cleanup()
 
 
-async def restart_writer(platform: Platform, env: dict[str, str] | None) -> None:
-    await platform.services["transcript-writer"].stop()
+@pytest_asyncio.fixture(loop_scope="session")
+async def receiver() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
+    async with webhook_receiver() as endpoint:
+        yield endpoint
+
+
+async def restart_writer(platform: Platform, env: dict[str, str] | None, sig: int = signal.SIGTERM) -> None:
+    await platform.services["transcript-writer"].stop(sig)
     service = await platform.start("transcript-writer", env=env)
     await platform.wait_healthy(services=[service])
 
