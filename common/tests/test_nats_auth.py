@@ -19,6 +19,7 @@ from dialtone_common.embedded import embedded_nats, nats_binary
 from dialtone_common.nats_auth import HARNESS, SERVICE_USERS, RunCredentials, render_config
 from dialtone_common.settings import ServiceSettings
 from dialtone_proto import subjects
+from dialtone_sim.polling import poll
 from nats.aio.client import Client
 from pydantic import ValidationError
 
@@ -236,6 +237,8 @@ async def test_the_admin_api_hears_calls_but_publishes_no_audio_offer_or_event(c
     await admin.nc.publish(subjects.CALL_OFFER, b"{}")
     await harness.nc.publish(AUDIO_IN, b"caller")
     await _settle(harness, admin)
+    await poll(lambda: listen, 10, 0.02, "the caller's frame to reach the listen-in")  # its callback's own task
+    await _settle(harness, admin)
     assert heard_events == [] and heard_audio == []
     assert listen == [b"caller"]
     for subject in (EVENT, AUDIO_OUT, subjects.CALL_OFFER):
@@ -252,6 +255,9 @@ async def test_only_the_gateway_speaks_for_the_caller_and_only_the_bridge_for_th
     await gateway.nc.publish(AUDIO_OUT, b"forged agent")
     await bridge.nc.publish(AUDIO_IN, b"forged caller")
     await writer.nc.publish(AUDIO_IN, b"recorder forging")
+    await _settle(harness, gateway, bridge, writer)
+    # A message's callback runs in a task of its own, after the flush that delivered it.
+    await poll(lambda: heard_in and heard_out, 10, 0.02, "the allowed frames to be heard")
     await _settle(harness, gateway, bridge, writer)
     assert heard_in == [b"caller"] and heard_out == [b"agent"]
     assert gateway.refused(AUDIO_OUT) and bridge.refused(AUDIO_IN) and writer.refused(AUDIO_IN)
