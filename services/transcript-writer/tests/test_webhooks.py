@@ -288,7 +288,7 @@ async def test_500_three_times_then_200_is_one_delivery_of_four_attempts_with_gr
     after = metrics.REGISTRY.get_sample_value("dialtone_writer_webhook_failures_total", {"reason": "http_5xx"})
     assert after - before == 3
     body = receiver.hits[-1].json
-    assert body["type"] == "call.ended" and body["timestamp"].startswith(T0.strftime("%Y-%m-%dT%H:%M"))
+    assert body["type"] == "call.ended" and body["timestamp"] == (T0 + timedelta(seconds=9)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # the hang-up's time
     async with pool.acquire() as conn:
         assert body["data"] == session_json(await get_session(conn, call))
     assert body["data"]["transcript"][0]["text"] == "Hello there" and body["data"]["ended_at"] is not None
