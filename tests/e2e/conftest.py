@@ -30,6 +30,11 @@ BRIEF = "+15005550098"  # calls last at most 6 s
 ANSWERPHONE = "+15005550097"  # hangs up on voicemail
 LIVE = "+15005550095"  # the GPT-Live agent (engine = "live"), all tools
 ANALYST = "+15005550094"  # a post-call analysis with extraction fields (test_analysis.py)
+# The conversation suite on both engines (test_engines.py): the same agent on each engine, and a
+# quick-idle one, told apart only by ``engine``.
+DESK = {"realtime": "+15005550089", "live": "+15005550088"}
+DESK_IDLE = {"realtime": "+15005550087", "live": "+15005550086"}
+DESK_HANDOFF = {"realtime": "billing", "live": "desk-billing-live"}
 
 TEST_AGENTS = {
     "lab": f"""
@@ -101,6 +106,47 @@ type = "string"
 enum = ["positive", "neutral", "negative"]
 """,
 }
+
+
+def _desk(engine: str) -> str:
+    suffix = "" if engine == "realtime" else "-live"
+    return f"""
+numbers = ["{DESK[engine]}"]
+engine = "{engine}"
+tools = "*"
+greeting = "Welcome to the Acme front desk. This greeting is long on purpose, so that a caller has time to interrupt it."
+filler = "One moment, I am still checking that for you."
+transfer_number = "+15005550010"
+voicemail = "leave_message"
+voicemail_message = "Hi, this is the Acme front desk returning your call. Goodbye."
+handoffs = ["{DESK_HANDOFF[engine]}"]
+[limits]
+idle_prompt_s = 0
+max_duration_s = 0
+""", f"""
+numbers = ["{DESK_IDLE[engine]}"]
+engine = "{engine}"
+greeting = "Hi, front desk."
+idle_prompt = "Are you still there?"
+goodbye = "It seems you have stepped away. Goodbye!"
+[limits]
+idle_prompt_s = 1.5
+idle_prompts = 2
+max_duration_s = 0
+""", suffix
+
+
+for _engine in ("realtime", "live"):
+    _config, _idle, _suffix = _desk(_engine)
+    TEST_AGENTS[f"desk{_suffix}"] = _config
+    TEST_AGENTS[f"desk-idle{_suffix}"] = _idle
+TEST_AGENTS["desk-billing-live"] = """
+engine = "live"
+tools = ["lookup_customer", "set_outcome", "end_call"]
+[limits]
+idle_prompt_s = 0
+max_duration_s = 0
+"""
 
 
 def make_agents_dir(target: Path) -> Path:

@@ -41,48 +41,6 @@ async def test_no_clear_or_truncate_once_playback_has_finished(platform: Platfor
     assert realtime.sessions[before].truncations == []
 
 
-async def test_agent_speaks_first_and_time_to_first_audio_is_recorded(
-    platform: Platform, realtime: RealtimeSimulator, admin: Admin
-):
-    realtime.scenario = Scenario(turns=[])
-    call = await call_lab(platform, to="+15005550006")
-    await call.wait_quiet(since=0, timeout=20)  # the caller says nothing at all
-    await call.hangup()
-    assert len(call.heard) > 8000
-    session = await admin.session(call.call_sid)
-    assert session["transcript"][0]["role"] == "agent"
-    assert session["transcript"][0]["text"].startswith("Thanks for calling Acme support")
-    assert 0 < session["metrics"]["first_agent_audio_ms"] < 5000
-
-
-async def test_slow_tool_gets_a_filler_then_the_answer(platform: Platform, realtime: RealtimeSimulator, admin: Admin):
-    realtime.scenario = Scenario(turns=[
-        Turn(caller="Can I have my report?", agent="Your report is ready.",
-             tools=[ToolCall("slow_report", {"seconds": 3})]),
-    ])
-    before = len(realtime.sessions)
-    call = await call_lab(platform)
-    await call.wait_quiet(since=0, timeout=30)
-    await call.say("Can I have my report?")
-    heard_before = len(call.media_received)
-    await poll(lambda: any(e.get("response", {}).get("conversation") == "none"
-                           for e in realtime.sessions[before].client_events if e["type"] == "response.create"),
-               timeout=10, what="a filler response")
-    await poll(lambda: "Your report is ready." in [e.get("transcript") for e in realtime.sessions[before].server_events
-                                                   if e["type"] == "response.output_audio_transcript.done"],
-               timeout=15, what="the answer")
-    await call.wait_quiet(since=heard_before, timeout=20)
-    await call.hangup()
-    session = await admin.session(call.call_sid)
-    agent_lines = [line["text"] for line in session["transcript"] if line["role"] == "agent"]
-    assert agent_lines[-2:] == ["One moment, I am still checking that for you.", "Your report is ready."]
-    assert session["tool_calls"][0]["name"] == "slow_report" and session["tool_calls"][0]["ok"]
-    sim = realtime.sessions[before]
-    filler, answer = (bytes(sim.output_audio[i]) for i in sim.output_order[-2:])
-    heard = bytes(call.heard)
-    assert 0 <= heard.find(filler[:800]) < heard.find(answer[:800])
-
-
 async def test_tool_result_after_the_caller_hung_up_is_dropped(platform: Platform, realtime: RealtimeSimulator, admin: Admin):
     realtime.scenario = Scenario(turns=[
         Turn(caller="Report please.", agent="Here it is.", tools=[ToolCall("slow_report", {"seconds": 2.5})]),
@@ -128,59 +86,6 @@ async def test_response_races_are_absorbed_and_other_errors_logged_and_counted(
     log = platform.services["realtime-bridge"].log_path.read_text().splitlines()
     errors = [line for line in log if call.call_sid in line and "ERROR" in line]
     assert len(errors) == 1 and "model error server_error" in errors[0]
-
-
-@pytest.mark.parametrize("how", ["session_expired", "network_drop"])
-async def test_lost_realtime_socket_is_restored_and_the_caller_keeps_talking(
-    platform: Platform, realtime: RealtimeSimulator, admin: Admin, how: str
-):
-    realtime.scenario = Scenario(turns=[
-        Turn(caller="My name is Ada.", agent="Nice to meet you, Ada."),
-        Turn(caller="What did I say my name was?", agent="You said Ada."),
-    ])
-    before = len(realtime.sessions)
-    call = await call_lab(platform, to="+15005550006")
-    await call.wait_quiet(since=0, timeout=30)
-    await call.say("My name is Ada.")
-    await call.wait_quiet(timeout=20)
-    first = realtime.sessions[before]
-    if how == "session_expired":
-        await first.expire()
-    else:
-        await realtime.drop(first)
-    await poll(lambda: len(realtime.sessions) > before + 1, timeout=10, what="a new Realtime session")
-    second = realtime.sessions[before + 1]
-    await call.say("What did I say my name was?")
-    await call.wait_quiet(timeout=20)
-    await call.hangup()
-
-    # The new socket got the same agent and the conversation so far.
-    updates = [e for e in second.client_events if e["type"] == "session.update"]
-    assert updates and updates[0]["session"]["instructions"] == \
-        [e for e in first.client_events if e["type"] == "session.update"][0]["session"]["instructions"]
-    restored = [e["item"] for e in second.client_events if e["type"] == "conversation.item.create"]
-    texts = [c.get("text") for item in restored for c in item["content"]]
-    assert "My name is Ada." in texts and "Nice to meet you, Ada." in texts
-    session = await admin.session(call.call_sid)
-    assert [(line["role"], line["text"]) for line in session["transcript"]][-4:] == [
-        ("caller", "My name is Ada."), ("agent", "Nice to meet you, Ada."),
-        ("caller", "What did I say my name was?"), ("agent", "You said Ada."),
-    ]
-    assert session["end_reason"] == "caller_hangup"
-
-
-async def test_dtmf_reaches_the_model_and_the_transcript(platform: Platform, realtime: RealtimeSimulator, admin: Admin):
-    realtime.scenario = Scenario(turns=[Turn(caller=None, agent="You chose billing.")])
-    before = len(realtime.sessions)
-    call = await call_lab(platform)
-    await call.wait_quiet(since=0, timeout=30)
-    await call.press("1")
-    await call.wait_quiet(timeout=20)
-    await call.hangup()
-    assert realtime.sessions[before].text_inputs == ["The caller pressed 1 on the keypad."]
-    session = await admin.session(call.call_sid)
-    lines = [(line["role"], line["text"], line["source"]) for line in session["transcript"]]
-    assert lines[-2:] == [("caller", "pressed 1", "dtmf"), ("agent", "You chose billing.", "speech")]
 
 
 async def test_responses_of_several_items_over_a_jittery_line_are_heard_and_written_in_order(

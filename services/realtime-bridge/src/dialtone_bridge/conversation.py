@@ -151,6 +151,7 @@ class Conversation:
         self._catalog: dict[str, ToolSpec] = {}
         self.voice = agent.voice  # fixed once the caller has heard it, even across handoffs
         self._untold = 0  # caller turns ended whose text has not come yet (a handoff waits for them)
+        self._spoken_to: dict[str, str] = {}  # caller item -> the agent on the line when it began
 
     # ---- session -------------------------------------------------------------------------
     async def spec(self) -> SessionSpec:
@@ -238,7 +239,10 @@ class Conversation:
         if extra.get("offset_ms") is None:
             offset = self._offsets.pop(item_id, None)
             extra["offset_ms"] = None if offset is None else round(offset, 1)
-        self.s.events.emit(TranscriptLine, item_id=item_id, seq=seq, role=role, text=text, agent=self.agent.name, **extra)
+        # A caller's words belong to the agent they were said to, even if their text comes after
+        # a handoff.
+        agent = self._spoken_to.pop(item_id, self.agent.name) if role == "caller" else self.agent.name
+        self.s.events.emit(TranscriptLine, item_id=item_id, seq=seq, role=role, text=text, agent=agent, **extra)
 
     # ---- server events -------------------------------------------------------------------
     async def on_event(self, ev: EngineEvent) -> None:
@@ -248,6 +252,9 @@ class Conversation:
             case AgentAudioDone():
                 await self.s.flush_audio(ev.item_id)
             case CallerSpeechStarted():
+                if ev.item_id:
+                    self._spoken_to[ev.item_id] = self.agent.name
+                    _trim(self._spoken_to)
                 if ev.item_id and ev.audio_start_ms is not None:
                     self._offsets[ev.item_id] = self.s.stream_ms(ev.audio_start_ms)
                     _trim(self._offsets)

@@ -41,6 +41,7 @@ log = logging.getLogger("dialtone.bridge.call")
 BACKLOG_BYTES = 8000 * 30  # 30 s of caller audio kept while the model socket (re)connects
 MIN_CHUNK = 320  # agent audio goes to the gateway in chunks of at least 40 ms (each then marked)
 STREAM_SILENT_S = 10.0  # Twilio sends media every 20 ms: this long without a frame, the stream is gone
+LAST_WORDS_S = 1.5  # at the end, how long the caller's last words may take to be transcribed
 __all__ = ["CALL_GOES_ON", "HANDED_OFF", "HUNG_UP", "LINE_STILL_OPEN", "REPLACED", "BridgeContext", "CallSession"]
 
 
@@ -234,8 +235,13 @@ class CallSession:
                 self.end("bridge_error")  # without its reader the call would be silent forever
 
     async def _teardown(self) -> None:
+        if self.ready.is_set():
+            # The caller's last words (before a transfer, a hang-up) are transcribed after they
+            # stopped speaking: a moment more for their text, or the transcript would lose them.
+            with contextlib.suppress(TimeoutError):
+                await self.conversation.caller_told(LAST_WORDS_S)
         self.ready.clear()
-        await self.model.close()  # at once: a lingering session keeps billing
+        await self.model.close()  # then at once: a lingering session keeps billing
         if (preopened := self._preopened) is not None:  # the call ended before it was needed
             self._preopened = None
             m.PREPARED.labels("unused").inc()

@@ -36,9 +36,9 @@ import pytest
 # `make test` on 3 workers on 2 cores; a file not listed is estimated from its tests' markers.
 MEASURED_S = {
     "tests/faults/test_outages.py": 145,
-    "tests/e2e/test_conversation.py": 140,
+    "tests/e2e/test_conversation.py": 100,
     "tests/faults/test_drain.py": 115,
-    "tests/e2e/test_call_control.py": 80,
+    "tests/e2e/test_call_control.py": 45,
     "tests/e2e/test_bridge_loss.py": 70,
     "tests/e2e/test_dashboard_pages.py": 48,
     "tests/e2e/test_resilience.py": 47,
@@ -55,7 +55,8 @@ MEASURED_S = {
     "services/transcript-writer/tests/test_recorder_audio.py": 11,
     # Files added since, estimated from single runs until a full run measures them.
     "tests/e2e/test_analysis.py": 120,
-    "tests/e2e/test_live.py": 100,
+    "tests/e2e/test_live.py": 60,
+    "tests/e2e/test_engines.py": 200,
     "services/transcript-writer/tests/test_recording_s3.py": 60,
     "tests/e2e/test_dashboard_webhooks.py": 35,
     "tests/e2e/test_webhooks.py": 30,
