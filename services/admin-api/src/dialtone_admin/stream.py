@@ -34,6 +34,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from pydantic import ValidationError
 
+from dialtone_admin.audit import record
 from dialtone_admin.auth import held, require_token
 from dialtone_admin.errors import responses
 from dialtone_admin.live import LiveCalls
@@ -255,4 +256,5 @@ async def listen(call_sid: Annotated[Text, Path()], request: Request) -> Streami
         raise HTTPException(400, detail=str(exc)) from exc
     nc: Client = request.app.state.nc
     signin = await held(request)
+    await record(request, "listen_live", call_sid)
     return StreamingResponse(_listen(nc, call_sid, signin), media_type="text/event-stream", headers=SSE_HEADERS)
