@@ -30,11 +30,13 @@ BRIEF = "+15005550098"  # calls last at most 6 s
 ANSWERPHONE = "+15005550097"  # hangs up on voicemail
 LIVE = "+15005550095"  # the GPT-Live agent (engine = "live"), all tools
 ANALYST = "+15005550094"  # a post-call analysis with extraction fields (test_analysis.py)
+PRIVATE = "+15005550093"  # redacts card numbers and emails (test_redaction.py)
 
 TEST_AGENTS = {
     "lab": f"""
 numbers = ["{LAB}"]
 tools = "*"
+redact = []  # keypad digits and tool data stored as they are (test_conversation checks them)
 greeting = "Welcome to the Acme laboratory line. This greeting is long on purpose, so that a caller has time to interrupt it before it ends."
 filler = "One moment, I am still checking that for you."
 [limits]
@@ -74,6 +76,15 @@ backend_instructions = "Look callers up by phone number before answering account
 voice = "marin"
 tools = "*"
 greeting = "Thanks for calling Acme live support. How can I help you today?"
+[limits]
+idle_prompt_s = 0
+max_duration_s = 0
+""",
+    "private": f"""
+numbers = ["{PRIVATE}"]
+tools = "*"
+greeting = "Hello, Acme payments."
+redact = ["card_number", "email"]
 [limits]
 idle_prompt_s = 0
 max_duration_s = 0
