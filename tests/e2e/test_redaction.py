@@ -111,7 +111,7 @@ async def test_card_numbers_and_emails_are_kept_out_of_storage_and_beeped_in_the
     # Viewing and downloading are audited: the session read, the recording fetched, the transcript export.
     status, _, _ = await fetch(admin, f"/sessions/{sid}/transcript")
     assert status == 200
-    status, audit = await admin.get("/audit", call=sid)
+    status, audit = await admin.get("/audit/entries", call=sid)
     assert status == 200
     actions = [e["action"] for e in audit["items"]]
     assert {"view_call", "play_recording", "export_transcript"} <= set(actions), actions
@@ -137,14 +137,14 @@ async def test_a_dashboard_sign_in_is_named_in_the_audit_log_and_exports_are_aud
         async with browser.get(admin.url + "/sessions/CAnosuchcall00000000000000000000",
                                headers={"User-Agent": "audit-test-browser"}) as r:
             assert r.status == 404
-    status, audit = await admin.get("/audit", action="export_calls")
+    status, audit = await admin.get("/audit/entries", action="export_calls")
     assert status == 200
     mine = [e for e in audit["items"] if e["user_agent"] == "audit-test-browser"]
     assert mine, audit
     assert mine[0]["actor_kind"] == "session" and mine[0]["actor"] in {s["id"] for s in signins}
     assert mine[0]["detail"]["format"] == "json" and mine[0]["detail"]["filters"] == {"agent": "private"}
     # Asking for a call is audited even when there is none (someone looked).
-    status, audit = await admin.get("/audit", call="CAnosuchcall00000000000000000000")
+    status, audit = await admin.get("/audit/entries", call="CAnosuchcall00000000000000000000")
     assert [e["action"] for e in audit["items"]] == ["view_call"]
-    status, body = await admin.get("/audit", cursor="not-a-cursor")
+    status, body = await admin.get("/audit/entries", cursor="not-a-cursor")
     assert status == 400

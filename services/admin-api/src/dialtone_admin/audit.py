@@ -4,7 +4,7 @@ Each audited request writes its entry (``audit_log``, migration 0009) *before* i
 view whose entry cannot be written is refused (503), so the log misses nothing. Who is the sign-in
 (its public id, as ``GET /auth/sessions`` lists it) or the bearer token (a digest of it: which
 token, after a rotation, never the token); from where is the client's address (through
-``FORWARDED_ALLOW_IPS`` proxies only) and browser. The entries are listed by ``GET /audit`` and on
+``FORWARDED_ALLOW_IPS`` proxies only) and browser. The entries are listed by ``GET /audit/entries`` and on
 the dashboard's Audit page; the writer deletes those older than ``AUDIT_RETENTION_DAYS``.
 
 Audited: ``view_call`` (``GET /sessions/{sid}``, the call page), ``export_transcript``
@@ -87,7 +87,7 @@ async def _db(request: Request) -> Database:
 router = APIRouter(tags=["audit"], dependencies=[Depends(require_token)])
 
 
-@router.get("/audit", response_model=AuditPage, responses=responses(400, 401, 503))
+@router.get("/audit/entries", response_model=AuditPage, responses=responses(400, 401, 503))
 async def list_audit(
     db: Annotated[Database, Depends(_db)],
     call: Annotated[Text | None, Query(description="entries about this call")] = None,
