@@ -76,7 +76,7 @@ async def record(request: Request, action: Action, call_sid: str | None = None,
         async with db.connection() as conn:
             await conn.execute(_INSERT, kind, who, action, call_sid, detail or {}, client_address(request), agent)
     except (DatabaseError, asyncpg.PostgresError, OSError) as exc:
-        raise HTTPException(503, detail="the audit log cannot be written now; try again",
+        raise HTTPException(503, detail="the database is unavailable (the audit log cannot record this view); try again shortly",
                             headers={"Retry-After": "2"}) from exc
 
 

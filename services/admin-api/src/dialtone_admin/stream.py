@@ -245,7 +245,7 @@ async def live_stream(request: Request) -> StreamingResponse:
 
 @router.get(
     "/live/{call_sid}/listen",
-    responses={**responses(400, 401), 200: {"content": {"text/event-stream": {}}, "description": "server-sent events"}},
+    responses={**responses(400, 401, 503), 200: {"content": {"text/event-stream": {}}, "description": "server-sent events"}},
 )
 async def listen(call_sid: Annotated[Text, Path()], request: Request) -> StreamingResponse:
     """Listen in to a call in progress: ``audio`` events {side: in (caller) | out (agent), seq,
