@@ -30,6 +30,7 @@ BRIEF = "+15005550098"  # calls last at most 6 s
 ANSWERPHONE = "+15005550097"  # hangs up on voicemail
 LIVE = "+15005550095"  # the GPT-Live agent (engine = "live"), all tools
 ANALYST = "+15005550094"  # a post-call analysis with extraction fields (test_analysis.py)
+PRIVATE = "+15005550093"  # redacts card numbers and emails (test_redaction.py)
 # The conversation suite on both engines (test_engines.py): the same agent on each engine, and a
 # quick-idle one, told apart only by ``engine``.
 DESK = {"realtime": "+15005550089", "live": "+15005550088"}
@@ -40,6 +41,7 @@ TEST_AGENTS = {
     "lab": f"""
 numbers = ["{LAB}"]
 tools = "*"
+redact = []  # keypad digits and tool data stored as they are (test_conversation checks them)
 greeting = "Welcome to the Acme laboratory line. This greeting is long on purpose, so that a caller has time to interrupt it before it ends."
 filler = "One moment, I am still checking that for you."
 [limits]
@@ -83,6 +85,15 @@ greeting = "Thanks for calling Acme live support. How can I help you today?"
 idle_prompt_s = 0
 max_duration_s = 0
 """,
+    "private": f"""
+numbers = ["{PRIVATE}"]
+tools = "*"
+greeting = "Hello, Acme payments."
+redact = ["card_number", "email"]
+[limits]
+idle_prompt_s = 0
+max_duration_s = 0
+""",
     "analyst": f"""
 numbers = ["{ANALYST}"]
 greeting = "Hello, Acme orders."
@@ -114,6 +125,7 @@ def _desk(engine: str) -> str:
 numbers = ["{DESK[engine]}"]
 engine = "{engine}"
 tools = "*"
+redact = []  # keypad digits stored as they are (the DTMF test checks them)
 greeting = "Welcome to the Acme front desk. This greeting is long on purpose, so that a caller has time to interrupt it."
 filler = "One moment, I am still checking that for you."
 transfer_number = "+15005550010"

@@ -625,7 +625,7 @@ async def test_openapi_documents_the_error_responses(client) -> None:
         ("/sessions/{call_sid}/waveform", "get"): {"200", "400", "401", "404", "422", "429", "503"},
         ("/live", "get"): {"200", "401", "429"},
         ("/live/stream", "get"): {"200", "401", "429"},
-        ("/live/{call_sid}/listen", "get"): {"200", "400", "401", "422", "429"},
+        ("/live/{call_sid}/listen", "get"): {"200", "400", "401", "422", "429", "503"},
         ("/stats/daily", "get"): {"200", "401", "422", "429", "503"},
         ("/calls", "post"): {"201", "400", "401", "422", "429", "502", "503"},
         ("/auth/session", "post"): {"200", "400", "401", "403", "422", "429", "503"},
@@ -635,6 +635,7 @@ async def test_openapi_documents_the_error_responses(client) -> None:
         ("/auth/sessions", "delete"): {"200", "401", "429", "503"},
         ("/auth/sessions/{signin}", "delete"): {"204", "401", "404", "422", "429", "503"},
         ("/webhooks/deliveries", "get"): {"200", "400", "401", "422", "429", "503"},
+        ("/audit/entries", "get"): {"200", "400", "401", "422", "429", "503"},
         ("/webhooks/deliveries/{delivery_id}/resend", "post"): {"200", "400", "401", "404", "422", "429", "503"},
         ("/webhooks/replay", "post"): {"200", "400", "401", "422", "429", "503"},
     }

@@ -21,7 +21,7 @@ EXPECTED_COLUMNS = {
     "call_events": {"event_id", "call_sid", "type", "at", "payload", "received_at"},
     "transcript_lines": {
         "call_sid", "seq", "item_id", "role", "text", "agent", "source", "interrupted", "at", "event_id",
-        "untranscribed", "rev", "offset_ms", "heard_ms", "audio_ms", "full_text",
+        "untranscribed", "rev", "offset_ms", "heard_ms", "audio_ms", "full_text", "redacted",
     },
     "tool_calls": {
         "call_sid", "tool_call_id", "seq", "name", "agent", "arguments", "raw_arguments", "ok", "result",
@@ -47,6 +47,7 @@ EXPECTED_COLUMNS = {
         "attempts", "next_attempt_at", "retry_from", "locked_until", "payload", "delivered_at", "last_status",
         "last_error",
     },
+    "audit_log": {"id", "at", "actor_kind", "actor", "action", "call_sid", "detail", "client", "user_agent"},
     "webhook_attempts": {"delivery_id", "n", "at", "status_code", "latency_ms", "response", "error"},
     "analysis_jobs": {
         "call_sid", "agent", "status", "attempts", "reason", "model", "cost_usd", "tokens", "result", "latency_ms",
@@ -77,6 +78,8 @@ EXPECTED_INDEXES = {
     "analysis_jobs_open_idx",
     "call_sessions_verdict_idx",
     "call_sessions_summary_fts_idx",
+    "audit_log_at_idx",
+    "audit_log_call_idx",
 }
 
 

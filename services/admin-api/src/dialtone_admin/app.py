@@ -3,6 +3,7 @@ Twilio, and the dashboard."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -16,6 +17,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from dialtone_admin import errors, pages
+from dialtone_admin.audit import record
+from dialtone_admin.audit import router as audit_router
 from dialtone_admin.auth import require_token
 from dialtone_admin.cursor import InvalidCursor
 from dialtone_admin.database import Database, DatabaseUnavailable
@@ -117,12 +120,15 @@ async def sessions_facets(db: Annotated[Database, Depends(_db)]) -> dict:
     responses={**responses(401, 503), 200: {"content": {"text/csv": {}, "application/json": {}}}},
 )
 async def sessions_export(
+    request: Request,
     db: Annotated[Database, Depends(_db)],
     filters: Filters,
     format: Annotated[Literal["csv", "json"], Query(description="csv or json")] = "csv",  # noqa: A002
     limit: Annotated[int, Query(ge=1, le=EXPORT_MAX)] = EXPORT_MAX,
 ) -> StreamingResponse:
     """Every session the filters select (at most ``limit``), newest first, as a CSV or JSON download."""
+    chosen = {k: str(v) for k, v in dataclasses.asdict(filters).items() if v not in (None, "")}
+    await record(request, "export_calls", None, {"format": format, "limit": limit, "filters": chosen})
     # The first batch is read here, so a database failure is still an ordinary 503.
     async with db.connection() as conn:
         first, cursor = await list_sessions(conn, filters, min(EXPORT_BATCH, limit), None, with_analysis=True)
@@ -140,8 +146,11 @@ async def sessions_export(
     tags=["sessions"],
     responses=responses(400, 401, 404, 503),
 )
-async def session_detail(call_sid: Annotated[Text, Path()], db: Annotated[Database, Depends(_db)]) -> dict:
+async def session_detail(
+    request: Request, call_sid: Annotated[Text, Path()], db: Annotated[Database, Depends(_db)]
+) -> dict:
     """One call: summary, transcript, tool calls, usage, status history, metrics and handoffs."""
+    await record(request, "view_call", call_sid)
     async with db.connection() as conn:
         detail = await get_session(conn, call_sid)
     if detail is None:
@@ -150,8 +159,11 @@ async def session_detail(call_sid: Annotated[Text, Path()], db: Annotated[Databa
 
 
 @api.get("/sessions/{call_sid}/transcript", tags=["sessions"], responses=responses(400, 401, 404, 503))
-async def session_transcript(call_sid: Annotated[Text, Path()], db: Annotated[Database, Depends(_db)]) -> Response:
+async def session_transcript(
+    request: Request, call_sid: Annotated[Text, Path()], db: Annotated[Database, Depends(_db)]
+) -> Response:
     """The whole session (``GET /sessions/{call_sid}``) as a JSON download, ``<call_sid>.json``."""
+    await record(request, "export_transcript", call_sid)
     async with db.connection() as conn:
         detail = await get_session(conn, call_sid)
     if detail is None:
@@ -260,4 +272,5 @@ def create_app(settings: AdminSettings) -> FastAPI:
     app.include_router(calls_router)
     app.include_router(recordings_router)
     app.include_router(webhooks_router)
+    app.include_router(audit_router)
     return app

@@ -173,6 +173,10 @@ def install(app: FastAPI) -> None:
     async def webhooks(request: Request) -> Response:
         return await page(request)
 
+    @router.get("/audit")
+    async def audit(request: Request) -> Response:
+        return await page(request)
+
     @router.get("/favicon.ico")
     async def favicon() -> Response:
         return RedirectResponse("/static/favicon.svg", 308)

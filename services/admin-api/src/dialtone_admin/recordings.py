@@ -21,6 +21,7 @@ from dialtone_common.recording_storage import LocalStorage, RecordingMissing, S3
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.responses import Response, StreamingResponse
 
+from dialtone_admin.audit import record
 from dialtone_admin.auth import require_token
 from dialtone_admin.database import Database
 from dialtone_admin.errors import responses
@@ -92,6 +93,7 @@ async def recording(
 ) -> Response:
     """The call's recording: stereo 16-bit PCM WAV at 8 kHz, caller left, agent (as played) right."""
     row = await _row(db, call_sid)
+    await record(request, "play_recording", call_sid, {"range": request.headers.get("range", "")[:100] or None})
     store = _storage(request)
     try:
         size = await store.size(row["storage_key"])

@@ -34,6 +34,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from pydantic import ValidationError
 
+from dialtone_admin.audit import record
 from dialtone_admin.auth import held, require_token
 from dialtone_admin.errors import responses
 from dialtone_admin.live import LiveCalls
@@ -244,7 +245,7 @@ async def live_stream(request: Request) -> StreamingResponse:
 
 @router.get(
     "/live/{call_sid}/listen",
-    responses={**responses(400, 401), 200: {"content": {"text/event-stream": {}}, "description": "server-sent events"}},
+    responses={**responses(400, 401, 503), 200: {"content": {"text/event-stream": {}}, "description": "server-sent events"}},
 )
 async def listen(call_sid: Annotated[Text, Path()], request: Request) -> StreamingResponse:
     """Listen in to a call in progress: ``audio`` events {side: in (caller) | out (agent), seq,
@@ -255,4 +256,5 @@ async def listen(call_sid: Annotated[Text, Path()], request: Request) -> Streami
         raise HTTPException(400, detail=str(exc)) from exc
     nc: Client = request.app.state.nc
     signin = await held(request)
+    await record(request, "listen_live", call_sid)
     return StreamingResponse(_listen(nc, call_sid, signin), media_type="text/event-stream", headers=SSE_HEADERS)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from dialtone_common.analysis_config import AnalysisConfigError, parse_analysis
+from dialtone_common.redact_config import RedactConfigError, check_kinds
 from dialtone_common.webhook_config import WebhookConfigError, agent_endpoints
 
 # How long a pause ends the caller's turn, by language. Speakers of some languages pause longer
@@ -137,6 +138,12 @@ def load_agent(folder: Path) -> Agent:
         try:
             parse_analysis(folder.name, raw.pop("analysis"), str(config_path))
         except AnalysisConfigError as exc:
+            raise AgentError(str(exc)) from exc
+    # redact: the transcript-writer keeps these kinds out of storage (dialtone_common.redact_config).
+    if "redact" in raw:
+        try:
+            check_kinds(raw.pop("redact"), str(config_path))
+        except RedactConfigError as exc:
             raise AgentError(str(exc)) from exc
     known = set(Agent.__dataclass_fields__) - {"name", "instructions", "limits", "tools"}
     unknown = set(raw) - known

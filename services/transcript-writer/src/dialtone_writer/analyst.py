@@ -52,6 +52,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from pydantic import ValidationError
 
 from dialtone_writer import metrics
+from dialtone_writer.redaction import Redactor
 from dialtone_writer.settings import WriterSettings
 from dialtone_writer.webhooks import backoff_s
 
@@ -139,9 +140,13 @@ class Analyst:
         settings: WriterSettings,
         configs: dict[str, AnalysisConfig],
         client: openai.AsyncOpenAI,
+        redactor: Redactor | None = None,
     ) -> None:
         self._pool, self._js, self._settings = pool, js, settings
         self.configs, self._client = configs, client
+        # The model reads the stored, redacted transcript; its answer is redacted all the same
+        # before it is stored (analysis_jobs), in case it made up or pieced together a value.
+        self._redactor = redactor
         self._sub: JetStreamContext.PullSubscription | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -367,6 +372,9 @@ class Analyst:
         }
         event = CallAnalyzed(id=event_id(call_id), call_id=call_id, at=now, analysis=analysis,
                              model=response.model or model, cost_usd=cost, tokens=tokens)
+        if self._redactor is not None:
+            clean, _ = await asyncio.to_thread(self._redactor.redact_event, event, config.agent)
+            event = clean  # type: ignore[assignment]
         await conn.execute(
             "UPDATE analysis_jobs SET result = $2, model = $3, cost_usd = $4, tokens = $5, latency_ms = $6,"
             " reason = NULL, updated_at = now() WHERE call_sid = $1",

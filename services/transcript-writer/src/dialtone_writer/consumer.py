@@ -29,6 +29,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from pydantic import ValidationError
 
 from dialtone_writer import metrics
+from dialtone_writer.redaction import Redactor
 from dialtone_writer.settings import WriterSettings
 from dialtone_writer.store import write_events
 from dialtone_writer.webhooks import Outbox
@@ -63,6 +64,7 @@ class Consumer:
         filter_subject: the events to consume; every call's by default (tests narrow it).
         outbox: enqueues webhook deliveries in each batch's transaction (None: no webhooks).
         on_webhooks: called after a commit that enqueued deliveries (wakes the deliverer).
+        redactor: keeps personal data out of what is written (None: events stored as published).
     """
 
     def __init__(
@@ -74,8 +76,10 @@ class Consumer:
         filter_subject: str = subjects.EVENTS_ALL,
         outbox: Outbox | None = None,
         on_webhooks: Callable[[], None] | None = None,
+        redactor: Redactor | None = None,
     ) -> None:
         self._pool, self._js, self._settings = pool, js, settings
+        self._redactor = redactor
         self._filter = filter_subject
         self._outbox, self._on_webhooks = outbox, on_webhooks
         self._sub: JetStreamContext.PullSubscription | None = None
@@ -189,7 +193,7 @@ class Consumer:
         # A bound on the whole write so a half-dead connection cannot stall the consumer past ack_wait.
         async with asyncio.timeout(self._settings.ack_wait_s * 0.66):
             async with self._pool.acquire() as conn:
-                result = await write_events(conn, events, self._outbox)
+                result = await write_events(conn, events, self._outbox, self._redactor)
         metrics.WRITE_SECONDS.observe(time.perf_counter() - started)
         metrics.BATCHES.inc()
         metrics.DUPLICATES.inc(result.duplicates)

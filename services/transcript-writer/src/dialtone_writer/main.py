@@ -16,12 +16,14 @@ from dialtone_common.analysis_config import AnalysisConfigError, load_agent_anal
 from dialtone_common.db import create_pool
 from dialtone_common.health import HealthServer
 from dialtone_common.recording_storage import open_storage
+from dialtone_common.redact_config import RedactConfigError, check_kinds, load_agent_redaction
 
-from dialtone_writer import metrics
+from dialtone_writer import metrics, retention
 from dialtone_writer.analyst import Analyst
 from dialtone_writer.consumer import Consumer
 from dialtone_writer.migrations import apply_migrations
 from dialtone_writer.recorder import Recorder
+from dialtone_writer.redaction import Redactor
 from dialtone_writer.settings import WebhookConfigError, WriterSettings
 from dialtone_writer.sweeper import Sweeper
 from dialtone_writer.webhooks import Deliverer, Outbox
@@ -60,7 +62,9 @@ async def _serve(stack: AsyncExitStack, stop: asyncio.Event) -> None:
     await bus.ensure_stream(js, replicas=settings.jetstream_replicas)
     deliverer = await _start_webhooks(stack, stop, settings)
     outbox = Outbox(list(deliverer.endpoints.values()), settings.webhook_ended_delay_s)
-    consumer = Consumer(pool, js, settings, outbox=outbox if outbox.endpoints else None, on_webhooks=deliverer.notify)
+    redactor = await _redactor(settings)
+    consumer = Consumer(pool, js, settings, outbox=outbox if outbox.endpoints else None, on_webhooks=deliverer.notify,
+                        redactor=redactor)
     await consumer.start()
     await stack.enter_async_context(HealthServer(settings.metrics_host, settings.metrics_port, consumer.health,
                                                       registry=metrics.REGISTRY))
@@ -77,9 +81,26 @@ async def _serve(stack: AsyncExitStack, stop: asyncio.Event) -> None:
     stack.push_async_callback(sweeper.stop)
     stack.push_async_callback(asyncio.wait_for, sweep_task, None)
     sweep_task.add_done_callback(lambda _: stop.set())
-    await _start_recorder(stack, stop, pool, nc, js, settings)
-    await _start_analyst(stack, stop, js, settings)
+    retention_task = asyncio.create_task(retention.run(pool, settings, stop), name="retention")
+    stack.push_async_callback(asyncio.wait_for, retention_task, None)
+    await _start_recorder(stack, stop, pool, nc, js, settings, redacting=redactor is not None)
+    await _start_analyst(stack, stop, js, settings, redactor)
     log.info("transcript-writer running (metrics on :%d)", settings.metrics_port)
+
+
+async def _redactor(settings: WriterSettings) -> Redactor | None:
+    """What keeps personal data out of storage (redaction.py); None when no agent redacts anything."""
+    try:
+        default, agents = check_kinds(settings.redact, "REDACT"), load_agent_redaction(settings.agents_dir)
+    except RedactConfigError as exc:
+        raise SystemExit(f"transcript-writer: cannot start: {exc}") from None
+    if not default and not any(agents.values()):
+        log.warning("redaction is off: REDACT is empty and no agent has a redact list; personal data is stored")
+        return None
+    redactor = await asyncio.to_thread(Redactor, default, agents)  # loading Presidio takes a while
+    log.info("redacting %s by default%s", ", ".join(sorted(default)) or "nothing",
+             "".join(f"; agent {a}: {', '.join(sorted(k)) or 'nothing'}" for a, k in sorted(agents.items())))
+    return redactor
 
 
 async def _start_webhooks(stack: AsyncExitStack, stop: asyncio.Event, settings: WriterSettings) -> Deliverer:
@@ -101,14 +122,15 @@ async def _start_webhooks(stack: AsyncExitStack, stop: asyncio.Event, settings: 
     return deliverer
 
 
-async def _start_recorder(stack: AsyncExitStack, stop: asyncio.Event, pool, nc, js, settings: WriterSettings) -> None:
+async def _start_recorder(stack: AsyncExitStack, stop: asyncio.Event, pool, nc, js, settings: WriterSettings,
+                          *, redacting: bool) -> None:
     """The call recorder, in this process (recorder.py says why). A recorder that cannot start (an
     unwritable directory, say) is logged and left off: transcripts matter more than recordings."""
     if not settings.recordings_enabled:
         log.info("call recording is off (RECORDINGS_ENABLED=false)")
         return
     try:
-        recorder = Recorder(pool, nc, js, settings, open_storage(settings))
+        recorder = Recorder(pool, nc, js, settings, open_storage(settings), redacting=redacting)
         await recorder.start()
     except Exception as exc:
         log.error("call recording is OFF: the recorder could not start: %s: %s", type(exc).__name__, exc)
@@ -117,7 +139,8 @@ async def _start_recorder(stack: AsyncExitStack, stop: asyncio.Event, pool, nc, 
     stack.push_async_callback(asyncio.wait_for, task, None)
 
 
-async def _start_analyst(stack: AsyncExitStack, stop: asyncio.Event, js, settings: WriterSettings) -> None:
+async def _start_analyst(stack: AsyncExitStack, stop: asyncio.Event, js, settings: WriterSettings,
+                         redactor: Redactor | None) -> None:
     """The post-call analysis worker, in this process (analyst.py says why), on a pool of its own.
     Off without an agent that has an [analysis] table, or without a key or a base URL to ask."""
     try:
@@ -138,7 +161,7 @@ async def _start_analyst(stack: AsyncExitStack, stop: asyncio.Event, js, setting
     stack.push_async_callback(client.close)
     pool = await create_pool(settings.database_url, min_size=1, max_size=settings.analysis_concurrency + 1)
     stack.push_async_callback(pool.close)
-    analyst = Analyst(pool, js, settings, configs, client)
+    analyst = Analyst(pool, js, settings, configs, client, redactor)
     await analyst.start()
     task = asyncio.create_task(analyst.run(stop), name="analyst")
     stack.push_async_callback(asyncio.wait_for, task, None)

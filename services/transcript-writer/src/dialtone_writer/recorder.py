@@ -67,7 +67,7 @@ from pydantic import ValidationError
 
 from dialtone_writer import metrics
 from dialtone_writer.metrics import REGISTRY
-from dialtone_writer.recorder_audio import CallAudio, Spool, build_wav
+from dialtone_writer.recorder_audio import CallAudio, LineSpan, Spool, beep_spans, build_wav
 from dialtone_writer.settings import WriterSettings
 
 log = logging.getLogger(__name__)
@@ -108,6 +108,15 @@ SET storage_key = EXCLUDED.storage_key, bytes = EXCLUDED.bytes, duration_ms = EX
     complete = EXCLUDED.complete, reason = EXCLUDED.reason, bucket_samples = EXCLUDED.bucket_samples,
     peaks = EXCLUDED.peaks, recorded_by = EXCLUDED.recorded_by, created_at = now()
 """
+
+# Whether the call's end is written (every line the bridge published is then written too), and
+# the lines to beep over.
+_ENDED_AT = "SELECT ended_at FROM call_sessions WHERE call_sid = $1"
+_LINES = """
+SELECT role, source, offset_ms, heard_ms, redacted IS NOT NULL AS redacted
+FROM transcript_lines WHERE call_sid = $1
+"""
+TRANSCRIPT_SETTLE_S = 1.0  # another writer may still be committing a batch written before the end
 
 _EXPIRED = """
 SELECT call_sid, storage_key FROM call_recordings
@@ -261,10 +270,12 @@ class Recorder:
 
     def __init__(self, pool: asyncpg.Pool, nc: Client, js: JetStreamContext, settings: WriterSettings,
                  storage: LocalStorage | S3Storage, *, book_bucket: str = subjects.CALLS_BUCKET,
-                 claims_bucket: str = CLAIMS_BUCKET) -> None:
+                 claims_bucket: str = CLAIMS_BUCKET, redacting: bool = False) -> None:
         """``book_bucket`` and ``claims_bucket`` are other buckets only in tests that must not meet
-        the recorders of a platform running beside them."""
+        the recorders of a platform running beside them. ``redacting``: the words redacted from the
+        transcript are beeped over in the recording, which then waits for the call's transcript."""
         self.pool, self.nc, self.js, self.settings, self.storage = pool, nc, js, settings, storage
+        self.redacting = redacting
         self._book_bucket, self._claims_bucket = book_bucket, claims_bucket
         self.lease_s, self.beat_s = LEASE_S, LEASE_RENEW_S
         base = settings.instance_id or f"{socket.gethostname()}-{os.getpid()}"
@@ -646,7 +657,8 @@ class Recorder:
             attempt += 1
             try:
                 await asyncio.to_thread(rec.put, rec.take())
-                built = await asyncio.to_thread(build_wav, rec.spool.dir, target)
+                beeps = await self._beeps(rec.sid) if self.redacting else None
+                built = await asyncio.to_thread(build_wav, rec.spool.dir, target, 64 * 1024, beeps)
                 key = storage_key(rec.sid)
                 await self.storage.put_file(key, built.path)
                 peaks = orjson.dumps({"caller": built.peaks["in"], "agent": built.peaks["out"]}).decode()
@@ -672,6 +684,25 @@ class Recorder:
         log.info("call %s: recording stored (%d bytes, %.1f s%s)", rec.sid, built.bytes, built.samples / 8000,
                  f"; incomplete: {'; '.join(reasons)}" if reasons else "")
         await self._forget(rec, keep_spool=False, done=True)
+
+    async def _beeps(self, sid: str) -> list[tuple[str, int, int]]:
+        """Where the recording is beeped over: the redacted lines of the call's transcript, once
+        it is whole. It is whole once the call's end is written, since the bridge publishes every
+        line before ``call.ended`` (or the sweeper closes a call whose bridge died). Waits as long
+        as that takes: a recording is never stored before its redactions are known."""
+        waited = 0.0
+        while True:
+            async with self.pool.acquire() as conn:
+                if await conn.fetchval(_ENDED_AT, sid) is not None:
+                    break
+            if waited and waited % 60 == 0:
+                log.warning("call %s: the recording waits for the call's end to be written (%.0f s)", sid, waited)
+            await asyncio.sleep(0.5)
+            waited += 0.5
+        await asyncio.sleep(TRANSCRIPT_SETTLE_S)
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(_LINES, sid)
+        return beep_spans([LineSpan(r["role"], r["source"], r["offset_ms"], r["heard_ms"], r["redacted"]) for r in rows])
 
     @staticmethod
     def _log_failure(what: str, exc: Exception, *, count: bool = True) -> None:

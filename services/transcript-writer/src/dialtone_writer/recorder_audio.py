@@ -307,6 +307,79 @@ class Built:
 PEAK_BUCKETS = 1000
 
 
+# Redacted words are beeped over (redaction.py): a 1 kHz tone, on the same absolute phase in every
+# recording, so a listener hears where something was taken out and a test can check each sample.
+BEEP_HZ = 1000
+BEEP_LEVEL = 4000
+
+
+def _nearest_ulaw(value: float) -> int:
+    """The mu-law byte whose sample is nearest ``value``."""
+    return min(range(256), key=lambda u: abs(ULAW_TO_PCM[u] - value))
+
+
+BEEP = bytes(_nearest_ulaw(BEEP_LEVEL * math.sin(2 * math.pi * BEEP_HZ * i / RATE)) for i in range(RATE // BEEP_HZ))
+DTMF_BEFORE_MS = 1500  # a keypress reaches the bridge after its tone: beep the 1.5 s before it
+DTMF_AFTER_MS = 500
+LEAD_MS = 250  # a line's offset is where its speech started: beep a little before it too
+
+
+@dataclass(frozen=True)
+class LineSpan:
+    """What the recorder needs of a transcript line to beep over it (``transcript_lines``)."""
+
+    role: str
+    source: str
+    offset_ms: float | None
+    heard_ms: float | None
+    redacted: bool
+
+
+def beep_spans(lines: list[LineSpan]) -> list[tuple[str, int, int]]:
+    """Where to beep, as ``(channel, first sample, end sample)``, for the lines with redacted words.
+
+    The model's transcription has no word timings, so a caller line is beeped over all of it: from
+    its offset to the next line's (the agent answers only after the caller stopped; a pause that
+    ended the caller's turn starts a new line), or to the end of the recording. A keypress, whose
+    tone ended before its frame reached the bridge, is beeped over the ``DTMF_BEFORE_MS`` before it
+    and ``DTMF_AFTER_MS`` after. An agent line is beeped over what the caller heard of it. A line
+    without an offset cannot be placed: the whole of its side is beeped.
+    """
+    starts = sorted(line.offset_ms for line in lines if line.offset_ms is not None)
+    spans: list[tuple[str, int, int]] = []
+    end_of_call = 1 << 62
+    for line in lines:
+        if not line.redacted:
+            continue
+        channel = "in" if line.role == "caller" else "out"
+        if line.offset_ms is None:
+            spans.append((channel, 0, end_of_call))
+            continue
+        at = line.offset_ms
+        if line.source == "dtmf":
+            start, end = at - DTMF_BEFORE_MS, at + DTMF_AFTER_MS
+        elif line.role == "caller":
+            later = [s for s in starts if s > at]
+            start, end = at - LEAD_MS, (later[0] if later else math.inf)
+        else:
+            later = [s for s in starts if s > at]
+            length = line.heard_ms if line.heard_ms is not None else (later[0] - at if later else math.inf)
+            start, end = at - LEAD_MS, at + length + LEAD_MS
+        spans.append((channel, max(0, int(start * 8)), int(min(end * 8, end_of_call))))
+    return spans
+
+
+def _beep(raw: bytearray, first: int, spans: list[tuple[int, int]]) -> None:
+    """Overwrite ``raw`` (mu-law samples from the absolute sample ``first``) with the beep where
+    ``spans`` say."""
+    n = len(raw)
+    for a, b in spans:
+        lo, hi = max(a, first), min(b, first + n)
+        if lo < hi:
+            phase = lo % len(BEEP)
+            raw[lo - first:hi - first] = (BEEP * ((hi - lo) // len(BEEP) + 2))[phase:phase + hi - lo]
+
+
 def wav_header(samples: int) -> bytes:
     data = samples * 4
     return (b"RIFF" + struct.pack("<I", 36 + data) + b"WAVE"
@@ -314,9 +387,12 @@ def wav_header(samples: int) -> bytes:
             + b"data" + struct.pack("<I", data))
 
 
-def build_wav(spool_dir: Path, target: Path, block: int = 64 * 1024) -> Built:
+def build_wav(spool_dir: Path, target: Path, block: int = 64 * 1024,
+              beeps: list[tuple[str, int, int]] | None = None) -> Built:
     """Interleave the spool's two channels into a stereo 16-bit WAV at ``target`` (0600), and
-    measure peaks per channel (``PEAK_BUCKETS`` buckets at most, each at least 10 ms)."""
+    measure peaks per channel (``PEAK_BUCKETS`` buckets at most, each at least 10 ms). ``beeps``
+    (``beep_spans``) replace the audio of redacted words with the beep."""
+    by_channel = {ch: [(a, b) for c, a, b in beeps or () if c == ch] for ch in ("in", "out")}
     paths = {ch: Path(spool_dir) / f"{ch}.raw" for ch in ("in", "out")}
     sizes = {ch: (p.stat().st_size if p.exists() else 0) for ch, p in paths.items()}
     samples = max(sizes.values())
@@ -334,7 +410,8 @@ def build_wav(spool_dir: Path, target: Path, block: int = 64 * 1024) -> Built:
                 frame = bytearray(4 * n)
                 for ch, offset in (("in", 0), ("out", 2)):
                     f = files[ch]
-                    raw = (f.read(n) if f else b"").ljust(n, b"\0").translate(XOR)
+                    raw = bytearray((f.read(n) if f else b"").ljust(n, b"\0").translate(XOR))
+                    _beep(raw, done, by_channel[ch])
                     frame[offset::4] = raw.translate(_LO)
                     frame[offset + 1::4] = raw.translate(_HI)
                     ranks = raw.translate(_RANK)

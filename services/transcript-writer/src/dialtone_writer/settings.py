@@ -7,6 +7,7 @@ from pathlib import Path
 
 from dialtone_common.analysis_config import DEFAULT_TEXT_PRICES
 from dialtone_common.recording_storage import RecordingStorageSettings
+from dialtone_common.redact_config import DEFAULT_REDACT, KINDS, check_kinds
 from dialtone_common.webhook_config import (
     GLOBAL,
     WEBHOOK_EVENTS,
@@ -123,6 +124,24 @@ class WriterSettings(RecordingStorageSettings):
         "a running analysis keeps it with in-progress acks",
     )
 
+    # Personal data kept out of storage (redaction.py; docs/SECURITY.md, Personal data).
+    redact: str = Field(
+        default=",".join(DEFAULT_REDACT), description="the kinds redacted from the calls of agents without a "
+        f"redact list, comma-separated, of: {', '.join(KINDS)} (empty: none)",
+    )
+    # Retention of operational records (sweeper.py).
+    webhook_deliveries_retention_days: int = Field(
+        default=30, ge=0, description="webhook deliveries (delivered or dead) older than this many days are "
+        "deleted; 0 keeps them forever (a delivery still being tried is never deleted)",
+    )
+    audit_retention_days: int = Field(
+        default=365, ge=0, description="entries of the audit log (who viewed or downloaded what) older than this "
+        "many days are deleted; 0 keeps them forever",
+    )
+    retention_sweep_interval_s: float = Field(
+        default=3600.0, gt=0, description="how often old webhook deliveries and audit entries are deleted"
+    )
+
     @model_validator(mode="after")
     def _webhook_pair(self) -> WriterSettings:
         if self.webhook_url and self.webhook_secret is None:
@@ -131,6 +150,7 @@ class WriterSettings(RecordingStorageSettings):
             check_url(self.webhook_url, "WEBHOOK_URL")
             check_secret(self.webhook_secret.get_secret_value(), "WEBHOOK_SECRET")  # type: ignore[union-attr]
         check_events(self.webhook_events, "WEBHOOK_EVENTS")
+        check_kinds(self.redact, "REDACT")
         return self
 
     def webhook_endpoints(self, env: dict[str, str] | None = None) -> list[Endpoint]:

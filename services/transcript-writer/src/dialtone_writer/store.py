@@ -8,6 +8,7 @@ ledger row and the effect commit together, a crash between them cannot half-appl
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -34,6 +35,7 @@ from dialtone_proto import (
 from dialtone_writer.mapping import RANK_IMPLIED_BY_END, cost_breakdown, status_rank, usage_counters
 
 if TYPE_CHECKING:
+    from dialtone_writer.redaction import Redactor
     from dialtone_writer.webhooks import Outbox
 
 
@@ -78,14 +80,14 @@ WHERE call_sid = $1
 # whatever order the two publications are applied in (redelivery, several writers).
 _LINE = """
 INSERT INTO transcript_lines (call_sid, seq, item_id, role, text, agent, source, interrupted, at, event_id,
-                              untranscribed, rev, offset_ms, heard_ms, audio_ms, full_text)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+                              untranscribed, rev, offset_ms, heard_ms, audio_ms, full_text, redacted)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
 ON CONFLICT (call_sid, item_id) DO UPDATE
 SET seq = EXCLUDED.seq, role = EXCLUDED.role, text = EXCLUDED.text, agent = EXCLUDED.agent,
     source = EXCLUDED.source, interrupted = EXCLUDED.interrupted, at = EXCLUDED.at,
     event_id = EXCLUDED.event_id, untranscribed = EXCLUDED.untranscribed, rev = EXCLUDED.rev,
     offset_ms = EXCLUDED.offset_ms, heard_ms = EXCLUDED.heard_ms, audio_ms = EXCLUDED.audio_ms,
-    full_text = EXCLUDED.full_text
+    full_text = EXCLUDED.full_text, redacted = EXCLUDED.redacted
 WHERE (transcript_lines.rev, transcript_lines.at) <= (EXCLUDED.rev, EXCLUDED.at)
 """
 
@@ -189,7 +191,37 @@ WHERE s.call_sid = ANY($1::text[])
 """
 
 
-async def write_events(conn: asyncpg.Connection, events: Sequence[Event], outbox: Outbox | None = None) -> BatchResult:
+_AGENTS = "SELECT call_sid, agent FROM call_sessions WHERE call_sid = ANY($1::text[]) AND agent IS NOT NULL"
+
+
+async def redact_events(
+    conn: asyncpg.Connection, events: Sequence[Event], redactor: Redactor
+) -> tuple[list[Event], dict[str, list[str]]]:
+    """The events as they may be stored (``redaction.py``), personal data replaced by placeholders,
+    and the kinds taken out of each transcript line, by event id (kept on its row for the
+    recorder). The agent of events that do not name one comes from the batch's ``call.started`` or
+    the session. The matching runs in a thread: the recorder shares this event loop."""
+    agents = {e.call_id: e.agent for e in events if isinstance(e, CallStarted)}
+    missing = sorted({e.call_id for e in events if isinstance(e, CallAnalyzed | OutcomeSet)} - set(agents))
+    if missing:
+        agents |= {r["call_sid"]: r["agent"] for r in await conn.fetch(_AGENTS, missing)}
+
+    def redact_all() -> tuple[list[Event], dict[str, list[str]]]:
+        out: list[Event] = []
+        kinds: dict[str, list[str]] = {}
+        for event in events:
+            clean, found = redactor.redact_event(event, agents.get(event.call_id))
+            if found and isinstance(clean, TranscriptLine):
+                kinds[clean.id] = sorted(found)
+            out.append(clean)
+        return out, kinds
+
+    return await asyncio.to_thread(redact_all)
+
+
+async def write_events(
+    conn: asyncpg.Connection, events: Sequence[Event], outbox: Outbox | None = None, redactor: Redactor | None = None
+) -> BatchResult:
     """Apply a batch of events in one transaction.
 
     Args:
@@ -197,6 +229,7 @@ async def write_events(conn: asyncpg.Connection, events: Sequence[Event], outbox
         events: decoded events in delivery order; the same event id may appear more than once.
         outbox: where the webhook deliveries of the events applied now are enqueued, in the same
             transaction (so ``call.ended`` is sent only once its session row is committed).
+        redactor: personal data is replaced before anything is written (None: stored as published).
 
     Returns:
         The events applied now and how many were already recorded (duplicates).
@@ -204,6 +237,9 @@ async def write_events(conn: asyncpg.Connection, events: Sequence[Event], outbox
     Raises:
         asyncpg.PostgresError, OSError: nothing was committed; the caller must not acknowledge.
     """
+    redacted: dict[str, list[str]] = {}
+    if redactor is not None:
+        events, redacted = await redact_events(conn, events, redactor)
     unique: dict[str, Event] = {}
     for event in events:
         unique.setdefault(event.id, event)
@@ -231,7 +267,7 @@ async def write_events(conn: asyncpg.Connection, events: Sequence[Event], outbox
         calls = sorted(first_seen)
         await conn.execute(_ENSURE_SESSIONS, calls, [first_seen[c] for c in calls])
         for event in result.applied:
-            await _apply(conn, event)
+            await _apply(conn, event, redacted)
         lines = sorted({e.call_id for e in result.applied if isinstance(e, TranscriptLine)})
         if lines:
             await conn.execute(_REFRESH_TRANSCRIPTS, lines)
@@ -243,7 +279,7 @@ async def write_events(conn: asyncpg.Connection, events: Sequence[Event], outbox
     return result
 
 
-async def _apply(conn: asyncpg.Connection, e: Event) -> None:
+async def _apply(conn: asyncpg.Connection, e: Event, redacted: dict[str, list[str]]) -> None:
     """Apply one new event's effect; the session row already exists."""
     match e:
         case CallStarted():
@@ -251,7 +287,7 @@ async def _apply(conn: asyncpg.Connection, e: Event) -> None:
         case TranscriptLine():
             await conn.execute(
                 _LINE, e.call_id, e.seq, e.item_id, e.role, e.text, e.agent, e.source, e.interrupted, e.at, e.id,
-                e.untranscribed, e.rev, e.offset_ms, e.heard_ms, e.audio_ms, e.full_text,
+                e.untranscribed, e.rev, e.offset_ms, e.heard_ms, e.audio_ms, e.full_text, redacted.get(e.id),
             )
         case ToolCalled():
             await conn.execute(

@@ -59,6 +59,8 @@ MEASURED_S = {
     "tests/e2e/test_engines.py": 200,
     "services/transcript-writer/tests/test_recording_s3.py": 60,
     "tests/e2e/test_dashboard_webhooks.py": 35,
+    "tests/e2e/test_redaction.py": 48,
+    "tests/e2e/test_dashboard_audit.py": 36,
     "tests/e2e/test_webhooks.py": 30,
     "services/transcript-writer/tests/test_webhooks.py": 30,
     "tests/e2e/test_bus_auth.py": 25,

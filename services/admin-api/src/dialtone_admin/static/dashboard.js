@@ -1,4 +1,4 @@
-// The dashboard: one shell, a page per URL (/calls, /calls/<sid>, /monitor, /overview, /webhooks, /login),
+// The dashboard: one shell, a page per URL (/calls, /calls/<sid>, /monitor, /overview, /webhooks, /audit, /login),
 // drawn from the JSON API. A served file: the page's Content-Security-Policy allows no inline script.
 // Signed in means an HttpOnly session cookie this script never sees; signed out (or expired), every
 // piece of call data is removed from the page, not hidden.
@@ -70,7 +70,7 @@ document.addEventListener("click", (ev) => {
   const a = ev.target.closest && ev.target.closest("a[href]");
   if (!a || a.hasAttribute("download") || a.target || ev.ctrlKey || ev.metaKey || ev.shiftKey || ev.button) return;
   const url = new URL(a.href, location.href);
-  if (url.origin !== location.origin || !/^\/(calls|monitor|overview|webhooks|login)/.test(url.pathname)) return;
+  if (url.origin !== location.origin || !/^\/(calls|monitor|overview|webhooks|audit|login)/.test(url.pathname)) return;
   ev.preventDefault();
   navigate(url.pathname + url.search);
 });
@@ -107,7 +107,7 @@ async function render() {
       const s = await api("/auth/session");
       watchExpiry(s.expires_at);
       const next = new URLSearchParams(location.search).get("next");
-      return navigate(next && /^\/(calls|monitor|overview|webhooks)/.test(next) ? next : "/calls", true);
+      return navigate(next && /^\/(calls|monitor|overview|webhooks|audit)/.test(next) ? next : "/calls", true);
     } catch { return drawLogin(""); }
   }
   $("nav").hidden = false; $("logout").hidden = false; $("logout-all").hidden = false;
@@ -123,6 +123,7 @@ async function render() {
     else if (path === "/monitor") await drawMonitor(stillHere);
     else if (path === "/overview") await drawOverview(stillHere);
     else if (path === "/webhooks") await drawWebhooks(stillHere);
+    else if (path === "/audit") await drawAudit(stillHere);
     else await drawCalls(stillHere);
   } catch (e) {
     if (e instanceof SignedOut) return;
@@ -151,7 +152,7 @@ function drawLogin(message) {
       input.value = "";
       watchExpiry(s.expires_at);
       const next = new URLSearchParams(location.search).get("next");
-      navigate(next && /^\/(calls|monitor|overview|webhooks)/.test(next) ? next : "/calls", true);
+      navigate(next && /^\/(calls|monitor|overview|webhooks|audit)/.test(next) ? next : "/calls", true);
     } catch (e) { error.textContent = e.status === 401 ? "That is not the admin token." : e.message; }
   });
   VIEW.replaceChildren(form);
@@ -743,6 +744,60 @@ function webhookRows(d) {
     } finally { button.disabled = false; }
   });
   return [row, details];
+}
+
+// ---- audit -----------------------------------------------------------------------------------
+// Who viewed or downloaded which call's transcript or recording, when and from where, newest first.
+async function drawAudit(stillHere) {
+  document.title = "Audit · Dialtone";
+  const params = new URLSearchParams(location.search);
+  const form = el("form", { id: "audit-filters", class: "filters", role: "search" });
+  const field = (label, control) => el("label", { class: "field" }, el("span", {}, label), control);
+  const actions = ["", "view_call", "export_transcript", "play_recording", "export_calls", "listen_live"];
+  form.append(field("Action", el("select", { name: "action" }, ...actions.map((v) =>
+      el("option", { value: v, selected: (params.get("action") || "") === v }, v || "Any")))),
+    field("Call", el("input", { name: "call", type: "search", value: params.get("call") || "", maxlength: 64, placeholder: "CA…" })),
+    field("Who", el("input", { name: "actor", type: "search", value: params.get("actor") || "", maxlength: 64, placeholder: "sign-in id or token:…" })),
+    el("div", { class: "actions" }, el("button", { type: "submit" }, "Filter"), el("a", { href: "/audit", class: "button plain" }, "Clear")));
+  form.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const next = new URLSearchParams();
+    for (const [k, v] of new FormData(form)) if (String(v).trim()) next.set(k, String(v).trim());
+    navigate(`/audit${next.toString() ? `?${next}` : ""}`);
+  });
+  const rows = el("tbody", { id: "audit-rows" });
+  const table = el("table", { class: "audit" },
+    el("caption", { class: "sr-only" }, `Audit log, newest first; times in ${TZ}`),
+    el("thead", {}, el("tr", {}, ...["When", "Who", "What", "Call", "From"].map((h) => el("th", { scope: "col" }, h)))), rows);
+  const note = el("p", { id: "audit-status", class: "muted", "aria-live": "polite" });
+  const more = el("button", { id: "audit-more", class: "plain", type: "button", hidden: true }, "Load more");
+  VIEW.replaceChildren(el("h1", {}, "Audit"), form, el("div", { class: "table-wrap" }, table), el("p", {}, more, " ", note));
+  let cursor = null;
+  async function load() {
+    note.textContent = "Loading…"; more.hidden = true;
+    const q = new URLSearchParams();
+    for (const k of ["action", "call", "actor"]) if (params.get(k)) q.set(k, params.get(k));
+    q.set("limit", "50");
+    if (cursor) q.set("cursor", cursor);
+    try {
+      const page = await api(`/audit/entries?${q}`);
+      if (!stillHere()) return;
+      const cell = (label, ...value) => el("td", { "data-label": label }, ...value);
+      for (const e of page.items) {
+        const extra = e.detail && (e.detail.range || e.detail.format) ? ` (${e.detail.range || e.detail.format})` : "";
+        rows.append(el("tr", { "data-audit": String(e.id) }, cell("When", when(e.at)),
+          cell("Who", `${e.actor_kind === "session" ? "sign-in" : "token"} ${e.actor}`),
+          cell("What", e.action + extra),
+          cell("Call", e.call_sid ? el("a", { href: `/calls/${encodeURIComponent(e.call_sid)}` }, e.call_sid) : "–"),
+          cell("From", e.client || "", el("br"), el("span", { class: "muted" }, e.user_agent || ""))));
+      }
+      cursor = page.next_cursor;
+      more.hidden = !cursor;
+      note.textContent = rows.children.length ? "" : "No views or downloads yet.";
+    } catch (e) { if (!(e instanceof SignedOut)) note.textContent = e.message; }
+  }
+  more.addEventListener("click", load);
+  await load();
 }
 
 render();
