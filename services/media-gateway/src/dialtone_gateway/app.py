@@ -70,6 +70,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             yield
         finally:
             await line.close()
+            if (ctx := getattr(app.state, "ctx", None)) is not None and ctx.bus is not None:
+                await ctx.bus.flush()
             await bus.close(nc)
 
     app = FastAPI(title="Dialtone media-gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)

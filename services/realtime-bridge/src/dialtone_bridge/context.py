@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dialtone_common.callbook import CallBook
+from dialtone_common.coalesce import Coalescer
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
@@ -26,3 +27,8 @@ class BridgeContext:
     bridge_id: str
     twilio: TwilioControlFactory | None = None
     calls: CallBook | None = None  # the call records: who holds each call now
+    bus: Coalescer | None = None  # every call's frames to its gateway, coalesced into few writes
+
+    def __post_init__(self) -> None:
+        if self.bus is None:
+            self.bus = Coalescer(self.nc)

@@ -229,6 +229,8 @@ class Bridge:
                 for session in list(self.sessions.values()):
                     await session.hand_off()
                 await asyncio.wait(pending, timeout=10)
+        if self.ctx.bus is not None:
+            await self.ctx.bus.flush()  # the last calls' last frames
         log.info("drained")
         for task in (self._heartbeat, self._leases):
             if task is not None:
