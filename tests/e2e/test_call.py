@@ -53,6 +53,9 @@ async def test_three_turn_call_yields_one_complete_session(platform: Platform, r
     realtime.scenario = SCENARIO
     before = len(realtime.sessions)
     call = await converse(platform, LINES)
+    # The simulated Twilio offered permessage-deflate, as WebSocket clients do; the gateway declined
+    # (compressing 20 ms of base64 mu-law costs CPU for nothing).
+    assert call._ws.protocol.extensions == []
     # The bridge closed the model's socket as soon as the caller hung up (it bills while open).
     await asyncio.wait_for(realtime.sessions[before].closed.wait(), 1.0)
     session = await admin.session(call.call_sid)
