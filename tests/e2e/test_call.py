@@ -91,6 +91,14 @@ async def test_three_turn_call_yields_one_complete_session(platform: Platform, r
     assert session["started_at"] and session["ended_at"] and session["ended_at"] > session["started_at"]
     assert session["usage"]["output_tokens"] > 0 and float(session["cost_usd"]) > 0
 
+    # Three turns, each timed by stage from the caller's stop: the model's first audio received,
+    # sent towards Twilio, heard; in that order, and summarised as the call's latency.
+    turns = session["turns"]
+    assert len(turns) == 3
+    for t in turns:
+        assert 0 < t["received_ms"] <= t["sent_ms"] <= t["heard_ms"], t
+    assert session["latency"]["received_p50"] is not None and session["latency"]["turns"] == 3
+
     # The model received the tool's real result before speaking again.
     sim_session = realtime.sessions[before]
     outputs = [o["output"] for o in sim_session.tool_outputs]

@@ -64,13 +64,14 @@ async def get_session(conn: asyncpg.Connection, call_sid: str) -> dict[str, Any]
     detail["turns"] = [
         dict(r)
         for r in await conn.fetch(
-            "SELECT turn, item_id, offset_ms, sent_ms, heard_ms, tool_ms, tools, at FROM call_turns"
+            "SELECT turn, item_id, offset_ms, received_ms, sent_ms, heard_ms, tool_ms, tools, at FROM call_turns"
             " WHERE call_sid = $1 ORDER BY at, event_id",
             call_sid,
         )
     ]
     detail["latency"] = latency([t["sent_ms"] for t in detail["turns"]],
-                                [t["heard_ms"] for t in detail["turns"] if t["heard_ms"] is not None])
+                                [t["heard_ms"] for t in detail["turns"] if t["heard_ms"] is not None],
+                                [t["received_ms"] for t in detail["turns"] if t["received_ms"] is not None])
     detail["tool_calls"] = [
         {**dict(r), "arguments": r["arguments"] if r["arguments"] is not None else r["raw_arguments"]}
         for r in await conn.fetch(
@@ -118,9 +119,12 @@ def percentile(values: list[float], p: float) -> float | None:
     return round(ordered[low] + (ordered[high] - ordered[low]) * (rank - low), 1)
 
 
-def latency(sent: list[float], heard: list[float]) -> dict[str, Any]:
-    """A call's turn latencies: p50 and p95 of its turns' ms to the first audio sent and heard."""
-    return {"turns": len(sent), "sent_p50": percentile(sent, 0.5), "sent_p95": percentile(sent, 0.95),
+def latency(sent: list[float], heard: list[float], received: list[float] | None = None) -> dict[str, Any]:
+    """A call's turn latencies: p50 and p95 of its turns' ms to the model's first audio received,
+    to the first audio sent and heard."""
+    received = received or []
+    return {"turns": len(sent), "received_p50": percentile(received, 0.5), "received_p95": percentile(received, 0.95),
+            "sent_p50": percentile(sent, 0.5), "sent_p95": percentile(sent, 0.95),
             "heard_p50": percentile(heard, 0.5), "heard_p95": percentile(heard, 0.95)}
 
 
@@ -199,11 +203,13 @@ class Usage(BaseModel):
 
 
 class TurnEntry(BaseModel):
-    """One answered turn: the caller stopped speaking -> first agent audio sent / heard (ms)."""
+    """One answered turn: the caller stopped speaking -> the model's first audio received at the
+    bridge -> first agent audio sent towards Twilio -> heard (ms from the caller's stop)."""
 
     turn: int
     item_id: str | None
     offset_ms: float | None
+    received_ms: float | None = None
     sent_ms: float
     heard_ms: float | None
     tool_ms: float
@@ -215,6 +221,8 @@ class Latency(BaseModel):
     """The call's turn latencies in ms, percentiles over its turns (None without turns)."""
 
     turns: int = 0
+    received_p50: float | None = None
+    received_p95: float | None = None
     sent_p50: float | None = None
     sent_p95: float | None = None
     heard_p50: float | None = None

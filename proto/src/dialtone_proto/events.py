@@ -174,7 +174,8 @@ class TurnMeasured(_Event):
     echoed), None when the caller talked over it before; ``tool_ms``: time tools were running
     within the turn (overlapping tool calls counted once), ``tools`` how many ran. ``item_id`` is
     the answer's item; ``offset_ms`` the moment the caller stopped, on the stream clock of
-    transcript lines. Published once the turn is heard (or talked over)."""
+    transcript lines; ``received_ms``: to the answer's first audio from the model at the bridge
+    (None from bridges older than it). Published once the turn is heard (or talked over)."""
 
     type: Literal["turn.measured"] = "turn.measured"
     turn: int = Field(ge=0)
@@ -184,6 +185,7 @@ class TurnMeasured(_Event):
     heard_ms: float | None = Field(default=None, ge=0)
     tool_ms: float = Field(default=0.0, ge=0)
     tools: int = Field(default=0, ge=0)
+    received_ms: float | None = Field(default=None, ge=0)
 
 
 class CallEnded(_Event):

@@ -675,12 +675,13 @@ async def test_session_detail_has_what_was_heard_the_turns_and_the_cost(client, 
         " rev, offset_ms, heard_ms, audio_ms, full_text) VALUES"
         " ($1, 0, 'a1', 'agent', 'We are open', $2, 'speech', true, $3, 'e1', 1, 1520.5, 900, 2400,"
         " 'We are open from nine to five.')", sid, agent, T0)
-    for n, (sent, heard) in enumerate([(700, 800), (900, 1100), (1500, None), (800, 950)]):
+    for n, (received, sent, heard) in enumerate([(690, 700, 800), (895, 900, 1100), (1490, 1500, None),
+                                                 (None, 800, 950)]):  # fmt: skip
         await db.execute(
-            "INSERT INTO call_turns (event_id, call_sid, turn, item_id, sent_ms, heard_ms, tool_ms, tools, at)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            "INSERT INTO call_turns (event_id, call_sid, turn, item_id, sent_ms, heard_ms, tool_ms, tools, at,"
+            " received_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
             f"{sid}-t{n}", sid, n, f"r{n}", sent, heard, 300.0 if n == 1 else 0.0, int(n == 1),
-            T0 + timedelta(seconds=n))
+            T0 + timedelta(seconds=n), received)
     await db.execute(
         "UPDATE call_sessions SET cost_breakdown = $2::jsonb WHERE call_sid = $1", sid,
         json.dumps({"audio_in_usd": 0.032, "audio_in_tokens": 1000, "audio_out_usd": 0.0192, "audio_out_tokens": 300,
@@ -692,11 +693,12 @@ async def test_session_detail_has_what_was_heard_the_turns_and_the_cost(client, 
     assert (line["text"], line["interrupted"], line["heard_ms"], line["audio_ms"], line["offset_ms"]) == (
         "We are open", True, 900, 2400, 1520.5)
     assert line["full_text"] == "We are open from nine to five."
-    assert [(t["turn"], t["sent_ms"], t["heard_ms"], t["tool_ms"]) for t in d["turns"]] == [
-        (0, 700, 800, 0), (1, 900, 1100, 300), (2, 1500, None, 0), (3, 800, 950, 0)]
-    # Percentiles interpolated between ranks, as PostgreSQL's percentile_cont: sent 700 800 900 1500.
-    assert d["latency"] == {"turns": 4, "sent_p50": 850.0, "sent_p95": 1410.0, "heard_p50": 950.0,
-                            "heard_p95": 1085.0}
+    assert [(t["turn"], t["received_ms"], t["sent_ms"], t["heard_ms"], t["tool_ms"]) for t in d["turns"]] == [
+        (0, 690, 700, 800, 0), (1, 895, 900, 1100, 300), (2, 1490, 1500, None, 0), (3, None, 800, 950, 0)]
+    # Percentiles interpolated between ranks, as PostgreSQL's percentile_cont: sent 700 800 900 1500;
+    # received over the turns that have it (690 895 1490).
+    assert d["latency"] == {"turns": 4, "received_p50": 895.0, "received_p95": 1430.5, "sent_p50": 850.0,
+                            "sent_p95": 1410.0, "heard_p50": 950.0, "heard_p95": 1085.0}
     cost = d["cost"]
     assert cost["usd"] == pytest.approx({"audio_in": 0.032, "audio_out": 0.0192, "text_in": 0, "text_out": 0,
                                          "cached": 0.0002, "transcription": 0.00051, "analysis": 0, "other": 0})
@@ -710,6 +712,7 @@ async def test_session_detail_has_what_was_heard_the_turns_and_the_cost(client, 
 async def test_a_session_without_turns_or_usage_has_empty_latency_and_zero_cost(client, db, agent) -> None:
     sid = await add_session(db, agent, T0)
     d = (await client.get(f"/sessions/{sid}", headers=AUTH)).json()
-    assert d["turns"] == [] and d["latency"] == {"turns": 0, "sent_p50": None, "sent_p95": None,
+    assert d["turns"] == [] and d["latency"] == {"turns": 0, "received_p50": None, "received_p95": None,
+                                                 "sent_p50": None, "sent_p95": None,
                                                  "heard_p50": None, "heard_p95": None}
     assert d["cost"]["total_usd"] == 0 and d["cost"]["per_minute_usd"] == 0

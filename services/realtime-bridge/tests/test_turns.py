@@ -42,6 +42,25 @@ def test_a_turn_runs_from_speech_stopped_to_the_replys_first_audio_sent_and_then
     assert turns.mark_echoed("m1", 2000) is None  # counted once
 
 
+def test_a_turn_is_measured_by_stage_model_then_platform_then_playout() -> None:
+    measured = []
+    turns = TurnLatency(measured.append)
+    turns.speech_stopped(1000, offset_ms=5000)
+    turns.reply_audio("a1", reply=True, now_ms=1420)  # the model's first audio of the answer
+    turns.reply_audio("a1", reply=True, now_ms=1500)  # more of it: the first counts
+    turns.audio_sent("a1", "m1", 1426)
+    turns.mark_echoed("m1", 1690)
+    (turn,) = measured
+    assert (turn.received_ms, turn.sent_ms, turn.heard_ms) == (420.0, 426.0, 690.0)
+    assert turn.sent_ms - turn.received_ms == 6.0  # the platform's own share
+    # A reply whose arrival was not timed (an older caller of reply_audio) has no model stage.
+    turns.speech_stopped(3000)
+    turns.reply_audio("a2", reply=True)
+    turns.audio_sent("a2", "m2", 3300)
+    turns.close()
+    assert measured[1].received_ms is None and measured[1].sent_ms == 300.0
+
+
 def test_a_caller_who_speaks_again_before_the_reply_starts_a_new_turn() -> None:
     turns = TurnLatency()
     turns.speech_stopped(1000)

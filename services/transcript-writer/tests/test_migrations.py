@@ -32,6 +32,7 @@ EXPECTED_COLUMNS = {
     },
     "call_turns": {
         "event_id", "call_sid", "turn", "item_id", "offset_ms", "sent_ms", "heard_ms", "tool_ms", "tools", "at",
+        "received_ms",
     },
     "call_status_history": {
         "event_id", "call_sid", "status", "source", "answered_by", "sequence", "duration_s", "at",

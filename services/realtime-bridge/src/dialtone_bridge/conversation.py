@@ -301,7 +301,7 @@ class Conversation:
             if purpose == "greeting":
                 m.GREETING_SECONDS.observe(elapsed / 1000)
             self.s.events.emit(CallMetric, name="first_agent_audio_ms", value=round(elapsed, 1))
-        self.s.turns.reply_audio(ev.item_id, reply=purpose != "prompt")
+        self.s.turns.reply_audio(ev.item_id, reply=purpose != "prompt", now_ms=self.s.clock.ms())
         self.state = Activity.SPEAKING
         self._spoke.add(ev.reply_id)
         if purpose == "filler":

@@ -396,7 +396,8 @@ class CallSession:
 
     def _turn_measured(self, turn: Turn) -> None:
         self.events.emit(TurnMeasured, turn=turn.n, item_id=turn.item_id, offset_ms=turn.offset_ms,
-                         sent_ms=turn.sent_ms, heard_ms=turn.heard_ms, tool_ms=turn.tool_ms, tools=turn.tools)
+                         sent_ms=turn.sent_ms, heard_ms=turn.heard_ms, tool_ms=turn.tool_ms, tools=turn.tools,
+                         received_ms=turn.received_ms)
 
     async def _flush_backlog(self) -> None:
         async with self._audio_lock:

@@ -3,6 +3,10 @@
 reply sent towards Twilio; and the same turn to the first of that audio the caller heard (the mark
 sent behind it echoed back by Twilio).
 
+By stage: caller stopped -> the model's first audio of the reply received (``received_ms``: the
+model's share) -> sent towards Twilio (``sent_ms``; ``sent_ms - received_ms`` is the platform's
+own share in the bridge) -> heard (``heard_ms``: the gateway, the network and Twilio's playout).
+
 A turn starts at ``speech_stopped`` and is abandoned when the caller speaks again before the reply
 (``speech_started``) or when what the agent says next is not a reply (an idle prompt). The greeting
 is no turn: nothing was said before it. The first audio of a reply may be a filler, said while a
@@ -29,6 +33,7 @@ class Turn:
     heard_ms: float | None
     tool_ms: float
     tools: int
+    received_ms: float | None = None  # the reply's first audio from the model
 
 
 class TurnLatency:
@@ -39,6 +44,7 @@ class TurnLatency:
         self._stopped: float | None = None  # the caller stopped speaking; no reply audio sent yet
         self._offset: float | None = None
         self._reply: str | None = None  # the item whose audio answers the turn
+        self._received: float | None = None  # when the model's first audio of it arrived
         self._heard: tuple[str, float] | None = None  # (mark behind the reply's first audio, stopped)
         self._measured: Turn | None = None  # sent, waiting to be heard
         self._n = 0
@@ -76,13 +82,13 @@ class TurnLatency:
             self._tool_ms += max(0.0, now_ms - max(self._since, self._stopped))
             self._since = now_ms
 
-    def reply_audio(self, item_id: str, *, reply: bool) -> None:
-        """The model's audio for ``item_id`` arrives; ``reply`` is False for speech that answers no
-        turn (an idle prompt), which abandons it."""
+    def reply_audio(self, item_id: str, *, reply: bool, now_ms: float | None = None) -> None:
+        """The model's audio for ``item_id`` arrives (at ``now_ms``); ``reply`` is False for speech
+        that answers no turn (an idle prompt), which abandons it."""
         if self._stopped is None or self._reply is not None:
             return
         if reply:
-            self._reply = item_id
+            self._reply, self._received = item_id, now_ms
         else:
             self._stopped = None
 
@@ -94,8 +100,9 @@ class TurnLatency:
         self._count_tools(now_ms)
         stopped, self._stopped, self._reply = self._stopped, None, None
         self._heard = (mark, stopped)
+        received = None if self._received is None else round(max(0.0, self._received - stopped), 1)
         self._measured = Turn(self._n, item_id, self._offset, round(now_ms - stopped, 1), None,
-                              round(self._tool_ms, 1), self._tools)  # fmt: skip
+                              round(self._tool_ms, 1), self._tools, received)  # fmt: skip
         self._n += 1
         return (now_ms - stopped) / 1000
 

@@ -92,8 +92,9 @@ WHERE (transcript_lines.rev, transcript_lines.at) <= (EXCLUDED.rev, EXCLUDED.at)
 """
 
 _TURN = """
-INSERT INTO call_turns (event_id, call_sid, turn, item_id, offset_ms, sent_ms, heard_ms, tool_ms, tools, at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+INSERT INTO call_turns (event_id, call_sid, turn, item_id, offset_ms, sent_ms, heard_ms, tool_ms, tools, at,
+                        received_ms)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
 ON CONFLICT (event_id) DO NOTHING
 """
 
@@ -303,7 +304,7 @@ async def _apply(conn: asyncpg.Connection, e: Event, redacted: dict[str, list[st
         case TurnMeasured():
             await conn.execute(
                 _TURN, e.id, e.call_id, e.turn, e.item_id, e.offset_ms, e.sent_ms, e.heard_ms, e.tool_ms, e.tools,
-                e.at,
+                e.at, e.received_ms,
             )
         case OutcomeSet():
             await conn.execute(_OUTCOME, e.call_id, e.outcome, e.detail, e.at)

@@ -411,17 +411,21 @@ function drawLatency(box, s) {
     }
   };
   walk(lat, "");
-  const table = el("table", { class: "turns" }, el("thead", {}, el("tr", {}, ...["Turn", "Sent", "Heard", "Tools"].map((h) => el("th", { scope: "col" }, h)))),
-    el("tbody", {}, ...turns.map((t, i) => el("tr", {}, el("td", {}, t.turn ?? i + 1), el("td", {}, ms(t.sent_ms)), el("td", {}, ms(t.heard_ms)),
+  // By stage, each from the caller's stop: the model's first audio received, sent towards Twilio
+  // (the difference is the platform's own share), heard by the caller.
+  const share = (t) => (t.received_ms == null ? null : t.sent_ms - t.received_ms);
+  const table = el("table", { class: "turns" }, el("thead", {}, el("tr", {}, ...["Turn", "Model", "Sent", "Platform", "Heard", "Tools"].map((h) => el("th", { scope: "col" }, h)))),
+    el("tbody", {}, ...turns.map((t, i) => el("tr", {}, el("td", {}, t.turn ?? i + 1), el("td", {}, ms(t.received_ms)), el("td", {}, ms(t.sent_ms)),
+      el("td", {}, ms(share(t))), el("td", {}, ms(t.heard_ms)),
       el("td", {}, t.tools ? `${t.tools} · ${ms(t.tool_ms)}` : "")))));
   const chart = el("div", { class: "chart", id: "latency-chart" });
   box.replaceChildren(el("h2", {}, "Turn latency"), kv(summary), chart, el("div", { class: "table-wrap" }, table));
   if (turns.length && typeof uPlot !== "undefined") {
     const xs = turns.map((t, i) => t.turn ?? i + 1);
     const plot = new uPlot({ width: Math.max(240, Math.min(box.clientWidth - 24, 640)), height: 160,
-      series: [{ label: "turn" }, { label: "sent ms", stroke: "#2b6cb0" }, { label: "heard ms", stroke: "#b7791f" }],
+      series: [{ label: "turn" }, { label: "model ms", stroke: "#6b46c1" }, { label: "sent ms", stroke: "#2b6cb0" }, { label: "heard ms", stroke: "#b7791f" }],
       axes: [{}, { size: 50 }], scales: { x: { time: false } } },
-    [xs, turns.map((t) => t.sent_ms ?? null), turns.map((t) => t.heard_ms ?? null)], chart);
+    [xs, turns.map((t) => t.received_ms ?? null), turns.map((t) => t.sent_ms ?? null), turns.map((t) => t.heard_ms ?? null)], chart);
     cleanups.push(() => plot.destroy());
   }
 }
