@@ -13,6 +13,7 @@ from dialtone_bridge.agents import AgentBook
 from dialtone_bridge.settings import BridgeSettings
 from dialtone_bridge.toolclient import ToolClient
 from dialtone_bridge.twilio_line import TwilioControlFactory
+from dialtone_bridge.warm import WarmSockets
 
 
 @dataclass
@@ -28,6 +29,7 @@ class BridgeContext:
     twilio: TwilioControlFactory | None = None
     calls: CallBook | None = None  # the call records: who holds each call now
     bus: Coalescer | None = None  # every call's frames to its gateway, coalesced into few writes
+    warm: WarmSockets | None = None  # Realtime sockets opened ahead of calls (REALTIME_WARM_SOCKETS)
 
     def __post_init__(self) -> None:
         if self.bus is None:

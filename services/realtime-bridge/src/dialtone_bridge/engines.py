@@ -18,7 +18,8 @@ def model_connection(ctx: BridgeContext, agent: Agent, log: logging.LoggerAdapte
     key = s.openai_api_key.get_secret_value() if s.openai_api_key else None
     if agent.engine == "live":
         return LiveConnection(s.openai_live_url, agent.live_model, key, log)
-    return RealtimeConnection(s.openai_realtime_url, s.openai_realtime_model, s.transcription_model, key, log)
+    return RealtimeConnection(s.openai_realtime_url, s.openai_realtime_model, s.transcription_model, key, log,
+                              warm=ctx.warm)
 
 
 async def session_spec(ctx: BridgeContext, agent: Agent, voice: str | None = None) -> SessionSpec:

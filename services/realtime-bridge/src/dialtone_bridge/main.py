@@ -17,6 +17,7 @@ from dialtone_bridge.context import BridgeContext
 from dialtone_bridge.service import Bridge
 from dialtone_bridge.settings import BridgeSettings
 from dialtone_bridge.toolclient import ToolClient
+from dialtone_bridge.warm import WarmSockets
 
 log = logging.getLogger("dialtone.bridge")
 
@@ -35,8 +36,15 @@ async def serve(stack: AsyncExitStack, stop: asyncio.Event, settings: BridgeSett
         twilio = TwilioControlFactory(settings)
         stack.push_async_callback(twilio.close)
     calls = CallBook(await bus.ensure_calls_bucket(js, replicas=settings.jetstream_replicas))
+    warm = None
+    if settings.realtime_warm_sockets > 0:
+        key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
+        warm = WarmSockets(settings.openai_realtime_url, settings.openai_realtime_model, key,
+                           settings.realtime_warm_sockets, settings.realtime_warm_max_age_s)
+        await warm.start()
+        stack.push_async_callback(warm.close)
     ctx = BridgeContext(nc=nc, js=js, settings=settings, agents=agents, tools=ToolClient(nc, settings.tool_timeout_s),
-                        bridge_id=bridge_id, twilio=twilio, calls=calls)
+                        bridge_id=bridge_id, twilio=twilio, calls=calls, warm=warm)
     bridge = Bridge(ctx, calls)
     await bridge.start()
     # The health server outlives the drain, so that /healthz says "draining" (503) while it runs.

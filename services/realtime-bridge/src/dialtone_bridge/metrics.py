@@ -138,5 +138,18 @@ PREPARED = Counter(
     "unused (the call went to another bridge or agent)",
     ["result"], registry=REGISTRY,
 )
+WARM_SOCKETS = Counter(
+    "dialtone_bridge_warm_sockets_total",
+    "Warm Realtime sockets (REALTIME_WARM_SOCKETS) by what became of them: used (a call took one), "
+    "missed (a call found none ready), expired (closed by age or by the server before use) or failed "
+    "(could not be opened)",
+    ["result"],
+    registry=REGISTRY,
+)
+WARM_READY = Gauge(
+    "dialtone_bridge_warm_sockets_ready",
+    "Warm Realtime sockets open and waiting for a call",
+    registry=REGISTRY,
+)
 for _result in ("used", "failed", "expired", "unused"):
     PREPARED.labels(_result)

@@ -44,6 +44,7 @@ from dialtone_bridge.engine import (
     Usage,
 )
 from dialtone_bridge.socket_engine import SocketConnection, open_socket
+from dialtone_bridge.warm import WarmSockets
 
 log = logging.getLogger("dialtone.bridge.realtime")
 
@@ -282,22 +283,31 @@ class RealtimeConnection(SocketConnection):
         transcription_model: the model transcribing the caller.
         api_key: the API key; None for a simulator that needs none.
         log: the call's logger.
+        warm: the bridge's warm sockets (``REALTIME_WARM_SOCKETS``): ``open`` takes one if it can.
     """
 
     def __init__(
-        self, url: str, model: str, transcription_model: str, api_key: str | None, log: logging.LoggerAdapter
+        self, url: str, model: str, transcription_model: str, api_key: str | None, log: logging.LoggerAdapter,
+        warm: WarmSockets | None = None,
     ) -> None:
         self.url, self.model, self.transcription_model = url, model, transcription_model
-        self._key, self.log = api_key, log
+        self._key, self.log, self._warm = api_key, log, warm
         self._ws: ClientConnection | None = None
         self._spec: SessionSpec | None = None
 
     async def open(self, spec: SessionSpec, history: Sequence[HistoryLine] = ()) -> None:
         ws = None
         try:
-            sep = "&" if "?" in self.url else "?"
-            ws = await open_socket(f"{self.url}{sep}model={self.model}", self._key)
-            await ws.send(session_update(self._session(spec)))
+            ws = self._warm.take() if self._warm is not None and self._warm.model == self.model else None
+            if ws is not None:
+                try:  # a warm socket: only the session's configuration is left to do
+                    await ws.send(session_update(self._session(spec)))
+                except ConnectionClosed:
+                    ws = None  # it died just now: open one as without a pool
+            if ws is None:
+                sep = "&" if "?" in self.url else "?"
+                ws = await open_socket(f"{self.url}{sep}model={self.model}", self._key)
+                await ws.send(session_update(self._session(spec)))
             await self._await_session(ws)
             for line in history[-HISTORY_LINES:]:
                 await ws.send(user_text(line.text) if line.role == "caller" else assistant_text(line.text))

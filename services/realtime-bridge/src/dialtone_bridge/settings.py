@@ -58,6 +58,14 @@ class BridgeSettings(ServiceSettings):
         description="a model session opened at a call's voice webhook is closed if its call has not come to this "
         "bridge within this long (the stream never came, or another bridge took the call)",
     )
+    realtime_warm_sockets: int = Field(
+        default=0, ge=0, le=50,
+        description="Realtime sockets each bridge keeps open ahead of calls, so a call's session needs only its "
+        "session.update (0: none; each call opens its own socket, at the voice webhook)",
+    )
+    realtime_warm_max_age_s: float = Field(
+        default=600.0, gt=0, description="a warm Realtime socket unused this long is closed and replaced",
+    )
     heartbeat_s: float = Field(default=5.0, description="live-call heartbeat for the admin API's live view")
     drain_grace_s: float = Field(
         default=60.0, ge=0,
