@@ -83,6 +83,11 @@ async def test_three_turn_live_call_yields_one_complete_session(platform: Platfo
     seconds_usd = session["cost"]["usd"]["other"]
     assert seconds_usd == pytest.approx(session["duration_s"] * 0.05 / 60, rel=0.35)
     assert session["usage"]["input_text_tokens"] > 0  # the backend model's
+    # ... priced at the backend model's list prices (gpt-5.4-mini: $0.75 in, $4.50 out per 1M tokens).
+    usd, tokens = session["cost"]["usd"], session["cost"]["tokens"]
+    assert tokens["text_in"] > 0 and tokens["text_out"] > 0
+    assert usd["text_in"] == pytest.approx(tokens["text_in"] * 0.75 / 1e6, rel=0.01)
+    assert usd["text_out"] == pytest.approx(tokens["text_out"] * 4.50 / 1e6, rel=0.01)
 
     # The backend received the tool's real result before the model answered.
     sim = live.sessions[before]

@@ -25,9 +25,12 @@ DEFAULT_PRICES: dict[str, dict[str, float]] = {
     "gpt-realtime": {**_REALTIME, "text_out": 16.0},
     "gpt-realtime-mini": dict(_MINI),
     # GPT-Live bills the session by the second ($0.05 per active minute); the backend model it
-    # delegates to bills its tokens under its own entry (add one to PRICES for the backend you use).
+    # delegates to bills its tokens under its own entry (add one to PRICES for another backend).
     "gpt-live-1.1": {"session_seconds": 0.05 / 60},
     "gpt-live-1": {"session_seconds": 0.05 / 60},
+    "gpt-5.4-mini": {"text_in": 0.75, "text_cached": 0.075, "text_out": 4.50},  # the default backend
+    "gpt-5.4-nano": {"text_in": 0.20, "text_cached": 0.02, "text_out": 1.25},
+    "gpt-5.4": {"text_in": 2.50, "text_cached": 0.25, "text_out": 15.00},
     "gpt-4o-mini-transcribe": {
         "text_in": 1.25, "text_cached": 1.25, "text_out": 5.0,
         "audio_in": 3.0, "audio_cached": 3.0, "audio_out": 0.0,
