@@ -1,8 +1,8 @@
 """``dialtone eval`` / ``make eval``: run every scenario of every agent, report pass rates.
 
 Options (``make eval`` passes its variables of the same names): ``--runs`` (``RUNS``, calls per
-scenario), ``--agent`` (``AGENT``), ``--engine realtime|live`` (``ENGINE``: every agent on that
-engine; unset, each agent's own), ``--junit PATH`` (``JUNIT``), ``--threshold`` (``THRESHOLD``: the
+scenario), ``--agent`` (``AGENT``), ``--engine realtime|live|both`` (``ENGINE``: every agent on that
+engine, or on each side by side; unset, each agent's own), ``--junit PATH`` (``JUNIT``), ``--threshold`` (``THRESHOLD``: the
 pass rate a scenario without its own ``pass_rate`` needs, default 1.0), ``--running`` (``RUNNING=1``:
 on the platform ``make run`` started instead of one of its own).
 
@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from dialtone_dev.eval_report import summarize, table, write_junit
-from dialtone_dev.eval_runner import EvalOptions, RunResult, run_scenarios, simulated
+from dialtone_dev.eval_runner import Engine, EvalOptions, RunResult, run_scenarios, simulated
 from dialtone_dev.eval_scenarios import load_scenarios
 from dialtone_dev.settings import EvalSettings
 
@@ -36,13 +36,15 @@ def parse(argv: list[str], settings: EvalSettings) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=settings.runs, help="calls per scenario (RUNS)")
     parser.add_argument("--agent", default=settings.agent, help="only this agent's scenarios (AGENT)")
     parser.add_argument("--scenario", default=None, help="only scenarios with this name")
-    parser.add_argument("--engine", choices=["realtime", "live"], default=settings.engine,
-                        help="every agent on this engine (ENGINE; default: each agent's own)")
+    parser.add_argument("--engine", choices=["realtime", "live", "both"], default=settings.engine,
+                        help="every agent on this engine, or on each (both) side by side (ENGINE; default: "
+                             "each agent's own)")
     parser.add_argument("--junit", type=Path, default=settings.junit, help="write JUnit XML here (JUNIT)")
     parser.add_argument("--threshold", type=float, default=settings.threshold,
                         help="pass rate needed by scenarios without their own pass_rate (THRESHOLD; 1.0)")
     parser.add_argument("--running", action="store_true", default=settings.running,
                         help="call the platform `make run` started (RUNNING=1)")
+    parser.add_argument("--verbose", "-v", action="store_true", help="print each failed call's transcript")
     parser.add_argument("--agents-dir", type=Path, default=settings.agents_dir, help="AGENTS_DIR")
     args = parser.parse_args(argv)
     if args.runs < 1:
@@ -52,9 +54,14 @@ def parse(argv: list[str], settings: EvalSettings) -> argparse.Namespace:
     return args
 
 
-async def evaluate(argv: list[str]) -> int:
-    settings = EvalSettings()
+async def evaluate(argv: list[str], settings: EvalSettings | None = None) -> int:
+    """Run the command; its exit code (see the module docstring)."""
+    settings = settings or EvalSettings()
     args = parse(argv, settings)
+    if args.running and args.engine:
+        print("dialtone eval: ENGINE needs a platform of the run's own (the running one serves each agent "
+              "on its own engine)", file=sys.stderr)
+        return 2
     scenarios, refused = load_scenarios(args.agents_dir, args.agent)
     if args.scenario:
         scenarios = [s for s in scenarios if s.name == args.scenario]
@@ -70,7 +77,7 @@ async def evaluate(argv: list[str]) -> int:
         return 2
     key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
     options = EvalOptions(
-        agents_dir=args.agents_dir, runs=args.runs, agent=args.agent, engine=args.engine,
+        agents_dir=args.agents_dir, runs=args.runs, agent=args.agent,
         threshold=args.threshold, running=args.running, openai_api_key=key,
         openai_base_url=settings.openai_base_url, eval_model=settings.eval_model,
         tts_voice=settings.eval_tts_voice, data_dir=settings.dialtone_data_dir,
@@ -85,9 +92,14 @@ async def evaluate(argv: list[str]) -> int:
         verdict = "pass" if result.passed else "FAIL"
         print(f"  {verdict}  {result.scenario} [{result.engine}] run {result.run}  ({result.seconds:.1f} s)"
               f"  {result.call_url or ''}", flush=True)
+        if not result.passed and args.verbose:
+            for line in result.transcript:
+                print(f"        {line}", flush=True)
+            print(f"        (ended: {result.end_reason})", flush=True)
 
     try:
-        results = await run_scenarios(options, scenarios, [args.engine], progress)
+        engines: list[Engine | None] = ["realtime", "live"] if args.engine == "both" else [args.engine]
+        results = await run_scenarios(options, scenarios, engines, progress)
     except LookupError as exc:
         print(f"dialtone eval: {exc}", file=sys.stderr)
         return 2

@@ -28,9 +28,9 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlencode
 
 import aiohttp
+import yarl
 
 from dialtone_dev.eval_caller import PersonaError, Voice, persona_turn, run_script, settle
 from dialtone_dev.eval_expect import Check, check_session
@@ -51,7 +51,6 @@ class EvalOptions:
     agents_dir: Path
     runs: int = 1
     agent: str | None = None
-    engine: Engine | None = None
     threshold: float | None = None  # pass rate a scenario without its own `pass_rate` needs (default 1.0)
     running: bool = False
     openai_api_key: str | None = None
@@ -78,6 +77,8 @@ class RunResult:
     checks: list[Check] = field(default_factory=list)
     error: str | None = None
     seconds: float = 0.0
+    transcript: list[str] = field(default_factory=list)  # "Agent: ..." / "Caller: ..." lines
+    end_reason: str | None = None
 
     @property
     def passed(self) -> bool:
@@ -227,7 +228,8 @@ def dial_path(scenario: Scenario, run_id: str) -> str:
         mocks = {name: m.model_dump(include=m.model_fields_set) for name, m in scenario.spec.mocks.items()}
         variables["dialtone_mocks"] = json.dumps(mocks, separators=(",", ":"))
     query = [("agent", scenario.agent)] + [(f"v_{k}", v) for k, v in variables.items()]
-    return "/twilio-voice?" + urlencode(query)
+    # Encoded as yarl (under aiohttp) sends it, since the signature covers the URL as sent.
+    return str(yarl.URL.build(path="/twilio-voice", query=query))
 
 
 async def _persona(call: Any, scenario: Scenario, options: EvalOptions, admin: AdminClient, voice: Voice) -> None:
@@ -291,6 +293,9 @@ async def run_once(target: Target, scenario: Scenario, run: int, options: EvalOp
         else:
             await _persona(call, scenario, options, admin, voice)
         session = await admin.ended_session(call.call_sid)
+        result.end_reason = session.get("end_reason")
+        result.transcript = [f"{'Agent' if line['role'] == 'agent' else 'Caller'}: {line.get('text') or ''}"
+                             for line in session.get("transcript") or []]  # fmt: skip
         result.checks = check_session(scenario.spec.expect, session)
         if scenario.spec.expect.criteria:
             result.checks += await judge_criteria(options, scenario.spec.expect.criteria, session)

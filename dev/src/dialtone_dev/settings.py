@@ -52,7 +52,7 @@ class EvalSettings(BaseSettings):
 
     runs: int = Field(default=1, description="calls per scenario")
     agent: str | None = Field(default=None, description="only this agent's scenarios")
-    engine: Literal["realtime", "live"] | None = Field(default=None, description="every agent on this engine")
+    engine: Literal["realtime", "live", "both"] | None = Field(default=None, description="every agent on this engine")
     junit: Path | None = Field(default=None, description="where to write JUnit XML")
     threshold: float | None = Field(default=None, description="pass rate needed (scenarios without pass_rate)")
     running: bool = Field(default=False, description="test on the platform make run started")
