@@ -11,12 +11,13 @@ checks the file against the model and reports the first problems as ``file:line:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 __all__ = [
     "Expectations", "ScenarioError", "ScenarioFile", "Step", "load_scenario", "load_scenarios",
@@ -122,6 +123,16 @@ class Expectations(_Strict):
     max_duration_s: float | None = Field(default=None, gt=0)
     handed_off_to: str | None = Field(default=None, description="The call was handed off to this agent.")
 
+    @field_validator("said", "never_said")
+    @classmethod
+    def _regexes(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"{pattern!r} is not a regular expression: {exc}") from None
+        return patterns
+
 
 class ModelTurn(_Strict):
     """What the offline simulated model says for one caller turn (the simulators' scenario turn)."""
@@ -202,6 +213,28 @@ def _line_of(node: yaml.Node | None, loc: tuple[int | str, ...]) -> int:
     return line
 
 
+def _branch(part: int | str) -> bool:
+    """A union branch pydantic names in an error's location (``ToolExpectation``, ``str``)."""
+    return isinstance(part, str) and (part[:1].isupper() or part in {"str", "int", "float", "bool"})
+
+
+def _errors(exc: ValidationError) -> list[tuple[tuple[int | str, ...], str]]:
+    """Each error's location without union branches and its message; of a union's failed
+    branches, the model's (a mapping the author wrote), not the plain string's."""
+    out, seen = [], set()
+    errors = exc.errors(include_url=False)
+    for error in errors:
+        loc = tuple(error["loc"])
+        if any(p in {"str", "int", "float", "bool"} for p in loc) and len(errors) > 1:
+            continue
+        clean = tuple(p for p in loc if not _branch(p))
+        message = error["msg"].removeprefix("Value error, ")
+        if (clean, message) not in seen:
+            seen.add((clean, message))
+            out.append((clean, message))
+    return out
+
+
 def _field(loc: tuple[int | str, ...], data: Any) -> str:
     """``expect.tools_called[0].name``, keeping only the parts that are in the file."""
     out = ""
@@ -243,11 +276,7 @@ def load_scenario(path: Path, agent: str) -> Scenario:
     try:
         spec = ScenarioFile.model_validate(data)
     except ValidationError as exc:
-        problems = []
-        for error in exc.errors(include_url=False):
-            loc = tuple(error["loc"])
-            message = error["msg"].removeprefix("Value error, ")
-            problems.append(f"{path}:{_line_of(node, loc)}: {_field(loc, data)}: {message}")
+        problems = [f"{path}:{_line_of(node, loc)}: {_field(loc, data)}: {message}" for loc, message in _errors(exc)]
         raise ScenarioError(path, problems) from None
     return Scenario(agent=agent, name=spec.name or path.stem, path=path, spec=spec)
 
