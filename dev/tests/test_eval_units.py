@@ -8,13 +8,17 @@ from pathlib import Path
 
 import pytest
 import xmlschema
-from dialtone_dev.eval_expect import check_session
+from dialtone_dev.eval_expect import Check, check_session
 from dialtone_dev.eval_report import summarize, table, write_junit
 from dialtone_dev.eval_runner import RunResult, dial_path
 from dialtone_dev.eval_scenarios import (
-    SCHEMA_PATH, Expectations, ScenarioError, load_scenario, load_scenarios, scenario_schema,
+    SCHEMA_PATH,
+    Expectations,
+    ScenarioError,
+    load_scenario,
+    load_scenarios,
+    scenario_schema,
 )  # fmt: skip
-from dialtone_dev.eval_expect import Check
 from dialtone_tools.mocks import MockError, mock_for
 
 pytestmark = pytest.mark.unit

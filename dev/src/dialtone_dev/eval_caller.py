@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -80,6 +81,14 @@ async def settle(call: SimCall, since: int, wait_s: float) -> bool:
     return True
 
 
+async def _interrupt(call: SimCall, mark: int, step: Step, audio: bytes) -> None:
+    """Speak ``audio`` over the agent once ``step.after_ms`` of its reply has been heard."""
+    if await _until(lambda: len(call.media_received) > mark, step.wait_s, call):
+        start = len(call.heard)
+        await _until(lambda: len(call.heard) - start >= step.after_ms * 8, step.wait_s, call)
+    await call.say(audio)
+
+
 async def run_script(call: SimCall, steps: list[Step], voice: Voice, *, greeting: bool, end_wait_s: float) -> None:
     """Play ``steps``; then give the agent ``end_wait_s`` to end the call, and hang up.
 
@@ -94,11 +103,7 @@ async def run_script(call: SimCall, steps: list[Step], voice: Voice, *, greeting
                 audio = await voice.speak(step.say)
                 await call.say(audio)
             elif step.interrupt is not None:
-                audio = await voice.speak(step.interrupt)
-                if await _until(lambda: len(call.media_received) > mark, step.wait_s, call):
-                    start = len(call.heard)
-                    await _until(lambda: len(call.heard) - start >= step.after_ms * 8, step.wait_s, call)
-                await call.say(audio)
+                await _interrupt(call, mark, step, await voice.speak(step.interrupt))
             elif step.silence is not None:
                 await _until(lambda: False, step.silence, call)
             elif step.press is not None:
@@ -150,8 +155,6 @@ async def persona_turn(client: AsyncOpenAI, model: str, persona: Persona, transc
     except Exception as exc:  # the SDK's errors are many; the report needs the message
         raise PersonaError(f"the persona model failed: {type(exc).__name__}: {exc}") from exc
     try:
-        import json
-
         answer = json.loads(response.output_text)
         return str(answer["say"]).strip(), bool(answer["hang_up"])
     except (ValueError, KeyError, TypeError) as exc:
