@@ -103,3 +103,54 @@ async def test_a_scenario_file_with_an_error_is_refused_before_any_call(
     err = capsys.readouterr().err
     assert code == 2
     assert f"{bad}:6: expect.tools_caled: Extra inputs are not permitted" in err
+
+
+PERSONA_SCENARIO = """\
+description: An impatient customer wants to know where their order is.
+caller:
+  number: "+15005550001"
+  persona:
+    goal: Find out where order A1002 is.
+    manner: impatient, short sentences
+    max_turns: 2
+expect:
+  said: ["shipped"]
+  criteria: ["The agent told the caller the order's delivery status."]
+model:
+  turns:
+    - agent: Your order A1002 has shipped and arrives in two days.
+"""
+
+
+async def test_a_persona_caller_and_the_llm_judge_through_the_responses_api(agents_dir: Path):
+    """The persona's lines and the judge's verdicts come from a Responses API (here the simulator,
+    which validates every request against the SDK's own types and requires strict schemas)."""
+    from dialtone_dev.eval_runner import EvalOptions, run_scenarios
+    from dialtone_dev.eval_scenarios import load_scenario
+    from dialtone_sim.responses_api import ResponsesSimulator
+
+    path = agents_dir / "support" / "scenarios" / "persona.yaml"
+    path.write_text(PERSONA_SCENARIO)
+    scenario = load_scenario(path, "support")
+    async with ResponsesSimulator(api_key="sk-eval-text") as text_api:
+        options = EvalOptions(agents_dir=agents_dir, openai_api_key="sk-eval-text", openai_base_url=text_api.base_url,
+                              simulate_models=True, echo=lambda _: None)  # fmt: skip
+        (result,) = await run_scenarios(options, [scenario], ["realtime"], lambda _: None)
+        requests = list(text_api.requests)
+    assert result.passed, result.failures
+    # The persona spoke (a line of the Responses API's making) and heard the agent.
+    persona = [r for r in requests if r["text"]["format"]["name"] == "caller_line"]
+    judge = [r for r in requests if r["text"]["format"]["name"] == "verdict"]
+    assert len(persona) == 1 and "Find out where order A1002 is." in persona[0]["instructions"]
+    assert any(line.startswith("Caller: ") and line != "Caller: " for line in result.transcript), result.transcript
+    # The judge read the call and its reasoning is kept beside the verdict.
+    assert len(judge) == 1 and "shipped and arrives in two days" in str(judge[0]["input"])
+    (criterion,) = [c for c in result.checks if c.name.startswith("criterion: ")]
+    assert criterion.passed and criterion.reasoning
+
+
+async def test_persona_scenarios_need_a_key(agents_dir: Path, capsys: pytest.CaptureFixture[str]):
+    (agents_dir / "support" / "scenarios" / "persona.yaml").write_text(PERSONA_SCENARIO)
+    code = await evaluate(["--agents-dir", str(agents_dir), "--scenario", "persona"], settings())
+    assert code == 2
+    assert "need OPENAI_API_KEY" in capsys.readouterr().err

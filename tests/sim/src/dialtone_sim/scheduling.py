@@ -35,7 +35,7 @@ import pytest
 # Seconds the files of 10 s or more took (first test's start to last test's end) in full runs of
 # `make test` on 3 workers on 2 cores; a file not listed is estimated from its tests' markers.
 MEASURED_S = {
-    "tests/e2e/test_eval.py": 160,
+    "tests/e2e/test_eval.py": 185,
     "tests/faults/test_outages.py": 145,
     "tests/e2e/test_conversation.py": 140,
     "tests/faults/test_drain.py": 115,
