@@ -128,7 +128,7 @@ async def test_sessions_newest_first_and_keyset_pagination_with_ties(client, db,
     assert items[0]["duration_s"] == 90.0 and items[0]["cost_usd"] == 0.25
     assert set(items[0]) == {
         "call_sid", "agent", "direction", "from_number", "to_number", "status", "outcome", "started_at",
-        "ended_at", "duration_s", "end_reason", "cost_usd", "transferred_to", "answered_by"}
+        "ended_at", "duration_s", "end_reason", "cost_usd", "transferred_to", "answered_by", "test_run"}
 
 
 async def test_outcome_and_date_filters(client, db, agent) -> None:

@@ -16,7 +16,7 @@ EXPECTED_COLUMNS = {
         "id", "call_sid", "agent", "direction", "from_number", "to_number", "stream_sid", "started_at",
         "ended_at", "end_reason", "status", "status_rank", "status_at", "answered_by", "outcome",
         "outcome_detail", "outcome_at", "transferred_to", "transcript", "usage", "cost_usd", "metrics",
-        "created_at", "updated_at", "cost_breakdown", "analysis", "analysis_at",
+        "created_at", "updated_at", "cost_breakdown", "analysis", "analysis_at", "test_run",
     },
     "call_events": {"event_id", "call_sid", "type", "at", "payload", "received_at"},
     "transcript_lines": {
@@ -77,6 +77,7 @@ EXPECTED_INDEXES = {
     "analysis_jobs_open_idx",
     "call_sessions_verdict_idx",
     "call_sessions_summary_fts_idx",
+    "call_sessions_test_run_idx",
 }
 
 

@@ -69,11 +69,15 @@ def session_filter(
     verdict: Annotated[
         Literal["success", "failure"] | None, Query(description="the post-call analysis' verdict")
     ] = None,
+    test: Annotated[
+        Literal["include", "exclude", "only"] | None,
+        Query(description="test calls (dialtone eval): include (the default), exclude or only them"),
+    ] = None,
 ) -> SessionFilter:
     """The filters shared by the list, its count and its export."""
     return SessionFilter(
         outcome=outcome, status=status, agent=agent, direction=direction, number=number, since=since,
-        until=until, q=q, verdict=verdict,
+        until=until, q=q, verdict=verdict, test=None if test == "include" else test,
     )  # fmt: skip
 
 

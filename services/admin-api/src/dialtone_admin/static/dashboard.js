@@ -180,7 +180,7 @@ function dayStart(ymd, plusDays = 0) {
 }
 function apiFilters(params) {
   const out = new URLSearchParams();
-  for (const k of ["q", "number", "verdict", ...FACETS]) if (params.get(k)) out.set(k, params.get(k));
+  for (const k of ["q", "number", "verdict", "test", ...FACETS]) if (params.get(k)) out.set(k, params.get(k));
   if (params.get("since")) out.set("since", dayStart(params.get("since")));
   if (params.get("until")) out.set("until", dayStart(params.get("until"), 1)); // the whole last day
   return out;
@@ -208,6 +208,10 @@ async function drawCalls(stillHere) {
   const verdict = el("select", { name: "verdict" }, ...[["", "Any"], ["success", "Success"], ["failure", "Failure"]]
     .map(([v, label]) => el("option", { value: v, selected: (params.get("verdict") || "") === v }, label)));
   form.append(field("Verdict", verdict));
+  // Test calls (dialtone eval): shown with the others unless hidden, or alone.
+  const tests = el("select", { name: "test" }, ...[["", "Shown"], ["exclude", "Hidden"], ["only", "Only"]]
+    .map(([v, label]) => el("option", { value: v, selected: (params.get("test") || "") === v }, label)));
+  form.append(field("Test calls", tests));
   form.append(field("Number", el("input", { name: "number", type: "tel", value: params.get("number") || "", maxlength: 40, placeholder: "+1555…" })));
   form.append(field(`From (${TZ})`, el("input", { name: "since", type: "date", value: params.get("since") || "" })));
   form.append(field(`To, inclusive (${TZ})`, el("input", { name: "until", type: "date", value: params.get("until") || "" })));
@@ -260,7 +264,8 @@ function callRow(s) {
   const row = el("tr", { "data-sid": s.call_sid },
     el("td", { "data-label": "Started" }, el("a", { href }, when(s.started_at))),
     cell("Direction", s.direction || ""), cell("From", s.from_number || ""), cell("To", s.to_number || ""),
-    cell("Agent", s.agent || ""), cell("Status", s.status || ""), cell("Outcome", s.outcome || "", "outcome"),
+    el("td", { "data-label": "Agent" }, s.agent || "", s.test_run ? el("span", { class: "chip test-call", title: `test run ${s.test_run}` }, "test") : ""),
+    cell("Status", s.status || ""), cell("Outcome", s.outcome || "", "outcome"),
     cell("Duration", secs(s.duration_s)), cell("Cost", usd(s.cost_usd)));
   row.addEventListener("click", (ev) => { if (!ev.target.closest("a")) navigate(href); });
   return row;
@@ -631,7 +636,7 @@ async function drawOverview(stillHere) {
   const q = new URLSearchParams({ since, until, tz: TZ });
   const data = await api(`/stats/daily?${q}`);
   if (!stillHere()) return;
-  const picker = el("p", { class: "muted" }, `Last ${days} days, by day in ${TZ}. `,
+  const picker = el("p", { class: "muted" }, `Last ${days} days, by day in ${TZ}, test calls left out. `,
     ...[7, 30, 90].map((d) => el("a", { href: `/overview?days=${d}`, class: "chip", "aria-current": d === days ? "page" : null }, `${d} days`)));
   const totals = data.days.reduce((a, d) => ({ calls: a.calls + d.calls, minutes: a.minutes + d.minutes, cost: a.cost + d.cost_usd }), { calls: 0, minutes: 0, cost: 0 });
   const charts = el("div", { class: "charts" });
