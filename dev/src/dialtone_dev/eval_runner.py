@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import secrets
 import shutil
 import tempfile
 import time
 import tomllib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -37,9 +38,11 @@ from dialtone_dev.eval_expect import Check, check_session
 from dialtone_dev.eval_judge import judge_criteria
 from dialtone_dev.eval_scenarios import Scenario
 
-__all__ = ["EvalOptions", "RunResult", "Target", "run_scenarios"]
+__all__ = ["EvalOptions", "Progress", "RunResult", "Target", "run_on", "run_scenarios"]
 
 Engine = Literal["realtime", "live"]
+# Told of each call's verdict as it comes (the command prints it; the worker stores and publishes it).
+Progress = Callable[["RunResult"], Awaitable[None] | None]
 ACCOUNT_SID = "AC" + "e" * 32
 SESSION_TIMEOUT_S = 30.0
 
@@ -309,7 +312,7 @@ async def run_once(target: Target, scenario: Scenario, run: int, options: EvalOp
 
 
 async def run_on(target: Target, scenarios: list[Scenario], options: EvalOptions, run_id: str,
-                 progress: Callable[[RunResult], None]) -> list[RunResult]:  # fmt: skip
+                 progress: Progress) -> list[RunResult]:  # fmt: skip
     """Every scenario ``options.runs`` times on ``target``, one call at a time (the simulators
     follow one script at a time)."""
     admin = AdminClient(target)
@@ -320,19 +323,23 @@ async def run_on(target: Target, scenarios: list[Scenario], options: EvalOptions
         voice = Voice(AsyncOpenAI(api_key=options.openai_api_key, base_url=options.openai_base_url),
                       voice=options.tts_voice)  # fmt: skip
     results = []
+    scripts = [sim.scenario for sim in target.simulators]  # put back afterwards (make call's demo)
     try:
         for scenario in scenarios:
             for run in range(1, options.runs + 1):
                 result = await run_once(target, scenario, run, options, run_id, admin, voice)
                 results.append(result)
-                progress(result)
+                if inspect.isawaitable(done := progress(result)):
+                    await done
     finally:
         await admin.close()
+        for sim, script in zip(target.simulators, scripts, strict=True):
+            sim.scenario = script
     return results
 
 
 async def run_scenarios(options: EvalOptions, scenarios: list[Scenario], engines: list[Engine | None],
-                        progress: Callable[[RunResult], None], run_id: str | None = None) -> list[RunResult]:  # fmt: skip
+                        progress: Progress, run_id: str | None = None) -> list[RunResult]:  # fmt: skip
     """Run ``scenarios`` on each engine in ``engines`` (None: each agent's own), each on a
     platform of its own side by side, or all on the running platform."""
     run_id = run_id or time.strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3)

@@ -145,12 +145,13 @@ def _schema() -> schemathesis.BaseSchema:
             "phases": {"stateful": {"enabled": False}},
         }
     )
-    # The live streams never end (the e2e dashboard test reads them); an export is a list page's
+    # The live streams (and the test runs' progress) never end (the e2e dashboard test reads them); an export is a list page's
     # rows in another format, fuzzed through GET /sessions.
     return (
         schemathesis.openapi.from_dict(document, config=config)
         .exclude(path="/live/stream")
         .exclude(path="/live/{call_sid}/listen")
+        .exclude(path="/tests/stream")
         .exclude(path="/sessions/export")
     )
 

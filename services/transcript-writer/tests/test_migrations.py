@@ -48,6 +48,13 @@ EXPECTED_COLUMNS = {
         "last_error",
     },
     "webhook_attempts": {"delivery_id", "n", "at", "status_code", "latency_ms", "response", "error"},
+    "eval_runs": {
+        "run_id", "status", "agent", "scenario", "runs", "total", "done", "passed", "simulated", "error",
+        "requested_by", "created_at", "finished_at",
+    },
+    "eval_results": {
+        "run_id", "scenario", "engine", "run", "call_sid", "passed", "error", "checks", "seconds", "at",
+    },
     "analysis_jobs": {
         "call_sid", "agent", "status", "attempts", "reason", "model", "cost_usd", "tokens", "result", "latency_ms",
         "created_at", "updated_at", "finished_at",
@@ -78,6 +85,10 @@ EXPECTED_INDEXES = {
     "call_sessions_verdict_idx",
     "call_sessions_summary_fts_idx",
     "call_sessions_test_run_idx",
+    "eval_runs_created_idx",
+    "eval_results_scenario_idx",
+    "eval_runs_pkey",
+    "eval_results_pkey",
 }
 
 

@@ -20,6 +20,7 @@ from dialtone_admin.auth import require_token
 from dialtone_admin.cursor import InvalidCursor
 from dialtone_admin.database import Database, DatabaseUnavailable
 from dialtone_admin.errors import responses
+from dialtone_admin.evals import router as evals_router
 from dialtone_admin.export import EXPORT_BATCH, EXPORT_MAX, export_rows
 from dialtone_admin.live import LiveCalls
 from dialtone_admin.metrics import REGISTRY
@@ -264,4 +265,5 @@ def create_app(settings: AdminSettings) -> FastAPI:
     app.include_router(calls_router)
     app.include_router(recordings_router)
     app.include_router(webhooks_router)
+    app.include_router(evals_router)
     return app
