@@ -637,6 +637,11 @@ async def test_openapi_documents_the_error_responses(client) -> None:
         ("/webhooks/deliveries", "get"): {"200", "400", "401", "422", "429", "503"},
         ("/webhooks/deliveries/{delivery_id}/resend", "post"): {"200", "400", "401", "404", "422", "429", "503"},
         ("/webhooks/replay", "post"): {"200", "400", "401", "422", "429", "503"},
+        ("/tests/runs", "get"): {"200", "401", "422", "429", "503"},
+        ("/tests/runs", "post"): {"202", "400", "401", "422", "429", "503"},
+        ("/tests/runs/{run_id}", "get"): {"200", "401", "404", "422", "429", "503"},
+        ("/tests/scenarios", "get"): {"200", "401", "429", "503"},
+        ("/tests/stream", "get"): {"200", "401", "429"},
     }
     sessions = spec["paths"]["/sessions"]["get"]["responses"]
     assert sessions["503"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorBody"}
