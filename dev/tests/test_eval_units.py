@@ -184,3 +184,19 @@ def test_mocks_and_the_test_mark_travel_in_the_signed_webhook_query(tmp_path: Pa
 
     query = parse_qs(urlsplit(path).query)
     assert json.loads(query["v_dialtone_mocks"][0]) == {"lookup": {"error": "down: 50% + more"}}
+
+
+async def test_running_refuses_a_platform_on_simulators_and_engine_needs_its_own(tmp_path: Path, capsys) -> None:
+    from dialtone_dev.eval import evaluate
+    from dialtone_dev.settings import EvalSettings
+
+    (tmp_path / "run.json").write_text(json.dumps({"simulated": True, "gateway_url": "http://127.0.0.1:9"}))
+    settings = EvalSettings(dialtone_data_dir=tmp_path, openai_api_key=None)
+    agents = str(ROOT / "agents")
+    assert await evaluate(["--running", "--agents-dir", agents, "--scenario", "transfer"], settings) == 2
+    assert "answers with its model simulators" in capsys.readouterr().err
+    assert await evaluate(["--running", "--engine", "live", "--agents-dir", agents], settings) == 2
+    assert "ENGINE needs a platform of the run's own" in capsys.readouterr().err
+    (tmp_path / "run.json").unlink()
+    assert await evaluate(["--running", "--agents-dir", agents, "--scenario", "transfer"], settings) == 2
+    assert "no running platform" in capsys.readouterr().err
