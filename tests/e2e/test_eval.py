@@ -134,7 +134,7 @@ async def test_a_persona_caller_and_the_llm_judge_through_the_responses_api(agen
     scenario = load_scenario(path, "support")
     async with ResponsesSimulator(api_key="sk-eval-text") as text_api:
         options = EvalOptions(agents_dir=agents_dir, openai_api_key="sk-eval-text", openai_base_url=text_api.base_url,
-                              simulate_models=True, echo=lambda _: None)  # fmt: skip
+                              simulate_models=True)  # fmt: skip
         (result,) = await run_scenarios(options, [scenario], ["realtime"], lambda _: None)
         requests = list(text_api.requests)
     assert result.passed, result.failures

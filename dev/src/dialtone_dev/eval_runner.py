@@ -64,7 +64,6 @@ class EvalOptions:
     eval_model: str = "gpt-5-mini"
     tts_voice: str = "alloy"
     data_dir: Path = Path(".dialtone")
-    echo: Callable[[str], None] = print
 
 
 @dataclass

@@ -213,7 +213,7 @@ async def platform_worker(platform: Platform, simulators: list[Any], api_key: st
                     platform.admin_token, platform.twilio_auth_token, platform.twilio_account_sid, None,
                     simulators)  # fmt: skip
     opts = EvalOptions(agents_dir=platform.agents_dir, openai_api_key=api_key, simulate_models=bool(simulators),
-                       echo=lambda _: None, **options)  # fmt: skip
+                       **options)  # fmt: skip
     try:
         async with EvalWorker(nc, platform.database_url, target, opts) as worker:
             yield worker
