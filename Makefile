@@ -5,7 +5,9 @@ UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 CALLS ?= 50
 DURATION ?= 20
 
-.PHONY: install run call test test-unit test-integration test-e2e bench bench-calls bench-list soak lint clean
+RUNS ?= 1
+
+.PHONY: install run call eval test test-unit test-integration test-e2e bench bench-calls bench-list soak lint clean
 
 $(UV):
 	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet --user uv || $(PYTHON) -m pip install --quiet uv
@@ -21,6 +23,15 @@ run: install  ## start everything (embedded NATS/PostgreSQL, simulator without O
 
 call: install  ## place one simulated call through the running platform and print its session
 	$(UV) run --frozen python -m dialtone_dev call
+
+# Scenario calls of every agent in AGENTS_DIR (agents/<name>/scenarios/*.yaml), RUNS times each, on a
+# platform of their own (RUNNING=1: on the one `make run` started). AGENT, ENGINE (realtime|live),
+# JUNIT (a path), THRESHOLD (a pass rate) narrow or direct it; exits 1 when a pass rate falls short.
+eval: install  ## test calls of the agents' scenarios; pass rate per scenario, JUnit XML with JUNIT=path
+	$(UV) run --frozen dialtone eval --runs $(RUNS) $(if $(AGENT),--agent $(AGENT)) \
+		$(if $(ENGINE),--engine $(ENGINE)) $(if $(JUNIT),--junit $(JUNIT)) \
+		$(if $(THRESHOLD),--threshold $(THRESHOLD)) $(if $(filter 1 true yes,$(RUNNING)),--running) \
+		$(if $(AGENTS_DIR),--agents-dir $(AGENTS_DIR))
 
 # The tests mostly wait (real-time simulated calls), so they run on more pytest-xdist workers than
 # the 2 cores CI has: a file at a time per worker, the longest files first (dialtone_sim.scheduling).

@@ -20,6 +20,7 @@ from dialtone_proto import (
     subjects,
 )
 from dialtone_proto.contract import ContractError, check_message
+from dialtone_proto.evals import EvalAccepted, EvalCallResult, EvalProgress, EvalStart
 from dialtone_proto.frames import Kind, encode_control, encode_frame
 from dialtone_proto.live import LiveCall
 from dialtone_proto.tools import ToolAction
@@ -94,6 +95,17 @@ ACCEPTED = [
         None,
         "live",
     ),
+    (subjects.EVAL_START, _json(EvalStart(agent="support", runs=3)), None, "eval.start"),
+    (INBOX, _json(EvalAccepted(accepted=True, run_id="r1", total=3)), None, "reply:eval.accepted"),
+    (INBOX, _json(EvalAccepted(accepted=False, reason="no scenarios")), None, "reply:eval.accepted"),
+    (
+        subjects.eval_progress("r1"),
+        _json(EvalProgress(run_id="r1", status="running", total=3, done=1, passed=0, result=EvalCallResult(
+            scenario="support/transfer", engine="realtime", run=1, call_sid=CALL, passed=False,
+            failures=["transferred: expected transferred, not transferred"]))),
+        None,
+        "eval.progress",
+    ),
 ]
 
 
@@ -132,6 +144,9 @@ REJECTED = [
     pytest.param(INBOX, b'{"type":"call.answer","call_id":"CA1"}', None, id="reply-incomplete"),
     pytest.param(INBOX, b'{"type":"tools.result","ok":true,"output":1,"py/object":"x"}', None, id="reply-extra-key"),
     pytest.param(subjects.live(CALL), b'{"call_id":"CA1"}', None, id="live-incomplete"),
+    pytest.param(subjects.EVAL_START, b'{"runs":500}', None, id="eval-start-too-many-runs"),
+    pytest.param(subjects.eval_progress("r2"), _json(EvalProgress(run_id="r1", status="running", total=1, done=0,
+                                                                  passed=0)), None, id="eval-progress-other-run"),
 ]
 
 

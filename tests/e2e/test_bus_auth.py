@@ -122,3 +122,45 @@ async def test_a_call_works_and_no_other_user_hears_it_or_writes_into_the_transc
     for user in ("tools", "admin"):
         refused = [e for e in errors[user] if "permissions violation for publish" in e]
         assert any("call_started" in e for e in refused) and any("transcript_line" in e for e in refused), user
+
+
+async def test_the_test_workers_user_takes_run_requests_and_publishes_progress_only(platform: Platform) -> None:
+    """The dashboard's test runs: the admin API's user asks, the test worker's user (``eval``)
+    answers and publishes progress, and may neither hear a call nor write an event."""
+    from dialtone_proto.evals import EvalAccepted, EvalProgress, EvalStart
+
+    refused: list[str] = []
+
+    async def collect(e: Exception) -> None:
+        refused.append(str(e))
+
+    worker = await nats.connect(platform.nats_url, name=PROBE, error_cb=collect, **platform.nats_connect_options("eval"))
+    admin_user = await nats.connect(platform.nats_url, name=PROBE, **platform.nats_connect_options("admin"))
+    heard: list[str] = []
+    try:
+        async def answer(msg) -> None:
+            await msg.respond(EvalAccepted(accepted=False, reason="probe").model_dump_json().encode())
+
+        async def progress(msg) -> None:
+            heard.append(msg.subject)
+
+        await worker.subscribe(subjects.EVAL_START, queue=subjects.EVAL_QUEUE, cb=answer)
+        await admin_user.subscribe(subjects.EVAL_PROGRESS_ALL, cb=progress)
+        await worker.flush()
+        await admin_user.flush()
+        reply = await admin_user.request(subjects.EVAL_START, EvalStart(runs=1).model_dump_json().encode(), timeout=5)
+        assert EvalAccepted.model_validate_json(reply.data).reason == "probe"
+        run = f"probe-{secrets.token_hex(4)}"
+        await worker.publish(subjects.eval_progress(run),
+                             EvalProgress(run_id=run, status="running", total=1, done=0, passed=0).model_dump_json().encode())
+        await poll(lambda: heard == [subjects.eval_progress(run)], 5, what="the progress at the admin API's user")
+        # Nothing else: no event, no call audio.
+        await _publish(worker, _session_events(f"CAforged{secrets.token_hex(8)}", "forged by the test worker's user"))
+        await worker.subscribe(subjects.CALL_IN_ALL, cb=progress)
+        await worker.flush()
+        await poll(lambda: len(refused) >= 2, 5, what="both refusals")
+        assert any("permissions violation for publish" in e.lower() for e in refused), refused
+        assert any("permissions violation for subscription" in e.lower() for e in refused), refused
+    finally:
+        for nc in (worker, admin_user):
+            await nc.close()

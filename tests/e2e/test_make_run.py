@@ -62,7 +62,7 @@ async def test_make_run_then_make_call_prints_a_transcript(tmp_path: Path):
         conf = data / "nats" / "nats.conf"
         assert stat.S_IMODE(conf.stat().st_mode) == 0o600 and stat.S_IMODE(conf.parent.stat().st_mode) == 0o700
         passwords = re.findall(r'password: "([^"]+)"', conf.read_text())
-        assert len(passwords) == 6  # the five services' users and dev-harness
+        assert len(passwords) == 7  # the five services' users, the test worker's and dev-harness
         assert "Responses API simulator" in banner
 
         call = await asyncio.create_subprocess_exec(

@@ -35,7 +35,13 @@ What each service really does on the bus, and so may do (read from the code; see
   ``call.metric`` (whether a recording is whole) and ``call.analyzed`` (the post-call analysis).
 - admin-api: hears events, heartbeats and, for the dashboard's listen-in, both sides of a call's
   audio; publishes nothing on the call subjects and no event (outbound calls go to Twilio's REST
-  API, not the bus); keeps its own bucket of dashboard sign-ins (``$KV.dialtone_admin_signins``).
+  API, not the bus); keeps its own bucket of dashboard sign-ins (``$KV.dialtone_admin_signins``);
+  asks a test worker to start a test run (``dt.v1.eval.start``) and hears the runs' progress.
+
+And the test worker (``eval``, :data:`EVAL_WORKER`), which places the dashboard's test calls: it
+takes run requests (queue subscription, answers them) and publishes their progress, nothing else
+(its calls go through the gateway's webhook like Twilio's). It runs beside ``make run`` and the
+tests, so it is a user of the embedded server's configuration, not of the deployment's.
 """
 
 from __future__ import annotations
@@ -169,8 +175,17 @@ ADMIN = User(
     publish=(
         *_stream_admin(ADMIN_SIGNINS_KV_STREAM), *_stream_read(ADMIN_SIGNINS_KV_STREAM),
         *_ordered_consumer(ADMIN_SIGNINS_KV_STREAM), *_kv_write(subjects.ADMIN_SIGNINS_BUCKET),
+        subjects.EVAL_START,
     ),
-    subscribe=(subjects.EVENTS_ALL, subjects.LIVE_ALL, subjects.CALL_IN_ALL, subjects.CALL_OUT_ALL, _inbox("admin")),
+    subscribe=(subjects.EVENTS_ALL, subjects.LIVE_ALL, subjects.CALL_IN_ALL, subjects.CALL_OUT_ALL,
+               subjects.EVAL_PROGRESS_ALL, _inbox("admin")),
+)
+
+EVAL_WORKER = User(
+    name="eval", service="eval-worker", password_env="EVAL_NATS_PASSWORD",
+    publish=(subjects.EVAL_PROGRESS_ALL,),
+    subscribe=(subjects.EVAL_START, _inbox("eval")),
+    allow_responses=True,  # answers run requests
 )
 
 # The users of the five services, by service name.
@@ -281,10 +296,10 @@ class RunCredentials:
 
     @classmethod
     def generate(cls) -> RunCredentials:
-        return cls({u.name: secrets.token_urlsafe(24) for u in (*SERVICE_USERS.values(), HARNESS)})
+        return cls({u.name: secrets.token_urlsafe(24) for u in (*SERVICE_USERS.values(), EVAL_WORKER, HARNESS)})
 
     def users(self) -> list[User]:
-        return [*SERVICE_USERS.values(), HARNESS]
+        return [*SERVICE_USERS.values(), EVAL_WORKER, HARNESS]
 
     def config(self) -> str:
         """The ``authorization`` block with these passwords written in (for a file private to its owner)."""

@@ -23,7 +23,7 @@ COST_KINDS = ("audio_in", "audio_out", "text_in", "text_out", "cached", "transcr
 SUMMARY_COLUMNS = """
     s.id, s.call_sid, s.agent, s.direction, s.from_number, s.to_number, s.status, s.outcome,
     s.started_at, s.ended_at, EXTRACT(EPOCH FROM s.ended_at - s.started_at)::float8 AS duration_s,
-    s.end_reason, s.cost_usd::float8 AS cost_usd, s.transferred_to, s.answered_by
+    s.end_reason, s.cost_usd::float8 AS cost_usd, s.transferred_to, s.answered_by, s.test_run
 """
 
 
@@ -159,6 +159,7 @@ class SessionSummary(BaseModel):
     cost_usd: float
     transferred_to: str | None
     answered_by: str | None
+    test_run: str | None = None  # a test call's run (dialtone eval); None for a real call
 
 
 class TranscriptEntry(BaseModel):

@@ -1,4 +1,4 @@
-"""``dialtone run | call | bench``: the developer commands behind the Makefile."""
+"""``dialtone run | call | eval | bench``: the developer commands behind the Makefile."""
 
 from __future__ import annotations
 
@@ -14,10 +14,12 @@ def main() -> None:
         from dialtone_dev.call import main as run
     elif command == "bench":
         from dialtone_dev.bench import main as run
+    elif command == "eval":
+        from dialtone_dev.eval import main as run
     elif command == "bench-list":
         from dialtone_dev.bench_list import main as run
     else:
-        print("usage: dialtone run | call | bench [--calls N | --soak N] | bench-list [--sessions N]", file=sys.stderr)
+        print("usage: dialtone run | call | eval [--runs N --agent A --engine E --junit F] | bench [--calls N | --soak N] | bench-list [--sessions N]", file=sys.stderr)
         sys.exit(2)
     run()
 

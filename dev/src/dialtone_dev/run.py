@@ -119,12 +119,14 @@ async def run_platform() -> None:
         loop.add_signal_handler(sig, stop.set)
 
     async with contextlib.AsyncExitStack() as stack:
+        simulators: list[Any] = []  # the model simulators, which the test worker scripts per call
         realtime_url = settings.openai_realtime_url
         if not api_key and not realtime_url:
             from dialtone_sim.realtime import RealtimeSimulator
 
             sim = RealtimeSimulator(scenario(), port=settings.simulator_port, validate=True)
             await stack.enter_async_context(sim)
+            simulators.append(sim)
             realtime_url = sim.url
             print(f"OpenAI Realtime simulator listening at {sim.url}", flush=True)
         live_url = settings.openai_live_url
@@ -133,6 +135,7 @@ async def run_platform() -> None:
 
             live = LiveSimulator(scenario(), port=settings.live_simulator_port, validate=True)
             await stack.enter_async_context(live)
+            simulators.append(live)
             live_url = live.url
             print(f"OpenAI GPT-Live simulator listening at {live.url}", flush=True)
         responses_url = None
@@ -166,6 +169,11 @@ async def run_platform() -> None:
             settings_from_environment=True,
         )
         await stack.enter_async_context(platform)
+        from dialtone_dev.eval_worker import platform_worker
+
+        # The dashboard's Tests page: its runs are placed by this worker (beside the simulators it
+        # scripts per call when there is no key).
+        await stack.enter_async_context(platform_worker(platform, simulators, api_key))
         write_private(
             data_dir / RUN_FILE,
             {

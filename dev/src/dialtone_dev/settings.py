@@ -4,8 +4,9 @@ platform's public configuration, read from the environment here and nowhere else
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -42,3 +43,33 @@ class DevSettings(BaseSettings):
     bridge_metrics_port: int = 9101
     tools_metrics_port: int = 9102
     writer_metrics_port: int = 9103
+
+
+class EvalSettings(BaseSettings):
+    """``make eval`` / ``dialtone eval``: the command's variables and the models it may use."""
+
+    model_config = SettingsConfigDict(env_file=None, extra="ignore")
+
+    runs: int = Field(default=1, description="calls per scenario")
+    agent: str | None = Field(default=None, description="only this agent's scenarios")
+    engine: Literal["realtime", "live", "both"] | None = Field(default=None, description="every agent on this engine")
+    junit: Path | None = Field(default=None, description="where to write JUnit XML")
+    threshold: float | None = Field(default=None, description="pass rate needed (scenarios without pass_rate)")
+    running: bool = Field(default=False, description="test on the platform make run started")
+    agents_dir: Path = Path("agents")
+    openai_api_key: SecretStr | None = None
+    openai_base_url: str | None = Field(default=None, description="Responses API base of the persona and judge")
+    eval_model: str = Field(default="gpt-5-mini", description="text model of persona callers and the judge")
+    eval_tts_voice: str = Field(default="alloy", description="OpenAI text-to-speech voice of test callers")
+    dialtone_data_dir: Path = Path(".dialtone")
+
+    @field_validator("agent", "engine", "junit", "threshold", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """`make eval` passes every variable, empty when not given."""
+        return None if value == "" else value
+
+    @field_validator("running", mode="before")
+    @classmethod
+    def _empty_is_false(cls, value: object) -> object:
+        return False if value == "" else value

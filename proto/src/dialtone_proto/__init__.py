@@ -7,6 +7,7 @@ JSON message carries ``"v": 1``.
 
 from dialtone_proto import subjects
 from dialtone_proto.calls import CallAnswer, CallOffer, CallPrepare, CallRecord
+from dialtone_proto.evals import EvalAccepted, EvalCallResult, EvalProgress, EvalStart
 from dialtone_proto.events import (
     EVENT_TYPES,
     STREAM_NAME,
@@ -48,6 +49,10 @@ __all__ = [
     "CallOffer",
     "CallRecord",
     "CallStarted",
+    "EvalAccepted",
+    "EvalCallResult",
+    "EvalProgress",
+    "EvalStart",
     "Event",
     "Frame",
     "FrameError",

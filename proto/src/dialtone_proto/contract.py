@@ -13,6 +13,7 @@ from pydantic import BaseModel, ValidationError
 
 from dialtone_proto import subjects
 from dialtone_proto.calls import CallAnswer, CallOffer, CallPrepare, CallRecord
+from dialtone_proto.evals import EvalAccepted, EvalProgress, EvalStart
 from dialtone_proto.events import STREAM_NAME, decode_event
 from dialtone_proto.frames import FrameError, Kind, decode_frame
 from dialtone_proto.live import LiveCall
@@ -23,6 +24,7 @@ _REPLIES: dict[str, type[BaseModel]] = {
     "call.record": CallRecord,  # a KV get of a call record (JetStream direct get)
     "tools.catalog": ToolCatalog,
     "tools.result": ToolCallReply,
+    "eval.accepted": EvalAccepted,
 }
 _IN_KINDS = {Kind.AUDIO, Kind.MARK, Kind.DTMF, Kind.STOP}
 _OUT_KINDS = {Kind.AUDIO, Kind.MARK, Kind.CLEAR, Kind.HANGUP, Kind.HEARTBEAT, Kind.HANDOFF}
@@ -75,6 +77,14 @@ def _check(subject: str, data: bytes, headers: dict[str, str]) -> str:
         return "tools.call"
     if subject == subjects.TOOLS_CATALOG:
         return "tools.catalog-request"
+    if subject == subjects.EVAL_START:
+        EvalStart.model_validate_json(data)
+        return "eval.start"
+    if len(parts) == 5 and parts[2:4] == ["eval", "progress"]:
+        progress = EvalProgress.model_validate_json(data)
+        if progress.run_id != parts[4]:
+            raise ContractError(f"{subject}: progress of run {progress.run_id}")
+        return "eval.progress"
     if len(parts) == 6 and parts[2] == "call" and parts[5] in ("in", "out"):
         subjects.check_call_id(parts[3])
         subjects.check_stream_key(parts[4])
@@ -112,6 +122,7 @@ def describe() -> dict[str, Any]:
             "calls_bucket": subjects.CALLS_BUCKET,
             "events": subjects.EVENTS_ALL,
             "tools": [subjects.TOOLS_CATALOG, subjects.TOOLS_CALL],
+            "eval": [subjects.EVAL_START, f"{subjects.PREFIX}.eval.progress.<run_id>"],
         },
         "events": event_schema(),
         "offer": CallOffer.model_json_schema(),
@@ -120,4 +131,7 @@ def describe() -> dict[str, Any]:
         "tool_request": ToolCallRequest.model_json_schema(),
         "tool_reply": ToolCallReply.model_json_schema(),
         "catalog": ToolCatalog.model_json_schema(),
+        "eval_start": EvalStart.model_json_schema(),
+        "eval_accepted": EvalAccepted.model_json_schema(),
+        "eval_progress": EvalProgress.model_json_schema(),
     }

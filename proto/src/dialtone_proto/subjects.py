@@ -79,6 +79,19 @@ def live(call_id: str) -> str:
 
 LIVE_ALL = f"{PREFIX}.live.*"
 
+# Test runs started from the dashboard (dialtone_proto.evals): the admin API's request to a test
+# worker, and each run's progress.
+EVAL_START = f"{PREFIX}.eval.start"
+EVAL_QUEUE = "dialtone-eval"
+EVAL_PROGRESS_ALL = f"{PREFIX}.eval.progress.*"
+
+
+def eval_progress(run_id: str) -> str:
+    """Progress of one test run (its id is a subject token)."""
+    if not _TOKEN.match(run_id) or "." in run_id:
+        raise ValueError(f"invalid test run id {run_id!r}")
+    return f"{PREFIX}.eval.progress.{run_id}"
+
 # NATS KV bucket of calls, keyed by call id: what the signed voice webhook said about the call
 # (from, to, direction, agent, variables), then which gateway stream holds it under which key.
 CALLS_BUCKET = "dialtone_calls"

@@ -128,7 +128,7 @@ async def test_sessions_newest_first_and_keyset_pagination_with_ties(client, db,
     assert items[0]["duration_s"] == 90.0 and items[0]["cost_usd"] == 0.25
     assert set(items[0]) == {
         "call_sid", "agent", "direction", "from_number", "to_number", "status", "outcome", "started_at",
-        "ended_at", "duration_s", "end_reason", "cost_usd", "transferred_to", "answered_by"}
+        "ended_at", "duration_s", "end_reason", "cost_usd", "transferred_to", "answered_by", "test_run"}
 
 
 async def test_outcome_and_date_filters(client, db, agent) -> None:
@@ -638,6 +638,11 @@ async def test_openapi_documents_the_error_responses(client) -> None:
         ("/audit/entries", "get"): {"200", "400", "401", "422", "429", "503"},
         ("/webhooks/deliveries/{delivery_id}/resend", "post"): {"200", "400", "401", "404", "422", "429", "503"},
         ("/webhooks/replay", "post"): {"200", "400", "401", "422", "429", "503"},
+        ("/tests/runs", "get"): {"200", "401", "422", "429", "503"},
+        ("/tests/runs", "post"): {"202", "400", "401", "422", "429", "503"},
+        ("/tests/runs/{run_id}", "get"): {"200", "401", "404", "422", "429", "503"},
+        ("/tests/scenarios", "get"): {"200", "401", "429", "503"},
+        ("/tests/stream", "get"): {"200", "401", "429"},
     }
     sessions = spec["paths"]["/sessions"]["get"]["responses"]
     assert sessions["503"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorBody"}

@@ -17,12 +17,15 @@ import time
 import uuid
 from collections.abc import Iterator
 
+import nats
 import pytest
 import schemathesis
 import uvicorn
 from dialtone_admin.app import create_app
 from dialtone_admin.settings import AdminSettings
 from dialtone_common.embedded import free_port
+from dialtone_proto import subjects
+from dialtone_proto.evals import EvalAccepted
 from dialtone_sim.twilio_api import FakeTwilioApi
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
@@ -73,6 +76,20 @@ class _ServedApi:
             self._failed = exc
 
     async def _serve(self) -> None:
+        # A test worker on the bus that refuses every run (it has no scenarios): POST /tests/runs
+        # gets the worker's answer, as it would from dialtone_dev.eval_worker.
+        worker = await nats.connect(self._settings["nats_url"], name="fuzz-eval-worker")
+
+        async def refuse(msg) -> None:
+            await msg.respond(EvalAccepted(accepted=False, reason="no scenarios match").model_dump_json().encode())
+
+        await worker.subscribe(subjects.EVAL_START, queue=subjects.EVAL_QUEUE, cb=refuse)
+        try:
+            await self._serve_api()
+        finally:
+            await worker.close()
+
+    async def _serve_api(self) -> None:
         async with FakeTwilioApi(TWILIO_SID, TWILIO_TOKEN) as twilio:
             settings = AdminSettings(
                 **self._settings, twilio_account_sid=TWILIO_SID, twilio_auth_token=TWILIO_TOKEN,
@@ -145,12 +162,13 @@ def _schema() -> schemathesis.BaseSchema:
             "phases": {"stateful": {"enabled": False}},
         }
     )
-    # The live streams never end (the e2e dashboard test reads them); an export is a list page's
+    # The live streams (and the test runs' progress) never end (the e2e dashboard test reads them); an export is a list page's
     # rows in another format, fuzzed through GET /sessions.
     return (
         schemathesis.openapi.from_dict(document, config=config)
         .exclude(path="/live/stream")
         .exclude(path="/live/{call_sid}/listen")
+        .exclude(path="/tests/stream")
         .exclude(path="/sessions/export")
     )
 

@@ -259,3 +259,20 @@ async def test_arguments_over_64_kib_are_refused_unparsed(executor: Executor) ->
     reply = await executor.execute(request("add", padded[:-1] + " }"))
     assert not reply.ok
     assert reply.output == {"error": f"invalid arguments: {limit + 1} bytes, over the {limit}-byte limit"}
+
+
+async def test_a_test_calls_mock_answers_instead_of_the_tool_after_validating_arguments(executor: Executor) -> None:
+    mocks = json.dumps({"add": {"result": {"sum": 99}}, "explode": {"error": "CRM down"}})
+    test_call = {"dialtone_eval": "run-1", "dialtone_mocks": mocks}
+    reply = await executor.execute(request("add", {"a": 2}, variables=test_call))
+    assert reply.ok and reply.output == {"sum": 99}  # not 3: the tool did not run
+    reply = await executor.execute(request("explode", {}, variables=test_call))
+    assert not reply.ok and reply.output == {"error": "CRM down"}  # not the tool's own exception
+    reply = await executor.execute(request("add", {"a": "two"}, variables=test_call))
+    assert not reply.ok and "a" in (reply.error or "")  # arguments are still checked first
+    # Not a test call: the mocks are ignored and the tool runs for real.
+    reply = await executor.execute(request("add", {"a": 2}, variables={"dialtone_mocks": mocks}))
+    assert reply.ok and reply.output == 3
+    # A test call whose mocks cannot be read fails the tool call visibly.
+    reply = await executor.execute(request("add", {"a": 2}, variables={"dialtone_eval": "r", "dialtone_mocks": "{"}))
+    assert not reply.ok and "not JSON" in (reply.error or "")

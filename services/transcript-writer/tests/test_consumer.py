@@ -343,3 +343,16 @@ async def test_the_cost_breakdown_is_the_sum_of_the_events_split(pool) -> None:
         "cached_usd": 0.00024, "cached_tokens": 600, "text_in_usd": 0.00004, "text_in_tokens": 10,
         "text_out_usd": 0.000072, "text_out_tokens": 3, "transcription_usd": 0.00051, "transcription_tokens": 150,
     })  # fmt: skip
+
+
+async def test_a_test_calls_run_is_kept_on_its_session(pool) -> None:
+    """dialtone eval marks its calls with the variable dialtone_eval (docs/CONTRACTS.md, Test calls)."""
+    test_call, real_call = new_call_id(), new_call_id()
+    async with pool.acquire() as conn:
+        await write_events(conn, [
+            CallStarted(id=f"{test_call}-0", call_id=test_call, at=at(0), agent="support",
+                        variables={"dialtone_eval": "run-42", "dialtone_mocks": "{}"}),
+            CallStarted(id=f"{real_call}-0", call_id=real_call, at=at(0), agent="support", variables={"tier": "gold"}),
+        ])  # fmt: skip
+    assert (await session(pool, test_call))["test_run"] == "run-42"
+    assert (await session(pool, real_call))["test_run"] is None

@@ -16,7 +16,7 @@ EXPECTED_COLUMNS = {
         "id", "call_sid", "agent", "direction", "from_number", "to_number", "stream_sid", "started_at",
         "ended_at", "end_reason", "status", "status_rank", "status_at", "answered_by", "outcome",
         "outcome_detail", "outcome_at", "transferred_to", "transcript", "usage", "cost_usd", "metrics",
-        "created_at", "updated_at", "cost_breakdown", "analysis", "analysis_at",
+        "created_at", "updated_at", "cost_breakdown", "analysis", "analysis_at", "test_run",
     },
     "call_events": {"event_id", "call_sid", "type", "at", "payload", "received_at"},
     "transcript_lines": {
@@ -50,6 +50,13 @@ EXPECTED_COLUMNS = {
     },
     "audit_log": {"id", "at", "actor_kind", "actor", "action", "call_sid", "detail", "client", "user_agent"},
     "webhook_attempts": {"delivery_id", "n", "at", "status_code", "latency_ms", "response", "error"},
+    "eval_runs": {
+        "run_id", "status", "agent", "scenario", "runs", "total", "done", "passed", "simulated", "error",
+        "requested_by", "created_at", "finished_at",
+    },
+    "eval_results": {
+        "run_id", "scenario", "engine", "run", "call_sid", "passed", "error", "checks", "seconds", "at",
+    },
     "analysis_jobs": {
         "call_sid", "agent", "status", "attempts", "reason", "model", "cost_usd", "tokens", "result", "latency_ms",
         "created_at", "updated_at", "finished_at",
@@ -81,6 +88,11 @@ EXPECTED_INDEXES = {
     "call_sessions_summary_fts_idx",
     "audit_log_at_idx",
     "audit_log_call_idx",
+    "call_sessions_test_run_idx",
+    "eval_runs_created_idx",
+    "eval_results_scenario_idx",
+    "eval_runs_pkey",
+    "eval_results_pkey",
 }
 
 

@@ -23,6 +23,7 @@ from dialtone_admin.auth import require_token
 from dialtone_admin.cursor import InvalidCursor
 from dialtone_admin.database import Database, DatabaseUnavailable
 from dialtone_admin.errors import responses
+from dialtone_admin.evals import router as evals_router
 from dialtone_admin.export import EXPORT_BATCH, EXPORT_MAX, export_rows
 from dialtone_admin.live import LiveCalls
 from dialtone_admin.metrics import REGISTRY
@@ -72,11 +73,15 @@ def session_filter(
     verdict: Annotated[
         Literal["success", "failure"] | None, Query(description="the post-call analysis' verdict")
     ] = None,
+    test: Annotated[
+        Literal["include", "exclude", "only"] | None,
+        Query(description="test calls (dialtone eval): include (the default), exclude or only them"),
+    ] = None,
 ) -> SessionFilter:
     """The filters shared by the list, its count and its export."""
     return SessionFilter(
         outcome=outcome, status=status, agent=agent, direction=direction, number=number, since=since,
-        until=until, q=q, verdict=verdict,
+        until=until, q=q, verdict=verdict, test=None if test == "include" else test,
     )  # fmt: skip
 
 
@@ -273,4 +278,5 @@ def create_app(settings: AdminSettings) -> FastAPI:
     app.include_router(recordings_router)
     app.include_router(webhooks_router)
     app.include_router(audit_router)
+    app.include_router(evals_router)
     return app

@@ -1,6 +1,6 @@
 """The pages a browser opens and the sign-in that guards them.
 
-Every page has its own URL (``/calls``, ``/calls/<sid>``, ``/monitor`` (live calls), ``/overview``, ``/webhooks``, ``/login``);
+Every page has its own URL (``/calls``, ``/calls/<sid>``, ``/monitor`` (live calls), ``/overview``, ``/webhooks``, ``/tests``, ``/login``);
 each serves the same shell, whose script (``/static/dashboard.js``) draws the page named by the
 URL from the JSON API. Without a valid session a page redirects to ``/login?next=<itself>``; the
 API answers 401. The shell's styles and scripts are files of this server: the policy admits no
@@ -46,7 +46,7 @@ OPENAPI_URL = "/openapi.json"  # served with the docs, behind the token or a ses
 
 _SHELL = resources.files("dialtone_admin").joinpath("dashboard.html").read_text(encoding="utf-8")
 _INLINE_SCRIPT = re.compile(r"<script>(.*?)</script>", re.DOTALL)
-_SAFE_NEXT = re.compile(r"^/(?:calls(?:/[A-Za-z0-9_-]{1,64})?|monitor|overview|webhooks)(?:\?[^\s#]*)?\Z")
+_SAFE_NEXT = re.compile(r"^/(?:calls(?:/[A-Za-z0-9_-]{1,64})?|monitor|overview|webhooks|tests)(?:\?[^\s#]*)?\Z")
 
 
 def script_hashes(html: str) -> list[str]:
@@ -167,6 +167,10 @@ def install(app: FastAPI) -> None:
 
     @router.get("/overview")
     async def overview(request: Request) -> Response:
+        return await page(request)
+
+    @router.get("/tests")
+    async def tests(request: Request) -> Response:
         return await page(request)
 
     @router.get("/webhooks")

@@ -68,6 +68,7 @@ class SessionFilter:
     until: datetime | None = None  # exclusive, on started_at
     q: str | None = None  # full-text search over transcript lines and analysis summaries
     verdict: str | None = None  # "success" or "failure": the post-call analysis' verdict
+    test: str | None = None  # "exclude" or "only": test calls (dialtone eval); None: every call
 
 
 def _aware(value: datetime | None) -> datetime | None:
@@ -98,6 +99,10 @@ def _where(filters: SessionFilter) -> tuple[list[str], list[Any]]:
         where.append(f"s.started_at < {param(_aware(filters.until))}")
     if filters.verdict is not None and filters.verdict in VERDICTS:
         where.append(f"s.analysis IS NOT NULL AND (s.analysis -> 'verdict' ->> 'success') = {param(VERDICTS[filters.verdict])}")
+    if filters.test == "exclude":
+        where.append("s.test_run IS NULL")
+    elif filters.test == "only":
+        where.append("s.test_run IS NOT NULL")
     if filters.q is not None and filters.q.strip():
         where.append(_SEARCH.format(param(search_text(filters.q.strip()))))
     return where, args

@@ -4,7 +4,7 @@ per agent, with days in the operator's timezone."""
 from __future__ import annotations
 
 from datetime import date, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
@@ -53,7 +53,7 @@ SELECT {_DAY} AS day, {{agent}} count(*) AS turns,
        percentile_cont(0.5) WITHIN GROUP (ORDER BY t.sent_ms) AS p50,
        percentile_cont(0.95) WITHIN GROUP (ORDER BY t.sent_ms) AS p95
 FROM call_turns t JOIN call_sessions s ON s.call_sid = t.call_sid
-WHERE s.started_at >= $1 AND s.started_at < $2
+WHERE s.started_at >= $1 AND s.started_at < $2{{tests}}
 GROUP BY 1{{group}} ORDER BY 1{{group}}
 """
 
@@ -64,6 +64,9 @@ async def daily(
     since: Annotated[UtcTime, Query(description="first instant (ISO 8601), e.g. a local midnight")],
     until: Annotated[UtcTime, Query(description="end, exclusive (ISO 8601)")],
     tz: Annotated[Text, Query(description="IANA timezone the days are counted in, e.g. Europe/Paris")] = "UTC",
+    tests: Annotated[
+        Literal["exclude", "include"], Query(description="test calls (dialtone eval): left out by default")
+    ] = "exclude",
 ) -> dict[str, Any]:
     """Per day (in ``tz``) of the calls started in [since, until): calls, minutes, cost, outcomes,
     and turn latency (the caller's last word to the reply's first audio sent) p50/p95, overall and
@@ -78,23 +81,24 @@ async def daily(
         raise HTTPException(422, detail=[{"loc": ["query", "until"], "msg": f"must be after since, at most {MAX_DAYS} days later", "type": "value_error"}])
     db: Database = request.app.state.db
     args = (since, until, tz)
+    leave_out = " AND s.test_run IS NULL" if tests == "exclude" else ""  # a fixed clause, no input in it
     async with db.connection() as conn:
         totals = await conn.fetch(
             f"SELECT {_DAY} AS day, count(*) AS calls,"
             " coalesce(sum(EXTRACT(EPOCH FROM s.ended_at - s.started_at)), 0)::float8 / 60 AS minutes,"
             " coalesce(sum(s.cost_usd), 0)::float8 AS cost_usd"
-            " FROM call_sessions s WHERE s.started_at >= $1 AND s.started_at < $2 GROUP BY 1",
+            " FROM call_sessions s WHERE s.started_at >= $1 AND s.started_at < $2" + leave_out + " GROUP BY 1",
             *args,
         )
         outcomes = await conn.fetch(
             f"SELECT {_DAY} AS day, coalesce(s.outcome, 'none') AS outcome, count(*) AS n"
-            " FROM call_sessions s WHERE s.started_at >= $1 AND s.started_at < $2 GROUP BY 1, 2",
+            " FROM call_sessions s WHERE s.started_at >= $1 AND s.started_at < $2" + leave_out + " GROUP BY 1, 2",
             *args,
         )
         latency, per_agent = [], []
         if await conn.fetchval("SELECT to_regclass('call_turns') IS NOT NULL"):
-            latency = await conn.fetch(_LATENCY.format(agent="", group=""), *args)
-            per_agent = await conn.fetch(_LATENCY.format(agent="coalesce(s.agent, '') AS agent,", group=", 2"), *args)
+            latency = await conn.fetch(_LATENCY.format(agent="", group="", tests=leave_out), *args)
+            per_agent = await conn.fetch(_LATENCY.format(agent="coalesce(s.agent, '') AS agent,", group=", 2", tests=leave_out), *args)
     try:
         first = since.astimezone(zone).date()
         last = (until - timedelta(microseconds=1)).astimezone(zone).date()

@@ -69,10 +69,14 @@ ON CONFLICT (call_sid) DO UPDATE
 SET started_at = LEAST(call_sessions.started_at, EXCLUDED.started_at), updated_at = now()
 """
 
+# The variable that marks a test call, its value the test run (docs/CONTRACTS.md, Test calls).
+TEST_RUN_VARIABLE = "dialtone_eval"
+
 _STARTED = """
 UPDATE call_sessions
 SET agent = $2, direction = $3, from_number = COALESCE($4, from_number),
-    to_number = COALESCE($5, to_number), stream_sid = COALESCE($6, stream_sid), updated_at = now()
+    to_number = COALESCE($5, to_number), stream_sid = COALESCE($6, stream_sid),
+    test_run = COALESCE($7, test_run), updated_at = now()
 WHERE call_sid = $1
 """
 
@@ -284,7 +288,8 @@ async def _apply(conn: asyncpg.Connection, e: Event, redacted: dict[str, list[st
     """Apply one new event's effect; the session row already exists."""
     match e:
         case CallStarted():
-            await conn.execute(_STARTED, e.call_id, e.agent, e.direction, e.from_number, e.to_number, e.stream_sid)
+            await conn.execute(_STARTED, e.call_id, e.agent, e.direction, e.from_number, e.to_number, e.stream_sid,
+                               e.variables.get(TEST_RUN_VARIABLE))  # a test call's run (dialtone eval)
         case TranscriptLine():
             await conn.execute(
                 _LINE, e.call_id, e.seq, e.item_id, e.role, e.text, e.agent, e.source, e.interrupted, e.at, e.id,

@@ -35,6 +35,8 @@ import pytest
 # Seconds the files of 10 s or more took (first test's start to last test's end) in full runs of
 # `make test` on 3 workers on 2 cores; a file not listed is estimated from its tests' markers.
 MEASURED_S = {
+    "tests/e2e/test_eval.py": 185,
+    "tests/e2e/test_dashboard_tests.py": 30,
     "tests/faults/test_outages.py": 145,
     "tests/e2e/test_conversation.py": 100,
     "tests/faults/test_drain.py": 115,

@@ -1,4 +1,4 @@
-// The dashboard: one shell, a page per URL (/calls, /calls/<sid>, /monitor, /overview, /webhooks, /audit, /login),
+// The dashboard: one shell, a page per URL (/calls, /calls/<sid>, /monitor, /overview, /webhooks, /audit, /tests, /login),
 // drawn from the JSON API. A served file: the page's Content-Security-Policy allows no inline script.
 // Signed in means an HttpOnly session cookie this script never sees; signed out (or expired), every
 // piece of call data is removed from the page, not hidden.
@@ -70,7 +70,7 @@ document.addEventListener("click", (ev) => {
   const a = ev.target.closest && ev.target.closest("a[href]");
   if (!a || a.hasAttribute("download") || a.target || ev.ctrlKey || ev.metaKey || ev.shiftKey || ev.button) return;
   const url = new URL(a.href, location.href);
-  if (url.origin !== location.origin || !/^\/(calls|monitor|overview|webhooks|audit|login)/.test(url.pathname)) return;
+  if (url.origin !== location.origin || !/^\/(calls|monitor|overview|webhooks|audit|tests|login)/.test(url.pathname)) return;
   ev.preventDefault();
   navigate(url.pathname + url.search);
 });
@@ -107,7 +107,7 @@ async function render() {
       const s = await api("/auth/session");
       watchExpiry(s.expires_at);
       const next = new URLSearchParams(location.search).get("next");
-      return navigate(next && /^\/(calls|monitor|overview|webhooks|audit)/.test(next) ? next : "/calls", true);
+      return navigate(next && /^\/(calls|monitor|overview|webhooks|audit|tests)/.test(next) ? next : "/calls", true);
     } catch { return drawLogin(""); }
   }
   $("nav").hidden = false; $("logout").hidden = false; $("logout-all").hidden = false;
@@ -124,6 +124,7 @@ async function render() {
     else if (path === "/overview") await drawOverview(stillHere);
     else if (path === "/webhooks") await drawWebhooks(stillHere);
     else if (path === "/audit") await drawAudit(stillHere);
+    else if (path === "/tests") await drawTests(stillHere);
     else await drawCalls(stillHere);
   } catch (e) {
     if (e instanceof SignedOut) return;
@@ -152,7 +153,7 @@ function drawLogin(message) {
       input.value = "";
       watchExpiry(s.expires_at);
       const next = new URLSearchParams(location.search).get("next");
-      navigate(next && /^\/(calls|monitor|overview|webhooks|audit)/.test(next) ? next : "/calls", true);
+      navigate(next && /^\/(calls|monitor|overview|webhooks|audit|tests)/.test(next) ? next : "/calls", true);
     } catch (e) { error.textContent = e.status === 401 ? "That is not the admin token." : e.message; }
   });
   VIEW.replaceChildren(form);
@@ -181,7 +182,7 @@ function dayStart(ymd, plusDays = 0) {
 }
 function apiFilters(params) {
   const out = new URLSearchParams();
-  for (const k of ["q", "number", "verdict", ...FACETS]) if (params.get(k)) out.set(k, params.get(k));
+  for (const k of ["q", "number", "verdict", "test", ...FACETS]) if (params.get(k)) out.set(k, params.get(k));
   if (params.get("since")) out.set("since", dayStart(params.get("since")));
   if (params.get("until")) out.set("until", dayStart(params.get("until"), 1)); // the whole last day
   return out;
@@ -209,6 +210,10 @@ async function drawCalls(stillHere) {
   const verdict = el("select", { name: "verdict" }, ...[["", "Any"], ["success", "Success"], ["failure", "Failure"]]
     .map(([v, label]) => el("option", { value: v, selected: (params.get("verdict") || "") === v }, label)));
   form.append(field("Verdict", verdict));
+  // Test calls (dialtone eval): shown with the others unless hidden, or alone.
+  const tests = el("select", { name: "test" }, ...[["", "Shown"], ["exclude", "Hidden"], ["only", "Only"]]
+    .map(([v, label]) => el("option", { value: v, selected: (params.get("test") || "") === v }, label)));
+  form.append(field("Test calls", tests));
   form.append(field("Number", el("input", { name: "number", type: "tel", value: params.get("number") || "", maxlength: 40, placeholder: "+1555…" })));
   form.append(field(`From (${TZ})`, el("input", { name: "since", type: "date", value: params.get("since") || "" })));
   form.append(field(`To, inclusive (${TZ})`, el("input", { name: "until", type: "date", value: params.get("until") || "" })));
@@ -261,7 +266,8 @@ function callRow(s) {
   const row = el("tr", { "data-sid": s.call_sid },
     el("td", { "data-label": "Started" }, el("a", { href }, when(s.started_at))),
     cell("Direction", s.direction || ""), cell("From", s.from_number || ""), cell("To", s.to_number || ""),
-    cell("Agent", s.agent || ""), cell("Status", s.status || ""), cell("Outcome", s.outcome || "", "outcome"),
+    el("td", { "data-label": "Agent" }, s.agent || "", s.test_run ? el("span", { class: "chip test-call", title: `test run ${s.test_run}` }, "test") : ""),
+    cell("Status", s.status || ""), cell("Outcome", s.outcome || "", "outcome"),
     cell("Duration", secs(s.duration_s)), cell("Cost", usd(s.cost_usd)));
   row.addEventListener("click", (ev) => { if (!ev.target.closest("a")) navigate(href); });
   return row;
@@ -636,7 +642,7 @@ async function drawOverview(stillHere) {
   const q = new URLSearchParams({ since, until, tz: TZ });
   const data = await api(`/stats/daily?${q}`);
   if (!stillHere()) return;
-  const picker = el("p", { class: "muted" }, `Last ${days} days, by day in ${TZ}. `,
+  const picker = el("p", { class: "muted" }, `Last ${days} days, by day in ${TZ}, test calls left out. `,
     ...[7, 30, 90].map((d) => el("a", { href: `/overview?days=${d}`, class: "chip", "aria-current": d === days ? "page" : null }, `${d} days`)));
   const totals = data.days.reduce((a, d) => ({ calls: a.calls + d.calls, minutes: a.minutes + d.minutes, cost: a.cost + d.cost_usd }), { calls: 0, minutes: 0, cost: 0 });
   const charts = el("div", { class: "charts" });
@@ -802,6 +808,105 @@ async function drawAudit(stillHere) {
   }
   more.addEventListener("click", load);
   await load();
+// ---- tests: runs of the agents' scenarios (dialtone eval), started here, placed by a test worker ----
+async function drawTests(stillHere) {
+  document.title = "Tests · Dialtone";
+  const field = (label, control) => el("label", { class: "field" }, el("span", {}, label), control);
+  const form = el("form", { id: "test-start", class: "filters" },
+    field("Agent", el("input", { name: "agent", type: "text", maxlength: 64, placeholder: "every agent" })),
+    field("Scenario", el("input", { name: "scenario", type: "text", maxlength: 64, placeholder: "every scenario" })),
+    field("Calls per scenario", el("input", { name: "runs", type: "number", min: 1, max: 20, value: 1 })),
+    el("div", { class: "actions" }, el("button", { type: "submit", id: "test-start-button" }, "Start run")));
+  const note = el("p", { id: "test-note", class: "muted", "aria-live": "polite" });
+  const rows = el("tbody", { id: "test-runs" });
+  const table = el("table", { class: "tests" },
+    el("caption", { class: "sr-only" }, `Test runs, newest first; times in ${TZ}`),
+    el("thead", {}, el("tr", {}, ...["Started", "Scope", "Status", "Progress", "Models", ""]
+      .map((h) => el("th", { scope: "col" }, h)))), rows);
+  const history = el("div", { id: "test-history" });
+  VIEW.replaceChildren(el("h1", {}, "Tests"),
+    el("p", { class: "muted" }, "Each run places test calls of the agents' scenarios through the real call path " +
+      "and judges them (see \u201cTest your agent\u201d in the README). Test calls are left out of the overview."),
+    form, note, el("h2", {}, "Runs"), el("div", { class: "table-wrap" }, table), el("h2", {}, "Pass rate per scenario"), history);
+  const runRows = new Map(); // run_id -> {row, details}
+  function runRow(r) {
+    const status = el("span", { class: `run-status st-${r.status}` }, r.status);
+    const progress = el("span", { class: "run-progress" }, `${r.done}/${r.total} calls, ${r.passed} passed`);
+    const details = el("tr", { class: "run-details", hidden: true }, el("td", { colspan: 6 }));
+    const toggle = el("button", { class: "plain run-toggle", type: "button", "aria-expanded": "false" }, "Calls");
+    toggle.addEventListener("click", async () => {
+      details.hidden = !details.hidden;
+      toggle.setAttribute("aria-expanded", String(!details.hidden));
+      if (!details.hidden) await fillDetails(r.run_id, details.firstChild);
+    });
+    const row = el("tr", { "data-run": r.run_id },
+      el("td", { "data-label": "Started" }, when(r.created_at), el("br"), el("span", { class: "muted" }, r.run_id)),
+      el("td", { "data-label": "Scope" }, `${r.agent || "every agent"}${r.scenario ? ` / ${r.scenario}` : ""} × ${r.runs}`),
+      el("td", { "data-label": "Status" }, status, r.error ? el("span", { class: "err" }, ` ${r.error}`) : null),
+      el("td", { "data-label": "Progress" }, progress),
+      el("td", { "data-label": "Models" }, r.simulated ? el("span", { class: "chip", title: "no OPENAI_API_KEY: Dialtone's simulators answered; this tested the plumbing, not the model" }, "simulated") : "real"),
+      el("td", {}, toggle));
+    runRows.set(r.run_id, { row, details, status, progress, toggle });
+    return [row, details];
+  }
+  async function fillDetails(runId, cell) {
+    try {
+      const run = await api(`/tests/runs/${encodeURIComponent(runId)}`);
+      if (!stillHere()) return;
+      cell.replaceChildren(run.calls.length ? el("ol", { class: "test-calls" }, ...run.calls.map((c) => el("li", { class: c.passed ? "pass" : "fail", "data-scenario": c.scenario },
+        el("strong", {}, c.passed ? "PASS " : "FAIL "), `${c.scenario} [${c.engine}] run ${c.run} · ${c.seconds.toFixed(1)} s · `,
+        c.call_sid ? el("a", { class: "call-link", href: `/calls/${encodeURIComponent(c.call_sid)}` }, "the call") : "no call",
+        c.error ? el("p", { class: "err" }, c.error) : null,
+        el("ul", { class: "checks" }, ...c.checks.map((k) => el("li", { class: k.passed ? "pass" : "fail" },
+          `${k.passed ? "✓" : "✗"} ${k.name}: expected ${k.expected}`, k.passed || !k.actual ? "" : `, ${k.actual}`,
+          k.reasoning ? el("span", { class: "muted judge" }, ` · judge: ${k.reasoning}`) : null)))))) : el("p", { class: "muted" }, "No call judged yet."));
+    } catch (e) { if (!(e instanceof SignedOut)) cell.replaceChildren(el("p", { class: "err" }, e.message)); }
+  }
+  async function loadRuns() {
+    const page = await api("/tests/runs?limit=50");
+    if (!stillHere()) return;
+    runRows.clear();
+    rows.replaceChildren(...page.items.flatMap(runRow));
+    if (!page.items.length) rows.append(el("tr", {}, el("td", { colspan: 6, class: "muted" }, "No test run yet.")));
+  }
+  async function loadHistory() {
+    const data = await api("/tests/scenarios");
+    if (!stillHere()) return;
+    history.replaceChildren(data.items.length ? el("table", { class: "tests-history" },
+      el("thead", {}, el("tr", {}, el("th", { scope: "col" }, "Scenario"), el("th", { scope: "col" }, "Engine"), el("th", { scope: "col" }, "Runs, oldest first"))),
+      el("tbody", {}, ...data.items.map((s) => el("tr", {},
+        el("td", {}, s.scenario), el("td", {}, s.engine),
+        el("td", {}, ...s.points.map((p) => el("span", { class: `rate ${p.passed === p.calls ? "pass" : "fail"}`,
+          title: `${when(p.at)} · run ${p.run_id}` }, `${Math.round((100 * p.passed) / p.calls)}%`))))))) :
+      el("p", { class: "muted" }, "No scenario has run yet."));
+  }
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const data = new FormData(form);
+    const body = { runs: Number(data.get("runs")) || 1 };
+    for (const k of ["agent", "scenario"]) if (String(data.get(k) || "").trim()) body[k] = String(data.get(k)).trim();
+    const button = $("test-start-button");
+    button.disabled = true; note.textContent = "Starting…";
+    try {
+      const started = await api("/tests/runs", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+      note.textContent = `Run ${started.run_id} started: ${started.total} test call${started.total === 1 ? "" : "s"}.`;
+      await loadRuns();
+    } catch (e) { if (!(e instanceof SignedOut)) { note.textContent = ""; note.append(el("span", { class: "err", role: "alert" }, e.message)); } }
+    finally { button.disabled = false; }
+  });
+  // Progress, live from the bus: a run's row follows its calls as they are judged.
+  const events = new EventSource("/tests/stream");
+  cleanups.push(() => events.close());
+  events.addEventListener("progress", async (ev) => {
+    const p = JSON.parse(ev.data);
+    const known = runRows.get(p.run_id);
+    if (!known) { await loadRuns(); return; }
+    known.status.textContent = p.status; known.status.className = `run-status st-${p.status}`;
+    known.progress.textContent = `${p.done}/${p.total} calls, ${p.passed} passed`;
+    if (!known.details.hidden && p.result) await fillDetails(p.run_id, known.details.firstChild);
+    if (["passed", "failed", "error"].includes(p.status)) await loadHistory();
+  });
+  await Promise.all([loadRuns(), loadHistory()]);
 }
 
 render();
