@@ -225,6 +225,21 @@ def test_session_closed_gives_its_last_seconds_and_a_cause() -> None:
     assert lv.CLOSE_CAUSES[turns.closed_reason or ""] == "session_expired"
 
 
+def test_a_session_closed_right_after_the_agents_last_words_keeps_them() -> None:
+    """The call ends (session.close) 0.5 s after the model fell silent, before its reply's gap: the
+    reply still ends, completed, with its text; one cut off mid-word ends cancelled."""
+    closed = {"type": "session.closed", "reason": "close_requested", "usage": {"seconds": 3.0},
+              "session": {"id": "s", "expires_at": 1, "model": "gpt-live-1.1", "status": "active"}}  # fmt: skip
+    turns = lv.LiveTurns("t", 0.8, "m")
+    out = _run(turns, [(0.0, _audio(VOICED)), (0.0, _said("Goodbye!")), (0.1, _audio(SILENT)), (0.6, closed)])
+    (done,) = [e for e in out if isinstance(e, ReplyFinished)]
+    assert done.status == "completed" and [e.text for e in out if isinstance(e, AgentText)] == ["Goodbye!"]
+    turns = lv.LiveTurns("t", 0.8, "m")
+    out = _run(turns, [(0.0, _audio(VOICED)), (0.0, _said("Good")), (0.05, closed)])
+    (done,) = [e for e in out if isinstance(e, ReplyFinished)]
+    assert done.status == "cancelled"
+
+
 def test_a_reply_asked_for_and_never_begun_is_given_up() -> None:
     turns = lv.LiveTurns("t", 0.8, "m")
     turns.asked("dt_req_1", 0.0, instructions=True)

@@ -335,7 +335,13 @@ class LiveTurns:
             return self._seconds(float(ev["usage"]["seconds"]))
         if kind == "session.closed":
             self.closed_reason = str(ev.get("reason") or "close_requested")
-            return self._seconds(float((ev.get("usage") or {}).get("seconds") or 0.0))
+            # What was under way ends with the session (a call that hangs up right after the
+            # agent's last words must keep them): the caller's turn, and the reply, completed if
+            # the model had already fallen silent, else cut off.
+            out = self._end_caller(now)
+            if self.reply is not None:
+                out += self._end_reply("completed" if now - self.last_voiced >= YIELD_S else "cancelled")
+            return out + self._seconds(float((ev.get("usage") or {}).get("seconds") or 0.0))
         if kind == "error":
             error = ev.get("error") or {}
             request_id = error.get("client_event_id") or ev.get("client_event_id")
