@@ -236,7 +236,7 @@ async def test_transfer_dials_the_agents_human_number(
 ):
     index = engine.script(
         Turn(caller="I want to speak to a person.", agent="Transferring you now.",
-             tools=[ToolCall("transfer_call", {"reason": "caller asked"})]),
+             preamble="Of course, let me transfer you.", tools=[ToolCall("transfer_call", {"reason": "caller asked"})]),
     )  # fmt: skip
     call = await inbound(platform, twilio_api, engine.desk)
     await call.wait_quiet(since=0, timeout=30)
@@ -247,8 +247,11 @@ async def test_transfer_dials_the_agents_human_number(
     await call.hangup()
     session = await admin.session(call.call_sid)
     assert session["transferred_to"] == "+15005550010" and session["status"] == "transferred"
-    # The caller's words before the transfer are in the transcript (their text came after it).
-    assert said(session) == [("agent", GREETING), ("caller", "I want to speak to a person.")]
+    # The caller's words before the transfer are in the transcript (their text came after it), and
+    # so are the agent's, said with the tool call and heard in full before the redirect.
+    assert said(session) == [("agent", GREETING), ("caller", "I want to speak to a person."),
+                             ("agent", "Of course, let me transfer you.")]  # fmt: skip
+    assert not session["transcript"][-1]["interrupted"]
     engine.assert_valid(index)
 
 

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.unit
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "dialtone_bridge"
 # The modules that may speak a provider's protocol (its JSON, its event names).
-EDGES = {"realtime_engine", "live_engine"}
+EDGES = {"realtime_engine", "realtime_warm", "live_engine"}  # the Realtime edge: its sockets and its warm pool
 
 
 def _imports(path: Path) -> set[str]:

@@ -15,7 +15,7 @@ from dialtone_bridge import metrics as m
 from dialtone_bridge.agents import Agent
 from dialtone_bridge.engine import SessionSpec
 from dialtone_bridge.realtime_engine import RealtimeConnection
-from dialtone_bridge.warm import WarmSockets
+from dialtone_bridge.realtime_warm import WarmSockets
 from dialtone_sim.polling import poll
 from dialtone_sim.realtime import RealtimeSimulator
 

@@ -22,6 +22,7 @@ from dialtone_bridge.twilio_line import TwilioControlFactory
 log = logging.getLogger("dialtone.bridge.control")
 
 GOODBYE_TIMEOUT_S = 30.0
+TRANSFER_SETTLE_S = 0.5  # quiet this long before a transfer: words said with the tool call may follow it
 
 
 class CallControl:
@@ -133,7 +134,7 @@ class CallControl:
         if not self.phase.transfer():
             return
         # Let what the agent is saying ("I'm transferring you now") finish: the redirect cuts the stream.
-        await self.talk.wait_quiet(10.0)
+        await self.talk.wait_quiet(10.0, settle_s=TRANSFER_SETTLE_S)
         self.s.events.emit(CallTransferred, target=target, agent=agent.name)
         twiml = VoiceResponse()
         twiml.dial(target)

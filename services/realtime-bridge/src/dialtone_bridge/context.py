@@ -10,10 +10,10 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from dialtone_bridge.agents import AgentBook
+from dialtone_bridge.realtime_warm import WarmSockets
 from dialtone_bridge.settings import BridgeSettings
 from dialtone_bridge.toolclient import ToolClient
 from dialtone_bridge.twilio_line import TwilioControlFactory
-from dialtone_bridge.warm import WarmSockets
 
 
 @dataclass

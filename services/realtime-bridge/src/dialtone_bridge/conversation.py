@@ -481,13 +481,20 @@ class Conversation:
     def speaking(self) -> bool:
         return self.responses.active is not None or self.s.playout.playing
 
-    async def wait_quiet(self, timeout: float) -> None:
-        """Until the agent has stopped talking (or ``timeout``)."""
-        if self.speaking():
-            self._quiet.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
-                    await self._quiet.wait()
+    async def wait_quiet(self, timeout: float, settle_s: float = 0.0) -> None:
+        """Until the agent has stopped talking (or ``timeout``), and stayed quiet ``settle_s``: an
+        engine that speaks and calls a tool at once (GPT-Live) may start its words just after."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                while True:
+                    if self.speaking():
+                        self._quiet.clear()
+                        await self._quiet.wait()
+                    if settle_s <= 0:
+                        return
+                    await asyncio.sleep(settle_s)
+                    if not self.speaking():
+                        return
 
     # ---- barge-in ------------------------------------------------------------------------
     async def _barge_in(self) -> None:
@@ -626,7 +633,8 @@ class Conversation:
 
     async def _filler_after(self, delay: float) -> None:
         await asyncio.sleep(delay)
-        if self.responses.active is None and not self.s.phase.is_ended:
+        # (No filler once the call is being transferred or closed: its own words are due.)
+        if self.responses.active is None and not self.s.phase.is_ended and not self.s.phase.leaving:
             self.log.info("tool still running after %.1f s: filler", delay)
             await self._send(Request(f'Say exactly: "{self.agent.filler}"', "filler"))
 

@@ -14,10 +14,10 @@ from dialtone_common.health import HealthServer
 from dialtone_bridge import metrics as m
 from dialtone_bridge.agents import AgentBook
 from dialtone_bridge.context import BridgeContext
+from dialtone_bridge.realtime_warm import WarmSockets
 from dialtone_bridge.service import Bridge
 from dialtone_bridge.settings import BridgeSettings
 from dialtone_bridge.toolclient import ToolClient
-from dialtone_bridge.warm import WarmSockets
 
 log = logging.getLogger("dialtone.bridge")
 

@@ -43,8 +43,8 @@ from dialtone_bridge.engine import (
     ToolCallRequested,
     Usage,
 )
+from dialtone_bridge.realtime_warm import WarmSockets
 from dialtone_bridge.socket_engine import SocketConnection, open_socket
-from dialtone_bridge.warm import WarmSockets
 
 log = logging.getLogger("dialtone.bridge.realtime")
 

@@ -64,7 +64,7 @@ class BridgeSettings(ServiceSettings):
     realtime_warm_sockets: int = Field(
         default=0, ge=0, le=50,
         description="Realtime sockets each bridge keeps open ahead of calls, so a call's session needs only its "
-        "session.update (0: none; each call opens its own socket, at the voice webhook)",
+        "configuration (0: none; each call opens its own socket, at the voice webhook)",
     )
     realtime_warm_max_age_s: float = Field(
         default=600.0, gt=0, description="a warm Realtime socket unused this long is closed and replaced",

@@ -808,6 +808,8 @@ async function drawAudit(stillHere) {
   }
   more.addEventListener("click", load);
   await load();
+}
+
 // ---- tests: runs of the agents' scenarios (dialtone eval), started here, placed by a test worker ----
 async function drawTests(stillHere) {
   document.title = "Tests · Dialtone";

@@ -1,4 +1,4 @@
-"""Warm Realtime sockets: a few connections to the Realtime API opened ahead of any call, so that
+"""Warm Realtime sockets (part of the Realtime engine's edge, with ``realtime_engine``): a few connections to the Realtime API opened ahead of any call, so that
 a call's session needs only its ``session.update`` (one round trip) instead of a new socket's
 set-up (about 1.5 s in practice: TLS, the upgrade, the session's creation).
 
