@@ -24,7 +24,7 @@ _REPLIES: dict[str, type[BaseModel]] = {
     "tools.catalog": ToolCatalog,
     "tools.result": ToolCallReply,
 }
-_IN_KINDS = {Kind.AUDIO, Kind.MARK, Kind.DTMF, Kind.STOP}
+_IN_KINDS = {Kind.AUDIO, Kind.MARK, Kind.DTMF, Kind.STOP, Kind.MOVED}
 _OUT_KINDS = {Kind.AUDIO, Kind.MARK, Kind.CLEAR, Kind.HANGUP, Kind.HEARTBEAT, Kind.HANDOFF}
 
 

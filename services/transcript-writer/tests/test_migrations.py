@@ -34,7 +34,7 @@ EXPECTED_COLUMNS = {
         "event_id", "call_sid", "turn", "item_id", "offset_ms", "sent_ms", "heard_ms", "tool_ms", "tools", "at",
     },
     "call_status_history": {
-        "event_id", "call_sid", "status", "source", "answered_by", "sequence", "duration_s", "at",
+        "event_id", "call_sid", "status", "source", "answered_by", "sequence", "duration_s", "at", "detail",
     },
     "agent_changes": {"event_id", "call_sid", "from_agent", "to_agent", "at"},
     "call_recordings": {
