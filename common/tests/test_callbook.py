@@ -100,12 +100,14 @@ async def test_a_moving_call_is_claimed_only_by_its_move_url_once(book: CallBook
     assert moving is not None and moving.state == "moving" and moving.move_id == move
     assert await book.claim(sid, KEY_B, "gw-2") is None  # the webhook's URL cannot take it
     assert await book.claim_move(sid, other, "gw-2") is None  # nor another move's URL
+    assert await book.claim_move(sid, move, "gw-2") is None  # not before the old stream stopped
     stopped = await book.move_stopped(sid, move, seq=120, ts=2400, at=1.5)
     assert stopped is not None and (stopped.moved_seq, stopped.moved_ts) == (120, 2400)
     results = await asyncio.gather(book.claim_move(sid, move, "gw-2"), book.claim_move(sid, move, "gw-3"))
     winners = [r for r in results if r is not None]
     assert len(winners) == 1 and winners[0].state == "streaming" and winners[0].stream_key == KEY_A
     assert winners[0].move_id is None and winners[0].gateway_id in ("gw-2", "gw-3")
+    assert winners[0].moved_from == "gw-1"
     assert await book.claim_move(sid, move, "gw-4") is None  # used once
 
 

@@ -103,7 +103,7 @@ class CallBook:
         stream URL issued with ``move_id`` may take it now."""
         return await self._change(
             call_id, lambda r: (r.state, r.stream_key, r.gateway_id) == ("streaming", stream_key, gateway_id),
-            state="moving", move_id=move_id, moved_seq=None, moved_ts=None, moved_at=None,
+            state="moving", move_id=move_id, moved_from=gateway_id, moved_seq=None, moved_ts=None, moved_at=None,
         )
 
     async def move_stopped(self, call_id: str, move_id: str, seq: int, ts: int, at: float) -> CallRecord | None:
@@ -123,10 +123,11 @@ class CallBook:
     async def claim_move(self, call_id: str, move_id: str, gateway_id: str) -> CallRecord | None:
         """The stream opened on the URL issued for the move takes the call (moving -> streaming),
         under the same stream key and epoch, for the bridge that holds it. None unless the record
-        is moving with this ``move_id``: no other URL can claim a moving call, and a move URL
-        claims nothing else."""
+        is moving with this ``move_id`` and its old stream has stopped (``move_stopped``; Twilio
+        stops it before it opens the new one, and the new stream carries on from there): no
+        other URL can claim a moving call, and a move URL claims nothing else."""
         return await self._change(
-            call_id, lambda r: (r.state, r.move_id) == ("moving", move_id),
+            call_id, lambda r: (r.state, r.move_id) == ("moving", move_id) and r.moved_at is not None,
             state="streaming", move_id=None, gateway_id=gateway_id,
         )
 

@@ -27,7 +27,8 @@ class CallRecord(BaseModel):
     ``ended``, and never back, so a second stream for a call (a replayed upgrade, an attacker with
     the CallSid) is refused. A draining gateway moves a call to another gateway through
     ``streaming`` -> ``moving`` -> ``streaming``: ``move_id`` names the one stream URL issued for
-    the move, the only one that may take the call in ``moving``; ``moved_seq``, ``moved_ts`` and
+    the move, the only one that may take the call in ``moving``; ``moved_from`` names the gateway it
+    leaves; ``moved_seq``, ``moved_ts`` and
     ``moved_at`` say where the old stream stopped (next frame sequence, end of its caller audio on
     the call's media clock in ms, and when, in Unix seconds), so the new stream carries on the
     same sequence and clock. ``stream_key`` and ``epoch`` change when the gateway re-offers the call
@@ -60,6 +61,7 @@ class CallRecord(BaseModel):
     # set by the bridge right after it takes the call, read by the recorder.
     record: bool = True
     move_id: str | None = Field(default=None, pattern=_KEY)
+    moved_from: str | None = None
     moved_seq: int | None = Field(default=None, ge=0)
     moved_ts: int | None = Field(default=None, ge=0)
     moved_at: float | None = None
