@@ -229,6 +229,7 @@ class SimCall:
         self._stream_frame0 = 0  # the caller's frame at which the current stream started
         self._between_streams = False
         self._old_sids: set[str] = set()
+        self._move_lock = asyncio.Lock()
         self.base_url, self.auth_token, self.move_delay_s = "", "", 0.4  # set by dial
         verdicts.register(self)
 
@@ -326,8 +327,11 @@ class SimCall:
         self._tasks.append(self._loop.create_task(self._move(stream_url)))
 
     async def _move(self, stream_url: str) -> None:
-        while self._between_streams:  # a second update while the first is under way: after it
-            await asyncio.sleep(_FRAME_S)
+        async with self._move_lock:  # a second update while the first is under way: after it
+            if not (self._closed.is_set() or self._hanging_up):
+                await self._move_now(stream_url)
+
+    async def _move_now(self, stream_url: str) -> None:
         self._between_streams = True  # Twilio sends no media after the stop
         move = Move(time.monotonic(), self.frame_no, len(self.sent_audio), len(self.heard))
         self._outbound.put(
