@@ -22,8 +22,8 @@ The fake and the simulated Twilio edge are one Twilio: a call whose media stream
 registered it, and an update that ends it (``Status=completed|canceled``) or replaces its TwiML
 (``Twiml=``/``Url=``) stops that stream: it gets ``stop`` and closes, as real Twilio does. TwiML
 that is another ``<Connect><Stream>`` moves the call: after the stop a new stream opens to its URL
-(:meth:`~dialtone_sim.twilio_edge.SimCall.moved_by_twilio`). ``updates_unavailable`` makes every
-update fail with 503 (code 20503), as during a Twilio outage.
+(:meth:`~dialtone_sim.twilio_edge.SimCall.moved_by_twilio`). ``failing_updates = n`` makes the
+next ``n`` updates fail with 503 (code 20503), as during a Twilio outage.
 
 Requests real Twilio would refuse as the client's mistake (bad credentials, another account, a
 missing parameter, an unknown resource path) are kept in ``errors`` (judged by
@@ -164,7 +164,7 @@ class FakeTwilioApi:
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
         self._validator = RequestValidator(auth_token)
-        self.updates_unavailable = False  # True: every call update is answered 503 (a Twilio outage)
+        self.failing_updates = 0  # this many next call updates are answered 503 (a Twilio outage)
         self._expected_auth = "Basic " + base64.b64encode(f"{account_sid}:{auth_token}".encode()).decode()
         verdicts.register(self)
 
@@ -269,7 +269,8 @@ class FakeTwilioApi:
         call = self._known(request.match_info["sid"])
         if call is None:
             return _error(404, 20404, f"The requested resource {request.path} was not found")
-        if self.updates_unavailable:
+        if self.failing_updates > 0:
+            self.failing_updates -= 1
             return _error(503, 20503, "Service Unavailable")
         form = {k: str(v) for k, v in (await request.post()).items()}
         call.updates.append(form)
