@@ -20,11 +20,15 @@ import pytest
 import pytest_asyncio
 from dialtone_common.embedded import free_port
 from dialtone_dev.platform import Platform, Service
+from dialtone_sim.audio import decode
 from dialtone_sim.balancer import Backend, Balancer
 from dialtone_sim.polling import poll
+from dialtone_sim.realtime import RealtimeSimulator
+from dialtone_sim.recording import channels, fetch
 from dialtone_sim.twilio_api import FakeTwilioApi
+from dialtone_sim.twilio_edge import SimCall, dial
 
-from .conftest import Figures, http_get
+from .conftest import ACCOUNT_SID, AUTH_TOKEN, FAULT_LINE, SCENARIO, Figures, http_get
 from .test_outages import Admin, Calls, end_calls, metric, no_caller_errors, transcripts_match
 
 pytestmark = [pytest.mark.faults, pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
@@ -41,6 +45,9 @@ async def extra(fault_platform: Platform) -> AsyncIterator[list[Service]]:
     started: list[Service] = []
     yield started
     await end_calls(_started)
+    for call in _started_calls:
+        await call.hangup()
+    _started_calls.clear()
     for service in started:
         await service.stop(signal.SIGKILL)
         fault_platform.services.pop(service.instance, None)
@@ -51,6 +58,7 @@ async def extra(fault_platform: Platform) -> AsyncIterator[list[Service]]:
 
 
 _started: list[Calls] = []
+_started_calls: list[SimCall] = []
 
 
 def calls(platform: Any, count: int = HALF) -> Calls:
@@ -234,6 +242,83 @@ async def test_a_move_twilio_refuses_falls_back_to_the_apology(fault_platform: P
         failed = [h for h in history if h["status"] == "move_failed"]
         assert len(failed) == 1 and "503" in failed[0]["detail"], history
         assert "moved" not in {h["status"] for h in history}
+
+
+async def test_the_recording_of_a_call_moved_mid_sentence_is_whole(
+    fault_platform: Platform, extra: list[Service], fault_realtime: RealtimeSimulator, figures: Figures
+):
+    """A gateway moves a call while the greeting is playing (most of it still queued at Twilio).
+    The caller hears the greeting once, from where the old stream stopped (at most one 20 ms frame
+    skipped, nothing twice); the recording holds the caller's audio continuous but for the gap,
+    and, sample by sample, what the caller heard where they heard it."""
+    fig = figures.scenario("gateway drain: a call moved mid-sentence")
+    await fault_platform.services["media-gateway"].stop()
+    first = await start_gateway(fault_platform, "media-gateway-rec-a", extra, DRAIN_GRACE_S="10", MOVE_BEFORE_S="10")
+    second = await start_gateway(fault_platform, "media-gateway-rec-b", extra)
+    async with Balancer([backend(first)]) as lb:
+        await lb.wait_healthy(1)
+        before = len(fault_realtime.sessions)
+        call = await dial(lb.url, AUTH_TOKEN, public_base_url=fault_platform.public_base_url,
+                          account_sid=ACCOUNT_SID, to=FAULT_LINE, one_way_delay_ms=30)
+        _started_calls.append(call)
+        lb.add(backend(second))
+        await lb.wait_healthy(2)
+        await call.wait_heard(300, timeout=20)  # the greeting plays; the rest of it waits at Twilio
+        await sigterm(first, fig, "gateway")  # its grace is its move lead: the call moves at once
+        await poll(lambda: bool(call.moves), 10, interval=0.05, what="the call to move")
+        await call.wait_quiet(timeout=20, since=0)
+        await call.say(SCENARIO.turns[0].caller)
+        await call.wait_quiet(timeout=20)
+        await call.hangup()
+    move = call.moves[0]
+    gap = move.resume_frame - move.stop_frame
+    fig["caller's gap (s)"] = move.gap_s
+    assert move.gap_s < 1.0
+
+    # The greeting, heard once: up to the move as sent, then from where the old stream stopped.
+    session = fault_realtime.sessions[before]
+    greeting, heard = bytes(session.output_audio[session.output_order[0]]), bytes(call.heard)
+    cut = move.heard_before
+    assert 0 < cut < len(greeting) - 1600, "the move must come while most of the greeting is queued"
+    assert heard[:cut] == greeting[:cut]
+    skipped = greeting.find(heard[cut:cut + 800], cut - 800) - cut
+    fig["greeting skipped at the move (ms)"] = skipped / 8
+    assert 0 <= skipped <= 160, f"{skipped} bytes of the greeting {'skipped' if skipped > 0 else 'heard twice'}"
+    rest = len(greeting) - cut - skipped
+    assert heard[cut:cut + rest] == greeting[cut + skipped:], "the greeting's rest differs after the move"
+
+    admin = Admin(fault_platform)
+
+    async def stored() -> tuple[int, bytes, dict] | None:
+        got = await fetch(admin.url, admin.token, f"/sessions/{call.call_sid}/recording")
+        return got if got[0] == 200 else None
+
+    _, wav, _ = await poll(stored, 30, what="the recording")
+    left, right = channels(wav)
+
+    # Caller: what was sent before the move where it was sent, silence for the gap, then the rest.
+    sent = list(decode(bytes(call.sent_audio)))
+    split = move.sent_before
+    assert left[:split] == sent[:split], "the caller's audio before the move differs"
+    placed = [g for g in range(max(0, gap - 3), gap + 4)
+              if left[split + g * 160: split + g * 160 + len(sent) - split] == sent[split:]
+              and not any(left[split: split + g * 160])]
+    assert placed, "the caller's audio after the move is not where the gap puts it"
+    fig["recording's gap (s)"] = placed[0] * 0.02
+    assert placed[0] <= gap + 1, f"the recording's gap ({placed[0]} frames) is longer than the move ({gap})"
+
+    # Agent: exactly what the caller heard, in the frame it was heard (shifted as the caller's audio
+    # is after the move), and silence elsewhere: nothing doubled, nothing dropped.
+    shift = placed[0] - gap
+    expected = [0] * len(right)
+    for frame, data in call.played:
+        at = (frame + (shift if frame >= move.resume_frame else 0)) * 160
+        assert at + len(data) <= len(right), "the recording ends before the caller stopped hearing"
+        expected[at: at + len(data)] = decode(data)
+    mismatched = [i for i, (a, b) in enumerate(zip(right, expected, strict=True)) if a != b]
+    assert not mismatched, f"{len(mismatched)} agent samples differ, first at {mismatched[0] / 8000:.3f} s"
+    status = (await admin.get(f"/sessions/{call.call_sid}")).body
+    assert [h["status"] for h in status["status_history"]].count("moved") == 1
 
 
 async def test_a_bridge_whose_grace_runs_out_hands_its_calls_on(fault_platform: Platform, extra: list[Service],

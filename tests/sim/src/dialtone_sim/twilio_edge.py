@@ -177,6 +177,8 @@ class SimCall:
 
     Attributes:
         heard: agent audio actually played out to the caller, in order.
+        played: ``(frame, bytes)``: the agent audio played in each 20 ms frame of the caller's clock
+            (:attr:`frame_no`), where a recording must have it.
         sent_audio: every inbound media frame sent (speech and silence).
         media_received: ``(monotonic arrival, payload bytes)`` of each outbound media message.
         marks_echoed: mark names echoed back to the gateway, in order.
@@ -224,6 +226,7 @@ class SimCall:
         self._inbound = _DelayLine(inbound, self._receive_now)
         self._tasks: list[asyncio.Task] = []
         self.moves: list[Move] = []
+        self.played: list[tuple[int, bytes]] = []
         self.move_failures: list[str] = []
         self.frame_no = 0
         self._stream_frame0 = 0  # the caller's frame at which the current stream started
@@ -457,7 +460,9 @@ class SimCall:
                     return  # stop has been queued: Twilio sends no media after it
                 if not self._between_streams:  # (between two streams the caller's frames go nowhere)
                     self._send_frame(self.frame_no - self._stream_frame0)
-                    self._playout.tick()
+                    heard = len(self.heard)
+                    if self._playout.tick():
+                        self.played.append((self.frame_no, bytes(self.heard[heard:])))
                 self.frame_no += 1
             await asyncio.sleep(max(0.0, start + self.frame_no * _FRAME_S - time.monotonic()))
 
