@@ -117,10 +117,11 @@ async def sigterm(service: Service, fig: dict[str, Any], label: str) -> float:
     return sent
 
 
-async def exits_cleanly(service: Service, fig: dict[str, Any], label: str, calls_done_at: float) -> None:
+async def exits_cleanly(service: Service, fig: dict[str, Any], label: str, calls_done_at: float,
+                        since: str = "its last call") -> None:
     async with asyncio.timeout(30):
         code = await service.proc.wait()
-    fig[f"{label}: exited after its last call (s)"] = max(0.0, time.monotonic() - calls_done_at)
+    fig[f"{label}: exited after {since} (s)"] = max(0.0, time.monotonic() - calls_done_at)
     assert code == 0, f"{service.instance} exited with {code}:\n{service.log_tail()}"
     assert "drained" in service.log_tail(80), service.log_tail(80)
 
@@ -176,18 +177,18 @@ async def test_rolling_restart_of_the_gateways_moves_every_call(fault_platform: 
         second = await start_gateway(fault_platform, "media-gateway-b", extra, **HURRIED)
         lb.add(backend(second))
         await lb.wait_healthy(2)
-        await sigterm(first, fig, "first gateway")
+        sent = await sigterm(first, fig, "first gateway")
         await poll(lambda: len(lb.healthy) == 1, 5, interval=0.05, what="the balancer to leave the draining gateway")
         b = calls(via)  # the balancer sends them to the second gateway
         await b.at(1)
-        await exits_cleanly(first, fig, "first gateway", time.monotonic())
+        await exits_cleanly(first, fig, "first gateway", sent, since="SIGTERM")
         await poll(lambda: all(len(c.call.moves) == 1 for c in a.callers if c.call), 10, interval=0.1,
                    what="the first gateway's calls to reach the second")
         third = await start_gateway(fault_platform, "media-gateway-c", extra, **HURRIED)
         lb.add(backend(third))
         await lb.wait_healthy(2)
-        await sigterm(second, fig, "second gateway")
-        await exits_cleanly(second, fig, "second gateway", time.monotonic())
+        sent = await sigterm(second, fig, "second gateway")
+        await exits_cleanly(second, fig, "second gateway", sent, since="SIGTERM")
         await poll(lambda: all(len(c.call.moves) == (2 if group is a else 1)
                                for group in (a, b) for c in group.callers if c.call),
                    10, interval=0.1, what="every call to reach the third gateway")
@@ -222,6 +223,7 @@ async def test_a_move_twilio_refuses_falls_back_to_the_apology(fault_platform: P
     await fault_platform.services["media-gateway"].stop()
     gateway = await start_gateway(fault_platform, "media-gateway-refused", extra, **HURRIED)
     async with Balancer([backend(gateway)]) as lb:
+        await lb.wait_healthy(1)
         group = calls(Via(fault_platform, lb.url), count=2)
         await group.at(1)
         fault_twilio.failing_updates = 2  # the two moves; the apologies then go through
@@ -236,8 +238,9 @@ async def test_a_move_twilio_refuses_falls_back_to_the_apology(fault_platform: P
         assert c.call is not None
         await c.call.wait_closed(10)
         assert c.call.ended_by == "twilio" and not c.call.moves
-        updates = fault_twilio.calls[c.call.call_sid].updates
-        assert "<Connect><Stream" in updates[0]["Twiml"] and "<Say>" in updates[-1]["Twiml"], updates
+        asked = [r.form.get("Twiml", [""])[0] for r in fault_twilio.requests if c.call.call_sid in r.path]
+        assert len(asked) == 2 and "<Connect><Stream" in asked[0] and "<Say>" in asked[1], asked  # moved, refused
+        assert [u["Twiml"] for u in fault_twilio.calls[c.call.call_sid].updates] == asked[1:]  # then the apology
         history = (await Admin(fault_platform).get(f"/sessions/{c.call.call_sid}")).body["status_history"]
         failed = [h for h in history if h["status"] == "move_failed"]
         assert len(failed) == 1 and "503" in failed[0]["detail"], history

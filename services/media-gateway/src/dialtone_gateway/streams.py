@@ -229,6 +229,10 @@ class MediaStream:
         if self.move_tried or self._finished or not self._claimed or self.ctx.move_url is None:
             return False
         self.move_tried = True
+        if self._moved_in and self.record.moved_from == self.ctx.gateway_id:
+            # The balancer sent the moved call straight back here: there is no other gateway to
+            # take it (one gateway, as in compose on one machine). It stays until the grace ends.
+            return await self._move_failed(None, "came_back", "no other gateway: the call came back to this one")
         move_id = secrets.token_urlsafe(16)
         try:
             record = await self.ctx.calls.start_move(self.call_id, self.key, self.ctx.gateway_id, move_id)
