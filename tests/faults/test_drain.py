@@ -247,6 +247,48 @@ async def test_a_move_twilio_refuses_falls_back_to_the_apology(fault_platform: P
         assert "moved" not in {h["status"] for h in history}
 
 
+async def test_a_call_whose_bridge_dies_during_its_move_goes_on(fault_platform: Platform, extra: list[Service],
+                                                                  figures: Figures):
+    """The bridge holding two calls is killed just as their gateway moves them: the new gateway's
+    lease watch finds the bridge gone and offers the calls to another bridge, which carries them on."""
+    fig = figures.scenario("gateway move while the bridge is killed")
+    await fault_platform.services["media-gateway"].stop()
+    first = await start_gateway(fault_platform, "media-gateway-m1", extra, **HURRIED)
+    second = await start_gateway(fault_platform, "media-gateway-m2", extra)
+    async with Balancer([backend(first)]) as lb:
+        await lb.wait_healthy(1)
+        group = calls(Via(fault_platform, lb.url), count=2)
+        await group.at(1)
+        other = await start_bridge(fault_platform, "realtime-bridge-m", extra)
+        lb.add(backend(second))
+        await lb.wait_healthy(2)
+        await fault_platform.services["realtime-bridge"].stop(signal.SIGKILL)
+        sent = await sigterm(first, fig, "gateway")
+        await poll(lambda: all(c.call and c.call.moves for c in group.callers), 15, interval=0.1,
+                   what="the calls to move")
+        await poll(lambda: _recovered(other, 2), 15, interval=0.1, what="the other bridge to take the calls over")
+        fig["calls moved and taken over after SIGTERM (s)"] = time.monotonic() - sent
+        await finish(group)
+    no_caller_errors(group)
+    admin = Admin(fault_platform)
+    for c in group.callers:
+        assert c.call is not None
+        session = (await poll(lambda: _ended(admin, c.call.call_sid), 30, what="the session to end"))  # noqa: B023
+        statuses = [h["status"] for h in session["status_history"]]
+        assert {"moved", "bridge_lost", "recovered"} <= set(statuses) and "move_failed" not in statuses, statuses
+        lines = [(line["role"], line["text"]) for line in session["transcript"]]
+        assert [line for line in lines if "line dropped" not in line[1]] == c.heard, lines
+
+
+async def _recovered(service: Service, count: int) -> bool:
+    return await metric(metrics_url(service), "dialtone_bridge_calls_recovered_total") >= count
+
+
+async def _ended(admin: Admin, sid: str) -> dict[str, Any] | None:
+    answer = await admin.get(f"/sessions/{sid}")
+    return answer.body if answer.status == 200 and answer.body.get("ended_at") else None
+
+
 async def test_the_recording_of_a_call_moved_mid_sentence_is_whole(
     fault_platform: Platform, extra: list[Service], fault_realtime: RealtimeSimulator, figures: Figures
 ):

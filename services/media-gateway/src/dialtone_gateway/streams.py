@@ -411,6 +411,9 @@ class MediaStream:
                 reconnects = self.nc.stats.get("reconnects", 0)
                 self._last_out = now
                 continue
+            if self._move_id is not None:  # the call is moving: the new stream's gateway watches the bridge
+                self._last_out = now
+                continue
             if self._handoff or now - self._last_out > lease:
                 break
             if now - self._touched > TOUCH_EVERY_S:
