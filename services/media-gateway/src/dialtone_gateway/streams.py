@@ -283,12 +283,13 @@ class MediaStream:
                 record = await self.ctx.calls.get(self.call_id)
             except CallBookUnavailable:
                 record = self.record
-            if record is None or (record.state, record.move_id) != ("moving", move_id):
-                if record is not None and record.state == "streaming" and record.stream_key == self.key:
-                    m.MOVES.labels("moved").inc()
-                    self.log.info("call moved to %s", record.gateway_id)
-                    return True
-                break
+            if record is None:
+                break  # the record is gone: nothing can carry the call on
+            if (record.state, record.move_id) != ("moving", move_id):
+                # Only the new stream's claim changes a record moving under our move id.
+                m.MOVES.labels("moved").inc()
+                self.log.info("call moved to %s", record.gateway_id)
+                return True
             await asyncio.sleep(0.05)
         await self._move_failed(move_id, "no_new_stream",
                                 f"no new stream took the call within {self.settings.move_wait_s:g} s")
