@@ -401,12 +401,16 @@ class CallSession:
             if (skip := heard - start) >= len(audio):
                 continue
             piece = audio[max(0, skip):]
-            if replay and replay[-1][0] == item_id:
-                replay[-1][1].extend(piece)  # one item's audio in one chunk, as it was sent
+            if replay and replay[-1][0] == item_id and len(replay[-1][1]) < MIN_CHUNK:
+                replay[-1][1].extend(piece)  # the cut chunk's rest is too short to go alone
             else:
-                replay.append((item_id, bytearray(piece)))
+                replay.append((item_id, bytearray(piece)))  # the chunks as they were sent
+        first: set[str] = set()
         for item_id, again in replay:
-            await self._send_audio(item_id, bytes(again))
+            mark = await self._send_audio(item_id, bytes(again))
+            if item_id not in first:
+                first.add(item_id)
+                self.turns.resent(item_id, mark)
         m.CALLS_MOVED.inc()
         m.MOVE_REPLAYED.observe(sum(len(a) for _, a in replay) / 8000)
         self.log.info("call moved from %s to %s (%s ms without a stream): %.0f ms of agent audio sent again",
