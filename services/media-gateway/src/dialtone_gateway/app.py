@@ -263,9 +263,6 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     return app
 
 
-MOVES_AT_ONCE = 10  # REST updates in flight at once while a draining gateway moves its calls
-
-
 async def drain(app: FastAPI, grace: float) -> None:
     """SIGTERM: report not-ready at once (``/healthz`` 503, so balancers send new calls elsewhere),
     let the calls on this gateway's sockets finish for up to ``grace`` seconds, then have Twilio
@@ -285,28 +282,25 @@ async def drain(app: FastAPI, grace: float) -> None:
     move_at = deadline - before if before > 0 else None
     moving: set[asyncio.Task] = set()
     asked: set[MediaStream] = set()
-    slots = asyncio.Semaphore(MOVES_AT_ONCE)
-
-    async def move(stream: MediaStream) -> None:
-        async with slots:
-            await stream.move()
-
     while streams and (left := deadline - time.monotonic()) > 0:  # streams opened meanwhile count too
         if move_at is not None and time.monotonic() >= move_at:
             if fresh := [s for s in streams if s not in asked]:
                 log.info("moving %d calls to other gateways", len(fresh))
             for stream in fresh:
                 asked.add(stream)
-                moving.add(asyncio.create_task(move(stream), name=f"move-{stream.call_id}"))
+                moving.add(asyncio.create_task(stream.move(), name=f"move-{stream.call_id}"))
             left = min(left, 0.5)  # look again for streams opened meanwhile
         elif move_at is not None:
             left = min(left, move_at - time.monotonic())
         await asyncio.wait(list(streams.values()), timeout=max(left, 0.01))
-    for task in moving:
-        task.cancel()
-    await asyncio.gather(*moving, return_exceptions=True)
+    if moving:  # moves under way end first: a call Twilio is leaving this gateway for must not hear goodbye
+        await asyncio.wait(moving, timeout=2 * state.ctx.settings.move_wait_s + 5)
+        for task in moving:
+            task.cancel()
+        await asyncio.gather(*moving, return_exceptions=True)
     if streams:
-        log.warning("drain grace over: %d calls are still on, Twilio says goodbye to them", len(streams))
-        await asyncio.gather(*(stream.leave("gateway_shutdown") for stream in list(streams)), return_exceptions=True)
-        await asyncio.wait(list(streams.values()), timeout=10)
+        if staying := [s for s in streams if not s.handing_over]:
+            log.warning("drain grace over: %d calls are still on, Twilio says goodbye to them", len(staying))
+            await asyncio.gather(*(stream.leave("gateway_shutdown") for stream in staying), return_exceptions=True)
+        await asyncio.wait(list(streams.values()), timeout=max(10.0, state.ctx.settings.move_wait_s + 5))
     log.info("drained")

@@ -23,6 +23,8 @@ from dialtone_gateway.settings import GatewaySettings
 
 log = logging.getLogger("dialtone.gateway.line")
 
+MOVES_AT_ONCE = 20  # call updates in flight at once while a draining gateway moves its calls
+
 
 def apology_twiml(text: str) -> str:
     response = VoiceResponse()
@@ -37,6 +39,7 @@ class TwilioLine:
     def __init__(self, settings: GatewaySettings) -> None:
         self._settings = settings
         self._clients: dict[str, tuple[Client, object]] = {}
+        self._moves = asyncio.Semaphore(MOVES_AT_ONCE)
 
     def _client(self, account_sid: str | None) -> Client | None:
         account = self._settings.twilio_account_sid or account_sid
@@ -55,7 +58,7 @@ class TwilioLine:
         if client is None:
             return "no Twilio account sid"
         try:
-            async with asyncio.timeout(5):
+            async with self._moves, asyncio.timeout(5):
                 await client.calls(call_sid).update_async(twiml=twiml)
             return None
         except TwilioRestException as exc:

@@ -479,9 +479,15 @@ class MediaStream:
         if not self._finished:
             self._claim_task = asyncio.create_task(self._claim(), name=f"reclaim-{self.call_id}")
 
+    @property
+    def handing_over(self) -> bool:
+        """Twilio left this stream for the move's new one: the call is no longer this stream's."""
+        return self._move_id is not None and self._stopped.is_set()
+
     async def leave(self, reason: str) -> None:
         """This gateway is going away with the call still on: Twilio apologises and hangs up."""
-        await self._rescue(reason)
+        if not self.handing_over:
+            await self._rescue(reason)
 
     async def _rescue(self, reason: str) -> None:
         """No bridge: Twilio says sorry and hangs up (the stream's ``stop`` then ends it here)."""
@@ -620,7 +626,6 @@ class MediaStream:
             with contextlib.suppress(Exception):
                 await self._out_sub.unsubscribe()
         await self._close(1000 if reason != "refused" else 1008)
-
 
     async def _leave_moved(self) -> None:
         self.log.info("stream ended: the call moved")
