@@ -179,9 +179,9 @@ async def test_rolling_restart_of_the_gateways_moves_every_call(fault_platform: 
         await lb.wait_healthy(2)
         sent = await sigterm(first, fig, "first gateway")
         await poll(lambda: len(lb.healthy) == 1, 5, interval=0.05, what="the balancer to leave the draining gateway")
+        await exits_cleanly(first, fig, "first gateway", sent, since="SIGTERM")  # its calls moved: it is empty
         b = calls(via)  # the balancer sends them to the second gateway
         await b.at(1)
-        await exits_cleanly(first, fig, "first gateway", sent, since="SIGTERM")
         await poll(lambda: all(len(c.call.moves) == 1 for c in a.callers if c.call), 10, interval=0.1,
                    what="the first gateway's calls to reach the second")
         third = await start_gateway(fault_platform, "media-gateway-c", extra, **HURRIED)
