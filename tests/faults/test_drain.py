@@ -222,6 +222,7 @@ async def test_a_move_twilio_refuses_falls_back_to_the_apology(fault_platform: P
     fig = figures.scenario("gateway drain: moves refused by Twilio")
     await fault_platform.services["media-gateway"].stop()
     gateway = await start_gateway(fault_platform, "media-gateway-refused", extra, **HURRIED)
+    await start_gateway(fault_platform, "media-gateway-ready", extra)  # a gateway is ready: moves are tried
     async with Balancer([backend(gateway)]) as lb:
         await lb.wait_healthy(1)
         group = calls(Via(fault_platform, lb.url), count=2)
@@ -245,6 +246,32 @@ async def test_a_move_twilio_refuses_falls_back_to_the_apology(fault_platform: P
         failed = [h for h in history if h["status"] == "move_failed"]
         assert len(failed) == 1 and "503" in failed[0]["detail"], history
         assert "moved" not in {h["status"] for h in history}
+
+
+async def test_a_lone_gateway_keeps_its_calls_to_the_end_of_its_grace(fault_platform: Platform, extra: list[Service],
+                                                                    fault_twilio: FakeTwilioApi, figures: Figures):
+    """No other gateway is ready to take the calls (one gateway, as in compose on one machine): the
+    draining gateway does not move them into the void; they go on until its grace ends, then hear
+    the apology, and the session says why they did not move."""
+    fig = figures.scenario("gateway drain: no other gateway")
+    await fault_platform.services["media-gateway"].stop()
+    gateway = await start_gateway(fault_platform, "media-gateway-alone", extra, **HURRIED)
+    async with Balancer([backend(gateway)]) as lb:
+        await lb.wait_healthy(1)
+        group = calls(Via(fault_platform, lb.url), count=1)
+        await group.at(1)
+        sent = await sigterm(gateway, fig, "gateway")
+        (c,) = group.callers
+        assert c.call is not None
+        await c.call.wait_closed(30)
+        fig["the call ended after SIGTERM (s)"] = ended = time.monotonic() - sent
+        async with asyncio.timeout(30):
+            assert await gateway.proc.wait() == 0, gateway.log_tail()
+    assert ended >= float(HURRIED["DRAIN_GRACE_S"]) and c.call.ended_by == "twilio" and not c.call.moves
+    asked = [r.form.get("Twiml", [""])[0] for r in fault_twilio.requests if c.call.call_sid in r.path]
+    assert len(asked) == 1 and "<Say>" in asked[0], asked  # no move was tried: only the apology
+    history = (await Admin(fault_platform).get(f"/sessions/{c.call.call_sid}")).body["status_history"]
+    assert [h["detail"] for h in history if h["status"] == "move_failed"] == ["no other gateway is ready"], history
 
 
 async def test_a_call_whose_bridge_dies_during_its_move_goes_on(fault_platform: Platform, extra: list[Service],

@@ -6,7 +6,7 @@ JSON message carries ``"v": 1``.
 """
 
 from dialtone_proto import subjects
-from dialtone_proto.calls import CallAnswer, CallOffer, CallPrepare, CallRecord
+from dialtone_proto.calls import CallAnswer, CallOffer, CallPrepare, CallRecord, GatewayReady
 from dialtone_proto.events import (
     EVENT_TYPES,
     STREAM_NAME,
@@ -47,6 +47,7 @@ __all__ = [
     "CallEnded",
     "CallOffer",
     "CallRecord",
+    "GatewayReady",
     "CallStarted",
     "Event",
     "Frame",

@@ -20,6 +20,16 @@ _KEY = r"^[A-Za-z0-9_-]{16,64}$"
 Direction = Literal["inbound", "outbound"]
 
 
+class GatewayReady(BaseModel):
+    """A gateway's answer on ``subjects.GATEWAYS_READY``: it takes new streams (it is not draining)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    v: Literal[1] = 1
+    type: Literal["gateway.ready"] = "gateway.ready"
+    gateway_id: str = Field(max_length=128)
+
+
 class CallRecord(BaseModel):
     """The KV value of one call, written by the gateway.
 

@@ -12,7 +12,7 @@ import orjson
 from pydantic import BaseModel, ValidationError
 
 from dialtone_proto import subjects
-from dialtone_proto.calls import CallAnswer, CallOffer, CallPrepare, CallRecord
+from dialtone_proto.calls import CallAnswer, CallOffer, CallPrepare, CallRecord, GatewayReady
 from dialtone_proto.events import STREAM_NAME, decode_event
 from dialtone_proto.frames import FrameError, Kind, decode_frame
 from dialtone_proto.live import LiveCall
@@ -21,6 +21,7 @@ from dialtone_proto.tools import ToolCallReply, ToolCallRequest, ToolCatalog
 _REPLIES: dict[str, type[BaseModel]] = {
     "call.answer": CallAnswer,
     "call.record": CallRecord,  # a KV get of a call record (JetStream direct get)
+    "gateway.ready": GatewayReady,
     "tools.catalog": ToolCatalog,
     "tools.result": ToolCallReply,
 }
@@ -75,6 +76,10 @@ def _check(subject: str, data: bytes, headers: dict[str, str]) -> str:
         return "tools.call"
     if subject == subjects.TOOLS_CATALOG:
         return "tools.catalog-request"
+    if subject == subjects.GATEWAYS_READY:
+        if data:
+            raise ContractError(f"{subject}: the question has no body")
+        return "gateways.ready-request"
     if len(parts) == 6 and parts[2] == "call" and parts[5] in ("in", "out"):
         subjects.check_call_id(parts[3])
         subjects.check_stream_key(parts[4])

@@ -15,11 +15,12 @@ from datetime import UTC, datetime
 import nats.errors
 from dialtone_common import bus
 from dialtone_common.callbook import CallBook, CallBookUnavailable, new_record
-from dialtone_proto import CallPrepare, CallRecord, subjects
+from dialtone_proto import CallPrepare, CallRecord, GatewayReady, subjects
 from dialtone_proto.events import CallStatus, encode_event
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import PlainTextResponse, Response
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js.errors import NoStreamResponseError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
@@ -55,6 +56,14 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     )
     gateway_id = settings.instance_id or f"gateway-{uuid.uuid4().hex[:8]}"
 
+    async def answer_ready(msg: Msg) -> None:
+        """Another gateway, draining, asks whether one is ready to take its calls: yes, unless this
+        one drains too."""
+        if not msg.reply or getattr(app.state, "draining", True):
+            return
+        with contextlib.suppress(nats.errors.Error):
+            await msg.respond(GatewayReady(gateway_id=gateway_id).model_dump_json().encode())
+
     def move_url(call_id: str, move_id: str) -> str:
         """A fresh signed stream URL that only the move ``move_id`` of ``call_id`` opens."""
         return settings.stream_url(checker.stream_path(call_id, int(time.time()), move_id))
@@ -70,6 +79,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             app.state.nc, app.state.js, app.state.calls = nc, js, calls
             app.state.ctx = StreamContext(nc, js, calls, line, settings, gateway_id, move_url=move_url)
             app.state.streams, app.state.draining = {}, False
+            await nc.subscribe(subjects.GATEWAYS_READY, cb=answer_ready)
             log.info("media-gateway %s ready; Twilio webhook %s/twilio-voice", gateway_id, settings.public_base_url)
             yield
         finally:
@@ -263,6 +273,15 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     return app
 
 
+async def _ready_gateway(nc: Client) -> str | None:
+    """The id of another gateway that takes new streams (the first to answer), or None."""
+    try:
+        reply = await nc.request(subjects.GATEWAYS_READY, b"", timeout=0.5)
+        return GatewayReady.model_validate_json(reply.data).gateway_id
+    except (nats.errors.Error, TimeoutError, ValidationError):
+        return None
+
+
 async def drain(app: FastAPI, grace: float) -> None:
     """SIGTERM: report not-ready at once (``/healthz`` 503, so balancers send new calls elsewhere),
     let the calls on this gateway's sockets finish for up to ``grace`` seconds, then have Twilio
@@ -282,13 +301,19 @@ async def drain(app: FastAPI, grace: float) -> None:
     move_at = deadline - before if before > 0 else None
     moving: set[asyncio.Task] = set()
     asked: set[MediaStream] = set()
+    told: set[MediaStream] = set()
     while streams and (left := deadline - time.monotonic()) > 0:  # streams opened meanwhile count too
         if move_at is not None and time.monotonic() >= move_at:
-            if fresh := [s for s in streams if s not in asked]:
-                log.info("moving %d calls to other gateways", len(fresh))
-            for stream in fresh:
-                asked.add(stream)
-                moving.add(asyncio.create_task(stream.move(), name=f"move-{stream.call_id}"))
+            if (fresh := [s for s in streams if s not in asked]) and (ready := await _ready_gateway(state.nc)):
+                log.info("moving %d calls to other gateways (%s is ready)", len(fresh), ready)
+                for stream in fresh:
+                    asked.add(stream)
+                    moving.add(asyncio.create_task(stream.move(), name=f"move-{stream.call_id}"))
+            elif untold := [s for s in fresh if s not in told]:  # asked again in half a second
+                log.warning("no other gateway is ready: %d calls stay here for now", len(untold))
+                told.update(untold)
+                for stream in untold:
+                    await stream.cannot_move("no other gateway is ready")
             left = min(left, 0.5)  # look again for streams opened meanwhile
         elif move_at is not None:
             left = min(left, move_at - time.monotonic())

@@ -62,7 +62,7 @@ HANDOFFS = Counter(
 MOVES = Counter(
     "dialtone_gateway_moves_total",
     "Calls a draining gateway moved to another gateway, by result (moved, rest_failed, not_stopped, "
-    "no_new_stream, came_back, record)",
+    "no_new_stream, came_back, record, no_gateway)",
     ["result"], registry=REGISTRY,
 )
 MOVE_SECONDS = Histogram(

@@ -256,6 +256,10 @@ class MediaStream:
             )
         return True
 
+    async def cannot_move(self, why: str) -> None:
+        """The call cannot move now (say, no other gateway is ready): the session says why."""
+        await self._move_failed(None, "no_gateway", why)
+
     async def _move_failed(self, move_id: str | None, result: str, why: str) -> bool:
         """The move did not happen: this stream keeps the call (until the grace ends, as before)."""
         if move_id is not None and not self._stopped.is_set():
