@@ -18,7 +18,7 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from dialtone_common.callbook import CallBookUnavailable
 from dialtone_common.logs import CallLog
@@ -407,10 +407,8 @@ class CallSession:
                 replay.append((item_id, bytearray(piece)))  # the chunks as they were sent
         first: set[str] = set()
         for item_id, again in replay:
-            mark = await self._send_audio(item_id, bytes(again))
-            if item_id not in first:
-                first.add(item_id)
-                self.turns.resent(item_id, mark)
+            await self._send_audio(item_id, bytes(again), resent="first" if item_id not in first else "more")
+            first.add(item_id)
         m.CALLS_MOVED.inc()
         m.MOVE_REPLAYED.observe(sum(len(a) for _, a in replay) / 8000)
         self.log.info("call moved from %s to %s (%s ms without a stream): %.0f ms of agent audio sent again",
@@ -481,17 +479,20 @@ class CallSession:
         if self._pending_audio is None or self._pending_audio[0] != item_id or not self._pending_audio[1]:
             return
         audio, self._pending_audio = bytes(self._pending_audio[1]), None
-        mark = await self._send_audio(item_id, audio)
-        if (latency := self.turns.audio_sent(item_id, mark, self.clock.ms())) is not None:
-            m.TURN_SECONDS.observe(latency)
+        await self._send_audio(item_id, audio)
         m.FRAMES_OUT.inc()
         m.AUDIO_OUT.inc(len(audio))
 
-    async def _send_audio(self, item_id: str, audio: bytes) -> str:
-        """One chunk of ``item_id``'s audio to the gateway, then the mark that follows its playout."""
+    async def _send_audio(self, item_id: str, audio: bytes, resent: Literal["no", "first", "more"] = "no") -> None:
+        """One chunk of ``item_id``'s audio to the gateway, then the mark that follows its playout.
+        ``resent``: the chunk is sent again after a move (``first``: the item's first such chunk)."""
         position = self.playout.sent
         await self.send_frame(Kind.AUDIO, audio=audio)
-        mark = self.playout.on_audio_sent(item_id, len(audio), self.clock.ms())
+        now = self.clock.ms()
+        mark = self.playout.on_audio_sent(item_id, len(audio), now)
         self._unplayed.append((position, item_id, audio))
+        if resent == "first":
+            self.turns.resent(item_id, mark)
+        elif resent == "no" and (latency := self.turns.audio_sent(item_id, mark, now)) is not None:
+            m.TURN_SECONDS.observe(latency)
         await self.send_frame(Kind.MARK, {"name": mark})
-        return mark
