@@ -89,3 +89,33 @@ async def test_rekey_needs_the_current_key_and_an_ended_call_stays_ended(book: C
     ended = await book.end(sid, {KEY_A, KEY_B})
     assert ended is not None and ended.state == "ended"
     assert await book.claim(sid, KEY_C, "gw-2") is None
+
+
+async def test_a_moving_call_is_claimed_only_by_its_move_url_once(book: CallBook) -> None:
+    sid, move, other = _sid(7), "m" * 22, "n" * 22
+    await book.register(new_record(sid))
+    await book.claim(sid, KEY_A, "gw-1")
+    assert await book.start_move(sid, KEY_A, "gw-2", move) is None  # not that gateway's stream
+    moving = await book.start_move(sid, KEY_A, "gw-1", move)
+    assert moving is not None and moving.state == "moving" and moving.move_id == move
+    assert await book.claim(sid, KEY_B, "gw-2") is None  # the webhook's URL cannot take it
+    assert await book.claim_move(sid, other, "gw-2") is None  # nor another move's URL
+    assert await book.claim_move(sid, move, "gw-2") is None  # not before the old stream stopped
+    stopped = await book.move_stopped(sid, move, seq=120, ts=2400, at=1.5)
+    assert stopped is not None and (stopped.moved_seq, stopped.moved_ts) == (120, 2400)
+    results = await asyncio.gather(book.claim_move(sid, move, "gw-2"), book.claim_move(sid, move, "gw-3"))
+    winners = [r for r in results if r is not None]
+    assert len(winners) == 1 and winners[0].state == "streaming" and winners[0].stream_key == KEY_A
+    assert winners[0].move_id is None and winners[0].gateway_id in ("gw-2", "gw-3")
+    assert winners[0].moved_from == "gw-1"
+    assert await book.claim_move(sid, move, "gw-4") is None  # used once
+
+
+async def test_a_cancelled_move_leaves_the_call_with_its_stream(book: CallBook) -> None:
+    sid, move = _sid(8), "m" * 22
+    await book.register(new_record(sid))
+    await book.claim(sid, KEY_A, "gw-1")
+    await book.start_move(sid, KEY_A, "gw-1", move)
+    back = await book.cancel_move(sid, move)
+    assert back is not None and back.state == "streaming" and back.gateway_id == "gw-1" and back.move_id is None
+    assert await book.claim_move(sid, move, "gw-2") is None

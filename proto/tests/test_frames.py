@@ -79,7 +79,7 @@ def test_payload_of_exactly_the_limit_round_trips() -> None:
         pytest.param(struct.pack(">BBHII", 2, Kind.AUDIO, 0, 0, 0) + b"\xff", id="version-2"),
         pytest.param(struct.pack(">BBHII", 0, Kind.AUDIO, 0, 0, 0), id="version-0"),
         pytest.param(struct.pack(">BBHII", 1, 0, 0, 0, 0), id="kind-0"),
-        pytest.param(struct.pack(">BBHII", 1, 9, 0, 0, 0), id="kind-9"),
+        pytest.param(struct.pack(">BBHII", 1, 10, 0, 0, 0), id="kind-10"),
         pytest.param(struct.pack(">BBHII", 1, 255, 0, 0, 0), id="kind-255"),
         pytest.param(struct.pack(">BBHII", 1, Kind.AUDIO, 0, 0, 0) + b"\xff" * (MAX_PAYLOAD + 1), id="oversize"),
     ],

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import array
 
-import aiohttp
 import pytest
 from dialtone_dev.platform import Platform
 from dialtone_sim.audio import decode
 from dialtone_sim.live import LiveSimulator
 from dialtone_sim.realtime import RealtimeSimulator
+from dialtone_sim.recording import channels
+from dialtone_sim.recording import fetch as fetch_from
 from dialtone_sim.scenario import Scenario, Turn
 from dialtone_sim.twilio_edge import dial
 
@@ -21,18 +22,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
 
 
 async def fetch(admin: Admin, path: str, headers: dict[str, str] | None = None) -> tuple[int, bytes, dict]:
-    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {admin.token}"}) as http:
-        async with http.get(admin.url + path, headers=headers or {}) as r:
-            return r.status, await r.read(), dict(r.headers)
-
-
-def channels(wav: bytes) -> tuple[list[int], list[int]]:
-    assert wav[:4] == b"RIFF" and wav[8:16] == b"WAVEfmt " and wav[36:40] == b"data"
-    assert int.from_bytes(wav[22:24], "little") == 2 and int.from_bytes(wav[24:28], "little") == 8000
-    assert int.from_bytes(wav[34:36], "little") == 16
-    samples = array.array("h")
-    samples.frombytes(wav[44:])
-    return list(samples[0::2]), list(samples[1::2])
+    return await fetch_from(admin.url, admin.token, path, headers)
 
 
 @pytest.mark.parametrize("engine", ["realtime", "live"])
@@ -45,18 +35,6 @@ async def test_the_recording_is_what_the_caller_said_and_heard(
     call = await dial(platform.gateway_url, AUTH_TOKEN, public_base_url=platform.public_base_url,
                       account_sid=ACCOUNT_SID, from_="+15005550001", to=LAB if engine == "realtime" else DESK["live"],
                       one_way_delay_ms=30, stream_delay_s=0.3)  # fmt: skip  (Twilio takes >= 0.3 s to open it)
-    # What the caller's ear played, tick by tick: the 20 ms frame it played in, and the bytes.
-    played: list[tuple[int, bytes]] = []
-    tick = call._playout.tick
-
-    def listening_tick(frame: int = 160) -> int:
-        start = len(call._playout.heard)
-        n = tick(frame)
-        if n:
-            played.append((len(call.sent_audio) // 160 - 1, bytes(call._playout.heard[start:])))
-        return n
-
-    call._playout.tick = listening_tick  # type: ignore[method-assign]
     await call.wait_heard(1500, timeout=20)  # the long greeting is playing: cut in
     await call.say("Sorry, one question.")
     await call.wait_quiet(timeout=20)
@@ -81,7 +59,7 @@ async def test_the_recording_is_what_the_caller_said_and_heard(
 
     # Right: exactly what the caller heard, in the 20 ms it was heard, and silence elsewhere.
     expected = [0] * len(right)
-    for frame, data in played:
+    for frame, data in call.played:  # what the caller's ear played, in the 20 ms frame it played in
         assert frame * 160 + len(data) <= len(right), "the recording ends before the caller stopped hearing"
         expected[frame * 160: frame * 160 + len(data)] = decode(data)
     mismatched = [i for i, (a, b) in enumerate(zip(right, expected, strict=True)) if a != b]

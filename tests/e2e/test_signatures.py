@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import xml.etree.ElementTree as ET
 
 import aiohttp
@@ -61,3 +62,24 @@ async def test_media_socket_upgrade_requires_a_valid_signature(platform: Platfor
         async with connect(ws_url, additional_headers={"X-Twilio-Signature": good}):
             pass
     assert replayed.value.response.status_code == 403
+
+
+async def test_a_move_url_cannot_take_a_call_that_is_not_moving_under_it(platform: Platform):
+    """A correctly signed move URL (anyone holding the auth token could make one) still opens no
+    stream unless the call's record is moving under that very move id."""
+    from dialtone_gateway.signatures import SignatureChecker
+
+    form = FORM | {"CallSid": "CA" + "4" * 32}
+    url = f"{platform.public_base_url}/twilio-voice"
+    _, twiml = await post_voice(platform, RequestValidator(AUTH_TOKEN).compute_signature(url, form), form)
+    stream_base = platform.public_base_url.replace("http://", "ws://") + "/media"
+    checker = SignatureChecker(AUTH_TOKEN, platform.public_base_url, stream_base)
+    path = checker.stream_path(form["CallSid"], int(time.time()), "m" * 22)
+    stream_url = f"{stream_base}/{path}"
+    ws_url = stream_url.replace(platform.public_base_url.replace("http://", "ws://"),
+                                platform.gateway_url.replace("http://", "ws://"))
+    signed = {"X-Twilio-Signature": RequestValidator(AUTH_TOKEN).compute_signature(stream_url, {})}
+    with pytest.raises(InvalidStatus) as refused:  # the call is pending, not moving
+        async with connect(ws_url, additional_headers=signed):
+            pass
+    assert refused.value.response.status_code == 403

@@ -6,6 +6,11 @@ bridge, and marks it ended. Every change after the first write is a compare-and-
 revision, so two gateways (or a replayed upgrade racing the real one) can never both hold a call.
 Bridges only read: an offer is taken only if the record confirms it.
 
+A draining gateway moves a call to another gateway: ``start_move`` (streaming -> moving, naming
+the move's stream URL), ``move_stopped`` (where its stream stopped), then the new gateway's
+``claim_move`` (moving -> streaming, same stream key, epoch and bridge) or, if the move fails,
+``cancel_move`` (back to streaming, the old stream keeps the call) or ``end``.
+
 Errors::
 
     CallBookUnavailable   NATS or JetStream did not answer (a 503 to Twilio, a refused offer)
@@ -91,6 +96,39 @@ class CallBook:
             lambda r: (r.state, r.stream_key, r.epoch) == ("streaming", stream_key, epoch)
             and r.bridge_id in (None, bridge_id),
             bridge_id=bridge_id,
+        )
+
+    async def start_move(self, call_id: str, stream_key: str, gateway_id: str, move_id: str) -> CallRecord | None:
+        """The stream of ``gateway_id`` that holds the call under ``stream_key`` moves it: only the
+        stream URL issued with ``move_id`` may take it now."""
+        return await self._change(
+            call_id, lambda r: (r.state, r.stream_key, r.gateway_id) == ("streaming", stream_key, gateway_id),
+            state="moving", move_id=move_id, moved_from=gateway_id, moved_seq=None, moved_ts=None, moved_at=None,
+        )
+
+    async def move_stopped(self, call_id: str, move_id: str, seq: int, ts: int, at: float) -> CallRecord | None:
+        """The moving call's old stream stopped at frame ``seq`` and media time ``ts`` (ms), at
+        ``at`` (Unix seconds): the new stream carries on from there."""
+        return await self._change(
+            call_id, lambda r: (r.state, r.move_id) == ("moving", move_id),
+            moved_seq=seq, moved_ts=ts, moved_at=at,
+        )
+
+    async def cancel_move(self, call_id: str, move_id: str) -> CallRecord | None:
+        """The move failed before Twilio left the old stream: it keeps the call (moving -> streaming)."""
+        return await self._change(
+            call_id, lambda r: (r.state, r.move_id) == ("moving", move_id), state="streaming", move_id=None,
+        )
+
+    async def claim_move(self, call_id: str, move_id: str, gateway_id: str) -> CallRecord | None:
+        """The stream opened on the URL issued for the move takes the call (moving -> streaming),
+        under the same stream key and epoch, for the bridge that holds it. None unless the record
+        is moving with this ``move_id`` and its old stream has stopped (``move_stopped``; Twilio
+        stops it before it opens the new one, and the new stream carries on from there): no
+        other URL can claim a moving call, and a move URL claims nothing else."""
+        return await self._change(
+            call_id, lambda r: (r.state, r.move_id) == ("moving", move_id) and r.moved_at is not None,
+            state="streaming", move_id=None, gateway_id=gateway_id,
         )
 
     async def do_not_record(self, call_id: str, stream_key: str, epoch: int, bridge_id: str) -> CallRecord | None:

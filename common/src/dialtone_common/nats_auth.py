@@ -22,7 +22,8 @@ What each service really does on the bus, and so may do (read from the code; see
 - media-gateway: offers calls (request ``dt.v1.calls.offer``, or ``.offer.<bridge>`` to the bridge
   that prepared the call), announces them at the webhook (``dt.v1.calls.prepare``), publishes caller audio and control
   (``dt.v1.call.*.*.in``), hears the agent's side (``.out``), publishes call events (status
-  callbacks, ``call.ended``), keeps the calls bucket (``$KV.dialtone_calls``).
+  callbacks, ``call.ended``), keeps the calls bucket (``$KV.dialtone_calls``); while draining asks
+  the other gateways whether one is ready (``dt.v1.gateways.ready``), and answers that question.
 - realtime-bridge: takes offers (queue subscription, answers them), hears ``.in``, publishes
   ``.out``, live heartbeats and call events, asks the tool-runner (tools and ``$SRV.PING``), reads
   a call's past events when it takes over a call (ordered consumer), keeps the calls bucket.
@@ -131,8 +132,10 @@ GATEWAY = User(
         subjects.CALL_OFFER, f"{subjects.CALL_OFFER}.*", subjects.CALL_PREPARE, subjects.CALL_IN_ALL,
         subjects.EVENTS_ALL, *_stream_admin(EVENTS_STREAM),
         *_stream_admin(CALLS_KV_STREAM), *_stream_read(CALLS_KV_STREAM), *_kv_write(subjects.CALLS_BUCKET),
+        subjects.GATEWAYS_READY,
     ),
-    subscribe=(subjects.CALL_OUT_ALL, _inbox("gateway")),
+    subscribe=(subjects.CALL_OUT_ALL, _inbox("gateway"), subjects.GATEWAYS_READY),
+    allow_responses=True,  # answers whether it is ready (a draining gateway asks before moving calls)
 )
 
 BRIDGE = User(

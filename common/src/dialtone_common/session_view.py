@@ -83,7 +83,7 @@ async def get_session(conn: asyncpg.Connection, call_sid: str) -> dict[str, Any]
     detail["status_history"] = [
         dict(r)
         for r in await conn.fetch(
-            "SELECT status, source, answered_by, at FROM call_status_history"
+            "SELECT status, source, answered_by, detail, at FROM call_status_history"
             " WHERE call_sid = $1 ORDER BY at, event_id",
             call_sid,
         )
@@ -269,6 +269,7 @@ class StatusEntry(BaseModel):
     status: str
     source: str
     answered_by: str | None
+    detail: str | None = None  # moved: "gw-a -> gw-b"; move_failed: why
     at: datetime
 
 

@@ -6,7 +6,7 @@ JSON message carries ``"v": 1``.
 """
 
 from dialtone_proto import subjects
-from dialtone_proto.calls import CallAnswer, CallOffer, CallPrepare, CallRecord
+from dialtone_proto.calls import CallAnswer, CallOffer, CallPrepare, CallRecord, GatewayReady
 from dialtone_proto.evals import EvalAccepted, EvalCallResult, EvalProgress, EvalStart
 from dialtone_proto.events import (
     EVENT_TYPES,
@@ -48,6 +48,7 @@ __all__ = [
     "CallEnded",
     "CallOffer",
     "CallRecord",
+    "GatewayReady",
     "CallStarted",
     "EvalAccepted",
     "EvalCallResult",

@@ -20,12 +20,28 @@ _KEY = r"^[A-Za-z0-9_-]{16,64}$"
 Direction = Literal["inbound", "outbound"]
 
 
+class GatewayReady(BaseModel):
+    """A gateway's answer on ``subjects.GATEWAYS_READY``: it takes new streams (it is not draining)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    v: Literal[1] = 1
+    type: Literal["gateway.ready"] = "gateway.ready"
+    gateway_id: str = Field(max_length=128)
+
+
 class CallRecord(BaseModel):
     """The KV value of one call, written by the gateway.
 
     ``state`` moves ``pending`` (webhook answered) -> ``streaming`` (a stream holds the call) ->
     ``ended``, and never back, so a second stream for a call (a replayed upgrade, an attacker with
-    the CallSid) is refused. ``stream_key`` and ``epoch`` change when the gateway re-offers the call
+    the CallSid) is refused. A draining gateway moves a call to another gateway through
+    ``streaming`` -> ``moving`` -> ``streaming``: ``move_id`` names the one stream URL issued for
+    the move, the only one that may take the call in ``moving``; ``moved_from`` names the gateway it
+    leaves; ``moved_seq``, ``moved_ts`` and
+    ``moved_at`` say where the old stream stopped (next frame sequence, end of its caller audio on
+    the call's media clock in ms, and when, in Unix seconds), so the new stream carries on the
+    same sequence and clock. ``stream_key`` and ``epoch`` change when the gateway re-offers the call
     after losing its bridge; ``bridge_id`` names the one bridge that took the current offer (the
     gateway may send an offer twice, and two bridges may both see it). Every change is a
     compare-and-set on the KV revision.
@@ -43,7 +59,7 @@ class CallRecord(BaseModel):
     agent: str | None = Field(default=None, max_length=64)
     variables: dict[str, str] = Field(default_factory=dict)
     created_at: datetime
-    state: Literal["pending", "streaming", "ended"] = "pending"
+    state: Literal["pending", "streaming", "moving", "ended"] = "pending"
     stream_key: str | None = Field(default=None, pattern=_KEY)
     gateway_id: str | None = None
     epoch: int = Field(default=0, ge=0)
@@ -54,6 +70,11 @@ class CallRecord(BaseModel):
     # False when the agent that took the call says not to record it (agent.toml ``record = false``);
     # set by the bridge right after it takes the call, read by the recorder.
     record: bool = True
+    move_id: str | None = Field(default=None, pattern=_KEY)
+    moved_from: str | None = None
+    moved_seq: int | None = Field(default=None, ge=0)
+    moved_ts: int | None = Field(default=None, ge=0)
+    moved_at: float | None = None
 
     def held_by(self, stream_key: str, epoch: int, bridge_id: str) -> bool:
         """Whether this record still gives the call to ``bridge_id`` under that key and epoch (an

@@ -12,7 +12,7 @@ import orjson
 from pydantic import BaseModel, ValidationError
 
 from dialtone_proto import subjects
-from dialtone_proto.calls import CallAnswer, CallOffer, CallPrepare, CallRecord
+from dialtone_proto.calls import CallAnswer, CallOffer, CallPrepare, CallRecord, GatewayReady
 from dialtone_proto.evals import EvalAccepted, EvalProgress, EvalStart
 from dialtone_proto.events import STREAM_NAME, decode_event
 from dialtone_proto.frames import FrameError, Kind, decode_frame
@@ -22,11 +22,12 @@ from dialtone_proto.tools import ToolCallReply, ToolCallRequest, ToolCatalog
 _REPLIES: dict[str, type[BaseModel]] = {
     "call.answer": CallAnswer,
     "call.record": CallRecord,  # a KV get of a call record (JetStream direct get)
+    "gateway.ready": GatewayReady,
     "tools.catalog": ToolCatalog,
     "tools.result": ToolCallReply,
     "eval.accepted": EvalAccepted,
 }
-_IN_KINDS = {Kind.AUDIO, Kind.MARK, Kind.DTMF, Kind.STOP}
+_IN_KINDS = {Kind.AUDIO, Kind.MARK, Kind.DTMF, Kind.STOP, Kind.MOVED}
 _OUT_KINDS = {Kind.AUDIO, Kind.MARK, Kind.CLEAR, Kind.HANGUP, Kind.HEARTBEAT, Kind.HANDOFF}
 
 
@@ -85,6 +86,10 @@ def _check(subject: str, data: bytes, headers: dict[str, str]) -> str:
         if progress.run_id != parts[4]:
             raise ContractError(f"{subject}: progress of run {progress.run_id}")
         return "eval.progress"
+    if subject == subjects.GATEWAYS_READY:
+        if data:
+            raise ContractError(f"{subject}: the question has no body")
+        return "gateways.ready-request"
     if len(parts) == 6 and parts[2] == "call" and parts[5] in ("in", "out"):
         subjects.check_call_id(parts[3])
         subjects.check_stream_key(parts[4])

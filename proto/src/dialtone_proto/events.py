@@ -141,6 +141,9 @@ class CallStatus(_Event):
     sequence: int | None = None
     duration_s: int | None = None
     direction: Direction | None = None
+    # What the status does not say alone: ``moved`` names the gateways ("gw-a -> gw-b"),
+    # ``move_failed`` says why.
+    detail: str | None = Field(default=None, max_length=500)
 
 
 class CallTransferred(_Event):

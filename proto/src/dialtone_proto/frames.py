@@ -45,6 +45,7 @@ class Kind(enum.IntEnum):
     HANGUP = 6  # out: close the media socket {"reason"}
     HEARTBEAT = 7  # out: the bridge still holds the call {"bridge"}; its absence is a lost bridge
     HANDOFF = 8  # out: the bridge is leaving (drained) {"bridge"}; offer the call to another one now
+    MOVED = 9  # in: the call's Twilio stream moved to another gateway {"from", "to", "stopped_ts"}
 
 
 class FrameError(ValueError):

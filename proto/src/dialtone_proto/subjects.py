@@ -24,6 +24,9 @@ PREFIX = "dt.v1"
 CALL_OFFER = f"{PREFIX}.calls.offer"
 # A voice webhook arrived: a bridge may open the model session now, while Twilio sets up the stream.
 CALL_PREPARE = f"{PREFIX}.calls.prepare"
+# A draining gateway asks whether another gateway is ready before moving its calls; every ready
+# (not draining) gateway answers ``GatewayReady``.
+GATEWAYS_READY = f"{PREFIX}.gateways.ready"
 BRIDGE_QUEUE = "realtime-bridge"
 TOOLS_SERVICE = "dialtone-tools"
 TOOLS_GROUP = f"{PREFIX}.tools"

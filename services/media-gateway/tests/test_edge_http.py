@@ -125,6 +125,18 @@ def test_a_stream_url_expires(checker: SignatureChecker) -> None:
     assert not checker.token_matches(CALL, str(NOW + 3600), token, now=NOW + 3600, ttl_s=TTL)
 
 
+def test_a_move_url_opens_only_its_own_move(checker: SignatureChecker) -> None:
+    move, other = "m" * 22, "n" * 22
+    call, issued, move_id, token = checker.stream_path(CALL, NOW, move).split("/")
+    assert (call, issued, move_id) == (CALL, str(NOW), move)
+    assert checker.token_matches(CALL, issued, token, now=NOW, ttl_s=TTL, move_id=move)
+    assert not checker.token_matches(CALL, issued, token, now=NOW, ttl_s=TTL)  # not as the webhook's URL
+    assert not checker.token_matches(CALL, issued, token, now=NOW, ttl_s=TTL, move_id=other)
+    plain = checker.stream_token(CALL, NOW)  # the webhook's token does not open a move
+    assert not checker.token_matches(CALL, issued, plain, now=NOW, ttl_s=TTL, move_id=move)
+    assert not checker.token_matches(CALL, issued, token, now=NOW, ttl_s=TTL, move_id="../" * 8)
+
+
 @pytest.mark.parametrize("token", ["", "short", "x" * 22, "A" * 200, "../../etc", "t\n" * 11])
 def test_forged_tokens_do_not_match(checker: SignatureChecker, token: str) -> None:
     assert not checker.token_matches(CALL, str(NOW), token, now=NOW, ttl_s=TTL)

@@ -335,3 +335,47 @@ def test_the_cut_names_the_reply_the_caller_was_hearing() -> None:
     assert cut is not None and cut.item_id == "item_A"
     assert abs(cut.audio_end_ms - line.heard_ms("item_A", clear_lands)) <= TOLERANCE_MS
     assert line.heard_ms("item_B", clear_lands) == 0
+
+
+def _line_with_anchor() -> tuple[Playout, list[str]]:
+    """600 ms sent in three 200 ms chunks (items i1, i1, i2); the first echoed with the frame
+    stamped 1000 ms: the anchor is (1000 ms, 1600)."""
+    p = Playout()
+    p.on_inbound_audio(980.0, 0.0)
+    marks = [p.on_audio_sent("i1", 1600, 1.0), p.on_audio_sent("i1", 1600, 2.0), p.on_audio_sent("i2", 1600, 3.0)]
+    p.on_inbound_audio(1000.0, 200.0)
+    p.on_mark(marks[0], 200.0)
+    return p, marks
+
+
+def test_a_move_rewinds_to_what_the_caller_heard_erring_late_by_less_than_a_frame() -> None:
+    p, marks = _line_with_anchor()
+    start = p.item_offset_ms("i2")
+    # The old stream's last frame ends at 1060 ms: frames of 1000, 1020 and 1040 ms played after
+    # the anchor (counting the anchor's own frame whole: late by less than one frame).
+    assert p.moved(1060.0) == 1600 + 3 * 160
+    assert p.sent == p.played_to == 2080 and not p.playing
+    p.on_mark(marks[1], 300.0)  # an echo of the old stream, should one still come: ignored
+    assert p.sent == 2080
+    # Sent again: the items go on where they were cut, and keep where they first played.
+    p.on_audio_sent("i1", 1120, 310.0)
+    p.on_audio_sent("i2", 1600, 311.0)
+    assert p.item_generated_ms("i1") == 400 and p.item_generated_ms("i2") == 200
+    assert p.item_offset_ms("i2") == start and p.playing
+
+
+@pytest.mark.parametrize(("stopped_ts", "heard"), [(99_999.0, 4800), (900.0, 1600)])
+def test_a_move_never_goes_past_what_was_sent_nor_before_what_was_echoed(stopped_ts: float, heard: int) -> None:
+    p, _ = _line_with_anchor()
+    assert p.moved(stopped_ts) == heard
+
+
+def test_a_move_with_nothing_queued_or_no_echo_yet() -> None:
+    idle = Playout()
+    idle.on_inbound_audio(0.0, 0.0)
+    mark = idle.on_audio_sent("i1", 800, 0.0)
+    idle.on_mark(mark, 150.0)
+    assert idle.moved(500.0) == 800  # all played: nothing to send again
+    unknown = Playout()  # no caller frame yet, nothing echoed: nothing is known heard
+    unknown.on_audio_sent("i1", 800, 0.0)
+    assert unknown.moved(500.0) == 0 and unknown.sent == 0

@@ -61,6 +61,17 @@ def test_a_turn_is_measured_by_stage_model_then_platform_then_playout() -> None:
     assert measured[1].received_ms is None and measured[1].sent_ms == 300.0
 
 
+def test_a_reply_sent_again_after_a_move_is_heard_behind_its_new_mark() -> None:
+    turns = TurnLatency()
+    turns.speech_stopped(1000)
+    turns.reply_audio("a1", reply=True)
+    turns.audio_sent("a1", "m1", 1650)
+    turns.resent("a2", "m9")  # another item's audio: not this turn's
+    turns.resent("a1", "m5")  # the stream moved before m1 came back: the audio follows m5 now
+    assert turns.mark_echoed("m1", 1900) is None
+    assert turns.mark_echoed("m5", 2600) == pytest.approx(1.6)  # the gap is in what the caller waited
+
+
 def test_a_caller_who_speaks_again_before_the_reply_starts_a_new_turn() -> None:
     turns = TurnLatency()
     turns.speech_stopped(1000)

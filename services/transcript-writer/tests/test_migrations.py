@@ -35,7 +35,7 @@ EXPECTED_COLUMNS = {
         "received_ms",
     },
     "call_status_history": {
-        "event_id", "call_sid", "status", "source", "answered_by", "sequence", "duration_s", "at",
+        "event_id", "call_sid", "status", "source", "answered_by", "sequence", "duration_s", "at", "detail",
     },
     "agent_changes": {"event_id", "call_sid", "from_agent", "to_agent", "at"},
     "call_recordings": {

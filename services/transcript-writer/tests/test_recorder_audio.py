@@ -126,6 +126,31 @@ def test_a_short_tail_is_padded_as_the_gateway_pads_it() -> None:
     assert agent == [(5 * FRAME, b"\x10" * 100 + b"\xff" * 220)]
 
 
+def test_a_moved_stream_keeps_what_played_until_its_stop_and_nothing_after() -> None:
+    """The stream moved: the chunk queued at Twilio played until the old stream's last caller
+    frame and no further; what the bridge sends again to the new stream follows it, once."""
+    out: list[tuple[str, int, bytes]] = []
+    audio = CallAudio(lambda ch, pos, data: out.append((ch, pos, data)))
+    audio.caller_audio(0, b"\x01" * FRAME)
+    audio.agent_audio(b"\x10" * 1600, 0.0)  # 200 ms, queued behind nothing
+    audio.agent_mark("a0", 0.0)
+    audio.agent_audio(b"\x11" * 100, 0.0)  # the old gateway's unsent tail: never played
+    for k in range(1, 5):
+        audio.caller_audio(20 * k, b"\x01" * FRAME)  # the old stream's last frame ends at 100 ms
+    audio.moved()
+    for k in range(30, 33):  # the new stream, after a 500 ms gap on the call's clock
+        audio.caller_audio(20 * k, b"\x01" * FRAME)
+    audio.agent_audio(b"\x12" * 800, 0.0)  # the unheard rest, sent again
+    audio.agent_mark("a1", 0.0)
+    for k in range(33, 40):
+        audio.caller_audio(20 * k, b"\x01" * FRAME)
+    audio.caller_mark("a1")
+    audio.caller_mark("a0")  # a late echo of the old stream's mark changes nothing
+    agent = [(pos, data) for ch, pos, data in out if ch == "out"]
+    assert agent[0] == (FRAME, b"\x10" * 640)  # from its arrival, after the first frame, to the stop
+    assert len(agent) == 2 and agent[1][1] == b"\x12" * 800 and agent[1][0] >= 33 * FRAME
+
+
 def test_the_wav_is_stereo_caller_left_agent_right(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool")
     assert spool.lock()

@@ -48,7 +48,7 @@ class FakeGateway:
 
     async def media(self, request: web.Request) -> web.StreamResponse:
         if not self.validator.validate(
-            "wss://gateway.example.com/media", {}, request.headers.get("X-Twilio-Signature", "")
+            "wss://gateway.example.com" + request.path, {}, request.headers.get("X-Twilio-Signature", "")
         ):
             return web.Response(status=403)
         ws = web.WebSocketResponse()
@@ -80,6 +80,7 @@ async def gateway() -> AsyncIterator[FakeGateway]:
     app = web.Application()
     app.router.add_post("/twilio-voice", gw.voice)
     app.router.add_get("/media", gw.media)
+    app.router.add_get("/media/{tail:.+}", gw.media)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -290,3 +291,52 @@ async def test_a_rest_hang_up_or_redirect_stops_the_open_stream(
                 assert api.calls[call.call_sid].direction == "inbound"
         finally:
             await http.close()
+
+
+@pytest.mark.filterwarnings("ignore:BasicAuth is deprecated:DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:The 'auth' parameter is deprecated:DeprecationWarning")
+async def test_a_rest_update_to_another_stream_moves_the_call_as_twilio_does(
+    gateway: FakeGateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """New TwiML with a ``<Connect><Stream>``: ``stop`` on the old stream, whose queued agent
+    audio is dropped, then after the set-up delay a new stream (new streamSid, timestamps from 0)
+    to the new URL; the caller's clock runs on through the gap, and what they said waits."""
+    from dialtone_sim.twilio_api import FakeTwilioApi
+    from twilio.http.async_http_client import AsyncTwilioHttpClient
+    from twilio.rest import Client
+
+    monkeypatch.delenv("TWILIO_EDGE", raising=False)
+    monkeypatch.delenv("TWILIO_REGION", raising=False)
+    account = "AC" + "0" * 32
+    async with FakeTwilioApi(account, TOKEN) as api:
+        http = AsyncTwilioHttpClient()
+        rest = Client(account, TOKEN, http_client=http)
+        rest.api.base_url = api.base_url
+        try:
+            call = await place(gateway, account_sid=account, move_delay_s=0.3)
+            old_ws, old_sid = gateway.ws, call.stream_sid
+            await gateway.send({"event": "media", "streamSid": old_sid,
+                                "media": {"payload": base64.b64encode(silence(2000)).decode()}})
+            await gateway.send({"event": "mark", "streamSid": old_sid, "mark": {"name": "queued"}})
+            await call.wait_heard(100)
+            gateway.connected.clear()
+            twiml = VoiceResponse()
+            twiml.connect().stream(url="wss://gateway.example.com/media/moved")
+            await rest.calls(call.call_sid).update_async(twiml=str(twiml))
+            await until(lambda: len(gateway.events("start")) == 2)
+            assert gateway.ws is not old_ws and old_ws is not None and old_ws.closed
+            assert gateway.events("stop")[-1]["streamSid"] == old_sid
+            starts = gateway.events("start")
+            assert starts[1]["start"]["callSid"] == call.call_sid
+            assert starts[1]["streamSid"] == call.stream_sid != old_sid
+            await call.say(silence(100))
+            new_media = [m for m in gateway.events("media") if m["streamSid"] == call.stream_sid]
+            assert new_media and new_media[0]["media"]["timestamp"] == "0"
+            (move,) = call.moves
+            assert move.gap_s >= 0.3 and move.resume_frame > move.stop_frame
+            assert len(call.heard) < 2000 * 8 and "queued" not in call.marks_echoed  # dropped, not echoed
+            assert not call.closed and not call.protocol_errors
+            assert api.calls[call.call_sid].updates[-1]["Twiml"] == str(twiml)
+        finally:
+            await http.close()
+            await call.hangup()

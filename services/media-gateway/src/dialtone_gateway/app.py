@@ -15,11 +15,12 @@ from datetime import UTC, datetime
 import nats.errors
 from dialtone_common import bus
 from dialtone_common.callbook import CallBook, CallBookUnavailable, new_record
-from dialtone_proto import CallPrepare, CallRecord, subjects
+from dialtone_proto import CallPrepare, CallRecord, GatewayReady, subjects
 from dialtone_proto.events import CallStatus, encode_event
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import PlainTextResponse, Response
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js.errors import NoStreamResponseError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
@@ -55,6 +56,18 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     )
     gateway_id = settings.instance_id or f"gateway-{uuid.uuid4().hex[:8]}"
 
+    async def answer_ready(msg: Msg) -> None:
+        """Another gateway, draining, asks whether one is ready to take its calls: yes, unless this
+        one drains too."""
+        if not msg.reply or getattr(app.state, "draining", True):
+            return
+        with contextlib.suppress(nats.errors.Error):
+            await msg.respond(GatewayReady(gateway_id=gateway_id).model_dump_json().encode())
+
+    def move_url(call_id: str, move_id: str) -> str:
+        """A fresh signed stream URL that only the move ``move_id`` of ``call_id`` opens."""
+        return settings.stream_url(checker.stream_path(call_id, int(time.time()), move_id))
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         nc = await bus.connect(settings.nats_servers(), name=gateway_id, **settings.nats_credentials())
@@ -64,8 +77,9 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             await bus.ensure_stream(js, replicas=settings.jetstream_replicas)
             calls = CallBook(await bus.ensure_calls_bucket(js, replicas=settings.jetstream_replicas))
             app.state.nc, app.state.js, app.state.calls = nc, js, calls
-            app.state.ctx = StreamContext(nc, js, calls, line, settings, gateway_id)
+            app.state.ctx = StreamContext(nc, js, calls, line, settings, gateway_id, move_url=move_url)
             app.state.streams, app.state.draining = {}, False
+            await nc.subscribe(subjects.GATEWAYS_READY, cb=answer_ready)
             log.info("media-gateway %s ready; Twilio webhook %s/twilio-voice", gateway_id, settings.public_base_url)
             yield
         finally:
@@ -193,8 +207,38 @@ def create_app(settings: GatewaySettings) -> FastAPI:
                 return await _refuse(ws, "unknown_call" if known is None else f"already_{known.state}", call_id)
         except CallBookUnavailable:
             return await _refuse(ws, "store_unavailable", call_id)
+        await _serve(ws, record)
+
+    @app.websocket("/media/{call_id}/{issued}/{move_id}/{token}")
+    async def moved_media(ws: WebSocket, call_id: str, issued: str, move_id: str, token: str) -> None:
+        """The stream Twilio opens for a call another gateway moves: only the URL issued for that
+        move (its id in the record, ``moving``) takes the call, and only once the old stream stopped."""
+        try:
+            subjects.check_call_id(call_id)
+        except subjects.InvalidCallId:
+            return await _refuse(ws, "bad_call_id", call_id)
+        if not checker.media_socket(f"{call_id}/{issued}/{move_id}/{token}", ws.headers.get("x-twilio-signature")):
+            return await _refuse(ws, "signature", call_id)
+        if not checker.token_matches(call_id, issued, token, now=time.time(), ttl_s=settings.stream_url_ttl_s,
+                                     move_id=move_id):
+            return await _refuse(ws, "token", call_id)
+        calls: CallBook = ws.app.state.calls
+        deadline = time.monotonic() + settings.move_wait_s
+        try:
+            while (record := await calls.claim_move(call_id, move_id, gateway_id)) is None:
+                known = await calls.get(call_id)
+                if known is None or (known.state, known.move_id) != ("moving", move_id):
+                    return await _refuse(ws, "unknown_call" if known is None else f"move_{known.state}", call_id)
+                if time.monotonic() > deadline:  # the old stream never said where it stopped
+                    return await _refuse(ws, "move_not_stopped", call_id)
+                await asyncio.sleep(0.02)
+        except CallBookUnavailable:
+            return await _refuse(ws, "store_unavailable", call_id)
+        await _serve(ws, record, moved=True)
+
+    async def _serve(ws: WebSocket, record: CallRecord, *, moved: bool = False) -> None:
         await ws.accept()
-        stream = MediaStream(ws, ws.app.state.ctx, record)
+        stream = MediaStream(ws, ws.app.state.ctx, record, moved=moved)
         streams: dict[MediaStream, asyncio.Future] = ws.app.state.streams
         if ws.app.state.draining:  # the balancer had not yet seen our 503: serve it, never drop it
             stream.log.info("stream opened while draining")
@@ -231,11 +275,23 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     return app
 
 
+async def _ready_gateway(nc: Client) -> str | None:
+    """The id of another gateway that takes new streams (the first to answer), or None."""
+    try:
+        reply = await nc.request(subjects.GATEWAYS_READY, b"", timeout=0.5)
+        return GatewayReady.model_validate_json(reply.data).gateway_id
+    except (nats.errors.Error, TimeoutError, ValidationError):
+        return None
+
+
 async def drain(app: FastAPI, grace: float) -> None:
     """SIGTERM: report not-ready at once (``/healthz`` 503, so balancers send new calls elsewhere),
     let the calls on this gateway's sockets finish for up to ``grace`` seconds, then have Twilio
     apologise and hang up on whatever is left, rather than cut callers off in silence. Webhooks and
-    status callbacks are still answered meanwhile: they hold no state here."""
+    status callbacks are still answered meanwhile: they hold no state here.
+
+    ``MOVE_BEFORE_S`` before the grace ends, every call still here is moved to another gateway
+    (``MediaStream.move``); a call whose move fails stays, and is apologised to at the end."""
     state = app.state
     if not hasattr(state, "streams"):
         return  # never started
@@ -243,10 +299,35 @@ async def drain(app: FastAPI, grace: float) -> None:
     streams: dict[MediaStream, asyncio.Future] = state.streams
     log.info("draining: no new calls; waiting up to %.0f s for %d calls", grace, len(streams))
     deadline = time.monotonic() + grace
+    before = state.ctx.settings.move_before_s
+    move_at = deadline - before if before > 0 else None
+    moving: set[asyncio.Task] = set()
+    asked: set[MediaStream] = set()
+    told: set[MediaStream] = set()
     while streams and (left := deadline - time.monotonic()) > 0:  # streams opened meanwhile count too
-        await asyncio.wait(list(streams.values()), timeout=left)
+        if move_at is not None and time.monotonic() >= move_at:
+            if (fresh := [s for s in streams if s not in asked]) and (ready := await _ready_gateway(state.nc)):
+                log.info("moving %d calls to other gateways (%s is ready)", len(fresh), ready)
+                for stream in fresh:
+                    asked.add(stream)
+                    moving.add(asyncio.create_task(stream.move(), name=f"move-{stream.call_id}"))
+            elif untold := [s for s in fresh if s not in told]:  # asked again in half a second
+                log.warning("no other gateway is ready: %d calls stay here for now", len(untold))
+                told.update(untold)
+                for stream in untold:
+                    await stream.cannot_move("no other gateway is ready")
+            left = min(left, 0.5)  # look again for streams opened meanwhile
+        elif move_at is not None:
+            left = min(left, move_at - time.monotonic())
+        await asyncio.wait(list(streams.values()), timeout=max(left, 0.01))
+    if moving:  # moves under way end first: a call Twilio is leaving this gateway for must not hear goodbye
+        await asyncio.wait(moving, timeout=2 * state.ctx.settings.move_wait_s + 5)
+        for task in moving:
+            task.cancel()
+        await asyncio.gather(*moving, return_exceptions=True)
     if streams:
-        log.warning("drain grace over: %d calls are still on, Twilio says goodbye to them", len(streams))
-        await asyncio.gather(*(stream.leave("gateway_shutdown") for stream in list(streams)), return_exceptions=True)
-        await asyncio.wait(list(streams.values()), timeout=10)
+        if staying := [s for s in streams if not s.handing_over]:
+            log.warning("drain grace over: %d calls are still on, Twilio says goodbye to them", len(staying))
+            await asyncio.gather(*(stream.leave("gateway_shutdown") for stream in staying), return_exceptions=True)
+        await asyncio.wait(list(streams.values()), timeout=max(10.0, state.ctx.settings.move_wait_s + 5))
     log.info("drained")

@@ -59,6 +59,17 @@ BRIDGE_LOST = Counter(
 HANDOFFS = Counter(
     "dialtone_gateway_handoffs_total", "Calls a draining bridge handed over, re-offered to the others", registry=REGISTRY
 )
+MOVES = Counter(
+    "dialtone_gateway_moves_total",
+    "Calls a draining gateway moved to another gateway, by result (moved, rest_failed, not_stopped, "
+    "no_new_stream, came_back, record, no_gateway)",
+    ["result"], registry=REGISTRY,
+)
+MOVE_SECONDS = Histogram(
+    "dialtone_gateway_move_gap_seconds",
+    "A moved call's old stream's stop to its new stream's start (the caller's gap), seen by the new gateway",
+    buckets=(0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5), registry=REGISTRY,
+)
 RESCUES = Counter(
     "dialtone_gateway_rescues_total", "Calls no bridge would take: Twilio apologised and hung up", registry=REGISTRY
 )

@@ -35,6 +35,16 @@ class GatewaySettings(ServiceSettings):
         default=300.0, ge=0,
         description="on SIGTERM, how long calls in progress may go on; then Twilio apologises and hangs up",
     )
+    move_before_s: float = Field(
+        default=60.0, ge=0,
+        description="a draining gateway moves the calls it still holds to another gateway this long before "
+        "its grace ends (through Twilio's REST API); 0: no moves, calls still on at the end hear the apology",
+    )
+    move_wait_s: float = Field(
+        default=5.0, gt=0,
+        description="a move waits this long for Twilio to stop the old stream, then as long for the new "
+        "stream to take the call; else it failed",
+    )
     stream_url_ttl_s: float = Field(
         default=300.0, description="a call's stream URL opens its stream only this long after the webhook"
     )

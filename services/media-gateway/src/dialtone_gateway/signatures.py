@@ -10,6 +10,10 @@ TwiML therefore gives each call its own URL, ``/media/<CallSid>/<issued>/<token>
 is an HMAC of the CallSid and the time the URL was issued, under a key derived from the auth token:
 only a signed webhook yields it, it names exactly one call, it expires (a captured upgrade cannot be
 replayed later), and any gateway sharing the auth token can check it without shared state.
+
+A draining gateway that moves a call issues ``/media/<CallSid>/<issued>/<move id>/<token>``, the
+token then covering the move id too: the call record, ``moving``, names that move id, so only that
+URL can take the call, and the webhook's URL (still within its time) cannot.
 """
 
 from __future__ import annotations
@@ -39,23 +43,31 @@ class SignatureChecker:
             return False
         return self._validator.validate(self._base + path, dict(params), signature)
 
-    def stream_token(self, call_id: str, issued: int) -> str:
-        """The token of ``call_id``'s stream URL issued at ``issued`` (Unix seconds); 128 bits."""
-        digest = hmac.new(self._stream_key, f"{call_id}/{issued}".encode(), hashlib.sha256).digest()
+    def stream_token(self, call_id: str, issued: int, move_id: str | None = None) -> str:
+        """The token of ``call_id``'s stream URL issued at ``issued`` (Unix seconds), for the move
+        ``move_id`` if any; 128 bits."""
+        signed = f"{call_id}/{issued}" if move_id is None else f"{call_id}/{issued}/{move_id}"
+        digest = hmac.new(self._stream_key, signed.encode(), hashlib.sha256).digest()
         return base64.urlsafe_b64encode(digest[:16]).decode().rstrip("=")
 
-    def stream_path(self, call_id: str, issued: int) -> str:
-        """``<CallSid>/<issued>/<token>``: the part of the stream URL after ``/media/``."""
-        return f"{call_id}/{issued}/{self.stream_token(call_id, issued)}"
+    def stream_path(self, call_id: str, issued: int, move_id: str | None = None) -> str:
+        """``<CallSid>/<issued>/<token>`` (or ``<CallSid>/<issued>/<move id>/<token>``): the part of
+        the stream URL after ``/media/``."""
+        token = self.stream_token(call_id, issued, move_id)
+        return f"{call_id}/{issued}/{token}" if move_id is None else f"{call_id}/{issued}/{move_id}/{token}"
 
-    def token_matches(self, call_id: str, issued: str, token: str, *, now: float, ttl_s: float) -> bool:
-        """Whether ``token`` is ``call_id``'s for ``issued``, and was issued within ``ttl_s``
-        (a little clock skew between gateways is allowed); compared in constant time."""
+    def token_matches(
+        self, call_id: str, issued: str, token: str, *, now: float, ttl_s: float, move_id: str | None = None
+    ) -> bool:
+        """Whether ``token`` is ``call_id``'s for ``issued`` (and ``move_id``), and was issued
+        within ``ttl_s`` (a little clock skew between gateways is allowed); compared in constant time."""
         if not (TOKEN_RE.match(token) and issued.isdigit() and len(issued) <= 12):
+            return False
+        if move_id is not None and not TOKEN_RE.match(move_id):
             return False
         if not -30 <= now - int(issued) <= ttl_s:
             return False
-        return hmac.compare_digest(self.stream_token(call_id, int(issued)), token)
+        return hmac.compare_digest(self.stream_token(call_id, int(issued), move_id), token)
 
     def media_socket(self, path: str, signature: str | None) -> bool:
         """The Media Streams upgrade: the call's own stream URL (``path`` after ``/media/``)."""

@@ -12,6 +12,14 @@ when nothing comes from it for ``bridge_lease_s`` the stream fences it off (a ``
 subject, then a new key, so the old bridge can no longer reach the caller) and re-offers the call.
 The bridge that takes it restores the conversation from the call's events. If no bridge takes the
 call within ``claim_deadline_s``, Twilio apologises to the caller and hangs up.
+
+A draining gateway moves the calls it still holds (``move``): the record goes ``moving``, Twilio
+gets new TwiML with a stream URL issued for the move, stops this stream, and opens the new one
+through the load balancer at a gateway that is not draining. This stream then records where it
+stopped instead of ending the call, and waits for the new one to take the call. The new stream
+keeps the stream key, so the bridge keeps the call: it carries on the frame sequence and the
+media clock (Twilio's timestamps restart at 0 on a new stream; the gap goes in between) and tells
+the bridge with a ``MOVED`` frame.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import logging
 import secrets
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -43,6 +52,7 @@ from dialtone_gateway import metrics as m
 from dialtone_gateway import twilio_protocol as tp
 from dialtone_gateway.line import TwilioLine
 from dialtone_gateway.settings import GatewaySettings
+from dialtone_gateway.twiml import connect_stream
 
 log = logging.getLogger("dialtone.gateway.stream")
 
@@ -63,6 +73,7 @@ class StreamContext:
     line: TwilioLine
     settings: GatewaySettings
     gateway_id: str
+    move_url: Callable[[str, str], str] | None = None  # (call id, move id) -> a signed stream URL for the move
     bus: Coalescer | None = None  # every call's frames to its bridge, coalesced into few writes
 
     def __post_init__(self) -> None:
@@ -73,7 +84,9 @@ class StreamContext:
 class MediaStream:
     """Owns one socket's life: parse, claim, pump both ways, watch the bridge, tidy up."""
 
-    def __init__(self, ws: WebSocket, ctx: StreamContext, record: CallRecord) -> None:
+    def __init__(self, ws: WebSocket, ctx: StreamContext, record: CallRecord, *, moved: bool = False) -> None:
+        """``moved``: ``record`` was just taken from a moving record (``claim_move``): this stream
+        carries on a call another gateway held, for the bridge that holds it."""
         assert record.stream_key is not None
         self.ws, self.ctx, self.settings = ws, ctx, ctx.settings
         self.nc = ctx.nc
@@ -83,7 +96,7 @@ class MediaStream:
         self.call_id = record.call_id
         self.key = record.stream_key
         self._keys = {record.stream_key}  # every key this stream held the call under
-        self.epoch = 0
+        self.epoch = record.epoch
         self.log: logging.LoggerAdapter = CallLog(log, call_id=self.call_id)
         self.stream_sid: str | None = None
         self._seq = 0
@@ -104,6 +117,14 @@ class MediaStream:
         self._finished = False
         self._touched = time.monotonic()
         self._send_lock = asyncio.Lock()
+        self._moved_in = moved
+        self._ts_offset = 0  # added to Twilio's timestamps: a moved call's clock goes on
+        self._ts_end = 0  # end of the latest caller frame on the call's clock (ms)
+        self._move_id: str | None = None  # this stream is moving the call under this id
+        self.move_tried = False
+        self._stopped = asyncio.Event()  # the socket's end was seen (for a move waiting on it)
+        if moved:
+            self._seq = record.moved_seq or 0
 
     # ---- inbound -------------------------------------------------------------------------
     async def run(self) -> None:
@@ -146,7 +167,9 @@ class MediaStream:
             if self.stream_sid is None:
                 self._bad("media_before_start", "media before start")
                 return True
-            await self._publish_in(encode_frame(Kind.AUDIO, self._next_seq(), event.timestamp, event.payload), audio=True)
+            ts = event.timestamp + self._ts_offset
+            self._ts_end = ts + len(event.payload) // 8
+            await self._publish_in(encode_frame(Kind.AUDIO, self._next_seq(), ts, event.payload), audio=True)
         elif isinstance(event, tp.Mark):
             m.MESSAGES_IN.labels("mark").inc()
             if self.stream_sid is None:
@@ -178,10 +201,111 @@ class MediaStream:
         self.stream_sid = start.stream_sid
         if start.custom_parameters:
             self.log.info("customParameters ignored: the call's details come from its signed webhook")
+        if self._moved_in:
+            await self._carry_on()
+            return True
         # Subscribe before offering so the agent's first words (a greeting) cannot be missed.
         await self._subscribe_out()
         self._claim_task = asyncio.create_task(self._claim(), name=f"claim-{self.call_id}")
         return True
+
+    # ---- moving the call to another gateway -----------------------------------------------
+    async def _carry_on(self) -> None:
+        """The call moved here: its bridge already listens under the stream key. Put the clock
+        where the old stream stopped plus the gap, tell the bridge, and watch its lease."""
+        r = self.record
+        gap_s = max(0.0, time.time() - r.moved_at) if r.moved_at is not None else 0.0
+        stopped_ts = r.moved_ts or 0
+        self._ts_offset = self._ts_end = stopped_ts + round(gap_s * 50) * 20  # whole 20 ms frames
+        m.MOVE_SECONDS.observe(gap_s)
+        await self._subscribe_out()
+        self._claimed = True
+        self._last_out = time.monotonic()
+        await self._publish_in(encode_control(Kind.MOVED, self._next_seq(), self._ts_offset, {
+            "from": r.moved_from, "to": self.ctx.gateway_id, "stopped_ts": stopped_ts, "gap_ms": round(gap_s * 1000),
+        }))
+        self._publish_event(CallStatus(
+            id=f"{self.call_id}-moved-{self._seq}", call_id=self.call_id, at=datetime.now(UTC), status="moved",
+            source="gateway", detail=f"{r.moved_from} -> {self.ctx.gateway_id}",
+        ))
+        self.log.info("call moved here from %s: %.0f ms without a stream", r.moved_from, gap_s * 1000)
+        self._watch_task = asyncio.create_task(self._watch_bridge(), name=f"lease-{self.call_id}")
+
+    async def move(self) -> bool:
+        """Move the call to another gateway (this one is draining): True once Twilio left this
+        stream for the new one. On failure the call stays here, and the session says why."""
+        if self.move_tried or self._finished or not self._claimed or self.ctx.move_url is None:
+            return False
+        self.move_tried = True
+        if self._moved_in and self.record.moved_from == self.ctx.gateway_id:
+            # The balancer sent the moved call straight back here: there is no other gateway to
+            # take it (one gateway, as in compose on one machine). It stays until the grace ends.
+            return await self._move_failed(None, "came_back", "no other gateway: the call came back to this one")
+        move_id = secrets.token_urlsafe(16)
+        try:
+            record = await self.ctx.calls.start_move(self.call_id, self.key, self.ctx.gateway_id, move_id)
+        except CallBookUnavailable as exc:
+            record, why = None, f"call store unavailable: {exc}"
+        else:
+            why = "the call record is no longer this stream's"
+        if record is None or self._finished:
+            return await self._move_failed(None, "record", why)
+        self._move_id = move_id
+        twiml = connect_stream(self.ctx.move_url(self.call_id, move_id))
+        refused = await self.ctx.line.move(self.call_id, self.record.account_sid, twiml)
+        if refused is not None:
+            return await self._move_failed(move_id, "rest_failed", refused)
+        try:
+            async with asyncio.timeout(self.settings.move_wait_s):
+                await self._stopped.wait()
+        except TimeoutError:
+            return await self._move_failed(
+                move_id, "not_stopped", f"Twilio did not stop the old stream within {self.settings.move_wait_s:g} s"
+            )
+        return True
+
+    async def cannot_move(self, why: str) -> None:
+        """The call cannot move now (say, no other gateway is ready): the session says why."""
+        await self._move_failed(None, "no_gateway", why)
+
+    async def _move_failed(self, move_id: str | None, result: str, why: str) -> bool:
+        """The move did not happen: this stream keeps the call (until the grace ends, as before)."""
+        if move_id is not None and not self._stopped.is_set():
+            self._move_id = None
+            with contextlib.suppress(CallBookUnavailable):
+                await self.ctx.calls.cancel_move(self.call_id, move_id)
+        m.MOVES.labels(result).inc()
+        self.log.warning("moving the call failed (%s): it stays on this gateway", why)
+        self._publish_event(CallStatus(
+            id=f"{self.call_id}-move-failed-{self._seq}", call_id=self.call_id, at=datetime.now(UTC),
+            status="move_failed", source="gateway", detail=why[:500],
+        ))
+        return False
+
+    async def _hand_over(self, move_id: str) -> bool:
+        """Twilio stopped this stream for the move: record where it stopped, then wait for the new
+        stream to take the call. False if none did within ``move_wait_s``."""
+        try:
+            await self.ctx.calls.move_stopped(self.call_id, move_id, self._seq, self._ts_end, time.time())
+        except CallBookUnavailable as exc:
+            self.log.error("could not record where the moving call stopped: %s", exc)
+        deadline = time.monotonic() + self.settings.move_wait_s
+        while time.monotonic() < deadline:
+            try:
+                record = await self.ctx.calls.get(self.call_id)
+            except CallBookUnavailable:
+                record = self.record
+            if record is None:
+                break  # the record is gone: nothing can carry the call on
+            if (record.state, record.move_id) != ("moving", move_id):
+                # Only the new stream's claim changes a record moving under our move id.
+                m.MOVES.labels("moved").inc()
+                self.log.info("call moved to %s", record.gateway_id)
+                return True
+            await asyncio.sleep(0.05)
+        await self._move_failed(move_id, "no_new_stream",
+                                f"no new stream took the call within {self.settings.move_wait_s:g} s")
+        return False
 
     def _offer(self) -> CallOffer:
         r = self.record
@@ -298,6 +422,9 @@ class MediaStream:
                 reconnects = self.nc.stats.get("reconnects", 0)
                 self._last_out = now
                 continue
+            if self._move_id is not None:  # the call is moving: the new stream's gateway watches the bridge
+                self._last_out = now
+                continue
             if self._handoff or now - self._last_out > lease:
                 break
             if now - self._touched > TOUCH_EVERY_S:
@@ -359,9 +486,15 @@ class MediaStream:
         if not self._finished:
             self._claim_task = asyncio.create_task(self._claim(), name=f"reclaim-{self.call_id}")
 
+    @property
+    def handing_over(self) -> bool:
+        """Twilio left this stream for the move's new one: the call is no longer this stream's."""
+        return self._move_id is not None and self._stopped.is_set()
+
     async def leave(self, reason: str) -> None:
         """This gateway is going away with the call still on: Twilio apologises and hangs up."""
-        await self._rescue(reason)
+        if not self.handing_over:
+            await self._rescue(reason)
 
     async def _rescue(self, reason: str) -> None:
         """No bridge: Twilio says sorry and hangs up (the stream's ``stop`` then ends it here)."""
@@ -470,6 +603,7 @@ class MediaStream:
     # ---- end -----------------------------------------------------------------------------
     async def _finish(self, reason: str) -> None:
         self._finished = True
+        self._stopped.set()
         m.STREAMS_ACTIVE.dec()
         if self._flush_task is not None:
             self._flush_task.cancel()
@@ -479,6 +613,12 @@ class MediaStream:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError, Exception):
                         await task
+        if (move_id := self._move_id) is not None and reason != "refused":
+            if await self._hand_over(move_id):  # the call goes on at the new stream: leave it be
+                await self._leave_moved()
+                return
+            reason = "move_failed"
+            await self._rescue(reason)  # Twilio left this stream but nothing took the call: free the line
         if self.stream_sid is not None:
             self._claimed = True  # publish the stop even if nobody claimed: a late bridge must end too
             self.bus.publish(subjects.call_in(self.call_id, self.key),
@@ -491,6 +631,13 @@ class MediaStream:
             with contextlib.suppress(Exception):
                 await self._out_sub.unsubscribe()
         await self._close(1000 if reason != "refused" else 1008)
+
+    async def _leave_moved(self) -> None:
+        self.log.info("stream ended: the call moved")
+        if self._out_sub is not None:
+            with contextlib.suppress(Exception):
+                await self._out_sub.unsubscribe()
+        await self._close(1000)
 
 
 _BACKGROUND: set[asyncio.Task] = set()  # event publishes that outlive their stream's teardown

@@ -131,6 +131,15 @@ def start_at_zero(agents: list[str]) -> None:
         OFFERS.labels(result)
     for cause in ("lost", "handoff"):
         RECOVERED.labels(cause)
+CALLS_MOVED = Counter(
+    "dialtone_bridge_calls_moved_total",
+    "Calls whose Twilio stream moved to another gateway while this bridge kept them", registry=REGISTRY,
+)
+MOVE_REPLAYED = Histogram(
+    "dialtone_bridge_move_replayed_seconds",
+    "Agent audio a moved call's old stream had not played, sent again to the new one",
+    buckets=(0, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30), registry=REGISTRY,
+)
 PREPARED = Counter(
     "dialtone_bridge_prepared_sessions_total",
     "Model sessions opened at a call's voice webhook, before its stream, by what became of them: used "

@@ -17,6 +17,12 @@ network trip late, so we place everything on the caller's own clock:
   chunk lands, i.e. one trip after we sent it.
 
 All positions are byte offsets in the call's outgoing audio (mu-law: 8 bytes per ms).
+
+When the call's stream moves to another gateway, Twilio drops what it still held for the old
+stream and echoes none of its marks. ``moved`` says where the caller stopped hearing (on the
+caller's clock the old stream stopped at) and rewinds to there: what followed is sent again, to
+the new stream, as if for the first time. There it errs late, by less than one 20 ms frame: a
+sliver of a word skipped is better than a sliver heard twice.
 """
 
 from __future__ import annotations
@@ -91,7 +97,7 @@ class Playout:
             # Nothing buffered: this chunk starts playing when it lands, one trip from now.
             self._anchor = (self.caller_now(wall_ms) + self.one_way_ms, self.sent)
         start, size = self._items.get(item_id, (self.sent, 0))
-        if item_id not in self._items:
+        if item_id not in self._items and self._starts.get(item_id) is None:
             self._starts[item_id] = self._plays_at(start)
         self._items[item_id] = (start, size + nbytes)
         while len(self._items) > 32:
@@ -148,6 +154,32 @@ class Playout:
                 heard = min(max(played - start, 0), size)
                 return Truncation(item_id, heard // BYTES_PER_MS, heard / BYTES_PER_MS, size / BYTES_PER_MS)
         return None
+
+    def moved(self, stopped_ts: float) -> int:
+        """The stream moved; the old one stopped at ``stopped_ts`` (caller ms: the end of its last
+        frame). Return the position heard by then, and rewind to it: the outstanding marks are
+        written off, ``sent`` goes back there and the items end there, so the audio after it is
+        sent again as new (resending it extends its items again)."""
+        heard = self.sent
+        if self._marks and self._anchor is not None:
+            t_anchor, pos = self._anchor
+            # The anchor's echo came with the frame starting at t_anchor; a frame plays each 20 ms
+            # after it, the last one ending at stopped_ts. Counting that first frame whole errs late.
+            frames = int(max(0.0, stopped_ts - t_anchor) // FRAME_MS)
+            heard = min(self.sent, pos + frames * FRAME_MS * BYTES_PER_MS)
+        elif self._marks:
+            heard = self.played_to  # no anchor yet: nothing known played beyond the echoes
+        heard = max(heard, self.played_to)
+        for item_id, (start, size) in list(self._items.items()):
+            if start >= heard:
+                del self._items[item_id]
+            elif start + size > heard:
+                self._items[item_id] = (start, heard - start)
+        self._marks.clear()
+        self._anchor = None
+        self._probe = None
+        self.sent = self.played_to = heard
+        return heard
 
     def item_generated_ms(self, item_id: str) -> float:
         return self._items.get(item_id, (0, 0))[1] / BYTES_PER_MS

@@ -3,6 +3,11 @@
 A ``CallSession`` owns every task it starts (the model reader, tool calls, the event publisher)
 and cancels them when the call ends. The conversation logic lives in ``Conversation``
 (``conversation.py``); this module is the plumbing: connecting, reconnecting, audio in and out.
+
+When a draining gateway moves the call's Twilio stream to another gateway, the stream key stays:
+this session keeps the call, its model socket and conversation. The new gateway's ``MOVED`` frame
+says where the old stream stopped; the agent audio Twilio dropped with the old stream (sent, not
+yet played) is sent again from the point the caller stopped hearing it (``_moved``).
 """
 
 from __future__ import annotations
@@ -11,8 +16,9 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from dialtone_common.callbook import CallBookUnavailable
 from dialtone_common.logs import CallLog
@@ -84,6 +90,8 @@ class CallSession:
         self._out_seq = 0
         self._tasks: set[asyncio.Task] = set()
         self._pending_audio: tuple[str, bytearray] | None = None  # (item, bytes) not yet 40 ms
+        # Agent audio sent but not known played: (position, item, bytes), for a move to send again.
+        self._unplayed: deque[tuple[int, str, bytes]] = deque()
         self._last_frame = time.monotonic()
         self.conversation = Conversation(self, agent)
         if restored is not None:
@@ -364,11 +372,14 @@ class CallSession:
                 name = str(frame.json().get("name", ""))
                 now = self.clock.ms()
                 self.playout.on_mark(name, now)
+                self._forget_played()
                 if (heard := self.turns.mark_echoed(name, now)) is not None:
                     m.TURN_HEARD_SECONDS.observe(heard)
                 await self.conversation.on_mark(name)
             elif frame.kind is Kind.DTMF:
                 await self.conversation.on_dtmf(str(frame.json().get("digit", "")))
+            elif frame.kind is Kind.MOVED:
+                await self._moved(frame.json())
             elif frame.kind is Kind.STOP:
                 reason = frame.json().get("reason")
                 self.log.info("stream stopped (%s)", reason)
@@ -379,6 +390,35 @@ class CallSession:
         except FrameError as exc:
             m.BAD_FRAMES.inc()
             self.log.warning("bad control frame: %s", exc)
+
+    def _forget_played(self) -> None:
+        played = self.playout.played_to
+        while self._unplayed and self._unplayed[0][0] + len(self._unplayed[0][2]) <= played:
+            self._unplayed.popleft()
+
+    async def _moved(self, body: dict[str, Any]) -> None:
+        """The call's stream moved to another gateway (the same stream key): the caller hears the
+        agent again from where the old stream stopped. Twilio dropped the audio it still held there,
+        with its marks; send it again, from the point heard, as new chunks with new marks."""
+        heard = self.playout.moved(float(body.get("stopped_ts") or 0))
+        chunks, self._unplayed = self._unplayed, deque()
+        replay: list[tuple[str, bytearray]] = []
+        for start, item_id, audio in chunks:
+            if (skip := heard - start) >= len(audio):
+                continue
+            piece = audio[max(0, skip):]
+            if replay and replay[-1][0] == item_id and len(replay[-1][1]) < MIN_CHUNK:
+                replay[-1][1].extend(piece)  # the cut chunk's rest is too short to go alone
+            else:
+                replay.append((item_id, bytearray(piece)))  # the chunks as they were sent
+        first: set[str] = set()
+        for item_id, again in replay:
+            await self._send_audio(item_id, bytes(again), resent="first" if item_id not in first else "more")
+            first.add(item_id)
+        m.CALLS_MOVED.inc()
+        m.MOVE_REPLAYED.observe(sum(len(a) for _, a in replay) / 8000)
+        self.log.info("call moved from %s to %s (%s ms without a stream): %.0f ms of agent audio sent again",
+                      body.get("from"), body.get("to"), body.get("gap_ms"), sum(len(a) for _, a in replay) / 8)
 
     async def _append(self, audio: bytes) -> None:
         if self.ready.is_set() and await self.model.append_audio(audio):
@@ -414,6 +454,8 @@ class CallSession:
 
     async def send_frame(self, kind: Kind, body: dict[str, Any] | None = None, audio: bytes = b"") -> None:
         """Publish one frame to the gateway (agent audio or control)."""
+        if kind is Kind.CLEAR:
+            self._unplayed.clear()  # a barge-in: what was queued at Twilio is not to be heard
         self._out_seq += 1
         data = (
             encode_frame(kind, self._out_seq - 1, int(self.clock.ms()), audio)
@@ -445,11 +487,20 @@ class CallSession:
         if self._pending_audio is None or self._pending_audio[0] != item_id or not self._pending_audio[1]:
             return
         audio, self._pending_audio = bytes(self._pending_audio[1]), None
+        await self._send_audio(item_id, audio)
+        m.FRAMES_OUT.inc()
+        m.AUDIO_OUT.inc(len(audio))
+
+    async def _send_audio(self, item_id: str, audio: bytes, resent: Literal["no", "first", "more"] = "no") -> None:
+        """One chunk of ``item_id``'s audio to the gateway, then the mark that follows its playout.
+        ``resent``: the chunk is sent again after a move (``first``: the item's first such chunk)."""
+        position = self.playout.sent
         await self.send_frame(Kind.AUDIO, audio=audio)
         now = self.clock.ms()
         mark = self.playout.on_audio_sent(item_id, len(audio), now)
-        if (latency := self.turns.audio_sent(item_id, mark, now)) is not None:
+        self._unplayed.append((position, item_id, audio))
+        if resent == "first":
+            self.turns.resent(item_id, mark)
+        elif resent == "no" and (latency := self.turns.audio_sent(item_id, mark, now)) is not None:
             m.TURN_SECONDS.observe(latency)
         await self.send_frame(Kind.MARK, {"name": mark})
-        m.FRAMES_OUT.inc()
-        m.AUDIO_OUT.inc(len(audio))

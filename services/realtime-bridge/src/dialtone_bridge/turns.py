@@ -116,6 +116,12 @@ class TurnLatency:
             self._flush()
         return (now_ms - stopped) / 1000
 
+    def resent(self, item_id: str, mark: str) -> None:
+        """The call's stream moved before the reply's first audio was heard: Twilio dropped it with
+        its mark, and it is sent again to the new stream, followed by ``mark``."""
+        if self._heard is not None and self._measured is not None and self._measured.item_id == item_id:
+            self._heard = (mark, self._heard[1])
+
     def close(self) -> None:
         """The call is over: a reply sent but not yet heard is reported as such."""
         self._flush()

@@ -18,6 +18,8 @@ own, and only listens (a call never waits on it).
 - **Opt-out.** A record saying ``record: false`` (the agent's ``record = false``) makes the
   recorder drop the call and all it has of it.
 - **What is recorded.** ``recorder_audio.CallAudio``: the caller as received, the agent as played.
+  A call whose stream moves to another gateway goes on on the same timeline (the new gateway
+  carries the frame sequence and the media clock on); the gap is silence in the file.
 - **Restarts.** The call's audio is spooled to ``RECORDINGS_DIR/spool/<sid>/`` about once a second.
   A recorder that restarts (or another that takes the claim over) resumes the call on the same
   timeline: what went by while nobody listened is silence in the file, and the recording is stored
@@ -174,6 +176,8 @@ class CallRecording:
                 self.audio.caller_audio(frame.ts, frame.payload)
             elif frame.kind is Kind.MARK:
                 self.audio.caller_mark(str(frame.json().get("name", "")))
+            elif frame.kind is Kind.MOVED:
+                self.audio.moved()
             elif frame.kind is Kind.STOP:
                 if frame.json().get("reason") == "bridge_replaced":
                     self.retired.add(key)  # the gateway no longer plays what that bridge sends

@@ -186,6 +186,19 @@ class CallAudio:
         self._timer(now)
         self._send(pad=True, now=now)
 
+    def moved(self) -> None:
+        """The call's stream moved to another gateway: Twilio dropped what the old stream still
+        held, which had played until that stream's last caller frame (as at a stream's end); the
+        old gateway's unsent tail was never sent. The bridge sends the unheard rest again, and
+        the new stream starts with nothing queued."""
+        self.pending, self.pending_since = bytearray(), None
+        if self.open is not None:
+            self.queue.append(self.open)
+            self.open = None
+        while self.queue:
+            self._place(self.queue.popleft(), stopped=True)
+        self.idle = True
+
     def new_bridge(self) -> None:
         """The gateway re-offered the call: it forgot its unsent tail."""
         self.pending, self.pending_since = bytearray(), None

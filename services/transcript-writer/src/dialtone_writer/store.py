@@ -121,8 +121,8 @@ WHERE call_sid = $1 AND (outcome_at IS NULL OR outcome_at <= $4)
 """
 
 _STATUS_HISTORY = """
-INSERT INTO call_status_history (event_id, call_sid, status, source, answered_by, sequence, duration_s, at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+INSERT INTO call_status_history (event_id, call_sid, status, source, answered_by, sequence, duration_s, at, detail)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
 ON CONFLICT (event_id) DO NOTHING
 """
 
@@ -315,7 +315,8 @@ async def _apply(conn: asyncpg.Connection, e: Event, redacted: dict[str, list[st
             await conn.execute(_OUTCOME, e.call_id, e.outcome, e.detail, e.at)
         case CallStatus():
             await conn.execute(
-                _STATUS_HISTORY, e.id, e.call_id, e.status, e.source, e.answered_by, e.sequence, e.duration_s, e.at
+                _STATUS_HISTORY, e.id, e.call_id, e.status, e.source, e.answered_by, e.sequence, e.duration_s, e.at,
+                e.detail,
             )
             await conn.execute(_STATUS, e.call_id, e.status, status_rank(e.status), e.at)
             await conn.execute(_STATUS_DETAILS, e.call_id, e.answered_by, e.direction)

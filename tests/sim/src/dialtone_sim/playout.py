@@ -47,6 +47,12 @@ class Playout:
         for name in pending:
             self._echo(name)
 
+    def discard(self) -> None:
+        """The stream stopped: what is still queued is dropped and no mark is echoed (the socket
+        that would carry the echoes is gone)."""
+        self._queue.clear()
+        self.buffered = 0
+
     def tick(self, frame: int = FRAME_BYTES) -> int:
         """Play one 20 ms frame; returns how many bytes were played (0..frame)."""
         need = frame

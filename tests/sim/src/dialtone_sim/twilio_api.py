@@ -20,7 +20,10 @@ call's ``StatusCallback`` URL, signed with ``X-Twilio-Signature`` exactly as Twi
 The fake and the simulated Twilio edge are one Twilio: a call whose media stream is open
 (:func:`~dialtone_sim.twilio_edge.open_call`, by CallSid) is known to the API even if no test
 registered it, and an update that ends it (``Status=completed|canceled``) or replaces its TwiML
-(``Twiml=``/``Url=``) stops that stream: it gets ``stop`` and closes, as real Twilio does.
+(``Twiml=``/``Url=``) stops that stream: it gets ``stop`` and closes, as real Twilio does. TwiML
+that is another ``<Connect><Stream>`` moves the call: after the stop a new stream opens to its URL
+(:meth:`~dialtone_sim.twilio_edge.SimCall.moved_by_twilio`). ``failing_updates = n`` makes the
+next ``n`` updates fail with 503 (code 20503), as during a Twilio outage.
 
 Requests real Twilio would refuse as the client's mistake (bad credentials, another account, a
 missing parameter, an unknown resource path) are kept in ``errors`` (judged by
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import base64
 import secrets
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -160,6 +164,7 @@ class FakeTwilioApi:
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
         self._validator = RequestValidator(auth_token)
+        self.failing_updates = 0  # this many next call updates are answered 503 (a Twilio outage)
         self._expected_auth = "Basic " + base64.b64encode(f"{account_sid}:{auth_token}".encode()).decode()
         verdicts.register(self)
 
@@ -264,6 +269,9 @@ class FakeTwilioApi:
         call = self._known(request.match_info["sid"])
         if call is None:
             return _error(404, 20404, f"The requested resource {request.path} was not found")
+        if self.failing_updates > 0:
+            self.failing_updates -= 1
+            return _error(503, 20503, "Service Unavailable")
         form = {k: str(v) for k, v in (await request.post()).items()}
         call.updates.append(form)
         if form.get("Status") in ("completed", "canceled"):
@@ -277,7 +285,10 @@ class FakeTwilioApi:
             call.status_callback = form["StatusCallback"]
         if form.get("Status") in ("completed", "canceled") or "Twiml" in form or "Url" in form:
             if (stream := open_call(call.sid)) is not None:
-                stream.stopped_by_twilio()  # the call left <Connect><Stream>: the stream ends
+                if form.get("Status") is None and (url := _stream_url(form.get("Twiml"))):
+                    stream.moved_by_twilio(url)  # another <Connect><Stream>: a new stream follows
+                else:
+                    stream.stopped_by_twilio()  # the call left <Connect><Stream>: the stream ends
         return web.json_response(call.resource(self._base_path))
 
     async def _fetch(self, request: web.Request) -> web.Response:
@@ -358,6 +369,17 @@ class FakeTwilioApi:
             await response.read()
             call.callbacks.append((status, response.status))
             return response.status
+
+
+def _stream_url(twiml: str | None) -> str | None:
+    """The URL of the ``<Connect><Stream>`` in ``twiml``, if that is what it holds."""
+    if not twiml:
+        return None
+    try:
+        stream = ET.fromstring(twiml).find("./Connect/Stream")
+    except ET.ParseError:
+        return None
+    return stream.get("url") if stream is not None else None
 
 
 def _opt(value: Any) -> str | None:

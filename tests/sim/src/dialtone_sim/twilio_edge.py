@@ -12,7 +12,13 @@ each such period, in bursts. Both directions suffer alike.
 
 Twilio ends the stream itself when its REST API ends or redirects the call: the
 :class:`~dialtone_sim.twilio_api.FakeTwilioApi` finds the open call by CallSid (:func:`open_call`)
-and the call sends ``stop`` and closes the socket (:meth:`SimCall.stopped_by_twilio`).
+and the call sends ``stop`` and closes the socket (:meth:`SimCall.stopped_by_twilio`). When the new
+TwiML is another ``<Connect><Stream>`` (a gateway moving the call), the call carries on as Twilio
+does (:meth:`SimCall.moved_by_twilio`): ``stop`` on the old stream, the agent audio still queued
+there dropped, then after ``move_delay_s`` a new stream (new streamSid, timestamps from 0) opens to
+the new URL through the same ``base_url`` (a load balancer), and ``connected``, ``start`` and media
+follow. The caller's clock runs on through the gap; no frame is sent during it, and the caller's
+speech waits for the new stream (each gap is in :attr:`SimCall.moves`).
 
 What real Twilio would warn about (wrong streamSid, bad JSON, unknown fields, audio too short to
 play smoothly) is kept in ``protocol_errors`` and judged by :mod:`dialtone_sim.verdicts`.
@@ -37,6 +43,7 @@ import time
 import weakref
 import xml.etree.ElementTree as ET
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -139,11 +146,39 @@ class _DelayLine:
                 self.pending -= 1
 
 
+@dataclass
+class Move:
+    """One move of the call to a new stream (times are monotonic seconds).
+
+    Attributes:
+        stopped_at: when the old stream's ``stop`` left.
+        started_at: when the new stream's first media frame left.
+        stop_frame: the caller's 20 ms frame (counted from the call's start) the old stream did not send.
+        resume_frame: the first frame the new stream sent; frames in between were never sent.
+        sent_before: bytes of :attr:`SimCall.sent_audio` sent before the move.
+        heard_before: bytes of agent audio heard before the move.
+    """
+
+    stopped_at: float
+    stop_frame: int
+    sent_before: int
+    heard_before: int
+    started_at: float = 0.0
+    resume_frame: int = 0
+
+    @property
+    def gap_s(self) -> float:
+        """The caller's gap: from the old stream's last frame to the new one's first."""
+        return (self.resume_frame - self.stop_frame) * _FRAME_S
+
+
 class SimCall:
     """One simulated phone call; create it with :func:`dial`.
 
     Attributes:
         heard: agent audio actually played out to the caller, in order.
+        played: ``(frame, bytes)``: the agent audio played in each 20 ms frame of the caller's clock
+            (:attr:`frame_no`), where a recording must have it.
         sent_audio: every inbound media frame sent (speech and silence).
         media_received: ``(monotonic arrival, payload bytes)`` of each outbound media message.
         marks_echoed: mark names echoed back to the gateway, in order.
@@ -151,6 +186,9 @@ class SimCall:
         protocol_errors: what real Twilio would warn about (wrong streamSid, bad JSON, ...).
         ended_by: who ended the stream: ``caller`` (:meth:`hangup`), ``gateway`` (it closed
             the socket) or ``twilio`` (a REST update ended or redirected the call).
+        moves: each move to a new stream (:meth:`moved_by_twilio`).
+        move_failures: why a new stream could not be opened (the call then ended).
+        frame_no: the caller's clock, in 20 ms frames since the call's first stream started.
     """
 
     def __init__(self, ws: ClientConnection, *, account_sid: str, call_sid: str,
@@ -187,6 +225,15 @@ class SimCall:
         self._outbound = _DelayLine(outbound, self._send_now)
         self._inbound = _DelayLine(inbound, self._receive_now)
         self._tasks: list[asyncio.Task] = []
+        self.moves: list[Move] = []
+        self.played: list[tuple[int, bytes]] = []
+        self.move_failures: list[str] = []
+        self.frame_no = 0
+        self._stream_frame0 = 0  # the caller's frame at which the current stream started
+        self._between_streams = False
+        self._old_sids: set[str] = set()
+        self._move_lock = asyncio.Lock()
+        self.base_url, self.auth_token, self.move_delay_s = "", "", 0.4  # set by dial
         verdicts.register(self)
 
     def sim_errors(self) -> list[str]:
@@ -205,18 +252,21 @@ class SimCall:
     # ---- lifecycle ------------------------------------------------------------------------
     async def _open(self) -> None:
         """Send ``connected`` and ``start`` and begin streaming (called by :func:`dial`)."""
-        await self._send_now({"event": "connected", "protocol": "Call", "version": "1.0.0"})
-        await self._send_now(self._stamp({"event": "start", "start": {
-            "accountSid": self.account_sid, "streamSid": self.stream_sid, "callSid": self.call_sid,
-            "tracks": ["inbound"], "customParameters": self.custom_parameters,
-            "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
-        }}))  # fmt: skip
+        await self._send_start()
         loop = self._loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(c)
             for c in (self._read(), self._clock(), self._outbound.run(), self._inbound.run())
         ]
         _open_calls[self.call_sid] = self
+
+    async def _send_start(self) -> None:
+        await self._send_now({"event": "connected", "protocol": "Call", "version": "1.0.0"})
+        await self._send_now(self._stamp({"event": "start", "start": {
+            "accountSid": self.account_sid, "streamSid": self.stream_sid, "callSid": self.call_sid,
+            "tracks": ["inbound"], "customParameters": self.custom_parameters,
+            "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+        }}))  # fmt: skip
 
     async def _finish(self, *, by_server: bool) -> None:
         if self._finishing:  # both ends hung up at once: the first one does the work
@@ -268,6 +318,56 @@ class SimCall:
             return
         self.ended_by = "twilio"
         self._tasks.append(self._loop.create_task(self.hangup()))
+
+    def moved_by_twilio(self, stream_url: str) -> None:
+        """Twilio's REST API gave the call new TwiML with another ``<Connect><Stream>``: the old
+        stream stops and a new one opens to ``stream_url``, as Twilio does."""
+        self._loop.call_soon_threadsafe(self._move_from_twilio, stream_url)
+
+    def _move_from_twilio(self, stream_url: str) -> None:
+        if self._closed.is_set() or self._hanging_up:
+            return
+        self._tasks.append(self._loop.create_task(self._move(stream_url)))
+
+    async def _move(self, stream_url: str) -> None:
+        async with self._move_lock:  # a second update while the first is under way: after it
+            if not (self._closed.is_set() or self._hanging_up):
+                await self._move_now(stream_url)
+
+    async def _move_now(self, stream_url: str) -> None:
+        self._between_streams = True  # Twilio sends no media after the stop
+        move = Move(time.monotonic(), self.frame_no, len(self.sent_audio), len(self.heard))
+        self._outbound.put(
+            self._stamp({"event": "stop", "stop": {"accountSid": self.account_sid, "callSid": self.call_sid}})
+        )
+        with contextlib.suppress(TimeoutError):
+            await self._poll_until(lambda: self._outbound.pending == 0, 5 + self._outbound.delay_s)
+        self._playout.discard()  # the old stream's buffer is gone, and its marks with it
+        self._old_sids.add(self.stream_sid)
+        await self._ws.close()
+        await asyncio.sleep(self.move_delay_s)
+        headers = {"X-Twilio-Signature": RequestValidator(self.auth_token).compute_signature(stream_url, {})}
+        try:
+            ws = await connect(_ws_url(stream_url, self.base_url), additional_headers=headers, ping_interval=None)
+        except (InvalidStatus, OSError, ConnectionClosed) as exc:
+            # Nothing follows the <Connect>: Twilio ends the call.
+            self.move_failures.append(f"{type(exc).__name__}: {exc}")
+            self.ended_by, self._hanging_up = "twilio", True
+            await self._finish(by_server=False)
+            return
+        self._ws, self.stream_sid, self._seq, self._chunk = ws, _sid("MZ"), 0, 0
+        try:
+            await self._send_start()
+        except ConnectionClosed as exc:
+            self.move_failures.append(f"new stream closed at once ({exc})")
+            self.ended_by, self._hanging_up = "twilio", True
+            await self._finish(by_server=True)
+            return
+        self._stream_frame0 = move.resume_frame = self.frame_no
+        move.started_at = time.monotonic()
+        self.moves.append(move)
+        self._tasks.append(self._loop.create_task(self._read()))
+        self._between_streams = False
 
     async def wait_closed(self, timeout: float = 30) -> None:  # noqa: ASYNC109 - part of the test API
         """Wait until the call has ended (either side)."""
@@ -352,17 +452,19 @@ class SimCall:
     async def _clock(self) -> None:
         """Every 20 ms on a drift-free monotonic schedule: send one frame, play one frame."""
         start = time.monotonic()
-        frame_no = 0
         while True:
             # Catch up with a burst after a stall, as a real edge would, so timestamps stay true.
             due = int((time.monotonic() - start) / _FRAME_S) + 1
-            while frame_no < due:
+            while self.frame_no < due:
                 if self._hanging_up:
                     return  # stop has been queued: Twilio sends no media after it
-                self._send_frame(frame_no)
-                self._playout.tick()
-                frame_no += 1
-            await asyncio.sleep(max(0.0, start + frame_no * _FRAME_S - time.monotonic()))
+                if not self._between_streams:  # (between two streams the caller's frames go nowhere)
+                    self._send_frame(self.frame_no - self._stream_frame0)
+                    heard = len(self.heard)
+                    if self._playout.tick():
+                        self.played.append((self.frame_no, bytes(self.heard[heard:])))
+                self.frame_no += 1
+            await asyncio.sleep(max(0.0, start + self.frame_no * _FRAME_S - time.monotonic()))
 
     def _send_frame(self, frame_no: int) -> None:
         if self._speech:
@@ -389,11 +491,14 @@ class SimCall:
         self._outbound.put(self._stamp({"event": "mark", "mark": {"name": name}}))
 
     async def _read(self) -> None:
+        ws = self._ws
         try:
-            async for raw in self._ws:
+            async for raw in ws:
                 self._inbound.put(raw)
         except ConnectionClosed:
             pass
+        if ws is not self._ws or self._between_streams:
+            return  # Twilio closed it to move the call to a new stream
         # Let already-received messages reach the caller before the call ends.
         with contextlib.suppress(TimeoutError):
             await self._poll_until(lambda: self._inbound.pending == 0, 5 + self._inbound.delay_s)
@@ -412,6 +517,8 @@ class SimCall:
             return
         if extra := set(message) - _ALLOWED[event]:
             self.protocol_error(f"{event}: unknown fields {sorted(extra)}")
+        if message.get("streamSid") in self._old_sids:
+            return  # sent before the gateway heard the stream stop: the stream is gone
         if message.get("streamSid") != self.stream_sid:
             self.protocol_error(f"{event}: wrong streamSid {message.get('streamSid')!r}")
             return  # Twilio ignores messages for another stream
@@ -474,6 +581,7 @@ async def dial(
     extra_params: dict[str, str] | None = None,
     webhook_path: str = "/twilio-voice",
     stream_delay_s: float = 0.0,
+    move_delay_s: float = 0.4,
 ) -> SimCall:
     """Place an inbound call against the gateway at ``base_url`` and return it streaming.
 
@@ -487,6 +595,8 @@ async def dial(
         seed: seeds the jitter (each direction its own stream).
         webhook_path: path and query of the voice webhook (an outbound call's ``url``).
         stream_delay_s: Twilio's set-up of the media stream after the webhook's answer (about 0.5 s).
+        move_delay_s: after a REST update moves the call, from the old stream's close to the new
+            stream's connection (Twilio's own set-up of the new ``<Connect><Stream>``).
 
     Raises:
         WebhookRejected: the webhook answered non-200.
@@ -516,6 +626,7 @@ async def dial(
     call = SimCall(ws, account_sid=account_sid, call_sid=call_sid, custom_parameters=custom, from_=from_, to=to,
                    inbound=Network(one_way_delay_ms, jitter_ms, burst_ms, seed=2 * seed),
                    outbound=Network(one_way_delay_ms, jitter_ms, burst_ms, seed=2 * seed + 1))  # fmt: skip
+    call.base_url, call.auth_token, call.move_delay_s = base_url, auth_token, move_delay_s
     try:
         await call._open()
     except ConnectionClosed as exc:

@@ -329,7 +329,7 @@ function drawEntry(item, s, player) {
   }
   if (item.kind === "status") {
     return el("div", { class: "entry event" }, `Status ${t.status}`, el("span", { class: "muted" },
-      ` · ${t.source}${t.answered_by ? ` · answered by ${t.answered_by}` : ""} `), at);
+      ` · ${t.source}${t.answered_by ? ` · answered by ${t.answered_by}` : ""}${t.detail ? ` · ${t.detail}` : ""} `), at);
   }
   if (item.kind === "handoff") return el("div", { class: "entry event" }, `Handoff: ${t.from_agent} → ${t.to_agent} `, at);
   return el("div", { class: "entry event" }, `Transferred to ${t.target}`);
