@@ -452,6 +452,7 @@ class MediaStream:
         # Fence the old bridge off: should it still be alive, it hears the call is no longer its own.
         self.bus.publish(subjects.call_in(self.call_id, old_key),
                          encode_control(Kind.STOP, self._next_seq(), 0, {"reason": "bridge_replaced"}))
+        await self.bus.flush()  # out before the new offer
         self._keys.add(new_key)
         deadline = time.monotonic() + self.settings.claim_deadline_s
         record = None
