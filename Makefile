@@ -43,7 +43,17 @@ XDIST := $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile
 
 # mypy runs beside the tests (they mostly wait); its report comes as soon as it is done, and the
 # tests' summary stays the last thing printed. Either failing fails `make test`.
+tools:  ## install the system tools the tests use (espeak-ng, sox, caddy, prometheus, chromium, node) with apt-get
+	@bash dev/tools.sh install
+
+# One policy on every machine: the tests use those tools for real, so `make test` first checks they
+# are all there (`make tools` installs them) and then forbids every fallback (synthetic speech, a
+# skipped Caddy or browser test).
+test: export DIALTONE_REQUIRE_SPEECH = 1
+test: export DIALTONE_REQUIRE_CADDY = 1
+test: export DIALTONE_REQUIRE_CHROMIUM = 1
 test: install  ## lint, then the type check and the unit, integration and end-to-end tiers side by side
+	@bash dev/tools.sh check
 	$(UV) run --frozen ruff check .
 	@$(UV) run --frozen mypy > .mypy.log 2>&1 & mypy=$$!; \
 	$(UV) run --frozen pytest $(XDIST) & tests=$$!; \
