@@ -110,6 +110,26 @@ def build() -> dict:
           for expr, legend in _quantiles(metric) if not legend.endswith("p95")],
     ))  # fmt: skip
 
+    d.with_row(dash.Row("First words and deploys"))
+    d.with_panel(_series(
+        "Model sessions opened ahead of the call", "short",
+        "Per minute: sessions opened at the voice webhook by what became of them (used, failed, expired, unused), "
+        "and warm Realtime sockets (REALTIME_WARM_SOCKETS) by result, with those ready now.",
+        ("sum by (result) (rate(dialtone_bridge_prepared_sessions_total[5m])) * 60", "prepared {{result}}/min"),
+        ("sum by (result) (rate(dialtone_bridge_warm_sockets_total[5m])) * 60", "warm {{result}}/min"),
+        ("sum(dialtone_bridge_warm_sockets_ready)", "warm ready"),
+        width=8,
+    ))  # fmt: skip
+    d.with_panel(_series(
+        "Calls moved by draining gateways", "short",
+        "Per minute, by result: moved to another gateway, or kept (REST update refused, no new stream, no other "
+        "gateway ready...), and moves whose caller heard a gap over 1 s. A deploy that moves calls shows here.",
+        ("sum by (result) (rate(dialtone_gateway_moves_total[5m])) * 60", "{{result}}/min"),
+        ('(sum(rate(dialtone_gateway_move_gap_seconds_count[5m])) - sum(rate(dialtone_gateway_move_gap_seconds_bucket{le="1.0"}[5m]))) * 60',
+         "gap > 1 s/min"),
+        width=16,
+    ))  # fmt: skip
+
     d.with_row(dash.Row("Tools"))
     d.with_panel(_series(
         "Tool latency", "s", "Tool call duration in the tool-runner (queueing included), by tool.",

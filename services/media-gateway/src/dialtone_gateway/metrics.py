@@ -65,6 +65,8 @@ MOVES = Counter(
     "no_new_stream, came_back, record, no_gateway)",
     ["result"], registry=REGISTRY,
 )
+for _result in ("moved", "rest_failed", "not_stopped", "no_new_stream", "came_back", "record", "no_gateway"):
+    MOVES.labels(_result)
 MOVE_SECONDS = Histogram(
     "dialtone_gateway_move_gap_seconds",
     "A moved call's old stream's stop to its new stream's start (the caller's gap), seen by the new gateway",

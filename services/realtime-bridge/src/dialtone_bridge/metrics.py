@@ -155,6 +155,8 @@ WARM_SOCKETS = Counter(
     ["result"],
     registry=REGISTRY,
 )
+for _result in ("used", "missed", "expired", "failed"):
+    WARM_SOCKETS.labels(_result)
 WARM_READY = Gauge(
     "dialtone_bridge_warm_sockets_ready",
     "Warm Realtime sockets open and waiting for a call",
