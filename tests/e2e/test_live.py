@@ -144,8 +144,10 @@ async def test_one_platform_serves_a_realtime_and_a_live_agent_at_once(
         assert session["transcript"][1]["text"] == "Hi, can you look up my account?"
     for name, session in (("live", live_session), ("realtime", realtime_session)):
         turns = session["turns"]
+        cost = session["cost"]
         print(f"\n{name}: first agent audio {session['metrics'].get('first_agent_audio_ms')} ms, "
-              f"turns sent/heard {[(t['sent_ms'], t['heard_ms']) for t in turns]} ms "
+              f"turns received/sent/heard {[(t['received_ms'], t['sent_ms'], t['heard_ms']) for t in turns]} ms, "
+              f"cost ${cost['total_usd']:.4f} over {cost['duration_s']:.1f} s = ${cost['per_minute_usd'] or 0:.4f}/min "
               f"(both calls in {time.monotonic() - started:.1f} s)")  # fmt: skip
 
 
