@@ -37,6 +37,7 @@ import pytest
 MEASURED_S = {
     "tests/e2e/test_eval.py": 185,
     "tests/e2e/test_dashboard_tests.py": 30,
+    "tests/e2e/test_eval_worker.py": 40,
     "tests/faults/test_outages.py": 145,
     "tests/e2e/test_conversation.py": 100,
     "tests/faults/test_drain.py": 165,  # with the gateway moves: 164 s alone
