@@ -94,7 +94,7 @@ def stages() -> dict[str, Stage]:
 def test_every_service_has_an_image_target_that_runs_it(stages: dict[str, Stage], services: tuple[Service, ...]) -> None:
     for service in services:
         assert service.name in stages, f"no target {service.name}"
-        assert json.loads(last(stages, service.name, "CMD") or "null") == ["python", "-m", service.package]
+        assert json.loads(last(stages, service.name, "CMD") or "null") == service.argv
 
 
 @pytest.mark.unit

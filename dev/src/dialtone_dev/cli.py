@@ -18,7 +18,7 @@ def main() -> None:
     elif command == "eval":
         from dialtone_dev.eval import main as run
     elif command == "eval-worker":
-        from dialtone_dev.eval_service import main as run
+        from dialtone_dev.eval_service.main import main as run
     elif command == "bench-list":
         from dialtone_dev.bench_list import main as run
     else:

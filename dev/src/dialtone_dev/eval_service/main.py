@@ -1,4 +1,4 @@
-"""``dialtone eval-worker``: the Tests page's worker as a process of its own, for deployments.
+"""``dialtone eval-worker``'s main: the Tests page's worker as a process of its own, for deployments.
 
 ``make run`` and the tests run :class:`~dialtone_dev.eval_worker.EvalWorker` in-process, beside the
 model simulators it sets each scenario's ``model`` script on. A deployment has no simulators to
@@ -27,10 +27,10 @@ from dialtone_common import bus
 from dialtone_common.health import HealthServer
 from dialtone_common.logs import setup
 from dialtone_common.runtime import run
-from prometheus_client import CollectorRegistry, Counter
 from pydantic import ValidationError
 
 from dialtone_dev.eval_runner import EvalOptions, Target
+from dialtone_dev.eval_service.metrics import EVAL_CALLS, REGISTRY
 from dialtone_dev.eval_worker import EvalWorker
 from dialtone_dev.settings import EvalWorkerSettings
 
@@ -93,16 +93,13 @@ def main() -> None:
         nc = await bus.connect(settings.nats_servers(), f"eval-worker-{settings.instance_id or 'main'}",
                                **settings.nats_credentials())  # fmt: skip
         stack.push_async_callback(nc.drain)
-        registry = CollectorRegistry()
-        calls = Counter("dialtone_eval_calls", "Test calls placed by this worker, by verdict", ["verdict"],
-                        registry=registry)  # fmt: skip
         assert settings.database_url is not None
         worker = EvalWorker(nc, settings.database_url, target_from(settings), options_from(settings),
-                            on_result=lambda r: calls.labels("passed" if r.passed else "failed").inc())  # fmt: skip
+                            on_result=lambda r: EVAL_CALLS.labels("passed" if r.passed else "failed").inc())  # fmt: skip
         await stack.enter_async_context(worker)
         await stack.enter_async_context(HealthServer(
             settings.metrics_host, settings.metrics_port,
-            lambda: None if nc.is_connected else "NATS is away", registry=registry,
+            lambda: None if nc.is_connected else "NATS is away", registry=REGISTRY,
         ))  # fmt: skip
         log.info("test worker ready: calls go to %s, results are read from %s", settings.gateway_url, settings.admin_url)
 
