@@ -50,7 +50,7 @@ MEASURED_S = {
     "tests/e2e/test_call.py": 40,
     "deploy/tests/test_dashboard.py": 33,
     "tests/scale/test_instances.py": 30,
-    "deploy/tests/test_images.py": 28,
+    "deploy/tests/test_images.py": 35,
     "tests/e2e/test_takeover.py": 24,
     "tests/e2e/test_call_data.py": 20,
     "tests/e2e/test_contract.py": 18,
