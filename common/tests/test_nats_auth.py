@@ -16,7 +16,7 @@ import pytest
 import pytest_asyncio
 from dialtone_common import bus
 from dialtone_common.embedded import embedded_nats, nats_binary
-from dialtone_common.nats_auth import HARNESS, SERVICE_USERS, RunCredentials, render_config
+from dialtone_common.nats_auth import DEPLOYED_USERS, HARNESS, SERVICE_USERS, RunCredentials, render_config
 from dialtone_common.settings import ServiceSettings
 from dialtone_proto import subjects
 from dialtone_sim.polling import poll
@@ -43,13 +43,14 @@ def test_the_deployment_configuration_is_rendered_from_code() -> None:
 def test_the_deployment_configuration_holds_no_password_only_variables() -> None:
     text = DEPLOY_CONF.read_text()
     passwords = [line.split(":", 1)[1].strip() for line in text.splitlines() if line.strip().startswith("password:")]
-    assert sorted(passwords) == sorted(f"${u.password_env}" for u in SERVICE_USERS.values())
+    assert sorted(passwords) == sorted(f"${u.password_env}" for u in DEPLOYED_USERS)
+    assert "user: \"eval\"" in text  # the deployed test worker (dialtone eval-worker) connects as eval
     assert HARNESS.name not in text  # the harness exists in development and test runs only
 
 
 @pytest.mark.unit
 def test_nats_server_accepts_the_deployment_configuration_and_needs_every_password(tmp_path: Path) -> None:
-    env = {"PATH": os.environ.get("PATH", "")} | {u.password_env: "x" * 48 for u in SERVICE_USERS.values()}
+    env = {"PATH": os.environ.get("PATH", "")} | {u.password_env: "x" * 48 for u in DEPLOYED_USERS}
     ok = subprocess.run([nats_binary(), "-c", str(DEPLOY_CONF), "-t"], env=env, capture_output=True, text=True, timeout=30)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     env.pop("TOOLS_NATS_PASSWORD")

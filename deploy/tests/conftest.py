@@ -1,5 +1,6 @@
-"""What the deployment files are checked against: the five services as the code defines them
-(package, settings class, the port serving ``/healthz``) and the environment names each reads."""
+"""What the deployment files are checked against: the five services and the Tests page's worker as
+the code defines them (package, settings class, the port serving ``/healthz``) and the environment
+names each reads."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 from dialtone_admin.settings import AdminSettings
 from dialtone_bridge.settings import BridgeSettings
 from dialtone_common.settings import ServiceSettings
+from dialtone_dev.settings import EvalWorkerSettings
 from dialtone_gateway.settings import GatewaySettings
 from dialtone_sim.summary import section
 from dialtone_tools.settings import ToolSettings
@@ -42,10 +44,16 @@ class Service:
     name: str  # the deployment name: compose service, image target, Kubernetes Deployment
     package: str  # python -m <package>
     settings: type[ServiceSettings]
+    command: tuple[str, ...] = ()  # what its image runs (default: python -m <package>)
+    distribution: str = ""  # the workspace package its image installs (default: dialtone-<name>)
 
     @property
     def project(self) -> str:
-        return f"dialtone-{self.name}"
+        return self.distribution or f"dialtone-{self.name}"
+
+    @property
+    def argv(self) -> list[str]:
+        return list(self.command or ("python", "-m", self.package))
 
     @property
     def health_port(self) -> int:
@@ -64,6 +72,9 @@ SERVICES = (
     Service("tool-runner", "dialtone_tools", ToolSettings),
     Service("transcript-writer", "dialtone_writer", WriterSettings),
     Service("admin-api", "dialtone_admin", AdminSettings),
+    # The Tests page's worker: deployed beside the five, from the dev package (dialtone eval-worker).
+    Service("eval-worker", "dialtone_dev.eval_service", EvalWorkerSettings, ("dialtone", "eval-worker"),
+            "dialtone-dev"),
 )
 
 
@@ -73,8 +84,9 @@ def _services_on_disk() -> set[str]:
 
 @pytest.fixture(scope="session")
 def services() -> tuple[Service, ...]:
-    """The five services; a sixth one on disk without an entry here fails every deployment test."""
-    assert {s.name for s in SERVICES} == _services_on_disk()
+    """The five services and the test worker; a sixth service on disk without an entry here fails
+    every deployment test."""
+    assert {s.name for s in SERVICES if not s.command} == _services_on_disk()
     return SERVICES
 
 

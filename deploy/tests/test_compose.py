@@ -284,18 +284,19 @@ def test_nats_asks_every_service_for_its_own_user(compose: dict[str, Any], servi
     """The NATS server loads the repository's users and permissions (deploy/nats/nats.conf) and
     reads their passwords from deploy/.env; each service connects as its own user with its own
     password, never a literal one."""
-    from dialtone_common.nats_auth import SERVICE_USERS
+    from dialtone_common.nats_auth import DEPLOYED_USERS
 
     nats = compose["services"]["nats"]
     conf = nats["command"][nats["command"].index("--config") + 1]
     assert f"./nats/nats.conf:{conf}:ro" in nats["volumes"]
-    assert set(nats["environment"]) == {u.password_env for u in SERVICE_USERS.values()}
+    assert set(nats["environment"]) == {u.password_env for u in DEPLOYED_USERS}
+    users_by_service = {u.service: u for u in DEPLOYED_USERS}
     for name, value in nats["environment"].items():
         assert value.startswith(f"${{{name}:?"), name  # compose refuses to start without it
     users = set()
     for service in services:
         environment = compose["services"][service.name]["environment"]
-        user = SERVICE_USERS[service.name]
+        user = users_by_service[service.name]
         assert environment["NATS_USER"] == user.name, service.name
         assert environment["NATS_PASSWORD"].startswith(f"${{{user.password_env}:?"), service.name
         users.add(environment["NATS_USER"])

@@ -11,6 +11,7 @@ from typing import Any, get_args
 import pytest
 import yaml
 from dialtone_admin.settings import AdminSettings
+from dialtone_dev.settings import EvalWorkerSettings
 from pydantic import SecretStr, ValidationError
 
 from .conftest import DEPLOY, ROOT, Service
@@ -104,3 +105,5 @@ def test_a_copy_of_the_env_example_configures_every_service(
         assert settings.nats_servers() == ["nats://nats:4222"], service.name
         if "public_base_url" in service.settings.model_fields:
             assert settings.model_dump()["public_base_url"] == "https://" + dotenv["DIALTONE_HOST"]
+        if isinstance(settings, EvalWorkerSettings):  # the test worker refuses to start without these
+            assert settings.missing() == [], settings.missing()

@@ -94,7 +94,7 @@ def stages() -> dict[str, Stage]:
 def test_every_service_has_an_image_target_that_runs_it(stages: dict[str, Stage], services: tuple[Service, ...]) -> None:
     for service in services:
         assert service.name in stages, f"no target {service.name}"
-        assert json.loads(last(stages, service.name, "CMD") or "null") == ["python", "-m", service.package]
+        assert json.loads(last(stages, service.name, "CMD") or "null") == service.argv
 
 
 @pytest.mark.unit
@@ -188,3 +188,24 @@ def test_the_build_stage_installs_a_service_that_starts_without_its_source(
     result = subprocess.run([str(python), "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=120,
                             env={"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path)})
     assert (result.returncode, result.stdout.strip()) == (0, "True"), result.stderr
+
+
+@pytest.mark.integration
+def test_the_eval_worker_build_stage_installs_a_worker_that_starts_without_its_source(
+    stages: dict[str, Stage], tmp_path: Path
+) -> None:
+    """The test worker's image holds the dev package and the simulated Twilio edge its calls dial
+    through, not the five services nor the dev group; its entry point runs and, given nothing,
+    refuses to start, naming what is missing."""
+    _replay(stages, build_stage(stages, "eval-worker"), tmp_path)
+    shutil.rmtree(tmp_path / "src")
+    venv = tmp_path / "app" / ".venv" / "bin"
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path)}
+    probe = ("import importlib.util as u, dialtone_dev.eval_service.main, dialtone_sim.twilio_edge; "
+             "print([m for m in ('pytest', 'dialtone_bridge', 'dialtone_gateway') if u.find_spec(m)])")
+    result = subprocess.run([str(venv / "python"), "-c", probe], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=120, env=env)  # fmt: skip
+    assert (result.returncode, result.stdout.strip()) == (0, "[]"), result.stderr
+    refused = subprocess.run([str(venv / "dialtone"), "eval-worker"], cwd=tmp_path, capture_output=True, text=True,
+                             timeout=120, env=env)  # fmt: skip
+    assert refused.returncode == 2 and "missing settings: DATABASE_URL" in refused.stderr, refused.stderr

@@ -206,7 +206,7 @@ def test_every_container_has_a_read_only_root_and_writes_only_to_its_volumes(ren
     """Every container of every workload, init containers included (a sidecar added later too):
     read-only root filesystem, and each writable mount an emptyDir or a claim, never the node."""
     pods = _pod_specs(rendered)
-    assert len(pods) == 5
+    assert len(pods) == 6
     for name, pod in pods:
         volumes = {v["name"]: v for v in pod.get("volumes", [])}
         for container in pod.get("initContainers", []) + pod["containers"]:
@@ -406,12 +406,13 @@ def test_the_prometheus_rule_is_alerts_yml(production: list[dict[str, Any]]) -> 
 def test_every_service_connects_to_nats_as_its_own_user_from_the_secret(
     rendered: list[dict[str, Any]], services: tuple[Service, ...]
 ) -> None:
-    from dialtone_common.nats_auth import K8S_SECRET, SERVICE_USERS, secret_key
+    from dialtone_common.nats_auth import DEPLOYED_USERS, K8S_SECRET, secret_key
 
+    users = {u.service: u for u in DEPLOYED_USERS}
     for service in services:
         (container,) = find(rendered, "Deployment", service.name)["spec"]["template"]["spec"]["containers"]
         env = {e["name"]: e for e in container["env"]}
-        user = SERVICE_USERS[service.name]
+        user = users[service.name]
         assert env["NATS_USER"]["value"] == user.name, service.name
         assert env["NATS_PASSWORD"]["valueFrom"] == {"secretKeyRef": {"name": K8S_SECRET, "key": secret_key(user)}}
     # No password, token or key is written into a manifest: secrets come from Secrets made outside.

@@ -2,7 +2,8 @@
 of an agent's scenario from the page; the request goes over the bus to a test worker, which
 places the call through the real call path; the page shows the run's progress live, then the
 failed run's expectations and a link to its call, which opens the call's page. The call is a
-test call: marked on its session and left out of the overview."""
+test call: its page says so with a badge linking back to its run, it is marked on its session and
+left out of the overview."""
 
 from __future__ import annotations
 
@@ -16,9 +17,12 @@ import pytest
 from dialtone_dev.eval_worker import platform_worker
 from dialtone_dev.platform import Platform
 from dialtone_sim.live import LiveSimulator
+from dialtone_sim.polling import poll
 from dialtone_sim.realtime import RealtimeSimulator
+from dialtone_sim.twilio_edge import dial
 from playwright.async_api import async_playwright, expect
 
+from .conftest import ACCOUNT_SID, AUTH_TOKEN, BRIEF
 from .test_dashboard_webhooks import _chromium
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
@@ -38,6 +42,22 @@ model:
     - caller: I want my money back for order A1002.
       agent: I understand. Refunds are handled by our billing team, who will call you back.
 """
+
+
+async def _ordinary_call(platform: Platform) -> str:
+    """A call that is no test: dialled, greeted, hung up, its session ended."""
+    call = await dial(platform.gateway_url, AUTH_TOKEN, public_base_url=platform.public_base_url,
+                      account_sid=ACCOUNT_SID, from_="+15005550123", to=BRIEF)  # fmt: skip
+    await call.wait_quiet(since=0, timeout=20)
+    await call.hangup()
+
+    async def ended() -> bool:
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {platform.admin_token}"}) as http:
+            async with http.get(f"{platform.admin_url}/sessions/{call.call_sid}") as r:
+                return r.status == 200 and bool((await r.json()).get("ended_at"))
+
+    await poll(ended, 20, what="the ordinary call's session to end")
+    return call.call_sid
 
 
 async def test_an_operator_starts_a_run_watches_it_and_opens_the_failed_call(
@@ -90,6 +110,21 @@ async def test_an_operator_starts_a_run_watches_it_and_opens_the_failed_call(
             await page.wait_for_url(re.compile(r".*/calls/CA[0-9a-f]{32}$"))
             call_sid = page.url.rsplit("/", 1)[1]
             await expect(page.locator("#view")).to_contain_text("Refunds are handled by our billing team")
+            # The call's page says it is a test call, with its run, which links back to the Tests page.
+            badge = page.locator("#test-call-badge")
+            await expect(badge).to_be_visible()
+            await expect(badge.locator(".test-call")).to_have_text("test call")
+            await expect(badge).to_contain_text(f"placed by test run {run_id}")
+            await badge.locator("#test-run-link").click()
+            await page.wait_for_url(f"**/tests?run={run_id}")
+            focused = page.locator(f'tr[data-run="{run_id}"]')
+            await expect(focused).to_have_attribute("aria-current", "true")
+            await expect(focused.get_by_role("button", name="Calls")).to_have_attribute("aria-expanded", "true")
+            await expect(page.locator('li[data-scenario="support/ui_refund_promise"]')).to_contain_text("FAIL")
+            # An ordinary call's page has no such badge.
+            await page.goto(f"/calls/{await _ordinary_call(platform)}")
+            await expect(page.locator("#timeline")).to_be_visible()
+            await expect(page.locator("#test-call-badge")).to_have_count(0)
             assert errors == []
             await browser.close()
 

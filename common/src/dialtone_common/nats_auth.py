@@ -42,7 +42,8 @@ What each service really does on the bus, and so may do (read from the code; see
 And the test worker (``eval``, :data:`EVAL_WORKER`), which places the dashboard's test calls: it
 takes run requests (queue subscription, answers them) and publishes their progress, nothing else
 (its calls go through the gateway's webhook like Twilio's). It runs beside ``make run`` and the
-tests, so it is a user of the embedded server's configuration, not of the deployment's.
+tests (in-process) and, in a deployment, as its own process (``dialtone eval-worker``), so it is a
+user of the deployment's configuration too (:data:`DEPLOYED_USERS`).
 """
 
 from __future__ import annotations
@@ -194,6 +195,10 @@ EVAL_WORKER = User(
 # The users of the five services, by service name.
 SERVICE_USERS: dict[str, User] = {u.service: u for u in (GATEWAY, BRIDGE, TOOLS, WRITER, ADMIN)}
 
+# The users of a deployment's NATS server (deploy/nats/nats.conf, the Helm values): the five
+# services' and the test worker's.
+DEPLOYED_USERS: tuple[User, ...] = (*SERVICE_USERS.values(), EVAL_WORKER)
+
 # The embedded server's own user for test harnesses and developer tools that watch or drive the bus
 # directly (the contract test hears everything). It exists only in the configuration the embedded
 # server of a development or test run is given, with a password drawn for that run; never in a
@@ -215,8 +220,8 @@ def _list(items: Iterable[str]) -> str:
 
 
 def render_config(users: Iterable[User] | None = None, passwords: Mapping[str, str] | None = None) -> str:
-    """The ``authorization`` block of a nats-server configuration for ``users`` (default: the five
-    services').
+    """The ``authorization`` block of a nats-server configuration for ``users`` (default: a
+    deployment's, :data:`DEPLOYED_USERS`).
 
     Args:
         users: the users to render.
@@ -228,7 +233,7 @@ def render_config(users: Iterable[User] | None = None, passwords: Mapping[str, s
     Raises:
         ValueError: a user without a password in ``passwords``, or a password unfit for the file.
     """
-    users = list(SERVICE_USERS.values() if users is None else users)
+    users = list(DEPLOYED_USERS if users is None else users)
     names = [u.name for u in users]
     if len(set(names)) != len(names):
         raise ValueError(f"duplicate NATS users: {names}")
@@ -265,7 +270,7 @@ def helm_values(users: Iterable[User] | None = None) -> dict:
     """The same users as values of the official NATS Helm chart: ``config.merge.authorization``
     (passwords as ``<< $VAR >>``, which the chart writes unquoted, so NATS reads the variable) and
     ``container.env`` (each variable from the Secret ``dialtone-nats``, key ``<user>-password``)."""
-    users = list(SERVICE_USERS.values() if users is None else users)
+    users = list(DEPLOYED_USERS if users is None else users)
     entries = []
     for user in users:
         permissions: dict = {

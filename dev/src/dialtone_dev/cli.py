@@ -1,4 +1,5 @@
-"""``dialtone run | call | eval | bench``: the developer commands behind the Makefile."""
+"""``dialtone run | call | eval | eval-worker | bench``: the developer commands behind the Makefile,
+and the test worker of a deployment's Tests page (``eval-worker``)."""
 
 from __future__ import annotations
 
@@ -16,10 +17,12 @@ def main() -> None:
         from dialtone_dev.bench import main as run
     elif command == "eval":
         from dialtone_dev.eval import main as run
+    elif command == "eval-worker":
+        from dialtone_dev.eval_service.main import main as run
     elif command == "bench-list":
         from dialtone_dev.bench_list import main as run
     else:
-        print("usage: dialtone run | call | eval [--runs N --agent A --engine E --junit F] | bench [--calls N | --soak N] | bench-list [--sessions N]", file=sys.stderr)
+        print("usage: dialtone run | call | eval [--runs N --agent A --engine E --junit F] | eval-worker | bench [--calls N | --soak N] | bench-list [--sessions N]", file=sys.stderr)
         sys.exit(2)
     run()
 

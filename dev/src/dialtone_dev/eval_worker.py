@@ -8,8 +8,9 @@ with the run's counts, out as :class:`~dialtone_proto.evals.EvalProgress` on
 ``dt.v1.eval.progress.<run_id>``, which the admin API relays to the page.
 
 It runs inside ``make run`` (and the tests), beside the model simulators it sets each call's
-script on when there is no ``OPENAI_API_KEY``; it connects to NATS as the ``eval`` user, which may
-take run requests and publish progress only.
+script on when there is no ``OPENAI_API_KEY``, and in a deployment as a process of its own
+(``dialtone eval-worker``, :mod:`dialtone_dev.eval_service`), where the real model answers. It
+connects to NATS as the ``eval`` user, which may take run requests and publish progress only.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -76,10 +77,13 @@ class EvalWorker:
         database_url: the platform's PostgreSQL (``eval_runs``, ``eval_results``).
         target: where the calls go and how they are signed and read back.
         options: the agents directory, models and keys (``runs`` comes with each request).
+        on_result: told of each call's verdict (``dialtone eval-worker`` counts them for /metrics).
     """
 
-    def __init__(self, nc: Client, database_url: str, target: Target, options: EvalOptions) -> None:
+    def __init__(self, nc: Client, database_url: str, target: Target, options: EvalOptions,
+                 on_result: Callable[[EvalCallResult], None] | None = None) -> None:  # fmt: skip
         self.nc, self.database_url, self.target, self.options = nc, database_url, target, options
+        self.on_result = on_result
         self._pool: asyncpg.Pool | None = None
         self._sub: Subscription | None = None
         self._turn = asyncio.Lock()
@@ -179,6 +183,8 @@ class EvalWorker:
             counts["passed"] += result.passed
             call = EvalCallResult(scenario=result.scenario, engine=result.engine, run=result.run,
                                   call_sid=result.call_sid, passed=result.passed, failures=result.failures[:10])  # fmt: skip
+            if self.on_result is not None:
+                self.on_result(call)
             await self._state(run_id, "running", counts["done"], counts["passed"], total, result=call)
 
         async with self._turn:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+from dialtone_common.settings import ServiceSettings
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -73,3 +74,38 @@ class EvalSettings(BaseSettings):
     @classmethod
     def _empty_is_false(cls, value: object) -> object:
         return False if value == "" else value
+
+
+class EvalWorkerSettings(ServiceSettings):
+    """``dialtone eval-worker``: the Tests page's worker deployed as a process of its own. It dials
+    the gateway as Twilio does (signed with the platform's token) and reads the calls back from the
+    admin API, so it needs both addresses and both secrets; it connects to NATS as ``eval``."""
+
+    database_url: str | None = Field(default=None, description="the platform's PostgreSQL (eval_runs, eval_results)")
+    gateway_url: str | None = Field(
+        default=None, description="eval-worker: where it reaches the gateway (http://media-gateway:8000)",
+    )
+    public_base_url: str | None = Field(
+        default=None, description="the gateway's public URL, which Twilio's signatures cover (the gateway's own)",
+    )
+    twilio_auth_token: SecretStr | None = Field(default=None, description="signs the worker's simulated webhooks")
+    twilio_account_sid: str = Field(default="AC" + "0" * 32, description="the AccountSid its calls carry")
+    admin_url: str | None = Field(
+        default=None, description="eval-worker: where it reads sessions back (http://admin-api:8001)",
+    )
+    admin_token: SecretStr | None = None
+    openai_api_key: SecretStr | None = None
+    openai_base_url: str | None = Field(default=None, description="Responses API base of the persona and judge")
+    agents_dir: Path = Field(default=Path("agents"), description="the agents and their scenarios/")
+    eval_model: str = Field(default="gpt-5-mini", description="text model of persona callers and the judge")
+    eval_tts_voice: str = Field(default="alloy", description="OpenAI text-to-speech voice of test callers")
+    metrics_port: int = Field(default=9105, description="eval-worker: port of /healthz and /metrics")
+
+    def missing(self) -> list[str]:
+        """The settings it cannot work without, by environment name, unset."""
+        required = {
+            "DATABASE_URL": self.database_url, "GATEWAY_URL": self.gateway_url,
+            "PUBLIC_BASE_URL": self.public_base_url, "TWILIO_AUTH_TOKEN": self.twilio_auth_token,
+            "ADMIN_URL": self.admin_url, "ADMIN_TOKEN": self.admin_token, "NATS_USER": self.nats_user,
+        }  # fmt: skip
+        return [name for name, value in required.items() if not value]

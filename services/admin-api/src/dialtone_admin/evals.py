@@ -186,7 +186,7 @@ async def start_run(body: StartRun, request: Request) -> dict[str, Any]:
         msg = await nc.request(subjects.EVAL_START, ask.model_dump_json().encode(), timeout=START_TIMEOUT_S)
         answer = EvalAccepted.model_validate_json(msg.data)
     except (nats.errors.NoRespondersError, nats.errors.TimeoutError) as exc:
-        raise HTTPException(503, detail="no test worker is running (it runs with make run)",
+        raise HTTPException(503, detail="no test worker is running (make run starts one; a deployment runs dialtone eval-worker)",
                             headers={"Retry-After": "5"}) from exc  # fmt: skip
     except ValidationError as exc:
         raise HTTPException(503, detail="the test worker answered something else") from exc

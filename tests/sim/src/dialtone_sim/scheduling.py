@@ -37,6 +37,7 @@ import pytest
 MEASURED_S = {
     "tests/e2e/test_eval.py": 185,
     "tests/e2e/test_dashboard_tests.py": 30,
+    "tests/e2e/test_eval_worker.py": 40,
     "tests/faults/test_outages.py": 145,
     "tests/e2e/test_conversation.py": 100,
     "tests/faults/test_drain.py": 165,  # with the gateway moves: 164 s alone
@@ -49,7 +50,7 @@ MEASURED_S = {
     "tests/e2e/test_call.py": 40,
     "deploy/tests/test_dashboard.py": 33,
     "tests/scale/test_instances.py": 30,
-    "deploy/tests/test_images.py": 28,
+    "deploy/tests/test_images.py": 35,
     "tests/e2e/test_takeover.py": 24,
     "tests/e2e/test_call_data.py": 20,
     "tests/e2e/test_contract.py": 18,

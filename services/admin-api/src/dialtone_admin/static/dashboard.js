@@ -498,7 +498,12 @@ async function drawCall(sid, stillHere) {
   const cost = el("section", { class: "card", id: "cost" });
   const analysis = el("section", { class: "card", id: "analysis" });
   const back = el("a", { href: "/calls", id: "back" }, "← Calls");
-  VIEW.replaceChildren(el("p", {}, back), el("h1", {}, `Call from ${s.from_number || "unknown"}`),
+  // A test call (placed by a test run, dialtone eval or the Tests page) says so, with its run.
+  const testBadge = s.test_run ? el("p", { id: "test-call-badge", class: "test-badge", role: "note" },
+    el("span", { class: "chip test-call" }, "test call"), " placed by test run ",
+    el("a", { href: `/tests?run=${encodeURIComponent(s.test_run)}`, id: "test-run-link" }, s.test_run),
+    el("span", { class: "muted" }, " · left out of the overview's counts and costs")) : null;
+  VIEW.replaceChildren(el("p", {}, back), el("h1", {}, `Call from ${s.from_number || "unknown"}`), testBadge ?? "",
     el("div", { class: "call-grid" },
       el("div", {}, el("section", { class: "card" }, facts, downloads), playerBox,
         el("section", { class: "card" }, el("h2", {}, "Timeline"), convo)),
@@ -871,6 +876,20 @@ async function drawTests(stillHere) {
     rows.replaceChildren(...page.items.flatMap(runRow));
     if (!page.items.length) rows.append(el("tr", {}, el("td", { colspan: 6, class: "muted" }, "No test run yet.")));
   }
+  // /tests?run=<id> (a test call's page links here): that run, its calls open, even when older than the list.
+  async function focusRun(runId) {
+    if (!runRows.has(runId)) {
+      let run;
+      try { run = await api(`/tests/runs/${encodeURIComponent(runId)}`); }
+      catch (e) { if (!(e instanceof SignedOut)) { note.textContent = ""; note.append(el("span", { class: "err", role: "alert" }, e.status === 404 ? `There is no test run ${runId}.` : e.message)); } return; }
+      if (!stillHere()) return;
+      rows.prepend(...runRow(run));
+    }
+    const known = runRows.get(runId);
+    known.row.classList.add("focused"); known.row.setAttribute("aria-current", "true");
+    if (known.details.hidden) known.toggle.click();
+    known.row.scrollIntoView({ block: "center" });
+  }
   async function loadHistory() {
     const data = await api("/tests/scenarios");
     if (!stillHere()) return;
@@ -909,6 +928,8 @@ async function drawTests(stillHere) {
     if (["passed", "failed", "error"].includes(p.status)) await loadHistory();
   });
   await Promise.all([loadRuns(), loadHistory()]);
+  const wanted = new URLSearchParams(location.search).get("run");
+  if (wanted && stillHere()) await focusRun(wanted);
 }
 
 render();
