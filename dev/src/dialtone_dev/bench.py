@@ -226,8 +226,11 @@ def _cpu_table(r: RunResult, f: Figures, out: Callable[[str], None]) -> None:
     load = sum(r.load_cpu_s.values())
     for name, seconds in r.load_cpu_s.items():
         out(f"  ({name}){'':<{max(0, 20 - len(name))}}{per_call_minute(seconds, f.call_minutes):>8.3f}   ({seconds:.1f} s, not the platform)")
-    out(f"  load core {load / max(r.wall_s, 1e-9):.0%} busy"
-        + ("  (near saturation: latency may include queueing in the load generator)" if load / max(r.wall_s, 1e-9) > 0.85 else ""))  # fmt: skip
+    out(f"  load (simulator and load generator) {load / max(r.wall_s, 1e-9):.0%} of a core; the load generator's "
+        f"20 ms clock ran late by p50 {fmt_ms(pct(r.late_ms, 50), 0)} p99 {fmt_ms(pct(r.late_ms, 99), 0)} ms")  # fmt: skip
+    if r.core_busy:
+        out("  each core busy during the calls, everyone's processes counted (a shared machine's others too): "
+            + ", ".join(f"CPU {c} {b:.0%}" for c, b in sorted(r.core_busy.items())))  # fmt: skip
 
 
 def _memory_table(r: RunResult, calls: int, out: Callable[[str], None]) -> None:

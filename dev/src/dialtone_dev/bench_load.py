@@ -233,6 +233,7 @@ class LoadGenerator:
             for audio in (speech.synthesize(line, seed=n) for n, line in enumerate(LINES))
         ]  # fmt: skip
         self.calls: list[_Call] = []
+        self.late_ms: list[float] = []  # how late each clock tick ran: the load generator's own lag
         self.orphan_sids: list[str] = []
         self._live: set[_Call] = set()
 
@@ -327,6 +328,8 @@ class LoadGenerator:
             due = int((time.monotonic() - start) / FRAME_S) + 1
             while tick < due:
                 now = time.monotonic()
+                if self._live:
+                    self.late_ms.append((now - start - tick * FRAME_S) * 1000)
                 for call in list(self._live):
                     if call.state == "done":
                         call.done.set()
@@ -352,4 +355,4 @@ def run_process(target: Target, first: int, count: int, duration: float, out: st
     gen = LoadGenerator(target, first, count, duration, ramp_s=ramp_s, stream_delay_s=stream_delay_s,
                         orphans=orphans)  # fmt: skip
     results = asyncio.run(gen.run())
-    Path(out).write_bytes(pickle.dumps({"calls": results, "orphans": gen.orphan_sids}))
+    Path(out).write_bytes(pickle.dumps({"calls": results, "orphans": gen.orphan_sids, "late_ms": gen.late_ms}))

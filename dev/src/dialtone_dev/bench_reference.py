@@ -14,6 +14,7 @@ sample).
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import os
 import signal
@@ -87,7 +88,7 @@ class ReferenceBridge:
         if self.engine == "live":
             await model.send(orjson.dumps({"type": "session.start", "session": {
                 "model": "gpt-live", "instructions": INSTRUCTIONS,
-                "audio": {"format": {"type": "audio/pcmu"}, "output": {"voice": "marin"}}}}).decode())  # fmt: skip
+                "audio": {"format": {"type": "audio/pcmu", "rate": 8000}, "output": {"voice": "marin"}}}}).decode())  # fmt: skip
             async for raw in model:
                 if orjson.loads(raw).get("type") == "session.started":
                     break
@@ -144,9 +145,8 @@ class _Relay:
                 self.marks = 0
 
     def engine_silence(self, delta: str) -> bool:
-        """GPT-Live streams silence between utterances; like any relay, do not forward it. (The
-        base64 of 100 ms of 0xFF mu-law silence is ``/////...``.)"""
-        return self.delta == "session.output_audio.delta" and not delta.strip("/=")
+        """GPT-Live streams silence between utterances; like any relay, do not forward it."""
+        return self.delta == "session.output_audio.delta" and not base64.b64decode(delta).strip(b"\xff")
 
 
 def run_process(engine: str, model_url: str, port: int, public_base_url: str, auth_token: str,

@@ -88,6 +88,8 @@ class RunResult:
     sockets_open_after: int
     sessions_json: dict[str, dict] = field(default_factory=dict)  # platform only: GET /sessions/{sid}
     pinned_ok: str = ""
+    late_ms: list[float] = field(default_factory=list)  # the load generator's clock ticks, how late
+    core_busy: dict[int, float] = field(default_factory=dict)  # each core's busy share during the calls
 
 
 def _cpu(proc: psutil.Process) -> float:
@@ -222,17 +224,10 @@ async def run_side(kind: str, engine: str, calls: int, duration: float, workers:
             agents.mkdir(parents=True, exist_ok=True)
             (agents / "agent.toml").write_text(AGENT.format(engine=engine, greeting=GREETING))
             (agents / "system.md").write_text("You are the bench's phone agent. Answer briefly.")
-            platform = Platform(data_dir=tmp / "platform", ports=Ports.free(), nats_url=settings.nats_url,
-                                database_url=settings.database_url, agents_dir=agents.parent,
-                                realtime_url=f"ws://127.0.0.1:{sim_port}/v1/realtime",
-                                live_url=f"ws://127.0.0.1:{sim_port}/v1/live/sessions")  # fmt: skip
-            if pin.platform:
-                os.sched_setaffinity(0, pin.platform)  # inherited by everything the platform starts
-            try:
-                await stack.enter_async_context(platform)
-            finally:
-                if pin.load:
-                    os.sched_setaffinity(0, pin.load)
+            platform = await _start_platform(stack, pin, data_dir=tmp / "platform", nats_url=settings.nats_url,
+                                             database_url=settings.database_url, agents_dir=agents.parent,
+                                             realtime_url=f"ws://127.0.0.1:{sim_port}/v1/realtime",
+                                             live_url=f"ws://127.0.0.1:{sim_port}/v1/live/sessions")  # fmt: skip
             services = {s.pid: s.name for s in platform.services.values()}
             target = Target(platform.gateway_url, platform.public_base_url or platform.gateway_url,
                             platform.twilio_auth_token, platform.twilio_account_sid)  # fmt: skip
@@ -261,6 +256,7 @@ async def run_side(kind: str, engine: str, calls: int, duration: float, workers:
             f"{orphans} webhooks whose stream never comes ...")  # fmt: skip
         callers = []
         wall0 = time.monotonic()
+        cores0 = psutil.cpu_times(percpu=True)
         for i, count in enumerate(share):
             p = ctx.Process(target=bench_load.run_process, args=(
                 target, sum(share[:i]), count, duration, str(tmp / f"calls-{i}.pkl"), 0.5, 0.02 * workers,
@@ -282,15 +278,17 @@ async def run_side(kind: str, engine: str, calls: int, duration: float, workers:
         for p in callers:
             await asyncio.to_thread(p.join)
         wall = time.monotonic() - wall0
+        core_busy = _busy(cores0, psutil.cpu_times(percpu=True))
         measured.sample_cpu()
         sim_cpu = _cpu(sim_proc) - sim_cpu0
-        results, orphan_sids = [], []
+        results, orphan_sids, late_ms = [], [], []
         for i in range(len(callers)):
             path = tmp / f"calls-{i}.pkl"
             if path.exists():
                 data = pickle.loads(path.read_bytes())
                 results += data["calls"]
                 orphan_sids += data["orphans"]
+                late_ms += data["late_ms"]
         # Every model socket should close: the calls' at once, the early ones within PREPARE_TTL_S.
         deadline = time.monotonic() + (PREPARE_TTL_S + 5 if orphans else 10)
         while open_now.value and time.monotonic() < deadline:
@@ -313,7 +311,39 @@ async def run_side(kind: str, engine: str, calls: int, duration: float, workers:
         errors=["the model simulator wrote no report"])
     return RunResult(kind, results, orphan_sids, report, usage,
                      {"model simulator": sim_cpu, "load generator": sum(caller_cpu)}, wall, sockets_open,
-                     sessions_json, pinned_ok)  # fmt: skip
+                     sessions_json, pinned_ok, late_ms, core_busy)  # fmt: skip
+
+
+def _busy(before: list[Any], after: list[Any]) -> dict[int, float]:
+    """Each core's busy share between two ``psutil.cpu_times(percpu=True)``: everyone's, the other
+    programs of a shared machine included."""
+    out = {}
+    for core, (a, b) in enumerate(zip(before, after, strict=False)):
+        total = sum(b) - sum(a)
+        idle = (b.idle + getattr(b, "iowait", 0.0)) - (a.idle + getattr(a, "iowait", 0.0))
+        out[core] = (total - idle) / total if total > 0 else 0.0
+    return out
+
+
+async def _start_platform(stack: contextlib.AsyncExitStack, pin: Pinning, **kwargs: Any) -> Platform:
+    """Start the platform with the bench's main thread on the platform's core. A port chosen free
+    can be taken by another program before a service binds it (a shared machine): then again, on
+    other ports, up to three times."""
+    for attempt in range(3):
+        platform = Platform(ports=Ports.free(), **kwargs)
+        if pin.platform:
+            os.sched_setaffinity(0, pin.platform)  # inherited by every service the platform starts
+        try:
+            await stack.enter_async_context(platform)
+            return platform
+        except RuntimeError as exc:
+            if "address already in use" not in str(exc) or attempt == 2:
+                raise
+            print("bench: a port was taken meanwhile; starting the platform again on other ports", flush=True)
+        finally:
+            if pin.load:
+                os.sched_setaffinity(0, pin.load)
+    raise AssertionError("unreachable")
 
 
 async def _wait_port(port: int, timeout: float = 20.0) -> None:

@@ -1,0 +1,119 @@
+"""The bench's figure maths and its exit code: frames matched by the tags carried in the audio,
+latency and loss per direction, percentiles, and the verdict that fails ``make bench``."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from dialtone_dev.bench import Figures, report
+from dialtone_dev.bench_figures import (
+    FRAME_BYTES, GRACE_S, Verdict, inbound_frames, inbound_latency, outbound_latency, pct, read_tag, tag_frame,
+)  # fmt: skip
+from dialtone_dev.bench_load import CallResult
+from dialtone_dev.bench_run import Pinning, RunResult, Usage
+from dialtone_dev.bench_sims import SessionRecord, SimReport
+from dialtone_sim.audio import energy
+
+pytestmark = pytest.mark.unit
+
+SPEECH = bytes([0x10]) * FRAME_BYTES  # loud, untagged
+
+
+def test_a_tag_is_silence_and_reads_back() -> None:
+    frame = tag_frame(299, 123_456)
+    assert len(frame) == FRAME_BYTES and energy(frame) == 0  # the model's VAD hears silence
+    assert read_tag(frame) == (299, 123_456)
+    assert read_tag(SPEECH) is None
+    assert read_tag(bytes([0xFF]) * FRAME_BYTES) is None  # plain silence carries no tag
+
+
+def test_speech_frames_are_numbered_from_the_last_tag() -> None:
+    # Frames 0-1 silent (tagged), 2-3 speech, 4 silent; delivered in two appends.
+    audio = tag_frame(7, 0) + tag_frame(7, 1) + SPEECH + SPEECH + tag_frame(7, 4)
+    call, frames = inbound_frames(audio, [(10.0, 3 * FRAME_BYTES), (10.5, 5 * FRAME_BYTES)])
+    assert call == 7
+    assert frames == [(0, 10.0), (1, 10.0), (2, 10.0), (3, 10.5), (4, 10.5)]
+
+
+def test_inbound_latency_and_loss() -> None:
+    sent = [1.0, 1.02, 1.04, 1.06, 9.5]  # the last one within the grace before the hang-up
+    received = [(0, 1.003), (1, 1.025), (3, 1.07)]  # frame 2 never arrived
+    latencies, lost = inbound_latency(sent, received, hung_up_at=10.0)
+    assert [round(x, 3) for x in latencies] == [3.0, 5.0, 10.0]
+    assert lost == 1  # frame 2; frame 4 may still be on its way
+    latencies, _ = inbound_latency(sent, received, hung_up_at=10.0, since=1.01)
+    assert len(latencies) == 2  # set-up frames are left out of the latency, never out of the loss
+
+
+def test_outbound_latency_matches_bytes_not_messages() -> None:
+    # The model sends 400 bytes in one piece; the platform delivers them as two messages.
+    model = [(5.0, 2 * FRAME_BYTES + 80)]
+    caller = [(5.004, FRAME_BYTES), (5.010, FRAME_BYTES + 80)]
+    latencies, lost = outbound_latency(model, caller, hung_up_at=20.0)
+    assert [round(x, 3) for x in latencies] == [4.0, 10.0, 10.0]
+    assert lost == 0
+    latencies, lost = outbound_latency(model + [(6.0, FRAME_BYTES)], caller, hung_up_at=20.0)
+    assert lost == 1  # 20 ms the caller never got
+    _, lost = outbound_latency(model + [(20.0 - GRACE_S / 2, FRAME_BYTES)], caller, hung_up_at=20.0)
+    assert lost == 0  # still on its way at the hang-up
+
+
+def test_percentiles() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert pct(values, 50) == 50 and pct(values, 99) == 99 and pct(values, 100) == 100
+    assert math.isnan(pct([], 50))
+
+
+@pytest.mark.parametrize(
+    ("verdict", "code"),
+    [
+        (Verdict(calls=3), 0),
+        (Verdict(calls=3, failed_calls=["CA1: no reply"]), 1),
+        (Verdict(calls=3, lost_in=1), 1),
+        (Verdict(calls=3, lost_out=2), 1),
+        (Verdict(calls=3, sim_errors=["realtime violation: ..."]), 1),
+        (Verdict(calls=3, leaked_sockets=1), 1),
+    ],
+)
+def test_the_exit_code_fails_on_failed_work(verdict: Verdict, code: int) -> None:
+    assert verdict.exit_code == code
+
+
+def _run(*, error: str | None = None, lost_frame: bool = False, sim_errors: list[str] | None = None) -> RunResult:
+    sent = [100.0 + 0.02 * n for n in range(5)]
+    call = CallResult(index=0, call_sid="CA0", webhook_at=99.0, stream_at=99.5, first_audio_at=99.9,
+                      hung_up_at=110.0, sent_times=sent, received=[(100.2, 320)], error=error)  # fmt: skip
+    frames = [(n, t + 0.002) for n, t in enumerate(sent) if not (lost_frame and n == 2)]
+    session = SessionRecord(0, 0, frames, [(100.198, 320)], still_open=False)
+    return RunResult("platform", [call], [], SimReport([session], sim_errors or []),
+                     {"media-gateway": Usage(0.5, 70, 71)}, {"model simulator": 0.1, "load generator": 0.1},
+                     12.0, 0)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("run", "code"),
+    [
+        (_run(), 0),
+        (_run(error="the gateway closed the stream before the caller hung up"), 1),
+        (_run(lost_frame=True), 1),
+        (_run(sim_errors=["realtime violation: session 0: ..."]), 1),
+    ],
+)
+def test_report_prints_the_figures_and_returns_the_exit_code(run: RunResult, code: int) -> None:
+    lines: list[str] = []
+    assert report("realtime", 1, Pinning([0], [1]), [run], out=lines.append) == code
+    text = "\n".join(lines)
+    assert "caller -> model" in text and "model -> caller" in text and "first agent audio" in text
+    assert "received_ms" in text and "n/a" in text  # the turns carry no received_ms here
+    assert ("FAILED" in text) == bool(code)
+
+
+def test_figures_of_a_clean_run() -> None:
+    from dialtone_dev.bench import figures
+
+    f: Figures = figures(_run())
+    assert [round(x, 1) for x in f.inbound] == [2.0] * 5
+    assert [round(x, 1) for x in f.outbound] == [2.0, 2.0]
+    assert f.lost_in == f.lost_out == 0
+    assert [round(x) for x in f.first_words] == [900]
