@@ -8,7 +8,15 @@ import math
 import pytest
 from dialtone_dev.bench import Figures, report
 from dialtone_dev.bench_figures import (
-    FRAME_BYTES, GRACE_S, Verdict, inbound_frames, inbound_latency, outbound_latency, pct, read_tag, tag_frame,
+    FRAME_BYTES,
+    GRACE_S,
+    Verdict,
+    inbound_frames,
+    inbound_latency,
+    outbound_latency,
+    pct,
+    read_tag,
+    tag_frame,
 )  # fmt: skip
 from dialtone_dev.bench_load import CallResult
 from dialtone_dev.bench_run import Pinning, RunResult, Usage

@@ -291,7 +291,7 @@ async def run_side(kind: str, engine: str, calls: int, duration: float, workers:
                 late_ms += data["late_ms"]
         # Every model socket should close: the calls' at once, the early ones within PREPARE_TTL_S.
         deadline = time.monotonic() + (PREPARE_TTL_S + 5 if orphans else 10)
-        while open_now.value and time.monotonic() < deadline:
+        while open_now.value and time.monotonic() < deadline:  # noqa: ASYNC110 - another process's counter
             await asyncio.sleep(0.2)
         await asyncio.sleep(0.5)
         sockets_open = open_now.value

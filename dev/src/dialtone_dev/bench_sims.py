@@ -8,6 +8,7 @@ be hundreds of MB at 300 calls).
 from __future__ import annotations
 
 import asyncio
+import gc
 import multiprocessing.sharedctypes
 import multiprocessing.synchronize
 import os
@@ -72,6 +73,10 @@ def run_process(engine: str, port: int, out: str, ready: multiprocessing.synchro
             ready.set()
             while not stop.is_set():
                 open_now.value = sum(1 for s in sim.sessions if not s.closed.is_set())
+                # The simulator keeps every event of every session (tests inspect them): without
+                # this, the full collections that walk them stall the loop for 100s of ms, and the
+                # figures would measure the simulator's garbage collector.
+                gc.freeze()
                 await asyncio.sleep(0.2)
             report = SimReport(errors=list(sim.sim_errors()))
             for s in sim.sessions:
