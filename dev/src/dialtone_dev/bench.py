@@ -266,7 +266,8 @@ def _first_words_and_turns(r: RunResult, f: Figures, out: Callable[[str], None])
         out(_p(f.admin_stages["received -> sent"], "platform's share: received -> sent", width=44, p_hi=95))
 
 
-async def bench(engine: str, calls: int, duration: float, workers: int, pin_enabled: bool, reference: bool) -> int:
+async def bench(engine: str, calls: int, duration: float, workers: int, pin_enabled: bool, reference: bool,
+                profile: Path | None = None) -> int:  # fmt: skip
     pin = Pinning.choose(pin_enabled)
     print(f"Pinning: {pin.describe()}", flush=True)
     tmp = Path(tempfile.mkdtemp(prefix="dialtone-bench-"))
@@ -274,13 +275,16 @@ async def bench(engine: str, calls: int, duration: float, workers: int, pin_enab
     runs = []
     try:
         runs.append(await run_side("platform", engine, calls, duration, workers, pin, tmp / "platform",
-                                   say=lambda s: print(s, flush=True)))  # fmt: skip
+                                   say=lambda s: print(s, flush=True), profile=profile))  # fmt: skip
         if reference:
             runs.append(await run_side("reference", engine, calls, duration, workers, pin, tmp / "reference",
-                                       say=lambda s: print(s, flush=True)))  # fmt: skip
+                                       say=lambda s: print(s, flush=True), profile=profile))  # fmt: skip
     finally:
         os.sched_setaffinity(0, own)
-    return report(engine, calls, pin, runs)
+    code = report(engine, calls, pin, runs)
+    if profile:
+        print(f"Flame graphs (py-spy, during the calls): {profile}/*.svg")
+    return code
 
 
 def main() -> None:
@@ -291,6 +295,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=0, help="load generator processes (0: one per 150 calls)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin the platform and the load apart")
     parser.add_argument("--no-reference", action="store_true", help="skip the single-process reference bridge")
+    parser.add_argument("--profile", type=Path, metavar="DIR",
+                        help="py-spy flame graphs of the gateway, the bridge, the writer (and the reference) in DIR")
     parser.add_argument("--soak", type=int, metavar="N", help="instead: N short calls in sequence, RSS per service")
     parser.add_argument("--warmup", type=int, default=50, help="soak: calls before the baseline RSS")
     args = parser.parse_args()
@@ -300,4 +306,4 @@ def main() -> None:
         raise SystemExit(asyncio.run(soak(max(1, args.soak), max(0, args.warmup))))
     workers = args.workers or max(1, math.ceil(args.calls / 150))
     raise SystemExit(asyncio.run(bench(args.engine, max(1, args.calls), args.duration, workers,
-                                       not args.no_pin, not args.no_reference)))  # fmt: skip
+                                       not args.no_pin, not args.no_reference, args.profile)))  # fmt: skip

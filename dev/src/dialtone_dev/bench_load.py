@@ -282,8 +282,10 @@ class LoadGenerator:
             stream, base = urlsplit(stream_url), urlsplit(self.target.base_url)
             ws_url = urlunsplit(({"http": "ws", "https": "wss"}[base.scheme], base.netloc, stream.path, stream.query, ""))
             headers = {"X-Twilio-Signature": self.validator.compute_signature(stream_url, {})}
+            # A large write limit: a gateway that stops reading one call's socket must not stall the
+            # clock of every call (as TCP would, the frames wait in that call's own buffer).
             call.ws = await connect(ws_url, additional_headers=headers, ping_interval=None, compression=None,
-                                    max_queue=None)  # fmt: skip
+                                    max_queue=None, write_limit=2**24)  # fmt: skip
             r.stream_at = time.monotonic()
             call.deadline = r.stream_at + self.duration
             await call.ws.send(orjson.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}).decode())

@@ -15,6 +15,7 @@ import contextlib
 import multiprocessing
 import os
 import pickle
+import shutil
 import signal
 import time
 from dataclasses import dataclass, field
@@ -199,8 +200,9 @@ async def _fetch_sessions(platform: Platform, sids: list[str], timeout: float = 
 
 
 async def run_side(kind: str, engine: str, calls: int, duration: float, workers: int, pin: Pinning, tmp: Path,
-                   say: Any = print) -> RunResult:  # fmt: skip
-    """Run ``calls`` calls against the platform (``kind="platform"``) or the reference bridge."""
+                   say: Any = print, profile: Path | None = None) -> RunResult:  # fmt: skip
+    """Run ``calls`` calls against the platform (``kind="platform"``) or the reference bridge;
+    with ``profile``, py-spy samples each service during the calls into a flame graph there."""
     tmp.mkdir(parents=True, exist_ok=True)
     ctx = multiprocessing.get_context("spawn")
     me = os.getpid()
@@ -264,6 +266,7 @@ async def run_side(kind: str, engine: str, calls: int, duration: float, workers:
             p.start()
             callers.append(p)
         measured.exclude |= {p.pid or 0 for p in callers}
+        spies = await _profile(profile, services, duration) if profile else []
         caller_procs = [psutil.Process(p.pid) for p in callers]
         caller_cpu = [0.0] * len(callers)
         peak: dict[str, float] = {}
@@ -277,6 +280,9 @@ async def run_side(kind: str, engine: str, calls: int, duration: float, workers:
             await asyncio.sleep(1.0)
         for p in callers:
             await asyncio.to_thread(p.join)
+        for spy in spies:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(spy.wait(), 30)
         wall = time.monotonic() - wall0
         core_busy = _busy(cores0, psutil.cpu_times(percpu=True))
         measured.sample_cpu()
@@ -312,6 +318,24 @@ async def run_side(kind: str, engine: str, calls: int, duration: float, workers:
     return RunResult(kind, results, orphan_sids, report, usage,
                      {"model simulator": sim_cpu, "load generator": sum(caller_cpu)}, wall, sockets_open,
                      sessions_json, pinned_ok, late_ms, core_busy)  # fmt: skip
+
+
+async def _profile(into: Path, services: dict[int, str], duration: float) -> list[asyncio.subprocess.Process]:
+    """Start ``py-spy record`` on each service for the calls' duration: a flame graph per service in
+    ``into``. Non-blocking (it never pauses the service), at 100 samples a second."""
+    into.mkdir(parents=True, exist_ok=True)
+    spy = shutil.which("py-spy")
+    if spy is None:
+        raise RuntimeError("--profile needs py-spy (pip install py-spy)")
+    return [
+        await asyncio.create_subprocess_exec(
+            spy, "record", "--nonblocking", "-r", "100", "-d", str(max(1, int(duration))), "-p", str(pid),
+            "-o", str(into / f"{name.replace(' ', '-')}.svg"),
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        )
+        for pid, name in services.items()
+        if name not in ("admin-api", "tool-runner")
+    ]
 
 
 def _busy(before: list[Any], after: list[Any]) -> dict[int, float]:
