@@ -43,6 +43,7 @@ greeting = "{greeting}"
 idle_prompt_s = 0
 max_duration_s = 0
 """
+RAMP_S = 5.0
 PREPARE_TTL_S = 10.0  # the bridge's default: an early session whose stream never came closes after this
 
 
@@ -259,9 +260,12 @@ async def run_side(kind: str, engine: str, calls: int, duration: float, workers:
         callers = []
         wall0 = time.monotonic()
         cores0 = psutil.cpu_times(percpu=True)
+        # The calls' starts spread over at least 5 s (about one turn): calls in lockstep would all
+        # speak, and be answered, at once, a burst no real line sees.
+        ramp_s = max(0.02, RAMP_S / calls) * workers
         for i, count in enumerate(share):
             p = ctx.Process(target=bench_load.run_process, args=(
-                target, sum(share[:i]), count, duration, str(tmp / f"calls-{i}.pkl"), 0.5, 0.02 * workers,
+                target, sum(share[:i]), count, duration, str(tmp / f"calls-{i}.pkl"), 0.5, ramp_s,
                 orphans if i == 0 else 0, pin.load))  # fmt: skip
             p.start()
             callers.append(p)
