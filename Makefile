@@ -51,7 +51,7 @@ test-e2e: install
 	$(UV) run --frozen pytest -m e2e $(XDIST)
 
 SESSIONS ?= 1000000
-bench: install  ## CALLS concurrent simulated calls (latency per frame, CPU per call-minute, frames lost), then the call list over SESSIONS sessions
+bench: install  ## CALLS concurrent simulated calls on ENGINE, platform vs a single-process bridge (README: Performance), then the call list over SESSIONS sessions
 	$(UV) run --frozen python -m dialtone_dev bench --calls $(CALLS) --duration $(DURATION) --engine $(ENGINE)
 	$(UV) run --frozen python -m dialtone_dev bench-list --sessions $(SESSIONS)
 

@@ -3,8 +3,10 @@ latency and loss per direction, percentiles, and the verdict that fails ``make b
 
 from __future__ import annotations
 
+import base64
 import math
 
+import orjson
 import pytest
 from dialtone_dev.bench import Figures, report
 from dialtone_dev.bench_figures import (
@@ -18,7 +20,7 @@ from dialtone_dev.bench_figures import (
     read_tag,
     tag_frame,
 )  # fmt: skip
-from dialtone_dev.bench_load import CallResult
+from dialtone_dev.bench_load import QUIET_S, CallResult, _Call
 from dialtone_dev.bench_run import Pinning, RunResult, Usage
 from dialtone_dev.bench_sims import SessionRecord, SimReport
 from dialtone_sim.audio import energy
@@ -125,3 +127,48 @@ def test_figures_of_a_clean_run() -> None:
     assert [round(x, 1) for x in f.outbound] == [2.0, 2.0]
     assert f.lost_in == f.lost_out == 0
     assert [round(x) for x in f.first_words] == [900]
+
+
+# ---- the load generator's caller ------------------------------------------------------------------
+def _media(call: _Call, size: int, sid: str | None = None) -> str:
+    stream_sid = sid or call.stream_sid
+    return orjson.dumps({"event": "media", "streamSid": stream_sid,
+                         "media": {"payload": base64.b64encode(b"\x10" * size).decode()}}).decode()  # fmt: skip
+
+
+def test_the_caller_checks_the_gateway_as_twilio_does() -> None:
+    call = _Call(0, [["x"]])
+    assert call.on_message(_media(call, 320), 1.0) == []
+    assert call.r.protocol_errors == [] and call.r.first_audio_at == 1.0
+    call.on_message(_media(call, 160), 1.1)  # 20 ms: stutters on a real line
+    call.on_message(_media(call, 320, sid="MZother"), 1.2)
+    call.on_message('{"event": "media", "streamSid": "' + call.stream_sid + '", "media": {"payload": "***"}}', 1.3)
+    call.on_message('{"event": "speak"}', 1.4)
+    errors = "\n".join(call.r.protocol_errors)
+    assert "< 40 ms" in errors and "wrong streamSid" in errors and "invalid payload" in errors
+    assert "unknown event 'speak'" in errors
+
+
+def test_the_caller_echoes_a_mark_once_the_audio_before_it_played() -> None:
+    import orjson
+    call = _Call(0, [["x"]])
+    call.on_message(_media(call, 320), 1.0)
+    mark = orjson.dumps({"event": "mark", "streamSid": call.stream_sid, "mark": {"name": "m1"}}).decode()
+    assert call.on_message(mark, 1.0) == []  # 40 ms still to play
+    assert not any('"mark"' in m for m in call.tick(1.02))
+    echoed = [m for m in call.tick(1.04) if '"mark"' in m]
+    assert len(echoed) == 1 and '"m1"' in echoed[0] and call.r.marks_echoed == 1
+
+
+def test_the_caller_speaks_after_the_greeting_went_quiet_and_times_its_turn() -> None:
+    call = _Call(3, [["c3BlZWNo", "c3BlZWNo"]])  # two frames of "speech"
+    call.deadline = 100.0
+    call.on_message(_media(call, 320), 1.0)
+    call.tick(1.02)
+    call.tick(1.04)  # greeting played out
+    call.tick(1.0 + QUIET_S + 0.01)
+    assert call.state == "speaking"
+    sent = [call.tick(2.0 + 0.02 * n)[0] for n in range(3)]
+    assert '"payload":"c3BlZWNo"' in sent[0] and '"payload":"c3BlZWNo"' in sent[1]
+    assert call.state == "listening" and call.r.stops == [2.02]
+    assert read_tag(base64.b64decode(sent[2].split('"payload":"')[1].split('"')[0])) == (3, 5)

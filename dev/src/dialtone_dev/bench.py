@@ -68,10 +68,6 @@ class Figures:
     admin_stages: dict[str, list[float]] = field(default_factory=dict)  # from GET /sessions/{sid} turns
     admin_received: bool = False
 
-    @property
-    def cpu_key(self) -> str:
-        return self.kind
-
 
 def figures(run: RunResult) -> Figures:
     ok = [c for c in run.calls if c.error is None]

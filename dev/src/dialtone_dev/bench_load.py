@@ -25,6 +25,7 @@ import base64
 import binascii
 import contextlib
 import gc
+import math
 import os
 import pickle
 import secrets
@@ -91,10 +92,9 @@ class CallResult:
 class _Call:
     """One call's state, stepped by the process's clock."""
 
-    def __init__(self, index: int, target: Target, deadline: float, speech: list[list[str]]) -> None:
+    def __init__(self, index: int, speech: list[list[str]]) -> None:
         self.r = CallResult(index, "CA" + secrets.token_hex(16))
-        self.target = target
-        self.deadline = deadline
+        self.deadline = math.inf  # set when the stream opens
         self.speech = speech
         self.stream_sid = "MZ" + secrets.token_hex(16)
         self.ws: ClientConnection | None = None
@@ -272,7 +272,7 @@ class LoadGenerator:
     async def _one(self, http: aiohttp.ClientSession, n: int) -> None:
         index = self.first + n
         await asyncio.sleep(n * self.ramp_s)
-        call = _Call(index, self.target, 0.0, self.speech)
+        call = _Call(index, self.speech)
         self.calls.append(call)
         r = call.r
         try:
