@@ -133,13 +133,16 @@ def _p(values: list[float], label: str, width: int = 40, p_hi: float = 99) -> st
             f"   ({len(values)})")  # fmt: skip
 
 
-def report(engine: str, calls: int, pin: Pinning, runs: list[RunResult], out: Callable[[str], None] = print) -> int:
+def report(engine: str, calls: int, pin: Pinning, runs: list[RunResult], out: Callable[[str], None] = print,
+           env: dict[str, str] | None = None) -> int:  # fmt: skip
     """Print every figure; returns the exit code."""
+    env = env or {}
     figs = {r.kind: figures(r) for r in runs}
     plat_run = next((r for r in runs if r.kind == "platform"), None)
     ref_run = next((r for r in runs if r.kind == "reference"), None)
     out("")
-    out(f"Dialtone bench: {calls} concurrent calls, engine {engine}, {os.cpu_count()} cores")
+    out(f"Dialtone bench: {calls} concurrent calls, engine {engine}, {os.cpu_count()} cores"
+        + (f"; platform settings {' '.join(f'{k}={v}' for k, v in env.items())}" if env else ""))
     out(f"Pinning: {pin.describe()}")
     for r in runs:
         if r.pinned_ok:
@@ -263,7 +266,7 @@ def _first_words_and_turns(r: RunResult, f: Figures, out: Callable[[str], None])
 
 
 async def bench(engine: str, calls: int, duration: float, workers: int, pin_enabled: bool, reference: bool,
-                profile: Path | None = None) -> int:  # fmt: skip
+                profile: Path | None = None, env: dict[str, str] | None = None) -> int:  # fmt: skip
     pin = Pinning.choose(pin_enabled)
     print(f"Pinning: {pin.describe()}", flush=True)
     tmp = Path(tempfile.mkdtemp(prefix="dialtone-bench-"))
@@ -271,13 +274,13 @@ async def bench(engine: str, calls: int, duration: float, workers: int, pin_enab
     runs = []
     try:
         runs.append(await run_side("platform", engine, calls, duration, workers, pin, tmp / "platform",
-                                   say=lambda s: print(s, flush=True), profile=profile))  # fmt: skip
+                                   say=lambda s: print(s, flush=True), profile=profile, env=env))  # fmt: skip
         if reference:
             runs.append(await run_side("reference", engine, calls, duration, workers, pin, tmp / "reference",
                                        say=lambda s: print(s, flush=True), profile=profile))  # fmt: skip
     finally:
         os.sched_setaffinity(0, own)
-    code = report(engine, calls, pin, runs)
+    code = report(engine, calls, pin, runs, env=env)
     if profile:
         print(f"Flame graphs (py-spy, during the calls): {profile}/*.svg")
     return code
@@ -293,6 +296,9 @@ def main() -> None:
     parser.add_argument("--no-reference", action="store_true", help="skip the single-process reference bridge")
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="py-spy flame graphs of the gateway, the bridge, the writer (and the reference) in DIR")
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                        help="a setting for every platform service, e.g. RECORDINGS_ENABLED=false to see what the "
+                        "recorder costs (repeatable)")
     parser.add_argument("--soak", type=int, metavar="N", help="instead: N short calls in sequence, RSS per service")
     parser.add_argument("--warmup", type=int, default=50, help="soak: calls before the baseline RSS")
     args = parser.parse_args()
@@ -301,5 +307,11 @@ def main() -> None:
 
         raise SystemExit(asyncio.run(soak(max(1, args.soak), max(0, args.warmup))))
     workers = args.workers or max(1, math.ceil(args.calls / 150))
+    env = {}
+    for item in args.env:
+        name, eq, value = item.partition("=")
+        if not eq or not name:
+            parser.error(f"--env wants NAME=VALUE, not {item!r}")
+        env[name] = value
     raise SystemExit(asyncio.run(bench(args.engine, max(1, args.calls), args.duration, workers,
-                                       not args.no_pin, not args.no_reference, args.profile)))  # fmt: skip
+                                       not args.no_pin, not args.no_reference, args.profile, env)))  # fmt: skip

@@ -201,7 +201,7 @@ async def _fetch_sessions(platform: Platform, sids: list[str], timeout: float = 
 
 
 async def run_side(kind: str, engine: str, calls: int, duration: float, workers: int, pin: Pinning, tmp: Path,
-                   say: Any = print, profile: Path | None = None) -> RunResult:  # fmt: skip
+                   say: Any = print, profile: Path | None = None, env: dict[str, str] | None = None) -> RunResult:  # fmt: skip
     """Run ``calls`` calls against the platform (``kind="platform"``) or the reference bridge;
     with ``profile``, py-spy samples each service during the calls into a flame graph there."""
     tmp.mkdir(parents=True, exist_ok=True)
@@ -230,7 +230,8 @@ async def run_side(kind: str, engine: str, calls: int, duration: float, workers:
             platform = await _start_platform(stack, pin, data_dir=tmp / "platform", nats_url=settings.nats_url,
                                              database_url=settings.database_url, agents_dir=agents.parent,
                                              realtime_url=f"ws://127.0.0.1:{sim_port}/v1/realtime",
-                                             live_url=f"ws://127.0.0.1:{sim_port}/v1/live/sessions")  # fmt: skip
+                                             live_url=f"ws://127.0.0.1:{sim_port}/v1/live/sessions",
+                                             extra_env=dict(env or {}))  # fmt: skip
             services = {s.pid: s.name for s in platform.services.values()}
             target = Target(platform.gateway_url, platform.public_base_url or platform.gateway_url,
                             platform.twilio_auth_token, platform.twilio_account_sid)  # fmt: skip
