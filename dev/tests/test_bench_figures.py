@@ -172,3 +172,16 @@ def test_the_caller_speaks_after_the_greeting_went_quiet_and_times_its_turn() ->
     assert '"payload":"c3BlZWNo"' in sent[0] and '"payload":"c3BlZWNo"' in sent[1]
     assert call.state == "listening" and call.r.stops == [2.02]
     assert read_tag(base64.b64decode(sent[2].split('"payload":"')[1].split('"')[0])) == (3, 5)
+
+
+def test_pinning_apart_and_its_clear_fallback_on_one_core(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    pin = Pinning.choose()
+    assert (pin.platform, pin.load) == ([0], [1])
+    assert "platform (services, NATS, PostgreSQL) on CPU [0]" in pin.describe()
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3})
+    pin = Pinning.choose()
+    assert pin.platform is None and pin.load is None
+    assert pin.describe().startswith("NOT pinned (1 core)") and "not comparable with the targets" in pin.describe()
