@@ -297,7 +297,7 @@ def main() -> None:
     parser.add_argument("--no-pin", action="store_true", help="do not pin the platform and the load apart")
     parser.add_argument("--no-reference", action="store_true", help="skip the single-process reference bridge")
     parser.add_argument("--profile", type=Path, metavar="DIR",
-                        help="py-spy flame graphs of the gateway, the bridge, the writer (and the reference) in DIR")
+                        help="py-spy flame graphs of the services (or the reference), the simulator and the load generator in DIR")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                         help="a setting for every platform service, e.g. RECORDINGS_ENABLED=false to see what the "
                         "recorder costs (repeatable)")

@@ -271,7 +271,9 @@ async def run_side(kind: str, engine: str, calls: int, duration: float, workers:
             p.start()
             callers.append(p)
         measured.exclude |= {p.pid or 0 for p in callers}
-        spies = await _profile(profile, services, duration) if profile else []
+        load_procs = {sim.pid or 0: f"{kind}-model-simulator"} | {p.pid or 0: f"{kind}-load-generator-{i}"
+                                                                   for i, p in enumerate(callers)}  # fmt: skip
+        spies = await _profile(profile, services | load_procs, duration) if profile else []
         caller_procs = [psutil.Process(p.pid) for p in callers]
         caller_cpu = [0.0] * len(callers)
         peak: dict[str, float] = {}
@@ -326,8 +328,9 @@ async def run_side(kind: str, engine: str, calls: int, duration: float, workers:
 
 
 async def _profile(into: Path, services: dict[int, str], duration: float) -> list[asyncio.subprocess.Process]:
-    """Start ``py-spy record`` on each service for the calls' duration: a flame graph per service in
-    ``into``. Non-blocking (it never pauses the service), at 100 samples a second."""
+    """Start ``py-spy record`` on each service (and the load's processes) for the calls' duration: a
+    flame graph per process in ``into``. Non-blocking (it never pauses the process), 100 samples a
+    second."""
     into.mkdir(parents=True, exist_ok=True)
     spy = shutil.which("py-spy")
     if spy is None:
