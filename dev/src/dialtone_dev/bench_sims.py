@@ -63,6 +63,7 @@ def run_process(engine: str, port: int, out: str, ready: multiprocessing.synchro
 
     if cpus:
         os.sched_setaffinity(0, cpus)
+    speech.one_voice(True)  # each line rendered once, whatever the seed
     speech.real_speech(False)  # espeak-ng per reply would cost more CPU than the platform itself
 
     async def serve() -> None:
