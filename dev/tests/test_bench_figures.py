@@ -177,9 +177,11 @@ def test_the_caller_speaks_after_the_greeting_went_quiet_and_times_its_turn() ->
 def test_pinning_apart_and_its_clear_fallback_on_one_core(monkeypatch: pytest.MonkeyPatch) -> None:
     import os
 
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
     pin = Pinning.choose()
     assert (pin.platform, pin.load) == ([0], [1])
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    assert Pinning.choose().load == [1, 2, 3]  # the platform keeps one core
     assert "platform (services, NATS, PostgreSQL) on CPU [0]" in pin.describe()
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3})
     pin = Pinning.choose()

@@ -57,7 +57,7 @@ class Pinning:
         cores = sorted(os.sched_getaffinity(0))
         if not enabled or len(cores) < 2:
             return cls(None, None)
-        return cls([cores[0]], [cores[1]])
+        return cls([cores[0]], cores[1:])  # 2 cores: one each; more: the load gets the rest
 
     def describe(self) -> str:
         if self.platform is None:
