@@ -244,7 +244,7 @@ async def run_side(kind: str, engine: str, calls: int, duration: float, workers:
             reference.start()
             await _wait_port(port)
             services = {reference.pid or 0: "reference bridge"}
-        roots = [me] if kind == "platform" else [reference.pid or 0]  # type: ignore[union-attr]
+        roots = [me] if reference is None else [reference.pid or 0]
         measured = Processes(roots, services, exclude={me, sim.pid or 0})
         if pin.platform:
             measured.pin(pin.platform)
@@ -295,13 +295,17 @@ async def run_side(kind: str, engine: str, calls: int, duration: float, workers:
         measured.sample_cpu()
         sim_cpu = _cpu(sim_proc) - sim_cpu0
         results, orphan_sids, late_ms = [], [], []
-        for i in range(len(callers)):
+        for i, p in enumerate(callers):
             path = tmp / f"calls-{i}.pkl"
-            if path.exists():
-                data = pickle.loads(path.read_bytes())
-                results += data["calls"]
-                orphan_sids += data["orphans"]
-                late_ms += data["late_ms"]
+            if not path.exists():  # the process died: each of its calls failed
+                first = sum(share[:i])
+                results += [CallResult(first + n, "?", error=f"load generator {i} exited with code {p.exitcode}")
+                            for n in range(share[i])]  # fmt: skip
+                continue
+            data = pickle.loads(path.read_bytes())
+            results += data["calls"]
+            orphan_sids += data["orphans"]
+            late_ms += data["late_ms"]
         # Every model socket should close: the calls' at once, the early ones within PREPARE_TTL_S.
         deadline = time.monotonic() + (PREPARE_TTL_S + 5 if orphans else 10)
         while open_now.value and time.monotonic() < deadline:  # noqa: ASYNC110 - another process's counter
