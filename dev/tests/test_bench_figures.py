@@ -187,3 +187,17 @@ def test_pinning_apart_and_its_clear_fallback_on_one_core(monkeypatch: pytest.Mo
     pin = Pinning.choose()
     assert pin.platform is None and pin.load is None
     assert pin.describe().startswith("NOT pinned (1 core)") and "not comparable with the targets" in pin.describe()
+
+
+def test_a_lagging_load_generator_or_a_busy_machine_is_called_out() -> None:
+    run = _run()
+    lines: list[str] = []
+    report("realtime", 1, Pinning([0], [1]), [run], out=lines.append)
+    assert not any("WARNING" in line for line in lines)
+    run.late_ms = [1.0] * 98 + [250.0, 300.0]
+    run.core_busy = {0: 0.95, 1: 0.9}  # the bench's own processes used 0.7 s of 12 s
+    lines = []
+    assert report("realtime", 1, Pinning([0], [1]), [run], out=lines.append) == 0  # a warning, not a failure
+    warnings = [line for line in lines if "WARNING" in line]
+    assert any("clock ran 250 ms late" in w for w in warnings)
+    assert any("other programs used" in w for w in warnings)

@@ -47,6 +47,8 @@ FIRST_WORDS_GOAL_MS = 1800.0
 WARM_POOL_GOAL_MS = 300.0  # the goal once the bridge keeps warm Realtime sockets
 PLATFORM_SHARE_GOAL_MS = 10.0
 CPU_GOAL = 0.40  # CPU seconds per call-minute
+LATE_WARN_MS = 20.0  # the load generator's clock later than this (p99): its own lag is in the figures
+OTHERS_WARN = 0.25  # other programs used more than this share of a core: a shared machine
 
 
 @dataclass
@@ -232,6 +234,24 @@ def _cpu_table(r: RunResult, f: Figures, out: Callable[[str], None]) -> None:
     if r.core_busy:
         out("  each core busy during the calls, everyone's processes counted (a shared machine's others too): "
             + ", ".join(f"CPU {c} {b:.0%}" for c, b in sorted(r.core_busy.items())))  # fmt: skip
+    for warning in _load_warnings(r, total):
+        out(f"  WARNING: {warning}")
+
+
+def _load_warnings(r: RunResult, measured_cpu_s: float) -> list[str]:
+    """Why this run's latencies may not be the platform's: the load could not keep time, or other
+    programs took the cores."""
+    out = []
+    late = pct(r.late_ms, 99)
+    if not math.isnan(late) and late > LATE_WARN_MS:
+        out.append(f"the load generator's clock ran {late:.0f} ms late (p99): the latencies include its own lag")
+    if r.core_busy and r.wall_s > 0:
+        ours = (measured_cpu_s + sum(r.load_cpu_s.values())) / r.wall_s
+        others = sum(r.core_busy.values()) - ours
+        if others > OTHERS_WARN:
+            out.append(f"other programs used {others:.0%} of a core during the calls (a shared machine): "
+                       "the figures are indicative")  # fmt: skip
+    return out
 
 
 def _memory_table(r: RunResult, calls: int, out: Callable[[str], None]) -> None:
