@@ -41,6 +41,7 @@ import orjson
 from twilio.request_validator import RequestValidator
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
 
 from dialtone_dev.bench_figures import FRAME_BYTES, FRAME_S, tag_frame
 
@@ -339,6 +340,10 @@ class LoadGenerator:
                         continue
                     ws = call.ws
                     assert ws is not None
+                    if ws.state is not State.OPEN:
+                        # Closing: a send now would wait for the close handshake (up to 10 s) and
+                        # hold back every other call's frames; the reader ends this call.
+                        continue
                     try:
                         for message in call.tick(now):
                             await ws.send(message)
