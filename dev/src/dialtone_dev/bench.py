@@ -144,7 +144,7 @@ def report(engine: str, calls: int, pin: Pinning, runs: list[RunResult], out: Ca
     plat_run = next((r for r in runs if r.kind == "platform"), None)
     ref_run = next((r for r in runs if r.kind == "reference"), None)
     out("")
-    out(f"Dialtone bench: {calls} concurrent calls, engine {engine}, {os.cpu_count()} cores"
+    out(f"Dialtone bench: {calls} concurrent calls, engine {engine}, {len(os.sched_getaffinity(0))} of {os.cpu_count()} cores"
         + (f"; platform settings {' '.join(f'{k}={v}' for k, v in env.items())}" if env else ""))
     out(f"Pinning: {pin.describe()}")
     for r in runs:
