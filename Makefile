@@ -4,6 +4,7 @@ PYTHON ?= python3
 UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 CALLS ?= 50
 DURATION ?= 20
+ENGINE ?= realtime
 
 RUNS ?= 1
 
@@ -71,12 +72,12 @@ test-e2e: install
 	$(UV) run --frozen pytest -m e2e $(XDIST)
 
 SESSIONS ?= 1000000
-bench: install  ## CALLS concurrent simulated calls (latency per frame, CPU per call-minute, frames lost), then the call list over SESSIONS sessions
-	$(UV) run --frozen python -m dialtone_dev bench --calls $(CALLS) --duration $(DURATION)
+bench: install  ## CALLS concurrent simulated calls on ENGINE, platform vs a single-process bridge (README: Performance), then the call list over SESSIONS sessions
+	$(UV) run --frozen python -m dialtone_dev bench --calls $(CALLS) --duration $(DURATION) --engine $(ENGINE)
 	$(UV) run --frozen python -m dialtone_dev bench-list --sessions $(SESSIONS)
 
 bench-calls: install  ## only the calls part of `make bench`
-	$(UV) run --frozen python -m dialtone_dev bench --calls $(CALLS) --duration $(DURATION)
+	$(UV) run --frozen python -m dialtone_dev bench --calls $(CALLS) --duration $(DURATION) --engine $(ENGINE)
 
 bench-list: install  ## SESSIONS synthetic sessions in a scratch PostgreSQL: call list, filter and search ms per page
 	$(UV) run --frozen python -m dialtone_dev bench-list --sessions $(SESSIONS)

@@ -1,414 +1,339 @@
-"""``make bench``: N concurrent simulated calls through the whole platform; ``make soak``: many
-short calls one after another, watching each service's memory.
+"""``make bench``: N concurrent simulated calls through the whole platform, then through a
+single-process reference bridge, side by side; ``make soak`` (``--soak N``): :mod:`.bench_soak`.
 
-Prints the platform's added latency per audio frame in each direction (p50/p99), the CPU seconds
-each service spends per call-minute, and the frames lost.
+The platform (every service, NATS, PostgreSQL) runs on one core and the load (the load generator
+of :mod:`.bench_load` and the model simulator of :mod:`.bench_sims`, validation on, 1.5 s connect
+delay) on the other (:class:`~.bench_run.Pinning`). The same load then runs against the reference
+bridge of :mod:`.bench_reference`, pinned the same way. Printed (README, "Performance"):
 
-The simulators run in processes of their own (the Realtime simulator in one, the simulated callers
-in ``--workers`` more), so their own event loops do not inflate the figures, and they stamp every
-frame with ``time.monotonic()``, which on Linux is one clock for every process of the machine:
+* added latency per 20 ms audio frame, each direction, p50/p99, matched by position in the audio
+  (:mod:`.bench_figures`); frames lost; calls failed; simulator protocol errors;
+* CPU seconds per call-minute per service, NATS and PostgreSQL, in total, and the reference's;
+* RSS per service idle and at load, memory per call, the platform's idle total;
+* first words: voice webhook -> first agent audio at the caller (stream 0.5 s after the webhook);
+  model sockets still open after the calls, early ones whose stream never came included;
+* turn latency by stage, from the load generator and simulator, and from the admin API's turns;
+* each target of issue 14 as met or not.
 
-* caller -> model: a 20 ms frame leaves the Twilio edge simulator at ``t0`` and is appended at the
-  Realtime simulator at ``t1`` (matched by byte offset in the call's audio);
-* model -> caller: an audio delta leaves the Realtime simulator at ``t0`` and arrives at the Twilio
-  edge as one media message at ``t1`` (the bridge marks every delta, so deltas and media messages
-  correspond one to one).
-
-Everything shares the machine's cores with the services: these are figures under that load.
-
-The soak (``bench --soak N``) places N short calls in sequence (greeting, one caller line, a tool
-call, the reply, hang-up; then the stored session is read back through the admin API) and reports
-each service's resident memory (RSS) at the start, after a warm-up and at the end. Growth after the
-warm-up is what a leak looks like: per call state that is never freed. The goal is under 10 MB per
-service over 1,000 calls.
+It exits 1 when the work failed: a call failed, a frame was lost, a simulator (the load generator
+included) saw a protocol error, or a model socket stayed open. Slow figures alone do not fail it
+(they depend on the machine): they are printed against their targets.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import bisect
-import contextlib
-import multiprocessing
-import multiprocessing.synchronize
+import math
 import os
-import pickle
-import signal
 import tempfile
-import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import aiohttp
-import psutil
-from dialtone_common.embedded import free_port
+from dialtone_dev.bench_figures import (
+    FRAME_S,
+    Target,
+    Verdict,
+    fmt_ms,
+    inbound_latency,
+    outbound_latency,
+    pct,
+    per_call_minute,
+)  # fmt: skip
+from dialtone_dev.bench_run import Pinning, RunResult, run_side
 
-from dialtone_dev.platform import Platform, Ports
-from dialtone_dev.settings import DevSettings
-
-LINES = [
-    "Hi, I have a question about my order.",
-    "Can you tell me when it will arrive?",
-    "And what is the return policy?",
-    "Thanks, that is all.",
-]
-
-
-@dataclass
-class CallRecord:
-    sent_audio: bytes
-    sent_times: list[float]
-    media_received: list[tuple[float, int]]
-    hung_up_at: float
+FIRST_WORDS_GOAL_MS = 1800.0
+WARM_POOL_GOAL_MS = 300.0  # the goal once the bridge keeps warm Realtime sockets
+PLATFORM_SHARE_GOAL_MS = 10.0
+CPU_GOAL = 0.40  # CPU seconds per call-minute
+LATE_WARN_MS = 20.0  # the load generator's clock later than this (p99): its own lag is in the figures
+OTHERS_WARN = 0.25  # other programs used more than this share of a core: a shared machine
 
 
 @dataclass
-class SessionRecord:
-    input_audio: bytes
-    input_times: list[tuple[float, int]]
-    output_times: list[tuple[float, int]]
+class Figures:
+    """What one side's run comes to."""
+
+    kind: str
+    calls: int
+    failed: list[str]
+    call_minutes: float
+    inbound: list[float] = field(default_factory=list)
+    outbound: list[float] = field(default_factory=list)
+    lost_in: int = 0
+    lost_out: int = 0
+    unmatched_calls: int = 0
+    protocol_errors: list[str] = field(default_factory=list)
+    first_words: list[float] = field(default_factory=list)  # webhook -> first agent audio, ms
+    after_stream: list[float] = field(default_factory=list)  # stream start -> first agent audio, ms
+    stages: dict[str, list[float]] = field(default_factory=dict)  # bench-measured turn stages, ms
+    admin_stages: dict[str, list[float]] = field(default_factory=dict)  # from GET /sessions/{sid} turns
+    admin_received: bool = False
 
 
-# ---- the simulator processes ---------------------------------------------------------------
-def _realtime_process(port: int, out: str, ready: multiprocessing.synchronize.Event) -> None:
-    from dialtone_sim import speech
-    from dialtone_sim.realtime import RealtimeSimulator
-    from dialtone_sim.scenario import Scenario, Turn
-
-    speech.real_speech(False)  # espeak-ng per reply would cost more CPU than the platform itself
-
-    scenario = Scenario(
-        turns=[Turn(caller=line, agent="Sure, let me help you with that right away.") for line in LINES],
-        fallback_agent="Is there anything else I can help you with today?",
-    )
-
-    async def serve() -> None:
-        stop = asyncio.Event()
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-        async with RealtimeSimulator(scenario, port=port, validate=False, speed=4.0) as sim:
-            ready.set()
-            await stop.wait()
-            records = [SessionRecord(bytes(s.input_audio), s.input_times, s.output_times) for s in sim.sessions]
-        Path(out).write_bytes(pickle.dumps(records))
-
-    asyncio.run(serve())
-
-
-def _caller_process(first: int, count: int, duration: float, target: dict, out: str) -> None:
-    from dialtone_sim import speech
-    from dialtone_sim.twilio_edge import dial
-
-    speech.real_speech(False)
-
-    async def one(index: int) -> CallRecord:
-        await asyncio.sleep((index - first) * 0.05)  # stagger so the calls do not all speak on one tick
-        call = await dial(target["gateway_url"], target["token"], public_base_url=target["public_base_url"],
-                          account_sid=target["account_sid"], from_=f"+1500555{index:04d}", to="+15005550006")
-        deadline = time.monotonic() + duration
-        try:
-            await call.wait_quiet(since=0, timeout=30)
-            turn = 0
-            while time.monotonic() < deadline:
-                await call.say(LINES[turn % len(LINES)])
-                await call.wait_quiet(timeout=30)
-                turn += 1
-        finally:
-            hung_up_at = time.monotonic()
-            await call.hangup()
-        return CallRecord(bytes(call.sent_audio), call.sent_times, call.media_received, hung_up_at)
-
-    async def run() -> list:
-        return await asyncio.gather(*(one(i) for i in range(first, first + count)), return_exceptions=True)
-
-    results = asyncio.run(run())
-    Path(out).write_bytes(pickle.dumps([r if isinstance(r, CallRecord) else repr(r) for r in results]))
-
-
-# ---- figures ---------------------------------------------------------------------------------
-def _pct(values: list[float], p: float) -> float:
-    if not values:
-        return float("nan")
-    values = sorted(values)
-    return values[min(len(values) - 1, int(p / 100 * len(values)))]
-
-
-def _inbound(call: CallRecord, session: SessionRecord) -> tuple[list[float], int]:
-    """Per frame: Twilio edge send -> Realtime append. Returns latencies (ms) and frames lost."""
-    ends = [end for _, end in session.input_times]
-    times = [t for t, _ in session.input_times]
-    received = len(session.input_audio) // 160
-    out = []
-    for k, sent in enumerate(call.sent_times[:received]):
-        i = bisect.bisect_right(ends, k * 160)
-        if i < len(times):
-            out.append((times[i] - sent) * 1000)
-    return out, max(0, len(call.sent_times) - received)
-
-
-def _outbound(call: CallRecord, session: SessionRecord) -> tuple[list[float], int]:
-    """Per delta: Realtime send -> Twilio edge arrival. A delta sent in the last second before the
-    caller hung up may still be on its way: it is not counted as lost."""
-    sent, got = session.output_times, call.media_received
-    n = min(len(sent), len(got))
-    due = sum(1 for t, _ in sent if t < call.hung_up_at - 1.0)
-    return [(got[k][0] - sent[k][0]) * 1000 for k in range(n)], max(0, due - len(got))
-
-
-def _cpu(proc: psutil.Process) -> float:
-    times = proc.cpu_times()
-    return times.user + times.system
-
-
-async def bench(calls: int, duration: float, workers: int) -> None:
-    settings = DevSettings()
-    tmp = Path(tempfile.mkdtemp(prefix="dialtone-bench-"))
-    ctx = multiprocessing.get_context("spawn")
-    sim_port = free_port()
-    ready = ctx.Event()
-    sim = ctx.Process(target=_realtime_process, args=(sim_port, str(tmp / "sessions.pkl"), ready))
-    sim.start()
-    await asyncio.to_thread(ready.wait, 30)
-    platform = Platform(data_dir=tmp / "platform", ports=Ports.free(), nats_url=settings.nats_url,
-                        database_url=settings.database_url, realtime_url=f"ws://127.0.0.1:{sim_port}/v1/realtime")
-    try:
-        async with platform:
-            procs = {s.name: psutil.Process(s.pid) for s in platform.services.values()}
-            cpu0 = {n: _cpu(p) for n, p in procs.items()}
-            target = {"gateway_url": platform.gateway_url, "token": platform.twilio_auth_token,
-                      "public_base_url": platform.public_base_url, "account_sid": platform.twilio_account_sid}
-            print(f"running {calls} concurrent calls for ~{duration:.0f} s each "
-                  f"({workers} caller processes, 1 Realtime simulator process, synthetic speech) ...", flush=True)
-            wall0 = time.monotonic()
-            share = [calls // workers + (1 if i < calls % workers else 0) for i in range(workers)]
-            callers = []
-            for i, count in enumerate(share):
-                p = ctx.Process(target=_caller_process,
-                                args=(sum(share[:i]), count, duration, target, str(tmp / f"calls-{i}.pkl")))
-                p.start()
-                callers.append(p)
-            sim_cpu0 = _cpu(psutil.Process(sim.pid))
-            caller_procs = [psutil.Process(p.pid) for p in callers]
-            caller_cpu = dict.fromkeys(range(len(callers)), 0.0)
-            while any(p.is_alive() for p in callers):  # sample: a finished process's CPU is gone
-                for i, proc in enumerate(caller_procs):
-                    with contextlib.suppress(psutil.Error):
-                        caller_cpu[i] = _cpu(proc)
-                await asyncio.sleep(0.5)
-            for p in callers:
-                await asyncio.to_thread(p.join)
-            wall = time.monotonic() - wall0
-            await asyncio.sleep(1.0)
-            cpu = {n: _cpu(p) - cpu0[n] for n, p in procs.items()}
-            sim_cpu = _cpu(psutil.Process(sim.pid)) - sim_cpu0
-    finally:
-        if sim.is_alive() and sim.pid is not None:
-            os.kill(sim.pid, signal.SIGTERM)
-        await asyncio.to_thread(sim.join, 30)
-
-    results = [r for i in range(workers) for r in pickle.loads((tmp / f"calls-{i}.pkl").read_bytes())]
-    sessions: list[SessionRecord] = pickle.loads((tmp / "sessions.pkl").read_bytes())
-    ok = [r for r in results if isinstance(r, CallRecord)]
-    failed = [r for r in results if not isinstance(r, CallRecord)]
-    inbound: list[float] = []
-    outbound: list[float] = []
-    lost_in = lost_out = 0
-    by_audio: dict[bytes, list[SessionRecord]] = {}
-    for s in sessions:
-        by_audio.setdefault(s.input_audio, []).append(s)
-    for call in ok:
-        # Identical audio means identical calls: any one-to-one pairing measures the same thing.
-        candidates = by_audio.get(call.sent_audio) or []
-        if not candidates:
-            lost_in += len(call.sent_times)
+def figures(run: RunResult) -> Figures:
+    ok = [c for c in run.calls if c.error is None]
+    f = Figures(run.kind, len(run.calls), [f"{c.call_sid}: {c.error}" for c in run.calls if c.error],
+                sum(len(c.sent_times) for c in ok) * FRAME_S / 60)  # fmt: skip
+    by_call: dict[int, list] = {}
+    for s in run.sim.sessions:
+        if s.call is not None:
+            by_call.setdefault(s.call, []).append(s)
+    for stage in ("stopped -> model sent", "model sent -> arrived", "arrived -> heard"):
+        f.stages[stage] = []
+    for c in run.calls:
+        f.protocol_errors += c.protocol_errors
+        if c.first_audio_at is not None:
+            f.first_words.append((c.first_audio_at - c.webhook_at) * 1000)
+            if c.stream_at is not None:
+                f.after_stream.append((c.first_audio_at - c.stream_at) * 1000)
+        if c.error:
             continue
-        session = candidates.pop()
-        latencies, lost = _inbound(call, session)
-        inbound += latencies
-        lost_in += lost
-        latencies, lost = _outbound(call, session)
-        outbound += latencies
-        lost_out += lost
-    call_minutes = sum(len(c.sent_times) * 0.02 for c in ok) / 60
-    print()
-    print(f"Dialtone bench: {len(ok)} calls completed, {len(failed)} failed, {call_minutes:.1f} call-minutes, "
-          f"{wall:.1f} s wall, {os.cpu_count()} cores")
-    for error in failed[:3]:
-        print(f"  failure: {error}")
-    print("Added latency per audio frame (ms), simulator to simulator through all services:")
-    print(f"  caller -> model : p50 {_pct(inbound, 50):6.2f}   p99 {_pct(inbound, 99):6.2f}   ({len(inbound)} frames)")
-    print(f"  model -> caller : p50 {_pct(outbound, 50):6.2f}   p99 {_pct(outbound, 99):6.2f}   ({len(outbound)} chunks)")
-    print(f"Frames lost: caller -> model {lost_in}, model -> caller {lost_out}")
-    print("CPU seconds per call-minute:")
-    for name, seconds in sorted(cpu.items()):
-        print(f"  {name:<18} {seconds / max(call_minutes, 1e-9):7.3f}   ({seconds:.1f} s)")
-    total = sum(cpu.values())
-    print(f"  {'platform total':<18} {total / max(call_minutes, 1e-9):7.3f}   ({total:.1f} s)")
-    print(f"  {'(Realtime sim)':<18} {sim_cpu / max(call_minutes, 1e-9):7.3f}   ({sim_cpu:.1f} s, not the platform)")
-    callers_cpu = sum(caller_cpu.values())
-    print(f"  {'(callers)':<18} {callers_cpu / max(call_minutes, 1e-9):7.3f}   ({callers_cpu:.1f} s, not the platform)")
-    busy = (total + sim_cpu + callers_cpu) / (wall * (os.cpu_count() or 1))
-    print(f"Machine busy: {busy:.0%} of {os.cpu_count()} cores during the run"
-          + ("  (saturated: latency includes queueing behind the simulators)" if busy > 0.8 else ""))
+        sessions = by_call.get(c.index, [])
+        if not sessions:
+            f.unmatched_calls += 1
+            f.lost_in += len(c.sent_times)
+            continue
+        frames = [fr for s in sessions for fr in s.frames]
+        output = sorted(piece for s in sessions for piece in s.output)
+        # Frames sent before the greeting arrived waited for the model's session to open.
+        lat, lost = inbound_latency(c.sent_times, frames, c.hung_up_at, since=c.first_audio_at or 0.0)
+        f.inbound += lat
+        f.lost_in += lost
+        lat, lost = outbound_latency(output, c.received, c.hung_up_at)
+        f.outbound += lat
+        f.lost_out += lost
+        for stop, (arrived, heard) in zip(c.stops, c.replies, strict=False):
+            sent = next((t for t, _ in output if t > stop), None)
+            if sent is not None and arrived is not None and arrived >= sent:
+                f.stages["stopped -> model sent"].append((sent - stop) * 1000)
+                f.stages["model sent -> arrived"].append((arrived - sent) * 1000)
+            if arrived is not None and heard is not None:
+                f.stages["arrived -> heard"].append((heard - arrived) * 1000)
+    for name in ("received_ms", "sent_ms", "heard_ms", "received -> sent"):
+        f.admin_stages[name] = []
+    for body in run.sessions_json.values():
+        for turn in body.get("turns") or []:
+            received, sent, heard = turn.get("received_ms"), turn.get("sent_ms"), turn.get("heard_ms")
+            for name, value in (("received_ms", received), ("sent_ms", sent), ("heard_ms", heard)):
+                if isinstance(value, int | float):
+                    f.admin_stages[name].append(float(value))
+            if isinstance(received, int | float) and isinstance(sent, int | float):
+                f.admin_received = True
+                f.admin_stages["received -> sent"].append(float(sent) - float(received))
+    return f
 
 
-# ---- the soak ----------------------------------------------------------------------------------
-SOAK_AGENT = """
-default = true
-numbers = ["+15005550006"]
-tools = ["set_outcome"]
-greeting = "Hello, soak line."
-[limits]
-idle_prompt_s = 0
-max_duration_s = 0
-"""
-SOAK_LINE = "Checking in."
-SOAK_REPLY = "Noted, thanks."
-SOAK_GOAL_MB = 10.0
+def verdict(run: RunResult, f: Figures) -> Verdict:
+    return Verdict(calls=f.calls, failed_calls=f.failed, lost_in=f.lost_in, lost_out=f.lost_out,
+                   sim_errors=[*run.sim.errors, *f.protocol_errors], leaked_sockets=run.sockets_open_after)  # fmt: skip
 
 
-def _soak_realtime_process(port: int, ready: multiprocessing.synchronize.Event) -> None:
-    from dialtone_sim import speech
-    from dialtone_sim.realtime import RealtimeSimulator
-    from dialtone_sim.scenario import Scenario, ToolCall, Turn
-
-    speech.real_speech(False)
-    scenario = Scenario(turns=[Turn(caller=SOAK_LINE, agent=SOAK_REPLY,
-                                    tools=[ToolCall("set_outcome", {"outcome": "answered"})])])
-
-    async def serve() -> None:
-        stop = asyncio.Event()
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-        async with RealtimeSimulator(scenario, port=port, validate=False, speed=4.0):
-            ready.set()
-            await stop.wait()
-
-    asyncio.run(serve())
+# ---- the report -------------------------------------------------------------------------------
+def _p(values: list[float], label: str, width: int = 40, p_hi: float = 99) -> str:
+    return (f"  {label:<{width}} p50 {fmt_ms(pct(values, 50))}   p{p_hi:g} {fmt_ms(pct(values, p_hi))}"
+            f"   ({len(values)})")  # fmt: skip
 
 
-def _rss_mb(procs: dict[str, psutil.Process]) -> dict[str, float]:
-    return {name: proc.memory_info().rss / 2**20 for name, proc in procs.items()}
+def report(engine: str, calls: int, pin: Pinning, runs: list[RunResult], out: Callable[[str], None] = print,
+           env: dict[str, str] | None = None) -> int:  # fmt: skip
+    """Print every figure; returns the exit code."""
+    env = env or {}
+    figs = {r.kind: figures(r) for r in runs}
+    plat_run = next((r for r in runs if r.kind == "platform"), None)
+    ref_run = next((r for r in runs if r.kind == "reference"), None)
+    out("")
+    out(f"Dialtone bench: {calls} concurrent calls, engine {engine}, {len(os.sched_getaffinity(0))} of {os.cpu_count()} cores"
+        + (f"; platform settings {' '.join(f'{k}={v}' for k, v in env.items())}" if env else ""))
+    out(f"Pinning: {pin.describe()}")
+    for r in runs:
+        if r.pinned_ok:
+            out(f"  {r.kind} processes' CPU affinity: {r.pinned_ok}")
+    code = 0
+    for r in runs:
+        f = figs[r.kind]
+        v = verdict(r, f)
+        code |= v.exit_code
+        out("")
+        out(f"== {r.kind}: {f.calls - len(f.failed)} of {f.calls} calls completed, {f.call_minutes:.1f} call-minutes, "
+            f"{r.wall_s:.0f} s wall")  # fmt: skip
+        for problem in f.failed[:3]:
+            out(f"  failed: {problem}")
+        out("Added latency per 20 ms audio frame (ms), simulator to simulator (from the greeting on):")
+        out(_p(f.inbound, "caller -> model"))
+        out(_p(f.outbound, "model -> caller"))
+        out(f"Frames lost: caller -> model {f.lost_in}, model -> caller {f.lost_out}"
+            + (f" ({f.unmatched_calls} calls reached no model session)" if f.unmatched_calls else ""))  # fmt: skip
+        errors = [*r.sim.errors, *f.protocol_errors]
+        out(f"Simulator protocol errors: {len(errors)}")
+        for e in errors[:5]:
+            out(f"  {e}")
+        _cpu_table(r, f, out)
+        _memory_table(r, calls, out)
+        if r.kind == "platform":
+            _first_words_and_turns(r, f, out)
+        for problem in v.problems():
+            out(f"FAILED: {problem}")
+    if plat_run and ref_run:
+        p, q = figs["platform"], figs["reference"]
+        p_cpu = per_call_minute(sum(u.cpu_s for u in plat_run.usage.values()), p.call_minutes)
+        q_cpu = per_call_minute(sum(u.cpu_s for u in ref_run.usage.values()), q.call_minutes)
+        out("")
+        out("== platform vs single-process reference bridge")
+        out(f"  {'':<34}{'platform':>10}{'reference':>11}{'ratio':>8}")
+        for label, a, b in (("CPU s per call-minute", p_cpu, q_cpu),
+                            ("caller -> model p99 (ms)", pct(p.inbound, 99), pct(q.inbound, 99)),
+                            ("model -> caller p99 (ms)", pct(p.outbound, 99), pct(q.outbound, 99))):  # fmt: skip
+            ratio = a / b if b and not math.isnan(a) and not math.isnan(b) else math.nan
+            out(f"  {label:<34}{a:>10.3f}{b:>11.3f}{ratio:>7.2f}x")
+    if plat_run:
+        out("")
+        out("Targets (issue 14; informative: figures depend on the machine, only failures set the exit code):")
+        for t in targets(calls, plat_run, figs["platform"], ref_run, figs.get("reference")):
+            out(t.line())
+    out("")
+    out("bench: FAILED (exit 1)" if code else "bench: the work succeeded (exit 0)")
+    return code
 
 
-async def _soak_call(platform: Platform, http: aiohttp.ClientSession, index: int) -> str | None:
-    """One short call, checked through the admin API. Returns what went wrong, or None."""
-    from dialtone_sim.twilio_edge import dial
+def targets(calls: int, run: RunResult, f: Figures, ref: RunResult | None, rf: Figures | None) -> list[Target]:
+    cpu = per_call_minute(sum(u.cpu_s for u in run.usage.values()), f.call_minutes)
+    frame_goal = 20.0 if calls >= 300 else 5.0
+    out = [
+        Target("first words p95, webhook -> first agent audio", pct(f.first_words, 95), FIRST_WORDS_GOAL_MS),
+        Target("with a warm pool: stream start -> first audio p95", pct(f.after_stream, 95), WARM_POOL_GOAL_MS),
+        Target("platform's share of a turn (received -> sent) p95", pct(f.admin_stages["received -> sent"], 95),
+               PLATFORM_SHARE_GOAL_MS),  # fmt: skip
+        Target("platform CPU per call-minute", cpu, CPU_GOAL, "s"),
+        Target(f"caller -> model p99 at {calls} calls", pct(f.inbound, 99), frame_goal),
+        Target(f"model -> caller p99 at {calls} calls", pct(f.outbound, 99), frame_goal),
+        Target("frames lost", float(f.lost_in + f.lost_out), 0, "frm"),
+        Target("model sockets open after the calls", float(run.sockets_open_after), 0, "sock"),
+    ]
+    if ref is not None and rf is not None:
+        ref_cpu = per_call_minute(sum(u.cpu_s for u in ref.usage.values()), rf.call_minutes)
+        out.insert(3, Target("platform CPU / reference CPU per call", cpu / ref_cpu if ref_cpu else math.nan, 1.0, "x"))
+    return out
 
-    call = await dial(platform.gateway_url, platform.twilio_auth_token, public_base_url=platform.public_base_url,
-                      account_sid=platform.twilio_account_sid, from_=f"+1500555{index % 10000:04d}",
-                      to="+15005550006")
+
+def _cpu_table(r: RunResult, f: Figures, out: Callable[[str], None]) -> None:
+    out("CPU seconds per call-minute (the platform's core):")
+    total = 0.0
+    for group, u in sorted(r.usage.items()):
+        total += u.cpu_s
+        note = "  (includes the recorder)" if group == "transcript-writer" else ""
+        out(f"  {group:<22}{per_call_minute(u.cpu_s, f.call_minutes):>8.3f}   ({u.cpu_s:.1f} s){note}")
+    out(f"  {r.kind + ' total':<22}{per_call_minute(total, f.call_minutes):>8.3f}   ({total:.1f} s); "
+        f"its core {total / max(r.wall_s, 1e-9):.0%} busy")  # fmt: skip
+    load = sum(r.load_cpu_s.values())
+    for name, seconds in r.load_cpu_s.items():
+        out(f"  ({name}){'':<{max(0, 20 - len(name))}}{per_call_minute(seconds, f.call_minutes):>8.3f}   ({seconds:.1f} s, not the platform)")
+    out(f"  load (simulator and load generator) {load / max(r.wall_s, 1e-9):.0%} of a core; the load generator's "
+        f"20 ms clock ran late by p50 {fmt_ms(pct(r.late_ms, 50), 0)} p99 {fmt_ms(pct(r.late_ms, 99), 0)} ms")  # fmt: skip
+    if r.core_busy:
+        out("  each core busy during the calls, everyone's processes counted (a shared machine's others too): "
+            + ", ".join(f"CPU {c} {b:.0%}" for c, b in sorted(r.core_busy.items())))  # fmt: skip
+    for warning in _load_warnings(r, total):
+        out(f"  WARNING: {warning}")
+
+
+def _load_warnings(r: RunResult, measured_cpu_s: float) -> list[str]:
+    """Why this run's latencies may not be the platform's: the load could not keep time, or other
+    programs took the cores."""
+    out = []
+    late = pct(r.late_ms, 99)
+    if not math.isnan(late) and late > LATE_WARN_MS:
+        out.append(f"the load generator's clock ran {late:.0f} ms late (p99): the latencies include its own lag")
+    if r.core_busy and r.wall_s > 0:
+        ours = (measured_cpu_s + sum(r.load_cpu_s.values())) / r.wall_s
+        others = sum(r.core_busy.values()) - ours
+        if others > OTHERS_WARN:
+            out.append(f"other programs used {others:.0%} of a core during the calls (a shared machine): "
+                       "the figures are indicative")  # fmt: skip
+    return out
+
+
+def _memory_table(r: RunResult, calls: int, out: Callable[[str], None]) -> None:
+    out("Memory (MB; RSS, PostgreSQL as PSS):         idle    at load   per call")
+    for group, u in sorted(r.usage.items()):
+        out(f"  {group:<38}{u.idle_mb:>9.1f}  {u.load_mb:>9.1f}  {(u.load_mb - u.idle_mb) / max(calls, 1):>8.2f}")
+    idle = sum(u.idle_mb for u in r.usage.values())
+    load = sum(u.load_mb for u in r.usage.values())
+    out(f"  {r.kind + ' total':<38}{idle:>9.1f}  {load:>9.1f}  {(load - idle) / max(calls, 1):>8.2f}")
+
+
+def _first_words_and_turns(r: RunResult, f: Figures, out: Callable[[str], None]) -> None:
+    out("First words (model connect delay 1.5 s, stream 0.5 s after the webhook), ms:")
+    out(_p(f.first_words, "webhook -> first agent audio", p_hi=95))
+    out(_p(f.after_stream, "stream start -> first agent audio", p_hi=95))
+    out(f"Model sockets open after the calls: {r.sockets_open_after} (sessions opened {len(r.sim.sessions)}, "
+        f"{len(r.orphans)} webhooks whose stream never came)")  # fmt: skip
+    out("Turn latency by stage, ms (bench: caller's clock and the simulator's):")
+    labels = {"stopped -> model sent": "caller stopped -> model's first audio sent",
+              "model sent -> arrived": "-> first audio arrived at the caller",
+              "arrived -> heard": "-> first audio heard (played out)"}  # fmt: skip
+    for key, label in labels.items():
+        out(_p(f.stages[key], label, width=44, p_hi=95))
+    out("  (the first stage is mostly the simulated model: its VAD's 500 ms of silence, then the reply)")
+    out("Turn latency by stage, ms (admin API, GET /sessions/{sid} turns, from the bridge's speech_stopped):")
+    if not f.admin_received:
+        out(f"  {'-> model audio received (received_ms)':<44} p50     n/a   p95     n/a   (not in this platform's turns)")
+    else:
+        out(_p(f.admin_stages["received_ms"], "-> model audio received (received_ms)", width=44, p_hi=95))
+    out(_p(f.admin_stages["sent_ms"], "-> first audio sent to Twilio (sent_ms)", width=44, p_hi=95))
+    out(_p(f.admin_stages["heard_ms"], "-> first audio heard, mark echoed (heard_ms)", width=44, p_hi=95))
+    if f.admin_received:
+        out(_p(f.admin_stages["received -> sent"], "platform's share: received -> sent", width=44, p_hi=95))
+
+
+async def bench(engine: str, calls: int, duration: float, workers: int, pin_enabled: bool, reference: bool,
+                profile: Path | None = None, env: dict[str, str] | None = None) -> int:  # fmt: skip
+    pin = Pinning.choose(pin_enabled)
+    print(f"Pinning: {pin.describe()}", flush=True)
+    tmp = Path(tempfile.mkdtemp(prefix="dialtone-bench-"))
+    own = os.sched_getaffinity(0)
+    runs = []
     try:
-        await call.wait_quiet(500, since=0, timeout=30)
-        await call.say(SOAK_LINE)
-        await call.wait_quiet(500, timeout=30)
+        runs.append(await run_side("platform", engine, calls, duration, workers, pin, tmp / "platform",
+                                   say=lambda s: print(s, flush=True), profile=profile, env=env))  # fmt: skip
+        if reference:
+            runs.append(await run_side("reference", engine, calls, duration, workers, pin, tmp / "reference",
+                                       say=lambda s: print(s, flush=True), profile=profile))  # fmt: skip
     finally:
-        await call.hangup()
-    deadline = time.monotonic() + 30
-    session: dict = {}
-    while time.monotonic() < deadline:
-        async with http.get(f"{platform.admin_url}/sessions/{call.call_sid}") as r:
-            if r.status == 200:
-                session = await r.json()
-                if session.get("ended_at") and len(session["transcript"]) >= 3:
-                    break
-        await asyncio.sleep(0.1)
-    said = [(line["role"], line["text"]) for line in session.get("transcript", [])]
-    if said != [("agent", "Hello, soak line."), ("caller", SOAK_LINE), ("agent", SOAK_REPLY)]:
-        return f"{call.call_sid}: transcript {said}"
-    if session.get("outcome") != "answered":
-        return f"{call.call_sid}: outcome {session.get('outcome')!r}"
-    return None
-
-
-async def soak(calls: int, warmup: int) -> int:
-    """``calls`` sequential short calls; prints RSS per service. Returns 1 if a service grew past the
-    goal after the warm-up (or calls failed), else 0."""
-    from dialtone_sim import speech
-    from dialtone_sim.twilio_api import FakeTwilioApi
-
-    speech.real_speech(False)
-    settings = DevSettings()
-    tmp = Path(tempfile.mkdtemp(prefix="dialtone-soak-"))
-    agents = tmp / "agents" / "soak"
-    agents.mkdir(parents=True)
-    (agents / "agent.toml").write_text(SOAK_AGENT)
-    (agents / "system.md").write_text("You are the soak-test agent of Acme.")
-    ctx = multiprocessing.get_context("spawn")
-    sim_port = free_port()
-    ready = ctx.Event()
-    sim = ctx.Process(target=_soak_realtime_process, args=(sim_port, ready))
-    sim.start()
-    await asyncio.to_thread(ready.wait, 30)
-    account_sid, auth_token = "AC" + "5" * 32, "soak-" + os.urandom(12).hex()
-    warmup = min(warmup, calls)
-    failures: list[str] = []
-    marks: dict[str, dict[str, float]] = {}
-    try:
-        async with FakeTwilioApi(account_sid, auth_token) as twilio:
-            platform = Platform(
-                data_dir=tmp / "platform", ports=Ports.free(), nats_url=settings.nats_url,
-                database_url=settings.database_url, realtime_url=f"ws://127.0.0.1:{sim_port}/v1/realtime",
-                twilio_auth_token=auth_token, twilio_account_sid=account_sid, twilio_api_base_url=twilio.base_url,
-                agents_dir=agents.parent,
-            )
-            async with platform, aiohttp.ClientSession(
-                headers={"Authorization": f"Bearer {platform.admin_token}"}
-            ) as http:
-                procs = {s.name: psutil.Process(s.pid) for s in platform.services.values()}
-                names = sorted(procs)
-                marks["start"] = _rss_mb(procs)
-                print(f"soak: {calls} sequential calls, RSS measured after {warmup} (warm-up) and at the end; "
-                      f"logs in {platform.data_dir / 'logs'}", flush=True)
-                print(f"{'calls':>7}  {'s':>6}  " + "  ".join(f"{n:>17}" for n in names) + "   (RSS MB)", flush=True)
-                started = time.monotonic()
-                report_every = max(10, calls // 20)
-                for i in range(1, calls + 1):
-                    try:
-                        problem = await _soak_call(platform, http, i)
-                    except Exception as exc:  # one failed call must not end the soak
-                        problem = f"call {i}: {type(exc).__name__}: {exc}"
-                    if problem:
-                        failures.append(problem)
-                    if i == warmup:
-                        marks["warm"] = _rss_mb(procs)
-                    if i % report_every == 0 or i == calls:
-                        rss = _rss_mb(procs)
-                        print(f"{i:>7}  {time.monotonic() - started:>6.0f}  "
-                              + "  ".join(f"{rss[n]:>17.1f}" for n in names), flush=True)
-                wall = time.monotonic() - started
-                marks["end"] = _rss_mb(procs)
-    finally:
-        if sim.is_alive() and sim.pid is not None:
-            os.kill(sim.pid, signal.SIGTERM)
-        await asyncio.to_thread(sim.join, 30)
-
-    marks.setdefault("warm", marks["start"])
-    print()
-    print(f"Dialtone soak: {calls} sequential calls in {wall:.0f} s ({wall / max(calls, 1):.2f} s per call), "
-          f"{calls - len(failures)} complete, {len(failures)} failed")
-    for problem in failures[:5]:
-        print(f"  failure: {problem}")
-    print(f"RSS (MB)             start  after {warmup:<4}     end   growth after warm-up   since start")
-    over = []
-    for n in names:
-        growth = marks["end"][n] - marks["warm"][n]
-        verdict = "ok" if growth < SOAK_GOAL_MB else f"OVER {SOAK_GOAL_MB:.0f} MB"
-        if growth >= SOAK_GOAL_MB:
-            over.append(n)
-        print(f"  {n:<17} {marks['start'][n]:>7.1f}  {marks['warm'][n]:>10.1f}  {marks['end'][n]:>6.1f}"
-              f"   {growth:>+8.1f}  {verdict:<11}   {marks['end'][n] - marks['start'][n]:>+7.1f}")
-    print(f"Goal: under {SOAK_GOAL_MB:.0f} MB growth per service after the warm-up: "
-          + ("met" if not over else f"NOT met by {', '.join(over)}"))
-    return 1 if over or failures else 0
+        os.sched_setaffinity(0, own)
+    code = report(engine, calls, pin, runs, env=env)
+    if profile:
+        print(f"Flame graphs (py-spy, during the calls): {profile}/*.svg")
+    return code
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="dialtone bench")
     parser.add_argument("--calls", type=int, default=50)
     parser.add_argument("--duration", type=float, default=20.0, help="seconds each call lasts (about)")
-    parser.add_argument("--workers", type=int, default=2, help="processes running the simulated callers")
+    parser.add_argument("--engine", choices=["realtime", "live"], default="realtime")
+    parser.add_argument("--workers", type=int, default=0, help="load generator processes (0: one per 150 calls)")
+    parser.add_argument("--no-pin", action="store_true", help="do not pin the platform and the load apart")
+    parser.add_argument("--no-reference", action="store_true", help="skip the single-process reference bridge")
+    parser.add_argument("--profile", type=Path, metavar="DIR",
+                        help="py-spy flame graphs of the services (or the reference), the simulator and the load generator in DIR")
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                        help="a setting for every platform service, e.g. RECORDINGS_ENABLED=false to see what the "
+                        "recorder costs (repeatable)")
     parser.add_argument("--soak", type=int, metavar="N", help="instead: N short calls in sequence, RSS per service")
     parser.add_argument("--warmup", type=int, default=50, help="soak: calls before the baseline RSS")
     args = parser.parse_args()
     if args.soak is not None:
+        from dialtone_dev.bench_soak import soak
+
         raise SystemExit(asyncio.run(soak(max(1, args.soak), max(0, args.warmup))))
-    asyncio.run(bench(args.calls, args.duration, max(1, args.workers)))
+    workers = args.workers or max(1, math.ceil(args.calls / 150))
+    env = {}
+    for item in args.env:
+        name, eq, value = item.partition("=")
+        if not eq or not name:
+            parser.error(f"--env wants NAME=VALUE, not {item!r}")
+        env[name] = value
+    raise SystemExit(asyncio.run(bench(args.engine, max(1, args.calls), args.duration, workers,
+                                       not args.no_pin, not args.no_reference, args.profile, env)))  # fmt: skip

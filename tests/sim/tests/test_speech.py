@@ -57,3 +57,19 @@ def test_without_the_requirement_a_missing_espeak_falls_back(monkeypatch: pytest
     speech.synthesize.cache_clear()
     assert speech.synthesize(TEXT, seed=6) == pad_to_frame(speech._signal(TEXT, 6))
     speech.synthesize.cache_clear()
+
+
+def test_one_voice_renders_each_text_once_whatever_the_seed() -> None:
+    speech.real_speech(False)
+    try:
+        assert speech.synthesize("Hello there.", 1) != speech.synthesize("Hello there.", 2)
+        speech.one_voice(True)
+        assert speech.synthesize("Hello there.", 1) == speech.synthesize("Hello there.", 2) == speech.synthesize("Hello there.", 0)
+    finally:
+        speech.one_voice(False)
+        speech.real_speech(True)
+    speech.real_speech(False)
+    try:
+        assert speech.synthesize("Hello there.", 1) != speech.synthesize("Hello there.", 2)  # distinct again
+    finally:
+        speech.real_speech(True)

@@ -93,6 +93,10 @@ class LiveSession:
     server_violations: list[str] = field(default_factory=list)
     internal_errors: list[str] = field(default_factory=list)
     input_audio: bytearray = field(default_factory=bytearray)
+    # (monotonic time, cumulative bytes) of every append received; (monotonic time, bytes) of every
+    # speech delta sent (idle silence is not listed): the bench's latency figures
+    input_times: list[tuple[float, int]] = field(default_factory=list)
+    output_times: list[tuple[float, int]] = field(default_factory=list)
     output_audio: dict[str, bytearray] = field(default_factory=dict)  # speech only, by utterance
     output_order: list[str] = field(default_factory=list)
     interrupted: list[str] = field(default_factory=list)  # utterances the caller cut off
@@ -354,6 +358,7 @@ class LiveSession:
 
     async def _append(self, data: bytes) -> None:
         self.input_audio += data
+        self.input_times.append((time.monotonic(), len(self.input_audio)))
         self._pending += data
         while len(self._pending) >= 160:
             chunk = bytes(self._pending[:160])
@@ -492,6 +497,7 @@ class LiveSession:
                 speech.offset += len(piece)
                 self.output_audio[speech.item] += piece
                 at = self.now_ms()
+                self.output_times.append((time.monotonic(), len(piece)))
                 await self.emit({"type": "session.output_audio.delta", "delta": base64.b64encode(piece).decode()})
                 words = speech.text.split(" ")
                 said = math.ceil(len(words) * speech.offset / len(speech.audio))

@@ -97,7 +97,8 @@ class SimSession:
     server_violations: list[str] = field(default_factory=list)
     internal_errors: list[str] = field(default_factory=list)
     input_audio: bytearray = field(default_factory=bytearray)
-    # (monotonic time, cumulative bytes) of every append received and every audio delta sent
+    # (monotonic time, cumulative bytes) of every append received; (monotonic time, bytes) of every
+    # audio delta sent
     input_times: list[tuple[float, int]] = field(default_factory=list)
     output_times: list[tuple[float, int]] = field(default_factory=list)
     output_audio: dict[str, bytearray] = field(default_factory=dict)

@@ -29,7 +29,8 @@ from pathlib import Path
 from .audio import decode, encode, pad_to_frame
 
 __all__ = [
-    "VOICED_ENERGY", "SpeechUnavailable", "from_wav", "have_espeak", "real_speech", "speech_required", "synthesize",
+    "VOICED_ENERGY", "SpeechUnavailable", "from_wav", "have_espeak", "one_voice", "real_speech", "speech_required",
+    "synthesize",
 ]  # fmt: skip
 
 VOICED_ENERGY = 300.0
@@ -41,6 +42,7 @@ _MIN_MS = 400
 
 
 _REAL_SPEECH = True
+_ONE_VOICE = False
 REQUIRE_ENV = "DIALTONE_REQUIRE_SPEECH"
 
 
@@ -58,6 +60,15 @@ def real_speech(enabled: bool) -> None:
     benchmark keeps the simulators' CPU out of the platform's way with it."""
     global _REAL_SPEECH
     _REAL_SPEECH = enabled
+    synthesize.cache_clear()
+
+
+def one_voice(enabled: bool) -> None:
+    """Speak every seed with seed 0's voice, so each text is rendered once: the bench's simulator
+    answers hundreds of calls with the same few lines, and rendering each anew (pure Python) would
+    cost it more than everything else it does. Tests keep distinct voices (the default)."""
+    global _ONE_VOICE
+    _ONE_VOICE = enabled
     synthesize.cache_clear()
 
 
@@ -132,6 +143,8 @@ def synthesize(text: str, seed: int = 0) -> bytes:
         SpeechUnavailable: ``DIALTONE_REQUIRE_SPEECH=1`` and espeak-ng/sox are missing or fail
             (unless :func:`real_speech` turned real speech off on purpose).
     """
+    if _ONE_VOICE and seed:
+        return synthesize(text, 0)
     if have_espeak():
         try:
             return pad_to_frame(_espeak(text, seed))
