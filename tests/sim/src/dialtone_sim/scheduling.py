@@ -129,3 +129,47 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
             return FAULT_SUITE if file.startswith(FAULT_SUITE + "/") else file
 
     return FilesAndFaultSuite(config, log)
+
+
+# ---- what each file took, printed at the end of a run (to keep MEASURED_S true) ---------------
+_SPANS = pytest.StashKey[dict[tuple[str, str], list[float]]]()
+
+
+@pytest.hookimpl
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """On the controller (or a run in one process): each file's first start and last end, per
+    worker. (A report's ``start`` and ``stop`` are wall-clock times.)"""
+    config = _CONFIG.get("config")
+    if config is None or hasattr(config, "workerinput"):
+        return
+    worker = getattr(report, "node", None)
+    key = (_FAULT_OR_FILE(report.nodeid), getattr(worker, "gateway", None) and worker.gateway.id or "main")
+    span = config.stash.setdefault(_SPANS, {}).setdefault(key, [report.start, report.stop])
+    span[0], span[1] = min(span[0], report.start), max(span[1], report.stop)
+
+
+_CONFIG: dict[str, pytest.Config] = {}
+
+
+@pytest.hookimpl
+def pytest_configure(config: pytest.Config) -> None:
+    _CONFIG["config"] = config
+
+
+def _FAULT_OR_FILE(nodeid: str) -> str:  # noqa: N802 - a small helper named like the constant it uses
+    file = nodeid.split("::", 1)[0]
+    return FAULT_SUITE + " (one unit)" if file.startswith(FAULT_SUITE + "/") else file
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    config = session.config
+    spans = config.stash.get(_SPANS, {})
+    if hasattr(config, "workerinput") or not spans:
+        return
+    from dialtone_sim.summary import section
+
+    lines = section(config, "test files of 10 s or more (seconds, first start to last end, on which worker)")
+    for (file, worker), (start, stop) in sorted(spans.items(), key=lambda kv: kv[1][0] - kv[1][1]):
+        if stop - start >= 10:
+            lines.append(f"    {stop - start:6.0f}  {worker:5}  {file}")
