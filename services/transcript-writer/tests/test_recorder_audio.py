@@ -167,3 +167,26 @@ def test_the_wav_is_stereo_caller_left_agent_right(tmp_path: Path) -> None:
     assert oct((tmp_path / "r.wav").stat().st_mode & 0o777) == "0o600"
     other = Spool(tmp_path / "spool")
     assert not other.lock(), "a live holder keeps the spool"
+
+
+def test_the_spools_positions_are_written_in_place_and_the_rest_only_when_it_changes(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    assert spool.lock()
+    meta = {"caller_end": 8000, "play_pos": 4000, "next_in_seq": 50, "reasons": [], "owner": "w1", "ended": None}
+    spool.write_meta(meta)
+    renamed_at = (spool.dir / "meta.json").stat().st_mtime_ns
+    for second in range(2, 6):  # the call goes on: only the positions move
+        spool.write_meta({**meta, "caller_end": 8000 * second, "play_pos": 4000 * second, "next_in_seq": 50 * second})
+    assert (spool.dir / "meta.json").stat().st_mtime_ns == renamed_at  # not rewritten
+    assert spool.read_meta() == {**meta, "caller_end": 40000, "play_pos": 20000, "next_in_seq": 250}
+    spool.write_meta({**meta, "caller_end": 48000, "reasons": ["a recorder stopped"], "next_in_seq": None})
+    assert Spool(spool.dir).read_meta()["reasons"] == ["a recorder stopped"]  # another process sees it all
+    assert Spool(spool.dir).read_meta()["next_in_seq"] is None and Spool(spool.dir).read_meta()["caller_end"] == 48000
+    spool.write_meta({**meta, "caller_end": 56000, "reasons": ["a recorder stopped"], "next_in_seq": 300})
+    assert Spool(spool.dir).read_meta()["caller_end"] == 56000
+    # A torn positions record (a crash mid-write) is refused: meta.json's own, older, positions stand.
+    record = bytearray((spool.dir / "positions").read_bytes())
+    record[3] ^= 0xFF
+    (spool.dir / "positions").write_bytes(bytes(record))
+    assert Spool(spool.dir).read_meta()["caller_end"] == 48000  # (written in meta.json with the reason)
+    spool.unlock()
