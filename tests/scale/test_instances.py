@@ -110,6 +110,8 @@ async def test_two_of_every_service_share_the_calls_and_do_nothing_twice(
                     return False
                 if len(body["transcript"]) < len(FULL_CALL):
                     return False
+                if "recording_complete" not in body["metrics"]:  # the recording is stored after the call
+                    return False
             return True
 
         await poll(all_stored, 30, interval=0.3, what="every session to end with its transcript and tool calls")
