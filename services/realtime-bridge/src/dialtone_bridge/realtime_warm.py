@@ -93,14 +93,17 @@ class WarmSockets:
             while self._ready and (now - self._ready[0][0] >= self.max_age_s or self._ready[0][1].state is not State.OPEN):
                 self._discard(self._ready.popleft()[1])
             if len(self._ready) < self.size:
-                ws = await self._open()
-                if ws is None:
+                # Every missing socket at once (a burst of calls empties the pool in a moment).
+                opened = await asyncio.gather(*(self._open() for _ in range(self.size - len(self._ready))))
+                for ws in opened:
+                    if ws is not None:
+                        self._ready.append((time.monotonic(), ws))
+                m.WARM_READY.set(len(self._ready))
+                if any(ws is None for ws in opened):
                     failures += 1
                     await asyncio.sleep(RETRY_S[min(failures, len(RETRY_S)) - 1])
-                    continue
-                failures = 0
-                self._ready.append((time.monotonic(), ws))
-                m.WARM_READY.set(len(self._ready))
+                else:
+                    failures = 0
                 continue
             self._wanted.clear()
             oldest = self._ready[0][0] if self._ready else now
