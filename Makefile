@@ -34,12 +34,13 @@ eval: install  ## test calls of the agents' scenarios; pass rate per scenario, J
 		$(if $(THRESHOLD),--threshold $(THRESHOLD)) $(if $(filter 1 true yes,$(RUNNING)),--running) \
 		$(if $(AGENTS_DIR),--agents-dir $(AGENTS_DIR))
 
-# The tests mostly wait (real-time simulated calls), so they run on more pytest-xdist workers than
-# the 2 cores CI has: a file at a time per worker, the longest files first (dialtone_sim.scheduling).
-# 3 workers: as fast as 4 on 2 cores, and the timing-sensitive call tests keep their margins (on 4,
-# the barge-in test's truncation point missed by 100 ms). `make test TEST_WORKERS=0` runs the tests
-# in one process; `uv run pytest FILE` always does.
-TEST_WORKERS ?= 3
+# The tests mostly wait (real-time simulated calls): a full run keeps the 2 cores CI has about 60 %
+# busy on 4 workers. So they run on more pytest-xdist workers than cores: a file at a time per
+# worker, the longest files first (dialtone_sim.scheduling, which also prints what each file took).
+# 5 workers: the run's end of each file's own platform of processes is spread wider, and the
+# timing-sensitive call tests (barge-in precision, recordings sample by sample) keep their margins.
+# `make test TEST_WORKERS=0` runs the tests in one process; `uv run pytest FILE` always does.
+TEST_WORKERS ?= 5
 XDIST := $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 
 # mypy runs beside the tests (they mostly wait); its report comes as soon as it is done, and the
