@@ -23,6 +23,9 @@ one platform (session fixtures), and its scenarios boot, kill and freeze them; t
 running them at once, each with its own set, loaded the machine enough for the end-to-end call
 tests' timing (the barge-in test's 40 ms) to miss.
 
+A file parametrised on the engine (:data:`BY_ENGINE`) is two units, one per engine, so that its
+halves run on two workers at once.
+
 Within a file the order is untouched; a run without xdist is untouched.
 """
 
@@ -59,7 +62,7 @@ MEASURED_S = {
     # Files added since, estimated from single runs until a full run measures them.
     "tests/e2e/test_analysis.py": 116,
     "tests/e2e/test_live.py": 63,
-    "tests/e2e/test_engines.py": 234,
+    "tests/e2e/test_engines.py": 246,  # in two halves by engine (BY_ENGINE), ~125 s each
     "services/transcript-writer/tests/test_recording_s3.py": 58,
     "tests/e2e/test_dashboard_webhooks.py": 35,
     "tests/e2e/test_redaction.py": 35,
@@ -114,6 +117,9 @@ def _file(item: pytest.Item) -> str:
 
 
 FAULT_SUITE = "tests/faults"
+# Files parametrised on the engine whose two halves are handed out as units of their own (each
+# worker has its own platform and simulators, so the halves need nothing of each other).
+BY_ENGINE = {"tests/e2e/test_engines.py"}
 
 
 @pytest.hookimpl(optionalhook=True, tryfirst=True)  # before xdist's own (the first answer is taken)
@@ -126,6 +132,8 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     class FilesAndFaultSuite(LoadFileScheduling):
         def _split_scope(self, nodeid: str) -> str:
             file = nodeid.split("::", 1)[0]
+            if file in BY_ENGINE:  # the same suite on each engine: two units, on two workers
+                return f"{file}[{'live' if 'live' in nodeid.rsplit('[', 1)[-1] else 'realtime'}]"
             return FAULT_SUITE if file.startswith(FAULT_SUITE + "/") else file
 
     return FilesAndFaultSuite(config, log)
