@@ -11,8 +11,12 @@ network trip late, so we place everything on the caller's own clock:
 * After an anchor, playout goes on in whole 20 ms frames, capped by what was sent. Where the
   estimate is uncertain it errs early: telling the model the caller heard words they did not is
   worse than the reverse.
-* A clear sent now reaches the caller one network trip later. The one-way delay comes from a probe
-  mark sent while nothing is buffered: its echo returns after exactly one round trip.
+* A clear sent now reaches the caller one network trip later. The one-way delay comes from probe
+  marks sent while nothing is buffered (at the call's start, then at most every
+  ``PROBE_EVERY_MS`` while the line is idle): each echo returns after one round trip, plus
+  whatever queueing or scheduling delayed it. Delays only ever add, so the shortest of the last
+  ``PROBE_WINDOW`` trips is the estimate (as NTP filters its samples); one probe taken while a
+  machine was busy no longer skews every truncation of the call.
 * When audio starts from an empty buffer there is no anchor yet; playout then starts when the first
   chunk lands, i.e. one trip after we sent it.
 
@@ -27,11 +31,13 @@ sliver of a word skipped is better than a sliver heard twice.
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 
 BYTES_PER_MS = 8
 FRAME_MS = 20
+PROBE_EVERY_MS = 2000.0  # at most one round-trip probe per this while nothing is buffered
+PROBE_WINDOW = 8  # round trips kept; the shortest is the estimate
 
 
 @dataclass(slots=True)
@@ -54,6 +60,8 @@ class Playout:
         self._have_clock = False
         self.one_way_ms = 0.0
         self._probe: tuple[str, float] | None = None
+        self._last_probe_ms = float("-inf")
+        self._trips: deque[float] = deque(maxlen=PROBE_WINDOW)
         self.played_to = 0  # position known played (echoed)
         self._starts: dict[str, float | None] = {}  # item -> caller ms its first audio plays at
 
@@ -83,11 +91,12 @@ class Playout:
     # --- probe ------------------------------------------------------------------------------
     def probe(self, wall_ms: float) -> str | None:
         """A mark to send now to measure the round trip, if nothing is buffered at Twilio."""
-        if self._marks or self._probe is not None:
+        if self._marks or self._probe is not None or wall_ms - self._last_probe_ms < PROBE_EVERY_MS:
             return None
         name = f"probe-{self._mark_seq}"
         self._mark_seq += 1
         self._probe = (name, wall_ms)
+        self._last_probe_ms = wall_ms
         return name
 
     # --- outgoing audio ---------------------------------------------------------------------
@@ -111,7 +120,8 @@ class Playout:
     def on_mark(self, name: str, wall_ms: float) -> None:
         """Twilio echoed a mark: played (or cleared) up to it."""
         if self._probe is not None and name == self._probe[0]:
-            self.one_way_ms = max(0.0, (wall_ms - self._probe[1]) / 2)
+            self._trips.append(max(0.0, wall_ms - self._probe[1]))
+            self.one_way_ms = min(self._trips) / 2
             self._probe = None
             return
         pos = self._marks.pop(name, None)
@@ -178,6 +188,8 @@ class Playout:
         self._marks.clear()
         self._anchor = None
         self._probe = None
+        self._trips.clear()  # a new gateway, a new path: its first probe replaces the estimate
+        self._last_probe_ms = float("-inf")
         self.sent = self.played_to = heard
         return heard
 

@@ -227,6 +227,7 @@ class SimCall:
         self._tasks: list[asyncio.Task] = []
         self.moves: list[Move] = []
         self.played: list[tuple[int, bytes]] = []
+        self._clock_start = 0.0
         self.move_failures: list[str] = []
         self.frame_no = 0
         self._stream_frame0 = 0  # the caller's frame at which the current stream started
@@ -400,6 +401,13 @@ class SimCall:
         """Send a DTMF keypress, as Twilio does with bidirectional streams."""
         self._outbound.put(self._stamp({"event": "dtmf", "dtmf": {"track": "inbound_track", "digit": digit}}))
 
+    def heard_by(self, when: float) -> int:
+        """How many bytes of agent audio the caller had heard by ``when`` (``time.monotonic()``), on
+        the call's media clock: a frame is heard at its 20 ms tick, even when a stalled test process
+        plays it late in a catch-up burst."""
+        due = int((when - self._clock_start) / _FRAME_S)
+        return sum(len(audio) for frame_no, audio in self.played if frame_no <= due)
+
     async def wait_heard(self, ms: float, timeout: float = 30) -> None:  # noqa: ASYNC109 - part of the test API
         """Wait until at least ``ms`` of agent audio has been played out."""
         await self._poll(lambda: len(self.heard) >= ms * 8, timeout)
@@ -451,7 +459,7 @@ class SimCall:
 
     async def _clock(self) -> None:
         """Every 20 ms on a drift-free monotonic schedule: send one frame, play one frame."""
-        start = time.monotonic()
+        start = self._clock_start = time.monotonic()
         while True:
             # Catch up with a burst after a stall, as a real edge would, so timestamps stay true.
             due = int((time.monotonic() - start) / _FRAME_S) + 1
