@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import ipaddress
 import json
 import re
 from pathlib import Path
@@ -434,3 +435,34 @@ def test_the_nats_helm_values_hold_the_users_rendered_from_code() -> None:
     hint = "regenerate them: python -m dialtone_common.nats_auth --helm"
     assert values["config"]["merge"] == expected["config"]["merge"], hint
     assert values["container"]["env"] == expected["container"]["env"], hint
+
+
+def test_behind_the_tls_ingress_the_admin_api_believes_only_it_and_publishes_only_its_web_port(
+    rendered: list[dict[str, Any]],
+) -> None:
+    """The settings the TLS-proxy test (services/admin-api/tests/test_signins.py) runs the admin API
+    with are the manifests': Secure cookies, forwarded headers believed from the pod network only
+    (which the NetworkPolicy narrows to the ingress controller), /metrics on a port of its own that
+    neither the Service nor the Ingress publishes; the Ingress ends TLS for every host it routes."""
+    config = find(rendered, "ConfigMap", "dialtone-config")["data"]
+    (container,) = find(rendered, "Deployment", "admin-api")["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["SECURE_COOKIES"] == "true"
+    trusted = config["FORWARDED_ALLOW_IPS"]
+    assert trusted not in ("*", "") and ipaddress.ip_network(trusted).is_private
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert str(ports["metrics"]) == env["ADMIN_METRICS_PORT"] and ports["web"] == int(env["ADMIN_PORT"])
+    service = find(rendered, "Service", "admin-api")["spec"]["ports"]
+    assert [p["targetPort"] for p in service] == ["web"]  # the metrics port is no Service's
+    ingress = find(rendered, "Ingress", "dialtone")["spec"]
+    hosts = {rule["host"] for rule in ingress["rules"]}
+    assert hosts <= {h for tls in ingress["tls"] for h in tls["hosts"]}
+    admin_routes = [p["backend"]["service"] for rule in ingress["rules"] for p in rule["http"]["paths"]
+                    if p["backend"]["service"]["name"] == "admin-api"]
+    assert admin_routes == [{"name": "admin-api", "port": {"name": "http"}}]
+    policy = find(rendered, "NetworkPolicy", "admin-api")["spec"]
+    web_from = [peer for rule in policy["ingress"] if {"port": "web", "protocol": "TCP"} in rule["ports"]
+                for peer in rule["from"]]
+    namespaces = [p["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] for p in web_from
+                  if "namespaceSelector" in p]
+    assert namespaces == ["ingress-nginx"]  # no other namespace reaches the port that believes X-Forwarded-*

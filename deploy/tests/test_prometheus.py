@@ -24,7 +24,8 @@ ALERTS = PROMETHEUS / "alerts.yml"
 ALERT_TESTS = Path(__file__).with_name("alerts_test.yml")
 REQUIRED_ALERTS = {  # what an operator must be paged about, at least
     "DialtoneNoBridgeReady", "DialtoneCallsNotClaimed", "DialtoneRealtimeErrorRate", "DialtoneTurnLatencyHigh",
-    "DialtoneWriterLag", "DialtoneServiceDown", "DialtoneAdminTokenGuessing",
+    "DialtoneWriterLag", "DialtoneServiceDown", "DialtoneAdminTokenGuessing", "DialtoneRecordingStoreFailing",
+    "DialtoneGatewayMovesFailing",
 }
 _METRIC = re.compile(r"\bdialtone_[a-z0-9_]+")
 
