@@ -27,6 +27,7 @@ from dialtone_bridge.engine import (
     ReplyFinished,
     ReplyStarted,
     SessionSpec,
+    TextSpan,
     ToolCallRequested,
     UsageUpdated,
 )
@@ -144,6 +145,25 @@ def test_a_reply_is_voiced_audio_until_a_gap_and_its_silence_is_not_played_at_th
     assert [e.audio for e in out if isinstance(e, AgentAudio)] == [VOICED, SILENT, VOICED]  # the pause inside is played
     assert out[-2].text == "Hello there." and out[-1].status == "completed" and out[-1].items[0].text == "Hello there."
     assert turns.deadline() is None
+
+
+def test_the_replys_text_carries_where_each_stretch_is_spoken_in_its_audio() -> None:
+    """The output transcript's session-timeline times, from where the reply's audio starts: the
+    first audio delta's start_ms when it carries one, else the first timed transcript delta's."""
+    turns = lv.LiveTurns("t", 0.8, "m")
+    out = _run(turns, [(0.0, {**_audio(VOICED), "start_ms": 5000}), (0.0, _said(" Let me check.", 5000)),
+                       (0.1, _audio(VOICED)), (0.1, _said(" Done.", 7000)), (1.0, None)])  # fmt: skip
+    (text,) = [e for e in out if isinstance(e, AgentText)]
+    assert text.text == "Let me check. Done."
+    assert text.timing == (TextSpan(13, 0, 100), TextSpan(19, 2000, 2100))
+    turns = lv.LiveTurns("t", 0.8, "m")
+    out = _run(turns, [(0.0, _said("Hi", 800)), (0.0, _audio(VOICED)), (0.1, _said(" you.", 900)), (1.0, None)])
+    (text,) = [e for e in out if isinstance(e, AgentText)]
+    assert text.timing == (TextSpan(2, 0, 100), TextSpan(7, 100, 200))
+    turns = lv.LiveTurns("t", 0.8, "m")  # times that are not numbers (off the SDK's types): no timing
+    out = turns.event(_audio(VOICED), 0.0) + turns.event({"type": "session.output_transcript.delta",
+                                                          "delta": "Untimed", "start_ms": "x"}, 0.0) + turns.tick(1.0)  # fmt: skip
+    assert [(e.text, e.timing) for e in out if isinstance(e, AgentText)] == [("Untimed", ())]
 
 
 def test_the_caller_turn_is_grouped_from_deltas_and_ends_on_a_pause() -> None:

@@ -9,6 +9,7 @@ import types
 
 import pytest
 from dialtone_bridge.agents import Agent
+from dialtone_bridge.engine import TextSpan
 from dialtone_bridge.heard import cut_text
 from dialtone_bridge.turns import TurnLatency
 
@@ -52,6 +53,18 @@ def clocked(now: list[float]) -> FakeSession:
 def test_the_text_is_cut_in_proportion_to_the_audio_heard_at_a_word_boundary(heard, audio_ms, expected) -> None:
     assert cut_text(ANSWER, heard, audio_ms) == expected
     assert ANSWER.startswith(expected)
+
+
+def test_a_timed_transcript_cuts_where_the_words_were_spoken_not_in_proportion() -> None:
+    """GPT-Live's transcript says when each stretch is spoken: after a long pause the words that
+    follow it were not heard, though a proportional cut would count them."""
+    text = "Let me check. Your order has shipped."
+    timing = (TextSpan(13, 0, 600), TextSpan(37, 2600, 4000))  # a 2 s pause while the tool ran
+    assert cut_text(text, 2000, 4000) == "Let me check. Your"  # half the audio, half the characters
+    assert cut_text(text, 2000, 4000, timing) == "Let me check."
+    assert cut_text(text, 3300, 4000, timing) == "Let me check. Your order"  # half-way through the stretch
+    assert cut_text(text, 300, 4000, timing) == "Let me"
+    assert cut_text(text, 4000, 4000, timing) == text
 
 
 def test_no_audio_keeps_the_text_whole() -> None:

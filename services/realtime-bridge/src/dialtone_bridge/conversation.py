@@ -73,6 +73,7 @@ from dialtone_bridge.engine import (
     ReplyFinished,
     ReplyStarted,
     SessionSpec,
+    TextSpan,
     ToolCallRequested,
     Usage,
     UsageUpdated,
@@ -129,6 +130,7 @@ class Conversation:
         self.log = line.log
         self._order: dict[str, int] = {}
         self._agent_text: dict[str, str] = {}
+        self._timing: dict[str, tuple[TextSpan, ...]] = {}  # item -> where its text is spoken, if known
         self._truncated: set[str] = set()
         self._truncates: deque[str] = deque(maxlen=16)  # ids of the truncates sent, to know a refused one
         self._cancelled: set[str] = set()
@@ -280,6 +282,9 @@ class Conversation:
                 self.state = Activity.SPEAKING
             case AgentText():
                 self._agent_text[ev.item_id] = ev.text
+                if ev.timing:
+                    self._timing[ev.item_id] = ev.timing
+                    _trim(self._timing)
             case ToolCallRequested():
                 self._start_tool(ev.call_id, ev.name, ev.arguments, ev.item_id)
             case ReplyFinished():
@@ -355,7 +360,7 @@ class Conversation:
             heard_ms = audio_ms
         said, full_text = text, None
         if heard_ms is not None and audio_ms is not None and heard_ms < audio_ms:
-            said, full_text = cut_text(text, heard_ms, audio_ms), text
+            said, full_text = cut_text(text, heard_ms, audio_ms, self._timing.get(item_id, ())), text
         # A filler was heard, so it is in the transcript, but the model never had it; an unheard
         # item is deleted from the model's conversation.
         self._line(item_id, "agent", said, interrupted=interrupted, rev=rev, heard_ms=heard_ms, audio_ms=audio_ms,

@@ -100,11 +100,24 @@ class AgentAudioDone:
 
 
 @dataclass(frozen=True, slots=True)
+class TextSpan:
+    """Where a stretch of an agent's text is spoken: ``text[:end]`` ends with it, and its audio runs
+    from ``start_ms`` to ``end_ms`` of the item's audio."""
+
+    end: int
+    start_ms: float
+    end_ms: float
+
+
+@dataclass(frozen=True, slots=True)
 class AgentText:
-    """The whole text of what the agent said (or began to say) in ``item_id``."""
+    """The whole text of what the agent said (or began to say) in ``item_id``; ``timing`` places
+    its stretches in the item's audio when the engine's transcript is timed (GPT-Live's is, the
+    Realtime API's is not)."""
 
     item_id: str
     text: str
+    timing: tuple[TextSpan, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -73,6 +73,7 @@ from dialtone_bridge.engine import (
     ReplyStarted,
     ReplyStatus,
     SessionSpec,
+    TextSpan,
     ToolCallRequested,
     Usage,
     UsageUpdated,
@@ -220,6 +221,11 @@ CARRY_ON = "You have just taken over this call. Answer the caller's last message
 # ---- server events ---------------------------------------------------------------------------
 
 
+def _ms(value: Any) -> float | None:
+    """A timeline field (``start_ms``, ``end_ms``): a number, else unknown."""
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
 def _n(d: Any, key: str) -> int:
     value = d.get(key) if isinstance(d, dict) else None
     return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0
@@ -232,13 +238,48 @@ def backend_tokens(usage: dict[str, Any]) -> dict[str, int]:
             "text_out": _n(usage, "output_tokens")}  # fmt: skip
 
 
+@dataclass(frozen=True, slots=True)
+class _Said:
+    """One output transcript delta: its text and where it is spoken on the session's timeline."""
+
+    delta: str
+    start_ms: float | None
+    end_ms: float | None
+
+
 @dataclass
 class _Reply:
     reply_id: str
     item_id: str
     request: bool  # started in answer to one of our requests
-    text: list[str] = field(default_factory=list)
+    text: list[_Said] = field(default_factory=list)
     held: list[bytes] = field(default_factory=list)  # silence not yet known to be inside speech
+    audio_ms: float | None = None  # where its first audio is on the session's timeline, if said
+
+
+def _timing(said: Sequence[_Said], audio_ms: float | None) -> tuple[str, tuple[TextSpan, ...]]:
+    """A reply's text, and where each stretch of it is spoken in the reply's audio: the session
+    timeline's times, from where the reply's audio starts (the first audio delta's ``start_ms``,
+    else its first timed transcript delta's, which is spoken with that audio)."""
+    text = "".join(s.delta for s in said)
+    lead = len(text) - len(text.lstrip())
+    text = text.strip()
+    timed: list[tuple[int, float, float]] = []  # (end in the stripped text, start, end on the timeline)
+    end = -lead
+    for s in said:
+        end += len(s.delta)
+        if s.start_ms is not None and s.end_ms is not None and end > 0:
+            timed.append((min(end, len(text)), s.start_ms, s.end_ms))
+    if not timed:
+        return text, ()
+    origin = audio_ms if audio_ms is not None else min(t[1] for t in timed)
+    spans: list[TextSpan] = []
+    for end, start, stop in timed:
+        start_ms, end_ms = max(0.0, start - origin), max(0.0, stop - origin)
+        if spans and start_ms < spans[-1].end_ms:  # out of order or overlapping: keep time moving on
+            start_ms = spans[-1].end_ms
+        spans.append(TextSpan(end, start_ms, max(start_ms, end_ms)))
+    return text, tuple(spans)
 
 
 @dataclass
@@ -276,7 +317,7 @@ class LiveTurns:
         self.seconds = 0.0  # cumulative session seconds reported so far
         self.session_id = ""
         self.closed_reason: str | None = None
-        self.agent_text: list[str] = []  # output transcript not yet given to a reply
+        self.agent_text: list[_Said] = []  # output transcript not yet given to a reply
 
     def _id(self, kind: str) -> str:
         self._n += 1
@@ -322,10 +363,10 @@ class LiveTurns:
         """One server event. Raises KeyError, TypeError, ValueError on a malformed one."""
         kind = ev.get("type")
         if kind == "session.output_audio.delta":
-            return self._audio(base64.b64decode(ev.get("delta") or ""), now)
+            return self._audio(base64.b64decode(ev.get("delta") or ""), now, _ms(ev.get("start_ms")))
         if kind == "session.output_transcript.delta":
-            delta = str(ev.get("delta") or "")
-            (self.reply.text if self.reply is not None else self.agent_text).append(delta)
+            said = _Said(str(ev.get("delta") or ""), _ms(ev.get("start_ms")), _ms(ev.get("end_ms")))
+            (self.reply.text if self.reply is not None else self.agent_text).append(said)
             return []
         if kind == "session.input_transcript.delta":
             return self._caller_delta(str(ev.get("delta") or ""), ev.get("start_ms"), ev.get("end_ms"), now)
@@ -351,7 +392,7 @@ class LiveTurns:
                                 str(error.get("message") or ""), request_id)]  # fmt: skip
         return []
 
-    def _audio(self, audio: bytes, now: float) -> list[EngineEvent]:
+    def _audio(self, audio: bytes, now: float, start_ms: float | None = None) -> list[EngineEvent]:
         out: list[EngineEvent] = []
         loud = voiced(audio)
         reply = self.reply
@@ -362,7 +403,8 @@ class LiveTurns:
                 out += self._end_caller(now)  # the agent answers: the caller's turn is over
             request = self.pending is not None
             self.pending = None
-            reply = self.reply = _Reply(self._id("reply"), self._id("item"), request, text=self.agent_text)
+            reply = self.reply = _Reply(self._id("reply"), self._id("item"), request, text=self.agent_text,
+                                        audio_ms=start_ms)  # fmt: skip
             self.agent_text = []
             out.append(ReplyStarted(reply.reply_id))
         if not loud:
@@ -409,9 +451,10 @@ class LiveTurns:
         self.talked_over = False
         if reply is None:
             return []
-        text = "".join(reply.text).strip()
+        text, timing = _timing(reply.text, reply.audio_ms)
         item = ReplyItem("message", reply.item_id, "completed" if status == "completed" else "incomplete", text=text)
-        return [AgentAudioDone(reply.item_id), AgentText(reply.item_id, text), ReplyFinished(reply.reply_id, status, (item,))]
+        return [AgentAudioDone(reply.item_id), AgentText(reply.item_id, text, timing),
+                ReplyFinished(reply.reply_id, status, (item,))]  # fmt: skip
 
     def _end_caller(self, now: float) -> list[EngineEvent]:
         turn, self.caller = self.caller, None
