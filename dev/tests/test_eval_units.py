@@ -158,6 +158,34 @@ def test_pass_rates_against_thresholds_and_the_report(tmp_path: Path):
     assert "a/strict [realtime] run 2: http://admin/calls/CA2\n    - outcome: expected 'resolved', got None" in report
 
 
+@pytest.mark.parametrize(
+    ("passes", "argv", "code"),
+    [
+        ([True, True], [], 0),  # every run passed
+        ([True, False], [], 1),  # 50 % under the default 100 %
+        ([True, False], ["--threshold", "0.5"], 0),  # THRESHOLD=0.5 accepts it
+        ([False, False], ["--threshold", "0.5"], 1),
+    ],
+)
+async def test_the_commands_exit_code_follows_the_pass_rates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, passes: list[bool], argv: list[str], code: int
+):
+    """`make eval` in CI: 0 when every scenario meets its pass rate, else 1 (the calls themselves
+    are end-to-end tests of their own, tests/e2e/test_eval.py)."""
+    from dialtone_dev import eval as command
+    from dialtone_dev.settings import EvalSettings
+
+    (tmp_path / "a" / "scenarios").mkdir(parents=True)
+    (tmp_path / "a" / "scenarios" / "x.yaml").write_text("caller: {script: [say: hi]}\n")
+
+    async def calls(options, scenarios, engines, progress):  # the runs, without placing calls
+        return [result("a/x", run, ok) for run, ok in enumerate(passes, 1)]
+
+    monkeypatch.setattr(command, "run_scenarios", calls)
+    settings = EvalSettings(openai_api_key=None, dialtone_data_dir=tmp_path)
+    assert await command.evaluate(["--agents-dir", str(tmp_path), "--runs", "2", *argv], settings) == code
+
+
 def test_junit_xml_validates_against_the_junit_schema(tmp_path: Path):
     schema = xmlschema.XMLSchema(JUNIT_XSD)
     results = [result("a/x", 1, True), result("a/x", 2, False), result("b/y", 1, False, error="call could not be placed")]
