@@ -308,8 +308,8 @@ class LiveSession:
     async def _started(self, sim: LiveSimulator) -> None:
         await asyncio.sleep(sim.start_delay_s)
         self._t0 = asyncio.get_running_loop().time()
+        self.started = True  # before the event goes out: a client may answer it while the send yields
         await self.emit({"type": "session.started", "session": self._resource()})
-        self.started = True
         self.spawn(self._output())
         self.spawn(self._usage(sim.usage_every_s))
         if sim.expire_after_s is not None:
