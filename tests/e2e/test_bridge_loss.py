@@ -89,7 +89,9 @@ async def test_kill_9_of_the_bridge_moves_its_calls_to_another(
             statuses = [(h["status"], h["source"]) for h in session["status_history"]]
             assert ("bridge_lost", "gateway") in statuses and ("recovered", "bridge") in statuses
             assert session["end_reason"] == "caller_hangup" and session["outcome"] == "answered"
-        assert max(gaps) < 3.0, gaps
+        # 2.4-2.6 s alone on 2 cores (the lost lease, the offer, the restore, a new model session and
+        # its first audio); up to 4.5 s with four other test workers on those cores.
+        assert max(gaps) < 5.0, gaps
     finally:
         await _restore_bridges(platform, second)
 

@@ -322,6 +322,21 @@ def test_the_probe_is_only_sent_when_nothing_is_buffered() -> None:
     assert line2.playout.probe(line2.now) is None  # marks outstanding: the echo would not be a round trip
 
 
+def test_a_burst_of_late_frames_does_not_set_the_callers_clock_back() -> None:
+    """Frames every 20 ms arrive 30 ms after they were sent; then, the bridge's loop stalled, a
+    burst arrives 150 ms late at once: the caller's clock is still the least delayed frame's."""
+    playout = Playout()
+    for n in range(50):
+        playout.on_inbound_audio(n * 20, n * 20 + 30)
+    assert playout.caller_now(1020) == 990  # ts 980 arrived at 1010; 10 ms later
+    for n in range(50, 55):
+        playout.on_inbound_audio(n * 20, 1250)  # ts 1000..1080, all reaching us at 1250
+    assert playout.caller_now(1250) == 1220  # not 1080, as the latest frame alone would say
+    for n in range(55, 200):  # the least delayed frame ages out of the window: the path got slower
+        playout.on_inbound_audio(n * 20, n * 20 + 80)
+    assert playout.caller_now(199 * 20 + 80) == 199 * 20
+
+
 def test_the_one_way_delay_is_the_shortest_recent_round_trip() -> None:
     """A probe whose echo a busy machine delayed does not move every later truncation: delays only
     add, so the shortest of the recent trips is the path's; a path that really got slower shows

@@ -5,7 +5,11 @@ interrupts we must tell the model where its reply was cut (``audio_end_ms``), an
 what the caller heard, not what we sent. Echoed marks say "played up to here", but they arrive a
 network trip late, so we place everything on the caller's own clock:
 
-* Inbound media timestamps are the caller's clock. Marks travel on the same ordered stream, so
+* Inbound media timestamps are the caller's clock. A frame reaches us a trip, plus whatever queueing
+  or scheduling delayed it, after the caller sent it; the least delayed frame of the last
+  ``CLOCK_WINDOW_MS`` sets the clock (a burst of late frames on a busy machine would otherwise set
+  it back, and every truncation with it).
+* Marks travel on the same ordered stream, so
   the mark echo that follows a frame stamped ``ts`` was emitted at caller time ``ts`` (within one
   frame). That gives an anchor: byte position P had played at caller time T.
 * After an anchor, playout goes on in whole 20 ms frames, capped by what was sent. Where the
@@ -38,6 +42,7 @@ BYTES_PER_MS = 8
 FRAME_MS = 20
 PROBE_EVERY_MS = 2000.0  # at most one round-trip probe per this while nothing is buffered
 PROBE_WINDOW = 8  # round trips kept; the shortest is the estimate
+CLOCK_WINDOW_MS = 2000.0  # inbound frames whose least delay sets the caller's clock
 
 
 @dataclass(slots=True)
@@ -57,6 +62,9 @@ class Playout:
         self._mark_seq = 0
         self._last_ts = 0.0  # caller ms of the latest inbound frame
         self._last_wall = 0.0  # our monotonic ms when it arrived
+        # (arrival, arrival - ts) of recent frames, the lags rising from the front: the front's is
+        # the least of the window (a sliding minimum, O(1) per frame).
+        self._lags: deque[tuple[float, float]] = deque()
         self._have_clock = False
         self.one_way_ms = 0.0
         self._probe: tuple[str, float] | None = None
@@ -81,12 +89,19 @@ class Playout:
     # --- caller clock -----------------------------------------------------------------------
     def on_inbound_audio(self, ts_ms: float, wall_ms: float) -> None:
         self._last_ts, self._last_wall, self._have_clock = ts_ms, wall_ms, True
+        lag, lags = wall_ms - ts_ms, self._lags
+        while lags and lags[-1][1] >= lag:
+            lags.pop()
+        lags.append((wall_ms, lag))
+        while lags[0][0] < wall_ms - CLOCK_WINDOW_MS:
+            lags.popleft()
 
     def caller_now(self, wall_ms: float) -> float:
-        """Caller-clock time right now: the latest frame was sent one trip before it reached us."""
+        """Caller-clock time right now: the least delayed recent frame was sent one trip before it
+        reached us."""
         if not self._have_clock:
             return 0.0
-        return self._last_ts + (wall_ms - self._last_wall) + self.one_way_ms
+        return wall_ms - self._lags[0][1] + self.one_way_ms
 
     # --- probe ------------------------------------------------------------------------------
     def probe(self, wall_ms: float) -> str | None:
