@@ -16,11 +16,12 @@ network trip late, so we place everything on the caller's own clock:
   estimate is uncertain it errs early: telling the model the caller heard words they did not is
   worse than the reverse.
 * A clear sent now reaches the caller one network trip later. The one-way delay comes from probe
-  marks sent while nothing is buffered (at the call's start, then at most every
-  ``PROBE_EVERY_MS`` while the line is idle): each echo returns after one round trip, plus
-  whatever queueing or scheduling delayed it. Delays only ever add, so the shortest of the last
-  ``PROBE_WINDOW`` trips is the estimate (as NTP filters its samples); one probe taken while a
-  machine was busy no longer skews every truncation of the call.
+  marks sent while nothing is buffered (the session sends one as the call starts; at most one per
+  ``PROBE_EVERY_MS``): each echo returns after one round trip, plus whatever queueing or
+  scheduling delayed it. Delays only ever add, so the shortest of the last ``PROBE_WINDOW`` trips
+  is the estimate (as NTP filters its samples). (Probing again mid-call would need care: the
+  gateway pads the audio it holds to a whole message at every mark, so a probe must never go out
+  while a reply is being sent.)
 * When audio starts from an empty buffer there is no anchor yet; playout then starts when the first
   chunk lands, i.e. one trip after we sent it.
 

@@ -356,10 +356,7 @@ class CallSession:
             m.BUS_TRANSIT.observe(ms / 1000)
         try:
             if frame.kind is Kind.AUDIO:
-                now = self.clock.ms()
-                self.playout.on_inbound_audio(frame.ts, now)
-                if (probe := self.playout.probe(now)) is not None:  # idle line: measure the trip again
-                    await self.send_frame(Kind.MARK, {"name": probe})
+                self.playout.on_inbound_audio(frame.ts, self.clock.ms())
                 self._in_end_ts = frame.ts + len(frame.payload) / 8
                 async with self._audio_lock:
                     if self.ready.is_set() and not self._backlog:
