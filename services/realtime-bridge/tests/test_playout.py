@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytest
-from dialtone_bridge.playout import PROBE_EVERY_MS, PROBE_WINDOW, Playout, Truncation
+from dialtone_bridge.playout import Playout, Truncation
 
 pytestmark = pytest.mark.unit
 
@@ -312,8 +312,6 @@ def test_interrupt_before_any_agent_audio_does_nothing() -> None:
 
 def test_the_probe_is_only_sent_when_nothing_is_buffered() -> None:
     line = _line(60)
-    assert line.playout.probe(line.now) is None  # one was measured just now
-    line.run_until(line.now + PROBE_EVERY_MS)
     assert line.playout.probe(line.now) is not None  # nothing buffered: a probe may go out
     line2 = _line(60)
     _speak(line2, "item_A", REPLY_AT, REPLY_MS, random.Random(0))
@@ -335,34 +333,6 @@ def test_a_burst_of_late_frames_does_not_set_the_callers_clock_back() -> None:
     for n in range(55, 200):  # the least delayed frame ages out of the window: the path got slower
         playout.on_inbound_audio(n * 20, n * 20 + 80)
     assert playout.caller_now(199 * 20 + 80) == 199 * 20
-
-
-def test_the_one_way_delay_is_the_shortest_recent_round_trip() -> None:
-    """A probe whose echo a busy machine delayed does not move every later truncation: delays only
-    add, so the shortest of the recent trips is the path's; a path that really got slower shows
-    once the window has only its trips; a move to another gateway starts measuring afresh."""
-    playout = Playout()
-
-    def trip(sent: float, rtt: float) -> None:
-        name = playout.probe(sent)
-        assert name is not None
-        playout.on_mark(name, sent + rtt)
-
-    trip(0, 400)  # the call's first probe, while the machine was busy
-    assert playout.one_way_ms == 200
-    assert playout.probe(PROBE_EVERY_MS - 1) is None  # not yet again
-    trip(PROBE_EVERY_MS, 120)
-    assert playout.one_way_ms == 60
-    trip(2 * PROBE_EVERY_MS, 300)  # one late echo
-    assert playout.one_way_ms == 60
-    for i in range(PROBE_WINDOW):
-        trip((3 + i) * PROBE_EVERY_MS, 200)
-    assert playout.one_way_ms == 100
-    now = (2 + PROBE_WINDOW) * PROBE_EVERY_MS + 1  # just after the last probe
-    assert playout.probe(now) is None
-    playout.moved(stopped_ts=0)
-    trip(now, 500)
-    assert playout.one_way_ms == 250
 
 
 def test_the_cut_names_the_reply_the_caller_was_hearing() -> None:

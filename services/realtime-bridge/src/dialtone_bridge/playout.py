@@ -9,19 +9,15 @@ network trip late, so we place everything on the caller's own clock:
   or scheduling delayed it, after the caller sent it; the least delayed frame of the last
   ``CLOCK_WINDOW_MS`` sets the clock (a burst of late frames on a busy machine would otherwise set
   it back, and every truncation with it).
-* Marks travel on the same ordered stream, so
-  the mark echo that follows a frame stamped ``ts`` was emitted at caller time ``ts`` (within one
-  frame). That gives an anchor: byte position P had played at caller time T.
+* Marks travel on the same ordered stream, so the mark echo that follows a frame stamped ``ts``
+  was emitted at caller time ``ts`` (within one frame). That gives an anchor: byte position P had played at caller time T.
 * After an anchor, playout goes on in whole 20 ms frames, capped by what was sent. Where the
   estimate is uncertain it errs early: telling the model the caller heard words they did not is
   worse than the reverse.
-* A clear sent now reaches the caller one network trip later. The one-way delay comes from probe
-  marks sent while nothing is buffered (the session sends one as the call starts; at most one per
-  ``PROBE_EVERY_MS``): each echo returns after one round trip, plus whatever queueing or
-  scheduling delayed it. Delays only ever add, so the shortest of the last ``PROBE_WINDOW`` trips
-  is the estimate (as NTP filters its samples). (Probing again mid-call would need care: the
-  gateway pads the audio it holds to a whole message at every mark, so a probe must never go out
-  while a reply is being sent.)
+* A clear sent now reaches the caller one network trip later. The one-way delay comes from a probe
+  mark sent while nothing is buffered: its echo returns after exactly one round trip. (The session
+  sends one as the call starts. Probing again mid-call would need care: the gateway pads the audio
+  it holds to a whole message at every mark, so a probe must never go out while a reply is sent.)
 * When audio starts from an empty buffer there is no anchor yet; playout then starts when the first
   chunk lands, i.e. one trip after we sent it.
 
@@ -41,8 +37,6 @@ from dataclasses import dataclass
 
 BYTES_PER_MS = 8
 FRAME_MS = 20
-PROBE_EVERY_MS = 2000.0  # at most one round-trip probe per this while nothing is buffered
-PROBE_WINDOW = 8  # round trips kept; the shortest is the estimate
 CLOCK_WINDOW_MS = 2000.0  # inbound frames whose least delay sets the caller's clock
 
 
@@ -62,15 +56,12 @@ class Playout:
         self._anchor: tuple[float, int] | None = None  # (caller ms, position)
         self._mark_seq = 0
         self._last_ts = 0.0  # caller ms of the latest inbound frame
-        self._last_wall = 0.0  # our monotonic ms when it arrived
         # (arrival, arrival - ts) of recent frames, the lags rising from the front: the front's is
         # the least of the window (a sliding minimum, O(1) per frame).
         self._lags: deque[tuple[float, float]] = deque()
         self._have_clock = False
         self.one_way_ms = 0.0
         self._probe: tuple[str, float] | None = None
-        self._last_probe_ms = float("-inf")
-        self._trips: deque[float] = deque(maxlen=PROBE_WINDOW)
         self.played_to = 0  # position known played (echoed)
         self._starts: dict[str, float | None] = {}  # item -> caller ms its first audio plays at
 
@@ -89,7 +80,7 @@ class Playout:
 
     # --- caller clock -----------------------------------------------------------------------
     def on_inbound_audio(self, ts_ms: float, wall_ms: float) -> None:
-        self._last_ts, self._last_wall, self._have_clock = ts_ms, wall_ms, True
+        self._last_ts, self._have_clock = ts_ms, True
         lag, lags = wall_ms - ts_ms, self._lags
         while lags and lags[-1][1] >= lag:
             lags.pop()
@@ -107,12 +98,11 @@ class Playout:
     # --- probe ------------------------------------------------------------------------------
     def probe(self, wall_ms: float) -> str | None:
         """A mark to send now to measure the round trip, if nothing is buffered at Twilio."""
-        if self._marks or self._probe is not None or wall_ms - self._last_probe_ms < PROBE_EVERY_MS:
+        if self._marks or self._probe is not None:
             return None
         name = f"probe-{self._mark_seq}"
         self._mark_seq += 1
         self._probe = (name, wall_ms)
-        self._last_probe_ms = wall_ms
         return name
 
     # --- outgoing audio ---------------------------------------------------------------------
@@ -136,8 +126,7 @@ class Playout:
     def on_mark(self, name: str, wall_ms: float) -> None:
         """Twilio echoed a mark: played (or cleared) up to it."""
         if self._probe is not None and name == self._probe[0]:
-            self._trips.append(max(0.0, wall_ms - self._probe[1]))
-            self.one_way_ms = min(self._trips) / 2
+            self.one_way_ms = max(0.0, (wall_ms - self._probe[1]) / 2)
             self._probe = None
             return
         pos = self._marks.pop(name, None)
@@ -204,8 +193,6 @@ class Playout:
         self._marks.clear()
         self._anchor = None
         self._probe = None
-        self._trips.clear()  # a new gateway, a new path: its first probe replaces the estimate
-        self._last_probe_ms = float("-inf")
         self.sent = self.played_to = heard
         return heard
 
