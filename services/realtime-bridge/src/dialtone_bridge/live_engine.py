@@ -369,7 +369,7 @@ class LiveTurns:
             (self.reply.text if self.reply is not None else self.agent_text).append(said)
             return []
         if kind == "session.input_transcript.delta":
-            return self._caller_delta(str(ev.get("delta") or ""), ev.get("start_ms"), ev.get("end_ms"), now)
+            return self._caller_delta(str(ev.get("delta") or ""), _ms(ev.get("start_ms")), _ms(ev.get("end_ms")), now)
         if kind == "response.event":
             return self._backend(ev["event"], str(ev.get("delegation_id") or "uncorrelated"))
         if kind == "session.usage.updated":
@@ -417,23 +417,22 @@ class LiveTurns:
         out.append(AgentAudio(reply.reply_id, reply.item_id, audio))
         return out
 
-    def _caller_delta(self, delta: str, start_ms: Any, end_ms: Any, now: float) -> list[EngineEvent]:
+    def _caller_delta(self, delta: str, start_ms: float | None, end_ms: float | None, now: float) -> list[EngineEvent]:
         out: list[EngineEvent] = []
         turn = self.caller
         if turn is None:
-            start = float(start_ms) if isinstance(start_ms, int | float) else None
-            turn = self.caller = _CallerTurn(self._id("caller"), start, None, now)
+            turn = self.caller = _CallerTurn(self._id("caller"), start_ms, None, now)
             if self.reply is None:
                 turn.started = True
-                out.append(CallerSpeechStarted(turn.item_id, start))
+                out.append(CallerSpeechStarted(turn.item_id, start_ms))
             elif now - self.last_voiced >= YIELD_S:
                 out += self._yielded()  # the model already fell silent for the caller
             else:
                 self.talked_over = True  # it may yield (then a barge-in) or carry on (a backchannel)
         turn.text.append(delta)
         turn.last = now
-        if isinstance(end_ms, int | float):
-            turn.end_ms = float(end_ms)
+        if end_ms is not None:
+            turn.end_ms = end_ms
         return out
 
     def _yielded(self) -> list[EngineEvent]:
