@@ -244,8 +244,8 @@ async def test_barge_in_cuts_the_reply_where_the_caller_was(platform: Platform, 
     clear_at = call.clears[0][1]
     # The truncate point is what the caller has played when the clear reaches them: the bridge
     # tells the model and sends the clear at once, and the clear then crosses the caller's 60 ms
-    # network. Taken from when the model was told, so a test worker starved of CPU (five share two
-    # cores) delaying the clear's trip through gateway and edge does not count as imprecision; when
+    # network. Taken from when the model was told, so a test worker starved of CPU (several share
+    # two cores) delaying the clear's trip through gateway and edge does not count as imprecision; when
     # the clear really arrived is printed beside it.
     played_ms = (call.heard_by(truncated_at + 0.060) - start) / 8
     print(f"barge-in: truncated at {audio_end_ms} ms; the caller had played {played_ms:.0f} ms 60 ms after, "
