@@ -28,6 +28,7 @@ DEPLOY_CONF = ROOT / "deploy" / "nats" / "nats.conf"
 
 AUDIO_IN = subjects.call_in("CA0123", "key1")
 AUDIO_OUT = subjects.call_out("CA0123", "key1")
+TAP = subjects.call_rec("CA0123", "key1")
 EVENT = subjects.event("CA0123", "transcript.line")
 
 
@@ -265,17 +266,22 @@ async def test_only_the_gateway_speaks_for_the_caller_and_only_the_bridge_for_th
     harness, gateway, bridge, writer = (await connect(HARNESS.name), await connect("gateway"),
                                         await connect("bridge"), await connect("writer"))
     heard_in, heard_out = await _heard(harness, AUDIO_IN), await _heard(harness, AUDIO_OUT)
+    # The recorder's tap: the writer hears it, only the gateway may speak on it.
+    tapped = await _heard(writer, TAP)
     await gateway.nc.publish(AUDIO_IN, b"caller")
     await bridge.nc.publish(AUDIO_OUT, b"agent")
+    await gateway.nc.publish(TAP, b"tap")
     await gateway.nc.publish(AUDIO_OUT, b"forged agent")
     await bridge.nc.publish(AUDIO_IN, b"forged caller")
+    await bridge.nc.publish(TAP, b"forged tap")
     await writer.nc.publish(AUDIO_IN, b"recorder forging")
     await _settle(harness, gateway, bridge, writer)
     # A message's callback runs in a task of its own, after the flush that delivered it.
-    await poll(lambda: heard_in and heard_out, 10, 0.02, "the allowed frames to be heard")
+    await poll(lambda: heard_in and heard_out and tapped, 10, 0.02, "the allowed frames to be heard")
     await _settle(harness, gateway, bridge, writer)
-    assert heard_in == [b"caller"] and heard_out == [b"agent"]
+    assert heard_in == [b"caller"] and heard_out == [b"agent"] and tapped == [b"tap"]
     assert gateway.refused(AUDIO_OUT) and bridge.refused(AUDIO_IN) and writer.refused(AUDIO_IN)
+    assert bridge.refused(TAP)
 
 
 @pytest.mark.integration

@@ -9,12 +9,17 @@ import pytest
 from dialtone_proto.frames import (
     HEADER_SIZE,
     MAX_PAYLOAD,
+    TAP_IN,
+    TAP_OUT,
+    TAP_VERSION,
     Frame,
     FrameError,
     Kind,
     decode_frame,
+    decode_tap,
     encode_control,
     encode_frame,
+    tap_entry,
     transit_ms,
 )
 
@@ -127,3 +132,31 @@ def test_control_payload_that_is_not_a_json_object_raises_frame_error(payload: b
 
     with pytest.raises(FrameError):
         frame.json()
+
+
+def _tap(*entries: tuple[int, int, bytes]) -> bytes:
+    return bytes([TAP_VERSION]) + b"".join(tap_entry(side, at, f) + f for side, at, f in entries)
+
+
+def test_a_tap_batch_gives_back_both_sides_in_order_with_the_gateways_clock() -> None:
+    caller = encode_frame(Kind.AUDIO, 7, 140, b"\x01" * 160)
+    agent = encode_control(Kind.MARK, 3, 0, {"name": "m1"})
+    echo = encode_control(Kind.MARK, 8, 0, {"name": "m1"})
+    got = decode_tap(_tap((TAP_IN, 1_765_000_000_000, caller), (TAP_OUT, 1_765_000_000_005, agent),
+                          (TAP_IN, 1_765_000_000_020, echo)))
+    assert [(side, at, f.kind, f.seq) for side, at, f in got] == [
+        (TAP_IN, 1_765_000_000_000, Kind.AUDIO, 7), (TAP_OUT, 1_765_000_000_005, Kind.MARK, 3),
+        (TAP_IN, 1_765_000_000_020, Kind.MARK, 8),
+    ]
+    assert got[0][2].payload == b"\x01" * 160 and got[1][2].json() == {"name": "m1"}
+
+
+@pytest.mark.parametrize("data", [
+    b"", b"\x02", _tap((TAP_IN, 1, encode_frame(Kind.AUDIO, 0, 0, b"x")))[:-1],  # cut inside a frame
+    _tap((TAP_IN, 1, encode_frame(Kind.AUDIO, 0, 0, b"x")))[:5],  # cut inside an entry's header
+    _tap((2, 1, encode_frame(Kind.AUDIO, 0, 0, b"x"))),  # no such side
+    _tap((TAP_IN, 1, b"\x01\x01")),  # a frame shorter than its header
+])
+def test_a_malformed_tap_batch_is_refused_whole(data: bytes) -> None:
+    with pytest.raises(FrameError):
+        decode_tap(data)

@@ -40,7 +40,7 @@ async def test_every_bus_message_of_a_call_matches_the_contract(
     assert violations == []
     # The call used every part of the contract: the claim, audio and marks both ways, the tools, events.
     for kind in ("call.offer", "reply:call.answer", "frame:in:AUDIO", "frame:in:MARK", "frame:in:STOP",
-                 "frame:out:AUDIO", "frame:out:MARK", "tools.call", "reply:tools.result",
+                 "frame:out:AUDIO", "frame:out:MARK", "frame:rec", "tools.call", "reply:tools.result",
                  "event:call.started", "event:transcript.line", "event:tool.called", "event:usage.reported",
                  "event:outcome.set", "event:call.ended"):
         assert seen.get(kind), f"no {kind} seen on the bus: {sorted(seen)}"

@@ -131,7 +131,7 @@ GATEWAY = User(
     name="gateway", service="media-gateway", password_env="GATEWAY_NATS_PASSWORD",
     publish=(
         subjects.CALL_OFFER, f"{subjects.CALL_OFFER}.*", subjects.CALL_PREPARE, subjects.CALL_IN_ALL,
-        subjects.EVENTS_ALL, *_stream_admin(EVENTS_STREAM),
+        subjects.CALL_REC_ALL, subjects.EVENTS_ALL, *_stream_admin(EVENTS_STREAM),
         *_stream_admin(CALLS_KV_STREAM), *_stream_read(CALLS_KV_STREAM), *_kv_write(subjects.CALLS_BUCKET),
         subjects.GATEWAYS_READY,
     ),
@@ -168,7 +168,8 @@ WRITER = User(
         *_stream_admin(RECORDINGS_KV_STREAM), *_stream_read(RECORDINGS_KV_STREAM),
         *_kv_write(subjects.RECORDINGS_BUCKET),
     ),
-    subscribe=(subjects.CALL_IN_ALL, subjects.CALL_OUT_ALL, subjects.LIVE_ALL, _inbox("writer")),
+    # The recorder hears each call through the gateway's tap only, not its 20 ms frames.
+    subscribe=(subjects.CALL_REC_ALL, subjects.LIVE_ALL, _inbox("writer")),
 )
 
 ADMIN_SIGNINS_KV_STREAM = f"KV_{subjects.ADMIN_SIGNINS_BUCKET}"

@@ -15,7 +15,7 @@ from dialtone_proto import subjects
 from dialtone_proto.calls import CallAnswer, CallOffer, CallPrepare, CallRecord, GatewayReady
 from dialtone_proto.evals import EvalAccepted, EvalProgress, EvalStart
 from dialtone_proto.events import STREAM_NAME, decode_event
-from dialtone_proto.frames import FrameError, Kind, decode_frame
+from dialtone_proto.frames import TAP_IN, FrameError, Kind, decode_frame, decode_tap
 from dialtone_proto.live import LiveCall
 from dialtone_proto.tools import ToolCallReply, ToolCallRequest, ToolCatalog
 
@@ -100,6 +100,14 @@ def _check(subject: str, data: bytes, headers: dict[str, str]) -> str:
         if frame.kind is not Kind.AUDIO:
             frame.json()
         return f"frame:{parts[5]}:{frame.kind.name}"
+    if len(parts) == 6 and parts[2] == "call" and parts[5] == "rec":
+        subjects.check_call_id(parts[3])
+        subjects.check_stream_key(parts[4])
+        for side, _at, frame in decode_tap(data):
+            allowed = _IN_KINDS if side == TAP_IN else _OUT_KINDS
+            if frame.kind not in allowed:
+                raise ContractError(f"{subject}: {frame.kind.name} not allowed on {'in' if side == TAP_IN else 'out'}")
+        return "frame:rec"
     if len(parts) == 5 and parts[2] == "events":
         event = decode_event(data)
         if event.subject != subject:
@@ -124,6 +132,7 @@ def describe() -> dict[str, Any]:
             "offer": subjects.CALL_OFFER,
             "in": f"{subjects.PREFIX}.call.<call_id>.<stream_key>.in",
             "out": f"{subjects.PREFIX}.call.<call_id>.<stream_key>.out",
+            "rec": f"{subjects.PREFIX}.call.<call_id>.<stream_key>.rec",
             "calls_bucket": subjects.CALLS_BUCKET,
             "events": subjects.EVENTS_ALL,
             "tools": [subjects.TOOLS_CATALOG, subjects.TOOLS_CALL],

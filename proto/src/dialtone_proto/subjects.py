@@ -13,6 +13,8 @@ Layout (all under ``dt.v1``):
                                    holding the call draws (and draws anew when it re-offers the
                                    call), so only that stream and the bridge it offered the call to
                                    share the subjects; frames from anyone else reach no one.
+- ``dt.v1.call.<call_id>.<key>.rec`` core NATS, gateway -> recorder: both sides' frames in batches,
+                                   a few a second, as the gateway saw them (the recorder's tap).
 - ``dt.v1.events.<call_id>.<type>`` JetStream stream ``DIALTONE_EVENTS``: durable call events.
 - ``dt.v1.tools.catalog`` / ``dt.v1.tools.call``  the tool-runner's ``nats.micro`` endpoints.
 - ``dt.v1.live.<call_id>``         core NATS heartbeat of a live call (for the admin live view).
@@ -70,6 +72,12 @@ def call_out(call_id: str, key: str) -> str:
     return f"{PREFIX}.call.{check_call_id(call_id)}.{check_stream_key(key)}.out"
 
 
+def call_rec(call_id: str, key: str) -> str:
+    """The recorder's tap, gateway -> recorder: the call's frames both ways in batches
+    (``dialtone_proto.frames.decode_tap``)."""
+    return f"{PREFIX}.call.{check_call_id(call_id)}.{check_stream_key(key)}.rec"
+
+
 def event(call_id: str, event_type: str) -> str:
     """JetStream subject of one call event; the type's dots become underscores."""
     return f"{PREFIX}.events.{check_call_id(call_id)}.{event_type.replace('.', '_')}"
@@ -111,6 +119,7 @@ ADMIN_SIGNINS_BUCKET = "dialtone_admin_signins"
 # listeners: every call's caller side (``.in``) and agent side (``.out``), and every event.
 CALL_IN_ALL = f"{PREFIX}.call.*.*.in"
 CALL_OUT_ALL = f"{PREFIX}.call.*.*.out"
+CALL_REC_ALL = f"{PREFIX}.call.*.*.rec"
 
 
 def events_of_type(event_type: str) -> str:

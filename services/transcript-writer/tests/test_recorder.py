@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import os
 import secrets
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from dialtone_common import bus
 from dialtone_common.callbook import CallBook, new_record
 from dialtone_common.recording_storage import LocalStorage, RecordingStorageError, open_storage
 from dialtone_proto import CallMetric, subjects
-from dialtone_proto.frames import Kind, encode_control, encode_frame
+from dialtone_proto.frames import TAP_IN, TAP_VERSION, Kind, encode_control, encode_frame, tap_entry
 from dialtone_writer import metrics
 from dialtone_writer.recorder import Recorder, storage_key
 from dialtone_writer.recorder_audio import read_wav, to_pcm16
@@ -89,14 +90,21 @@ def caller_frame(seq: int) -> bytes:
     return bytes([(seq * 7 + i) % 0x7F for i in range(160)])
 
 
+def tap(frames: list[bytes]) -> bytes:
+    """Caller frames as the gateway's tap hands them to the recorder: one batch."""
+    now_ms = time.time_ns() // 1_000_000
+    return bytes([TAP_VERSION]) + b"".join(tap_entry(TAP_IN, now_ms, f) + f for f in frames)
+
+
 async def send_caller(nc, sid: str, key: str, seqs: range) -> None:
-    for seq in seqs:
-        await nc.publish(subjects.call_in(sid, key), encode_frame(Kind.AUDIO, seq, seq * 20, caller_frame(seq)))
+    frames = [encode_frame(Kind.AUDIO, seq, seq * 20, caller_frame(seq)) for seq in seqs]
+    for at in range(0, len(frames), 12):  # a quarter of a second a batch, as the gateway sends them
+        await nc.publish(subjects.call_rec(sid, key), tap(frames[at:at + 12]))
     await nc.flush()
 
 
 async def stop_stream(nc, sid: str, key: str, seq: int) -> None:
-    await nc.publish(subjects.call_in(sid, key), encode_control(Kind.STOP, seq, 0, {"reason": "stop"}))
+    await nc.publish(subjects.call_rec(sid, key), tap([encode_control(Kind.STOP, seq, 0, {"reason": "stop"})]))
     await nc.flush()
 
 

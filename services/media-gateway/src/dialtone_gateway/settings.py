@@ -52,6 +52,11 @@ class GatewaySettings(ServiceSettings):
     webhook_read_timeout_s: float = Field(default=5.0, description="a webhook body slower than this is refused (408)")
     max_message_bytes: int = Field(default=64 * 1024, description="larger Twilio messages are refused")
     min_chunk_ms: int = Field(default=40, description="smallest media message sent to Twilio")
+    recordings_enabled: bool = Field(
+        default=True,
+        description="hand each call's frames to the recorder (the transcript-writer) in batches; the same "
+        "RECORDINGS_ENABLED=false that turns the writer's recorder off saves the gateway this work",
+    )
     default_agent: str | None = Field(default=None, description="agent passed to the bridge when none is chosen")
     apology: str = Field(
         default="We are sorry, we are having technical difficulties. Please call again later. Goodbye.",

@@ -13,6 +13,10 @@ subject, then a new key, so the old bridge can no longer reach the caller) and r
 The bridge that takes it restores the conversation from the call's events. If no bridge takes the
 call within ``claim_deadline_s``, Twilio apologises to the caller and hangs up.
 
+The recorder (in the transcript-writer) hears the call through this stream's tap: each frame
+published on ``in`` and each one taken from ``out``, in the order seen here, in one ``.rec``
+message a quarter of a second, rather than every 20 ms frame twice over the bus.
+
 A draining gateway moves the calls it still holds (``move``): the record goes ``moving``, Twilio
 gets new TwiML with a stream URL issued for the move, stops this stream, and opens the new one
 through the load balancer at a gateway that is not draining. This stream then records where it
@@ -41,7 +45,18 @@ from dialtone_common.logs import CallLog
 from dialtone_common.metrics import TRANSIT_SAMPLE
 from dialtone_proto import CallAnswer, CallOffer, CallRecord, subjects
 from dialtone_proto.events import CallEnded, CallStatus, encode_event
-from dialtone_proto.frames import FrameError, Kind, decode_frame, encode_control, encode_frame, transit_ms
+from dialtone_proto.frames import (
+    TAP_IN,
+    TAP_OUT,
+    TAP_VERSION,
+    FrameError,
+    Kind,
+    decode_frame,
+    encode_control,
+    encode_frame,
+    tap_entry,
+    transit_ms,
+)
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -61,6 +76,9 @@ BACKLOG_FRAMES = 3000  # 60 s of caller audio held while a bridge claims the cal
 FLUSH_AFTER_S = 0.06  # send a short tail of agent audio if nothing follows it
 OUT_PENDING_MSGS = 5000  # frames from the bridge waiting for this stream (~100 s of audio)
 TOUCH_EVERY_S = 1800.0  # rewrite the call record this often, so a long call outlives the bucket's TTL
+TAP_EVERY_S = 0.25  # the recorder gets the call's frames in a batch this often
+TAP_MAX_BYTES = 48 * 1024  # or sooner, when a burst of agent audio fills a batch
+_TAP_HEAD = bytes([TAP_VERSION])
 
 
 @dataclass
@@ -125,6 +143,11 @@ class MediaStream:
         self._stopped = asyncio.Event()  # the socket's end was seen (for a move waiting on it)
         if moved:
             self._seq = record.moved_seq or 0
+        # The recorder's tap (``_tap``): every frame published on ``in`` and taken from ``out``, in
+        # the order this stream saw them, sent a few times a second on ``.rec``.
+        self._tap: bytearray | None = bytearray(_TAP_HEAD) if ctx.settings.recordings_enabled else None
+        self._tap_key = self.key
+        self._tap_due: asyncio.TimerHandle | None = None
 
     # ---- inbound -------------------------------------------------------------------------
     async def run(self) -> None:
@@ -369,6 +392,7 @@ class MediaStream:
         while self._backlog:
             frame = self._backlog.popleft()
             self.bus.publish(subjects.call_in(self.call_id, self.key), frame)
+            self._record(TAP_IN, frame)
             if frame[1] == Kind.AUDIO:
                 m.FRAMES_TO_BRIDGE.inc()
         self._claimed = True
@@ -390,8 +414,37 @@ class MediaStream:
         # Held for at most a millisecond, then published with every other call's frames in one
         # write (dialtone_common.coalesce); a refusal by NATS is counted there.
         self.bus.publish(subjects.call_in(self.call_id, self.key), frame)
+        self._record(TAP_IN, frame)
         if audio:
             m.FRAMES_TO_BRIDGE.inc()
+
+    # ---- the recorder's tap ----------------------------------------------------------------
+    def _record(self, side: int, frame: bytes, key: str | None = None) -> None:
+        """Add a frame to the recorder's next batch (``dialtone_proto.frames`` "the recorder's tap")."""
+        tap = self._tap
+        if tap is None:
+            return
+        key = key or self.key
+        if key != self._tap_key:
+            self._send_tap()  # a batch holds the frames of one stream key
+            self._tap_key = key
+        tap += tap_entry(side, time.time_ns() // 1_000_000, frame)
+        tap += frame
+        if len(tap) >= TAP_MAX_BYTES:
+            self._send_tap()
+        elif self._tap_due is None:
+            self._tap_due = asyncio.get_running_loop().call_later(TAP_EVERY_S, self._send_tap)
+
+    def _send_tap(self) -> None:
+        if self._tap_due is not None:
+            self._tap_due.cancel()
+            self._tap_due = None
+        tap = self._tap
+        if tap is None or len(tap) <= len(_TAP_HEAD):
+            return
+        data = bytes(tap)
+        del tap[len(_TAP_HEAD):]
+        self.bus.publish(subjects.call_rec(self.call_id, self._tap_key), data)
 
     def _next_seq(self) -> int:
         self._seq += 1
@@ -450,8 +503,10 @@ class MediaStream:
         old_key, new_key = self.key, secrets.token_urlsafe(16)
         self._claimed = False
         # Fence the old bridge off: should it still be alive, it hears the call is no longer its own.
-        self.bus.publish(subjects.call_in(self.call_id, old_key),
-                         encode_control(Kind.STOP, self._next_seq(), 0, {"reason": "bridge_replaced"}))
+        fence = encode_control(Kind.STOP, self._next_seq(), 0, {"reason": "bridge_replaced"})
+        self.bus.publish(subjects.call_in(self.call_id, old_key), fence)
+        self._record(TAP_IN, fence, old_key)
+        self._send_tap()
         await self.bus.flush()  # out before the new offer
         self._keys.add(new_key)
         deadline = time.monotonic() + self.settings.claim_deadline_s
@@ -537,6 +592,8 @@ class MediaStream:
             frame = decode_frame(msg.data)
             if (frame.kind is not Kind.AUDIO or frame.seq % TRANSIT_SAMPLE == 0) and (ms := transit_ms(frame)) is not None:
                 m.BUS_TRANSIT.observe(ms / 1000)
+            if frame.kind is not Kind.HEARTBEAT:
+                self._record(TAP_OUT, msg.data)
             if frame.kind is Kind.AUDIO:
                 m.FRAMES_FROM_BRIDGE.inc()
                 self._pending += frame.payload
@@ -614,6 +671,7 @@ class MediaStream:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError, Exception):
                         await task
+        self._send_tap()  # what the caller heard until now reaches the recorder before anything else
         if (move_id := self._move_id) is not None and reason != "refused":
             if await self._hand_over(move_id):  # the call goes on at the new stream: leave it be
                 await self._leave_moved()
@@ -622,8 +680,10 @@ class MediaStream:
             await self._rescue(reason)  # Twilio left this stream but nothing took the call: free the line
         if self.stream_sid is not None:
             self._claimed = True  # publish the stop even if nobody claimed: a late bridge must end too
-            self.bus.publish(subjects.call_in(self.call_id, self.key),
-                             encode_control(Kind.STOP, self._next_seq(), 0, {"reason": reason}))
+            stop = encode_control(Kind.STOP, self._next_seq(), 0, {"reason": reason})
+            self.bus.publish(subjects.call_in(self.call_id, self.key), stop)
+            self._record(TAP_IN, stop)
+            self._send_tap()
             await self.bus.flush()
             self.log.info("stream ended (%s)", reason)
         with contextlib.suppress(Exception):

@@ -6,7 +6,8 @@ own, and only listens (a call never waits on it).
 
 - **Which calls, and which recorder.** Every writer watches the call book (KV ``dialtone_calls``).
   When a call's record appears (the signed webhook, before the media stream even opens), each
-  writer subscribes to ``dt.v1.call.<sid>.*.in`` and ``.out`` and tries to *claim* the call in the KV
+  writer subscribes to the gateway's tap of the call, ``dt.v1.call.<sid>.*.rec`` (both sides' frames
+  in a batch a quarter of a second, as the gateway saw them), and tries to *claim* the call in the KV
   bucket ``dialtone_recordings`` with a create (compare-and-set): one wins and records, the others
   unsubscribe. Each recorder beats once every ``LEASE_RENEW_S`` (one KV write, ``alive.<owner>``,
   for all its calls); the call of a recorder silent for ``LEASE_S`` may be taken over
@@ -58,7 +59,7 @@ import nats.js.errors
 import orjson
 from dialtone_common.recording_storage import LocalStorage, RecordingStorageError, S3Storage, private_dir
 from dialtone_proto import CallMetric, CallRecord, encode_event, subjects
-from dialtone_proto.frames import FrameError, Kind, decode_frame
+from dialtone_proto.frames import TAP_IN, Frame, FrameError, Kind, decode_tap
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -166,45 +167,51 @@ class CallRecording:
         self.ended_before = False  # the spool resumed was of a call already over, being stored
 
     # ---- frames -------------------------------------------------------------------------
-    async def on_in(self, msg: Msg) -> None:
+    async def on_rec(self, msg: Msg) -> None:
+        """A batch of the gateway's tap: the call's frames both ways, in the order the gateway saw
+        them, each with the gateway's clock (the agent side's timing rules run on it)."""
+        key = msg.subject.split(".")[-2]
         try:
-            frame = decode_frame(msg.data)
-            key = msg.subject.split(".")[-2]
-            self.last_heard = time.monotonic()
-            self._check_seq(frame.seq, frame.ts)
-            if frame.kind is Kind.AUDIO:
-                self.audio.caller_audio(frame.ts, frame.payload)
-            elif frame.kind is Kind.MARK:
-                self.audio.caller_mark(str(frame.json().get("name", "")))
-            elif frame.kind is Kind.MOVED:
-                self.audio.moved()
-            elif frame.kind is Kind.STOP:
-                if frame.json().get("reason") == "bridge_replaced":
-                    self.retired.add(key)  # the gateway no longer plays what that bridge sends
-                    self.audio.new_bridge()
+            entries = decode_tap(msg.data)
+        except FrameError as exc:
+            log.warning("call %s: bad tap batch on the bus: %s", self.sid, exc)
+            return
+        self.last_heard = time.monotonic()
+        for side, at_ms, frame in entries:
+            try:
+                if side == TAP_IN:
+                    self.on_in(frame, key)
                 else:
-                    self.r.finish_soon(self, END_GRACE_S, "stream stopped")
-        except (FrameError, KeyError, ValueError) as exc:
-            log.warning("call %s: bad frame on the bus: %s", self.sid, exc)
+                    self.on_out(frame, key, at_ms / 1000)
+            except (FrameError, KeyError, ValueError) as exc:
+                log.warning("call %s: bad frame in the tap: %s", self.sid, exc)
 
-    async def on_out(self, msg: Msg) -> None:
-        try:
-            key = msg.subject.split(".")[-2]
-            if key in self.retired:
-                return
-            frame = decode_frame(msg.data)
-            now = time.monotonic()
-            self.last_heard = now
-            if frame.kind is Kind.AUDIO:
-                self.audio.agent_audio(frame.payload, now)
-            elif frame.kind is Kind.MARK:
-                self.audio.agent_mark(str(frame.json().get("name", "")), now)
-            elif frame.kind is Kind.CLEAR:
-                self.audio.agent_clear(now)
-            elif frame.kind is Kind.HANGUP:
-                self.audio.agent_hangup(now)
-        except (FrameError, KeyError, ValueError) as exc:
-            log.warning("call %s: bad frame on the bus: %s", self.sid, exc)
+    def on_in(self, frame: Frame, key: str) -> None:
+        self._check_seq(frame.seq, frame.ts)
+        if frame.kind is Kind.AUDIO:
+            self.audio.caller_audio(frame.ts, frame.payload)
+        elif frame.kind is Kind.MARK:
+            self.audio.caller_mark(str(frame.json().get("name", "")))
+        elif frame.kind is Kind.MOVED:
+            self.audio.moved()
+        elif frame.kind is Kind.STOP:
+            if frame.json().get("reason") == "bridge_replaced":
+                self.retired.add(key)  # the gateway no longer plays what that bridge sends
+                self.audio.new_bridge()
+            else:
+                self.r.finish_soon(self, END_GRACE_S, "stream stopped")
+
+    def on_out(self, frame: Frame, key: str, now: float) -> None:
+        if key in self.retired:
+            return
+        if frame.kind is Kind.AUDIO:
+            self.audio.agent_audio(frame.payload, now)
+        elif frame.kind is Kind.MARK:
+            self.audio.agent_mark(str(frame.json().get("name", "")), now)
+        elif frame.kind is Kind.CLEAR:
+            self.audio.agent_clear(now)
+        elif frame.kind is Kind.HANGUP:
+            self.audio.agent_hangup(now)
 
     def resume(self, why: str) -> None:
         """We did not hear this call from its start (a restart, a take-over): pick up the spool a
@@ -470,9 +477,9 @@ class Recorder:
             spool = Spool(self.spool_root / sid)
             rec = CallRecording(self, sid, spool)
             leftover = spool.dir.exists()  # a spool of an earlier run of a recorder on this disk
+            # The gateway's tap, under whichever stream key holds the call (``*`` follows a re-offer).
             rec.subs = [
-                await self.nc.subscribe(f"{subjects.PREFIX}.call.{sid}.*.in", cb=rec.on_in, pending_msgs_limit=20000),
-                await self.nc.subscribe(f"{subjects.PREFIX}.call.{sid}.*.out", cb=rec.on_out, pending_msgs_limit=20000),
+                await self.nc.subscribe(f"{subjects.PREFIX}.call.{sid}.*.rec", cb=rec.on_rec, pending_msgs_limit=2000),
             ]
             revision, why = None, None
             try:
