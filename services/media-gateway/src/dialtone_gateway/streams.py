@@ -113,6 +113,7 @@ class MediaStream:
         self.record = record
         self.call_id = record.call_id
         self.key = record.stream_key
+        self._in_subject = subjects.call_in(self.call_id, self.key)  # built once per key, not per frame
         self._keys = {record.stream_key}  # every key this stream held the call under
         self.epoch = record.epoch
         self.log: logging.LoggerAdapter = CallLog(log, call_id=self.call_id)
@@ -192,19 +193,19 @@ class MediaStream:
                 return True
             ts = event.timestamp + self._ts_offset
             self._ts_end = ts + len(event.payload) // 8
-            await self._publish_in(encode_frame(Kind.AUDIO, self._next_seq(), ts, event.payload), audio=True)
+            self._publish_in(encode_frame(Kind.AUDIO, self._next_seq(), ts, event.payload), audio=True)
         elif isinstance(event, tp.Mark):
             m.MESSAGES_IN.labels("mark").inc()
             if self.stream_sid is None:
                 self._bad("mark_before_start", "mark before start")
                 return True
-            await self._publish_in(encode_control(Kind.MARK, self._next_seq(), 0, {"name": event.name}))
+            self._publish_in(encode_control(Kind.MARK, self._next_seq(), 0, {"name": event.name}))
         elif isinstance(event, tp.Dtmf):
             m.MESSAGES_IN.labels("dtmf").inc()
             if self.stream_sid is None:
                 self._bad("dtmf_before_start", "dtmf before start")
                 return True
-            await self._publish_in(encode_control(Kind.DTMF, self._next_seq(), 0, {"digit": event.digit}))
+            self._publish_in(encode_control(Kind.DTMF, self._next_seq(), 0, {"digit": event.digit}))
         elif isinstance(event, tp.Start):
             m.MESSAGES_IN.labels("start").inc()
             return await self._start(event)
@@ -244,7 +245,7 @@ class MediaStream:
         await self._subscribe_out()
         self._claimed = True
         self._last_out = time.monotonic()
-        await self._publish_in(encode_control(Kind.MOVED, self._next_seq(), self._ts_offset, {
+        self._publish_in(encode_control(Kind.MOVED, self._next_seq(), self._ts_offset, {
             "from": r.moved_from, "to": self.ctx.gateway_id, "stopped_ts": stopped_ts, "gap_ms": round(gap_s * 1000),
         }))
         self._publish_event(CallStatus(
@@ -391,7 +392,7 @@ class MediaStream:
         # empty, with no await in between, so the bridge sees every frame in order.
         while self._backlog:
             frame = self._backlog.popleft()
-            self.bus.publish(subjects.call_in(self.call_id, self.key), frame)
+            self.bus.publish(self._in_subject, frame)
             self._record(TAP_IN, frame)
             if frame[1] == Kind.AUDIO:
                 m.FRAMES_TO_BRIDGE.inc()
@@ -400,7 +401,7 @@ class MediaStream:
         if not self._finished:
             self._watch_task = asyncio.create_task(self._watch_bridge(), name=f"lease-{self.call_id}")
 
-    async def _publish_in(self, frame: bytes, *, audio: bool = False) -> None:
+    def _publish_in(self, frame: bytes, *, audio: bool = False) -> None:
         if not self._claimed:
             if len(self._backlog) == self._backlog.maxlen:
                 self._bad("backlog_overflow", "caller audio dropped while waiting for a bridge")
@@ -413,7 +414,7 @@ class MediaStream:
             return
         # Held for at most a millisecond, then published with every other call's frames in one
         # write (dialtone_common.coalesce); a refusal by NATS is counted there.
-        self.bus.publish(subjects.call_in(self.call_id, self.key), frame)
+        self.bus.publish(self._in_subject, frame)
         self._record(TAP_IN, frame)
         if audio:
             m.FRAMES_TO_BRIDGE.inc()
@@ -528,6 +529,7 @@ class MediaStream:
                 await self._rescue("bridge_lost")
             return
         self.record, self.key, self.epoch = record, new_key, self.epoch + 1
+        self._in_subject = subjects.call_in(self.call_id, self.key)
         old_sub, self._out_sub = self._out_sub, None
         if old_sub is not None:
             with contextlib.suppress(Exception):
@@ -681,7 +683,7 @@ class MediaStream:
         if self.stream_sid is not None:
             self._claimed = True  # publish the stop even if nobody claimed: a late bridge must end too
             stop = encode_control(Kind.STOP, self._next_seq(), 0, {"reason": reason})
-            self.bus.publish(subjects.call_in(self.call_id, self.key), stop)
+            self.bus.publish(self._in_subject, stop)
             self._record(TAP_IN, stop)
             self._send_tap()
             await self.bus.flush()
