@@ -9,7 +9,16 @@ from pathlib import Path
 
 import pytest
 from dialtone_sim.playout import Playout
-from dialtone_writer.recorder_audio import FRAME, CallAudio, Spool, build_wav, read_wav, to_pcm16
+from dialtone_writer.recorder_audio import (
+    FRAME,
+    SILENCE,
+    XOR,
+    CallAudio,
+    Spool,
+    build_wav,
+    read_wav,
+    to_pcm16,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -189,4 +198,22 @@ def test_the_spools_positions_are_written_in_place_and_the_rest_only_when_it_cha
     record[3] ^= 0xFF
     (spool.dir / "positions").write_bytes(bytes(record))
     assert Spool(spool.dir).read_meta()["caller_end"] == 48000  # (written in meta.json with the reason)
+    spool.unlock()
+
+
+def test_contiguous_frames_reach_the_spool_in_one_write_and_the_bytes_are_the_same(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    assert spool.lock()
+    frames = [bytes([n]) * FRAME for n in range(1, 51)]  # one second of a caller, frame by frame
+    for n, frame in enumerate(frames):
+        spool.write("in", n * FRAME, frame)
+    spool.write("in", 60 * FRAME, b"\x07" * FRAME)  # after a gap: a write of its own
+    spool.write("in", 10 * FRAME, b"\x09" * FRAME)  # over what was written before: it wins, in order
+    taken = spool.take()
+    assert [(pos, len(data)) for pos, data in taken["in"]] == [(0, 50 * FRAME), (60 * FRAME, FRAME), (10 * FRAME, FRAME)]
+    spool.put(taken)
+    raw = (spool.dir / "in.raw").read_bytes().translate(XOR)  # the spool keeps mu-law XOR 0xFF
+    expected = bytearray(b"".join(frames)) + bytes([SILENCE]) * (10 * FRAME) + b"\x07" * FRAME
+    expected[10 * FRAME:11 * FRAME] = b"\x09" * FRAME
+    assert raw == bytes(expected)
     spool.unlock()

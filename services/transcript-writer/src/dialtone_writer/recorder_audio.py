@@ -252,7 +252,7 @@ class Spool:
 
     def __init__(self, directory: Path) -> None:
         self.dir = Path(directory)
-        self._writes: dict[str, list[tuple[int, bytes]]] = {"in": [], "out": []}
+        self._writes: dict[str, list[tuple[int, bytearray]]] = {"in": [], "out": []}
         self._lock_fd: int | None = None
         self._steady_written: dict | None = None
         self._positions_fd: int | None = None
@@ -279,14 +279,20 @@ class Spool:
             self._lock_fd = None
 
     def write(self, channel: str, pos: int, data: bytes) -> None:
-        self._writes[channel].append((pos, data.translate(XOR)))
+        """Hold ``data`` for ``channel`` at sample ``pos``. A write that goes on where the one
+        before it ended joins it: a second of a caller's 20 ms frames is one ``pwrite``, not 50."""
+        writes = self._writes[channel]
+        if writes and (last := writes[-1])[0] + len(last[1]) == pos:
+            last[1].extend(data.translate(XOR))
+        else:
+            writes.append((pos, bytearray(data.translate(XOR))))
 
-    def take(self) -> dict[str, list[tuple[int, bytes]]]:
+    def take(self) -> dict[str, list[tuple[int, bytearray]]]:
         """The writes held in memory, handed over (call it on the event loop, then ``put`` them)."""
         taken, self._writes = self._writes, {"in": [], "out": []}
         return taken
 
-    def put(self, taken: dict[str, list[tuple[int, bytes]]]) -> None:
+    def put(self, taken: dict[str, list[tuple[int, bytearray]]]) -> None:
         """Write taken writes to the files (blocking: in a thread)."""
         for channel, writes in taken.items():
             if not writes:
