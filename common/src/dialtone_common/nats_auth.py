@@ -130,8 +130,8 @@ def _service_discovery(service: str) -> tuple[str, ...]:
 GATEWAY = User(
     name="gateway", service="media-gateway", password_env="GATEWAY_NATS_PASSWORD",
     publish=(
-        subjects.CALL_OFFER, f"{subjects.CALL_OFFER}.*", subjects.CALL_PREPARE, subjects.CALL_IN_ALL,
-        subjects.CALL_REC_ALL, subjects.EVENTS_ALL, *_stream_admin(EVENTS_STREAM),
+        subjects.CALL_OFFER, f"{subjects.CALL_OFFER}.*", subjects.CALL_OFFER_ANY, subjects.CALL_PREPARE,
+        subjects.CALL_IN_ALL, subjects.CALL_REC_ALL, subjects.EVENTS_ALL, *_stream_admin(EVENTS_STREAM),
         *_stream_admin(CALLS_KV_STREAM), *_stream_read(CALLS_KV_STREAM), *_kv_write(subjects.CALLS_BUCKET),
         subjects.GATEWAYS_READY,
     ),
@@ -147,8 +147,8 @@ BRIDGE = User(
         *_stream_admin(EVENTS_STREAM), *_stream_read(EVENTS_STREAM), *_ordered_consumer(EVENTS_STREAM),
         *_stream_admin(CALLS_KV_STREAM), *_stream_read(CALLS_KV_STREAM), *_kv_write(subjects.CALLS_BUCKET),
     ),
-    subscribe=(subjects.CALL_OFFER, f"{subjects.CALL_OFFER}.*", subjects.CALL_PREPARE, subjects.CALL_IN_ALL,
-               _inbox("bridge")),
+    subscribe=(subjects.CALL_OFFER, f"{subjects.CALL_OFFER}.*", subjects.CALL_OFFER_ANY, subjects.CALL_PREPARE,
+               subjects.CALL_IN_ALL, _inbox("bridge")),
     allow_responses=True,  # answers call offers
 )
 

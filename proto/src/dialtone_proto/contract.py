@@ -67,7 +67,9 @@ def _check(subject: str, data: bytes, headers: dict[str, str]) -> str:
         return f"reply:{body['type']}"
     if parts[:2] != ["dt", "v1"]:
         raise ContractError(f"{subject}: not a dt.v1 subject")
-    if subject == subjects.CALL_OFFER or (len(parts) == 5 and subject.startswith(subjects.CALL_OFFER + ".")):
+    if subject in (subjects.CALL_OFFER, subjects.CALL_OFFER_ANY) or (
+        len(parts) == 5 and subject.startswith(subjects.CALL_OFFER + ".")
+    ):
         CallOffer.model_validate_json(data)
         return "call.offer"
     if subject == subjects.CALL_PREPARE:

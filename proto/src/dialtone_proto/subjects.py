@@ -5,6 +5,11 @@ Layout (all under ``dt.v1``):
 - ``dt.v1.calls.offer``            request/reply; a media-gateway offers a new call, one bridge of the
                                    ``realtime-bridge`` queue group claims it.
 - ``dt.v1.calls.offer.<bridge>``     the same offer to one bridge: the one that prepared the call.
+- ``dt.v1.calls.offer-any``        the same offer to every bridge at once, after an offer to the
+                                   queue group went unanswered: the group may hold a bridge that is
+                                   frozen (stopped, swapping) and still draws its share of offers.
+                                   The bridge that wins the call record answers; the others say
+                                   nothing.
 - ``dt.v1.calls.prepare``          core NATS, gateway -> one bridge of the queue group: a voice webhook
                                    arrived; open the call's model session now.
 - ``dt.v1.call.<call_id>.<key>.in``  core NATS, gateway -> bridge: caller audio and control frames.
@@ -24,6 +29,7 @@ import re
 
 PREFIX = "dt.v1"
 CALL_OFFER = f"{PREFIX}.calls.offer"
+CALL_OFFER_ANY = f"{PREFIX}.calls.offer-any"
 # A voice webhook arrived: a bridge may open the model session now, while Twilio sets up the stream.
 CALL_PREPARE = f"{PREFIX}.calls.prepare"
 # A draining gateway asks whether another gateway is ready before moving its calls; every ready

@@ -421,6 +421,30 @@ async def test_no_bridge_at_all_gets_the_caller_an_apology(no_flush_timer: None)
     await asyncio.wait_for(call.task, WAIT_S)
 
 
+async def test_an_offer_the_queue_group_left_unanswered_goes_next_to_every_bridge(no_flush_timer: None) -> None:
+    """A frozen bridge still holds its place in the queue group and draws its share of offers: after
+    one goes unanswered, the call is offered to every bridge at once, and the one that takes it
+    answers."""
+    nc = FakeNats()
+    asked: list[str] = []
+
+    async def frozen_then_any(subject: str, payload: bytes, timeout: float) -> FakeMsg:  # noqa: ASYNC109
+        asked.append(subject)
+        if subject == subjects.CALL_OFFER:  # the group picked the frozen bridge
+            return await _never_answered(subject, payload, timeout)
+        nc.claimed.set()
+        return FakeMsg(CallAnswer(call_id=CALL, accepted=True, bridge_id="b2", agent="support").model_dump_json().encode())
+
+    nc.request = frozen_then_any  # type: ignore[method-assign]
+    call = await start_call(nc, claim_timeout_s=0.05)
+    await asyncio.wait_for(nc.claimed.wait(), WAIT_S)
+
+    assert asked == [subjects.CALL_OFFER, subjects.CALL_OFFER_ANY]
+    assert call.ctx.line.apologised == []  # type: ignore[attr-defined]
+    call.ws.hang_up()
+    await asyncio.wait_for(call.task, WAIT_S)
+
+
 async def until(condition: Callable[[], object]) -> None:
     """Poll the fakes (bounded) until ``condition()`` holds."""
     async with asyncio.timeout(WAIT_S):

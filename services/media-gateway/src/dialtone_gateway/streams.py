@@ -360,8 +360,12 @@ class MediaStream:
         # The bridge that opened this call's model session at the webhook gets the first offer; if
         # it does not take it, the call goes to the queue group as any other.
         prepared = self.record.prepared_by if self.epoch == 0 and self.record is not None else None
+        # An offer to the queue group that nobody answered may have gone to a bridge that is frozen
+        # (stopped, swapping) but still holds its place in the group: the next tries go to every
+        # bridge at once, and the one that wins the call record answers.
+        unanswered = False
         while True:
-            subject = subjects.CALL_OFFER
+            subject = subjects.CALL_OFFER_ANY if unanswered else subjects.CALL_OFFER
             if prepared:
                 with contextlib.suppress(subjects.InvalidCallId):
                     subject = subjects.bridge_offer(prepared)
@@ -372,8 +376,11 @@ class MediaStream:
                 if answer.accepted:
                     break
                 why = answer.reason or "refused"
-            except (nats.errors.NoRespondersError, nats.errors.TimeoutError) as exc:
+            except nats.errors.NoRespondersError as exc:
                 why = type(exc).__name__
+            except nats.errors.TimeoutError as exc:
+                why = type(exc).__name__
+                unanswered = True
             except nats.errors.Error as exc:
                 why = f"bus: {exc}"
             except ValueError as exc:

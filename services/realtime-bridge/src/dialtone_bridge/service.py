@@ -54,6 +54,8 @@ class Bridge:
             self._subs.append(
                 await self.ctx.nc.subscribe(subjects.CALL_PREPARE, queue=subjects.BRIDGE_QUEUE, cb=self._on_prepare)
             )
+        # Every bridge hears the gateways' second try of an offer the queue group left unanswered.
+        self._subs.append(await self.ctx.nc.subscribe(subjects.CALL_OFFER_ANY, cb=self._on_offer))
         m.READY.set_function(self._ready)
         m.start_at_zero(sorted(self.ctx.agents.agents))
         self._heartbeat = asyncio.create_task(self._heartbeats(), name="heartbeats")
@@ -77,6 +79,8 @@ class Bridge:
     async def _answer(self, msg: Msg, call_id: str, accepted: bool, agent: str | None = None, reason: str | None = None) -> None:
         answer = CallAnswer(call_id=call_id, accepted=accepted, bridge_id=self.ctx.bridge_id, agent=agent, reason=reason)
         m.OFFERS.labels("accepted" if accepted else (reason or "refused").split(":")[0]).inc()
+        if not accepted and msg.subject == subjects.CALL_OFFER_ANY:
+            return  # an offer to every bridge: the first answer is the gateway's, so only the taker speaks
         with contextlib.suppress(Exception):
             await msg.respond(answer.model_dump_json().encode())
 
