@@ -222,7 +222,8 @@ def _cpu_table(r: RunResult, f: Figures, out: Callable[[str], None]) -> None:
     total = 0.0
     for group, u in sorted(r.usage.items()):
         total += u.cpu_s
-        note = "  (includes the recorder)" if group == "transcript-writer" else ""
+        note = {"transcript-writer": "  (includes the recorder)",
+                "media-gateway": "  (includes the recorder's tap)"}.get(group, "")
         out(f"  {group:<22}{per_call_minute(u.cpu_s, f.call_minutes):>8.3f}   ({u.cpu_s:.1f} s){note}")
     out(f"  {r.kind + ' total':<22}{per_call_minute(total, f.call_minutes):>8.3f}   ({total:.1f} s); "
         f"its core {total / max(r.wall_s, 1e-9):.0%} busy")  # fmt: skip
