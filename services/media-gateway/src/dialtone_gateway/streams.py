@@ -399,8 +399,7 @@ class MediaStream:
         # empty, with no await in between, so the bridge sees every frame in order.
         while self._backlog:
             frame = self._backlog.popleft()
-            self.bus.publish(self._in_subject, frame)
-            self._record(TAP_IN, frame)
+            self._send_in(frame)
             if frame[1] == Kind.AUDIO:
                 m.FRAMES_TO_BRIDGE.inc()
         self._claimed = True
@@ -421,10 +420,15 @@ class MediaStream:
             return
         # Held for at most a millisecond, then published with every other call's frames in one
         # write (dialtone_common.coalesce); a refusal by NATS is counted there.
-        self.bus.publish(self._in_subject, frame)
-        self._record(TAP_IN, frame)
+        self._send_in(frame)
         if audio:
             m.FRAMES_TO_BRIDGE.inc()
+
+    def _send_in(self, frame: bytes, key: str | None = None) -> None:
+        """One frame to the bridge on ``in`` (of ``key``, the current one unless said), and into the
+        recorder's tap: everything on ``in`` is recorded, in the order published."""
+        self.bus.publish(self._in_subject if key is None else subjects.call_in(self.call_id, key), frame)
+        self._record(TAP_IN, frame, key)
 
     # ---- the recorder's tap ----------------------------------------------------------------
     def _record(self, side: int, frame: bytes, key: str | None = None) -> None:
@@ -511,9 +515,7 @@ class MediaStream:
         old_key, new_key = self.key, secrets.token_urlsafe(16)
         self._claimed = False
         # Fence the old bridge off: should it still be alive, it hears the call is no longer its own.
-        fence = encode_control(Kind.STOP, self._next_seq(), 0, {"reason": "bridge_replaced"})
-        self.bus.publish(subjects.call_in(self.call_id, old_key), fence)
-        self._record(TAP_IN, fence, old_key)
+        self._send_in(encode_control(Kind.STOP, self._next_seq(), 0, {"reason": "bridge_replaced"}), old_key)
         self._send_tap()
         await self.bus.flush()  # out before the new offer
         self._keys.add(new_key)
@@ -689,9 +691,7 @@ class MediaStream:
             await self._rescue(reason)  # Twilio left this stream but nothing took the call: free the line
         if self.stream_sid is not None:
             self._claimed = True  # publish the stop even if nobody claimed: a late bridge must end too
-            stop = encode_control(Kind.STOP, self._next_seq(), 0, {"reason": reason})
-            self.bus.publish(self._in_subject, stop)
-            self._record(TAP_IN, stop)
+            self._send_in(encode_control(Kind.STOP, self._next_seq(), 0, {"reason": reason}))
             self._send_tap()
             await self.bus.flush()
             self.log.info("stream ended (%s)", reason)
