@@ -57,9 +57,9 @@ class Playout:
         self._mark_seq = 0
         self._last_ts = 0.0  # caller ms of the latest inbound frame
         # (arrival, arrival - ts) of recent frames, the lags rising from the front: the front's is
-        # the least of the window (a sliding minimum, O(1) per frame).
+        # the least of the window (a sliding minimum, O(1) per frame). Empty until the first frame,
+        # never emptied after it (the newest frame is always in the window): the caller's clock.
         self._lags: deque[tuple[float, float]] = deque()
-        self._have_clock = False
         self.one_way_ms = 0.0
         self._probe: tuple[str, float] | None = None
         self.played_to = 0  # position known played (echoed)
@@ -80,7 +80,7 @@ class Playout:
 
     # --- caller clock -----------------------------------------------------------------------
     def on_inbound_audio(self, ts_ms: float, wall_ms: float) -> None:
-        self._last_ts, self._have_clock = ts_ms, True
+        self._last_ts = ts_ms
         lag, lags = wall_ms - ts_ms, self._lags
         while lags and lags[-1][1] >= lag:
             lags.pop()
@@ -91,7 +91,7 @@ class Playout:
     def caller_now(self, wall_ms: float) -> float:
         """Caller-clock time right now: the least delayed recent frame was sent one trip before it
         reached us."""
-        if not self._have_clock:
+        if not self._lags:
             return 0.0
         return wall_ms - self._lags[0][1] + self.one_way_ms
 
@@ -108,7 +108,7 @@ class Playout:
     # --- outgoing audio ---------------------------------------------------------------------
     def on_audio_sent(self, item_id: str, nbytes: int, wall_ms: float) -> str:
         """Record agent audio sent to Twilio; return the mark name to send right after it."""
-        if not self._marks and self._have_clock:
+        if not self._marks and self._lags:
             # Nothing buffered: this chunk starts playing when it lands, one trip from now.
             self._anchor = (self.caller_now(wall_ms) + self.one_way_ms, self.sent)
         start, size = self._items.get(item_id, (self.sent, 0))
@@ -136,7 +136,7 @@ class Playout:
         while self._marks and next(iter(self._marks.values())) <= pos:
             self._marks.popitem(last=False)
         self.played_to = max(self.played_to, pos)
-        if self._have_clock:
+        if self._lags:
             self._anchor = (self._last_ts, pos)
 
     @property
