@@ -222,13 +222,14 @@ CARRY_ON = "You have just taken over this call. Answer the caller's last message
 
 
 def _ms(value: Any) -> float | None:
-    """A timeline field (``start_ms``, ``end_ms``): a number, else unknown."""
+    """A number the server sent (a timeline field such as ``start_ms``), else None: unknown."""
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def _n(d: Any, key: str) -> int:
-    value = d.get(key) if isinstance(d, dict) else None
-    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0
+    """A count in a usage block, 0 when absent or not a number."""
+    value = _ms(d.get(key)) if isinstance(d, dict) else None
+    return int(value) if value is not None else 0
 
 
 def backend_tokens(usage: dict[str, Any]) -> dict[str, int]:
