@@ -18,6 +18,10 @@ OFFER = CallOffer(
 )
 
 
+# The fakes below stand in for the bridge's context, its call book and a NATS message: only what
+# taking an offer reads. Hence the type: ignore where they are handed over.
+
+
 class LostRecord:
     """The call book of a bridge that lost the race for the record: another bridge wrote it first."""
 
