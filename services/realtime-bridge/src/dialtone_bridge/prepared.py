@@ -72,16 +72,23 @@ class PreparedSessions:
         try:
             subjects.check_call_id(self.ctx.bridge_id)  # the gateway must be able to name us
             agent = self.ctx.agents.choose(name=prepare.agent, to_number=prepare.to_number)
-            if await self.calls.prepared(call_id, self.ctx.bridge_id) is None:
-                return  # the stream came first, or another bridge prepared it
-        except (subjects.InvalidCallId, AgentError, CallBookUnavailable) as exc:
+        except (subjects.InvalidCallId, AgentError) as exc:
             log.info("call %s not prepared: %s", call_id, exc)
             return
-        call_log = CallLog(log, call_id=call_id)
-        connection = model_connection(self.ctx, agent, call_log)
+        # The session is held here before the first await: the stream may start, and its offer
+        # reach this bridge (by name or through the queue group), while the record is written;
+        # that offer takes this session, not a second one.
+        connection = model_connection(self.ctx, agent, CallLog(log, call_id=call_id))
         opening = asyncio.create_task(self._open(connection, agent), name=f"prepare-{call_id}")
         self._items[call_id] = Prepared(agent, opening, time.monotonic())
         self._spawn(self._expire(call_id, opening))
+        try:
+            if await self.calls.prepared(call_id, self.ctx.bridge_id) is None:
+                log.info("call %s: its stream started first; the session waits for an offer", call_id)
+        except CallBookUnavailable as exc:
+            log.info("call %s: its record could not name this bridge: %s", call_id, exc)
+        # Unmarked, no offer names this bridge, but one through the queue group may still come here
+        # (always, with one bridge); if none does, the session expires like any unused one.
 
     async def _open(self, connection: ModelConnection, agent: Agent) -> ModelConnection:
         await connection.open(await session_spec(self.ctx, agent))
