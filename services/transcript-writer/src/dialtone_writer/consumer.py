@@ -149,6 +149,11 @@ class Consumer:
                     continue
                 if not await self.process(msgs):
                     await _wait(stop, self._settings.retry_delay_s)
+                elif len(msgs) < self._settings.batch_size and self._settings.batch_linger_s > 0:
+                    # A trickle of events (a few per call and turn) would otherwise cost a
+                    # transaction each, and a rebuild of the call's transcript each: gathered
+                    # for a moment, many calls' events share one (a profile at 50 calls).
+                    await _wait(stop, self._settings.batch_linger_s)
         finally:
             # Drop the fetch inbox (the durable consumer stays): a pull subscription left behind
             # makes the connection's drain wait for its whole timeout.

@@ -29,6 +29,10 @@ class WriterSettings(RecordingStorageSettings):
     durable_name: str = Field(default="transcript-writer", description="JetStream durable consumer name")
     batch_size: int = Field(default=256, ge=1, le=10_000, description="events fetched and written per batch")
     fetch_timeout_s: float = Field(default=1.0, gt=0, description="longest wait for a batch; bounds stop latency")
+    batch_linger_s: float = Field(
+        default=0.2, ge=0, le=5, description="after a batch smaller than batch_size, wait this long before the next "
+        "fetch so that the events of many calls share one transaction (0: write each as it comes)",
+    )
     ack_wait_s: float = Field(default=30.0, gt=0, description="redelivery delay of an unacknowledged event")
     retry_delay_s: float = Field(default=2.0, gt=0, description="redelivery delay after a database error")
     pool_size: int = Field(default=4, ge=1)
