@@ -9,7 +9,14 @@ import logging
 from dialtone_proto import STREAM_NAME, STREAM_SUBJECTS, subjects
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.js.api import DiscardPolicy, KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import (
+    ConsumerConfig,
+    DiscardPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
 from nats.js.errors import BadRequestError
 from nats.js.kv import KeyValue
 
@@ -151,3 +158,19 @@ async def ensure_stream(js: JetStreamContext, replicas: int = 1) -> None:
                 raise
             log.info("waiting for JetStream: %s", exc)
             await asyncio.sleep(0.25)
+
+
+async def pull_consumer(js: JetStreamContext, config: ConsumerConfig) -> JetStreamContext.PullSubscription:
+    """Bind to the durable pull consumer ``config.durable_name`` of the call event stream, first
+    created or updated to ``config``. Binding alone would keep the consumer as its first service
+    made it: a setting changed since (an ack wait, the batches in flight) would never apply. A
+    change JetStream cannot make in place (the filter, where delivery starts) is logged, and the
+    consumer is used as it is."""
+    durable = config.durable_name
+    assert durable and config.filter_subject
+    config.name = durable
+    try:
+        await js.add_consumer(STREAM_NAME, config)
+    except BadRequestError as exc:
+        log.warning("consumer %s kept as it is (%s)", durable, exc.description)
+    return await js.pull_subscribe(config.filter_subject, durable=durable, stream=STREAM_NAME, config=config)

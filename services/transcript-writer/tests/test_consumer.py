@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -356,3 +357,15 @@ async def test_a_test_calls_run_is_kept_on_its_session(pool) -> None:
         ])  # fmt: skip
     assert (await session(pool, test_call))["test_run"] == "run-42"
     assert (await session(pool, real_call))["test_run"] is None
+
+
+async def test_settings_changed_since_the_consumer_was_made_apply_at_the_next_start(run_consumer):
+    """A writer restarted with another ack wait or batch size uses them: binding to the durable
+    consumer alone kept the first writer's (a crashed event waited the old ack wait)."""
+    first = await run_consumer(ack_wait_s=30.0, batch_size=256)
+    first.stop.set()
+    assert first.task is not None
+    await asyncio.wait_for(first.task, 10)
+    again = await run_consumer(durable_name=first.durable, ack_wait_s=3.0, batch_size=8)
+    config = (await again.info()).config
+    assert (config.ack_wait, config.max_ack_pending) == (3.0, 32)

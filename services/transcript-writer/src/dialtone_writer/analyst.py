@@ -44,8 +44,9 @@ import nats.js.errors
 import openai
 import orjson
 from dialtone_common.analysis_config import AnalysisConfig, response_schema, text_cost_usd
+from dialtone_common.bus import pull_consumer
 from dialtone_common.session_view import get_session
-from dialtone_proto import STREAM_NAME, CallAnalyzed, CallEnded, decode_event, encode_event, subjects
+from dialtone_proto import CallAnalyzed, CallEnded, decode_event, encode_event, subjects
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -162,9 +163,7 @@ class Analyst:
             max_deliver=-1,
             filter_subject=ENDED_SUBJECT,
         )
-        self._sub = await self._js.pull_subscribe(
-            ENDED_SUBJECT, durable=s.analysis_durable_name, stream=STREAM_NAME, config=config
-        )
+        self._sub = await pull_consumer(self._js, config)
         log.info("analysing the calls of %s with %s (%s)", ", ".join(sorted(self.configs)),
                  s.analysis_model, s.analysis_durable_name)
 

@@ -22,7 +22,8 @@ from datetime import UTC, datetime
 import asyncpg
 import nats.errors
 import nats.js.errors
-from dialtone_proto import STREAM_NAME, Event, decode_event, subjects
+from dialtone_common.bus import pull_consumer
+from dialtone_proto import Event, decode_event, subjects
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -125,9 +126,7 @@ class Consumer:
             max_deliver=-1,
             filter_subject=self._filter,
         )
-        self._sub = await self._js.pull_subscribe(
-            self._filter, durable=s.durable_name, stream=STREAM_NAME, config=config
-        )
+        self._sub = await pull_consumer(self._js, config)
         log.info("consuming %s as %s", self._filter, s.durable_name)
 
     async def run(self, stop: asyncio.Event) -> None:
