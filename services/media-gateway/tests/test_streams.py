@@ -224,10 +224,10 @@ def no_flush_timer(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(streams, "FLUSH_AFTER_S", 3600.0)
 
 
-async def start_call(nc: FakeNats | None = None, **settings: Any) -> Call:
+async def start_call(nc: FakeNats | None = None, calls: FakeCallBook | None = None, **settings: Any) -> Call:
     ws, nc = FakeSocket(), nc or FakeNats()
     config = GatewaySettings(twilio_auth_token="t", public_base_url="https://gw.example.com", **settings)
-    ctx = StreamContext(nc, FakeJetStream(), FakeCallBook(RECORD), FakeLine(), config, "gw-test")  # type: ignore[arg-type]
+    ctx = StreamContext(nc, FakeJetStream(), calls or FakeCallBook(RECORD), FakeLine(), config, "gw-test")  # type: ignore[arg-type]
     stream = MediaStream(ws, ctx, RECORD)  # type: ignore[arg-type]
     task = asyncio.create_task(stream.run())
     ws.feed({"event": "connected", "protocol": "Call", "version": "1.0.0"})
@@ -390,6 +390,37 @@ async def test_a_silent_bridge_is_fenced_off_and_the_call_re_offered(no_flush_ti
     await call.audio(b"\x02" * 320)
     assert call.ws.media() == [b"\x02" * 320]
     assert [e["status"] for e in call.ctx.js.events] == ["bridge_lost"]  # type: ignore[attr-defined]
+    call.ws.hang_up()
+    await asyncio.wait_for(call.task, WAIT_S)
+
+
+class SlowRekey(FakeCallBook):
+    """A call book whose re-keying waits until the test lets it through."""
+
+    def __init__(self, record: CallRecord) -> None:
+        super().__init__(record)
+        self.rekeying, self.release = asyncio.Event(), asyncio.Event()
+
+    async def rekey(self, *args: Any) -> CallRecord | None:
+        self.rekeying.set()
+        await self.release.wait()
+        return await super().rekey(*args)
+
+
+async def test_a_fenced_bridge_is_not_heard_while_the_record_is_re_keyed(no_flush_timer: None) -> None:
+    calls = SlowRekey(RECORD)
+    call = await start_call(calls=calls, bridge_lease_s=0.2)
+    call.nc.answer.set()
+    await asyncio.wait_for(call.nc.claimed.wait(), WAIT_S)
+    await call.audio(b"\x01" * 160)  # 20 ms, held back for coalescing with what follows
+    await asyncio.wait_for(calls.rekeying.wait(), WAIT_S)  # the lease ran out: fenced, not yet re-keyed
+    await call.nc.out_cb(FakeMsg(encode_frame(Kind.AUDIO, 1, 0, b"\x01" * 320), subjects.call_out(CALL, KEY)))
+    await call.nc.out_cb(FakeMsg(encode_control(Kind.MARK, 2, 0, {"name": "m1"}), subjects.call_out(CALL, KEY)))
+    assert call.ws.media() == [] and "mark" not in call.events()
+    calls.release.set()
+    await until(lambda: len(call.nc.offers) >= 2)
+    await call.audio(b"\x02" * 320)  # the new bridge's audio goes out alone
+    assert call.ws.media() == [b"\x02" * 320]
     call.ws.hang_up()
     await asyncio.wait_for(call.task, WAIT_S)
 

@@ -514,6 +514,10 @@ class MediaStream:
         ))
         old_key, new_key = self.key, secrets.token_urlsafe(16)
         self._claimed = False
+        # From here on nothing of the old bridge reaches the caller, also while the record is
+        # re-keyed: its late frames, and what of its audio was held back for coalescing.
+        self._out_subject = ""
+        self._pending.clear()
         # Fence the old bridge off: should it still be alive, it hears the call is no longer its own.
         self._send_in(encode_control(Kind.STOP, self._next_seq(), 0, {"reason": "bridge_replaced"}), old_key)
         self._send_tap()
