@@ -163,14 +163,41 @@ class FakeCallBook:
             self.record = self.record.model_copy(update={"state": "ended"})
         return self.record
 
+    async def get(self, call_id: str) -> CallRecord | None:
+        return self.record
+
+    async def start_move(self, call_id: str, stream_key: str, gateway_id: str, move_id: str) -> CallRecord | None:
+        if self.record is None or self.record.stream_key != stream_key:
+            return None
+        self.record = self.record.model_copy(update={"state": "moving", "move_id": move_id, "moved_from": gateway_id})
+        return self.record
+
+    async def move_stopped(self, call_id: str, move_id: str, seq: int, ts: int, at: float) -> CallRecord | None:
+        if self.record is None or self.record.move_id != move_id:
+            return None
+        self.record = self.record.model_copy(update={"moved_seq": seq, "moved_ts": ts, "moved_at": at})
+        return self.record
+
+    async def cancel_move(self, call_id: str, move_id: str) -> CallRecord | None:
+        if self.record is None or (self.record.state, self.record.move_id) != ("moving", move_id):
+            return None
+        self.record = self.record.model_copy(update={"state": "streaming", "move_id": None})
+        return self.record
+
 
 class FakeLine:
     def __init__(self) -> None:
         self.apologised: list[tuple[str, str | None]] = []
+        self.moved: list[str] = []
 
     async def apologise(self, call_sid: str, account_sid: str | None) -> bool:
         self.apologised.append((call_sid, account_sid))
         return True
+
+    async def move(self, call_sid: str, account_sid: str | None, twiml: str) -> str | None:
+        """Twilio takes the new TwiML (None: no refusal); whether it stops the stream is the test's."""
+        self.moved.append(twiml)
+        return None
 
 
 START = {
@@ -227,7 +254,8 @@ def no_flush_timer(monkeypatch: pytest.MonkeyPatch) -> None:
 async def start_call(nc: FakeNats | None = None, calls: FakeCallBook | None = None, **settings: Any) -> Call:
     ws, nc = FakeSocket(), nc or FakeNats()
     config = GatewaySettings(twilio_auth_token="t", public_base_url="https://gw.example.com", **settings)
-    ctx = StreamContext(nc, FakeJetStream(), calls or FakeCallBook(RECORD), FakeLine(), config, "gw-test")  # type: ignore[arg-type]
+    ctx = StreamContext(nc, FakeJetStream(), calls or FakeCallBook(RECORD), FakeLine(), config, "gw-test",  # type: ignore[arg-type]
+                        move_url=lambda call_id, move_id: f"wss://gw.example.com/media-stream/{call_id}/{move_id}")
     stream = MediaStream(ws, ctx, RECORD)  # type: ignore[arg-type]
     task = asyncio.create_task(stream.run())
     ws.feed({"event": "connected", "protocol": "Call", "version": "1.0.0"})
@@ -423,6 +451,42 @@ async def test_a_fenced_bridge_is_not_heard_while_the_record_is_re_keyed(no_flus
     assert call.ws.media() == [b"\x02" * 320]
     call.ws.hang_up()
     await asyncio.wait_for(call.task, WAIT_S)
+
+
+def move_failures(call: Call) -> list[dict[str, Any]]:
+    return [e for e in call.ctx.js.events if e.get("status") == "move_failed"]  # type: ignore[attr-defined]
+
+
+async def test_a_move_twilio_never_acts_on_leaves_the_call_here_and_says_why(no_flush_timer: None) -> None:
+    call = await start_call(move_wait_s=0.2)
+    call.nc.answer.set()
+    await asyncio.wait_for(call.nc.claimed.wait(), WAIT_S)
+    assert not await call.stream.move()  # Twilio took the TwiML but never stopped this stream
+    assert len(call.ctx.line.moved) == 1  # type: ignore[attr-defined]
+    assert call.ctx.calls.record.state == "streaming"  # type: ignore[attr-defined]  # the move was cancelled
+    await until(lambda: move_failures(call))
+    assert "did not stop" in move_failures(call)[0]["detail"]
+    await call.audio(b"\x03" * 320)  # the call goes on here
+    assert call.ws.media() == [b"\x03" * 320]
+    call.ws.hang_up()
+    await asyncio.wait_for(call.task, WAIT_S)
+    assert call.ctx.line.apologised == []  # type: ignore[attr-defined]
+
+
+async def test_a_moved_call_no_new_stream_takes_is_apologised_for(no_flush_timer: None) -> None:
+    call = await start_call(move_wait_s=0.3)
+    call.nc.answer.set()
+    await asyncio.wait_for(call.nc.claimed.wait(), WAIT_S)
+    moving = asyncio.create_task(call.stream.move())
+    await until(lambda: call.ctx.line.moved)  # type: ignore[attr-defined]
+    call.ws.feed({"event": "stop", "sequenceNumber": "9", "streamSid": STREAM, "stop": {"callSid": CALL}})
+    assert await asyncio.wait_for(moving, WAIT_S)  # Twilio left this stream for the new one ...
+    await asyncio.wait_for(call.task, WAIT_S)  # ... which never came
+    assert call.ctx.line.apologised == [(CALL, "AC1")]  # type: ignore[attr-defined]
+    await until(lambda: move_failures(call) and any(e["type"] == "call.ended" for e in call.ctx.js.events))  # type: ignore[attr-defined]
+    assert "no new stream" in move_failures(call)[0]["detail"]
+    [ended] = [e for e in call.ctx.js.events if e["type"] == "call.ended"]  # type: ignore[attr-defined]
+    assert ended["reason"] == "move_failed"
 
 
 async def test_heartbeats_keep_the_lease(no_flush_timer: None) -> None:
