@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import random
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -251,12 +252,14 @@ def no_flush_timer(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(streams, "FLUSH_AFTER_S", 3600.0)
 
 
-async def start_call(nc: FakeNats | None = None, calls: FakeCallBook | None = None, **settings: Any) -> Call:
+async def start_call(nc: FakeNats | None = None, calls: FakeCallBook | None = None, record: CallRecord = RECORD,
+                     moved: bool = False, **settings: Any) -> Call:
+    """A stream of ``record`` (``moved``: a call another gateway moved here), started."""
     ws, nc = FakeSocket(), nc or FakeNats()
     config = GatewaySettings(twilio_auth_token="t", public_base_url="https://gw.example.com", **settings)
-    ctx = StreamContext(nc, FakeJetStream(), calls or FakeCallBook(RECORD), FakeLine(), config, "gw-test",  # type: ignore[arg-type]
+    ctx = StreamContext(nc, FakeJetStream(), calls or FakeCallBook(record), FakeLine(), config, "gw-test",  # type: ignore[arg-type]
                         move_url=lambda call_id, move_id: f"wss://gw.example.com/media-stream/{call_id}/{move_id}")
-    stream = MediaStream(ws, ctx, RECORD)  # type: ignore[arg-type]
+    stream = MediaStream(ws, ctx, record, moved=moved)  # type: ignore[arg-type]
     task = asyncio.create_task(stream.run())
     ws.feed({"event": "connected", "protocol": "Call", "version": "1.0.0"})
     ws.feed(START)
@@ -487,6 +490,21 @@ async def test_a_moved_call_no_new_stream_takes_is_apologised_for(no_flush_timer
     assert "no new stream" in move_failures(call)[0]["detail"]
     [ended] = [e for e in call.ctx.js.events if e["type"] == "call.ended"]  # type: ignore[attr-defined]
     assert ended["reason"] == "move_failed"
+
+
+async def test_a_call_the_balancer_sent_back_here_is_not_moved_again(no_flush_timer: None) -> None:
+    """One gateway (compose on one machine): the moved call came back to the draining gateway it
+    left. Moving it again would loop; it stays, and the session says why."""
+    back = RECORD.model_copy(update={"moved_from": "gw-test", "moved_seq": 40, "moved_ts": 800, "moved_at": time.time()})
+    call = await start_call(record=back, moved=True)
+    [moved] = await call.nc.wait_for_frames_in(1)
+    assert (moved.kind, moved.json()["from"], moved.json()["to"]) == (Kind.MOVED, "gw-test", "gw-test")
+    assert not await call.stream.move()
+    assert call.ctx.line.moved == []  # type: ignore[attr-defined]  # Twilio was not asked
+    await until(lambda: move_failures(call))
+    assert "came back" in move_failures(call)[0]["detail"]
+    call.ws.hang_up()
+    await asyncio.wait_for(call.task, WAIT_S)
 
 
 async def test_heartbeats_keep_the_lease(no_flush_timer: None) -> None:
