@@ -38,6 +38,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import orjson
+import uvloop
 from twilio.request_validator import RequestValidator
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
@@ -364,5 +365,5 @@ def run_process(target: Target, first: int, count: int, duration: float, out: st
         os.sched_setaffinity(0, cpus)
     gen = LoadGenerator(target, first, count, duration, ramp_s=ramp_s, stream_delay_s=stream_delay_s,
                         orphans=orphans)  # fmt: skip
-    results = asyncio.run(gen.run())
+    results = uvloop.run(gen.run())  # the cheaper event loop: more calls per load core
     Path(out).write_bytes(pickle.dumps({"calls": results, "orphans": gen.orphan_sids, "late_ms": gen.late_ms}))

@@ -46,6 +46,10 @@ def _encode_sample(sample: int) -> int:
 
 _DECODE: tuple[int, ...] = tuple(_decode_byte(u) for u in range(256))
 _ABS: tuple[int, ...] = tuple(abs(v) for v in _DECODE)
+# The same magnitudes split into their high and low bytes, for ``bytes.translate``: summing two
+# translated copies of a frame runs in C, where a lookup per sample ran in the interpreter.
+_ABS_HIGH = bytes(a >> 8 for a in _ABS)
+_ABS_LOW = bytes(a & 0xFF for a in _ABS)
 # Indexed by the int16 value reinterpreted as unsigned (value & 0xFFFF).
 _ENCODE = bytes(_encode_sample(s - 65536 if s >= 32768 else s) for s in range(65536))
 
@@ -70,7 +74,7 @@ def energy(frame: bytes) -> float:
     """Mean absolute linear amplitude of a mu-law frame (0 for digital silence, up to ~32k)."""
     if not frame:
         return 0.0
-    return sum(map(_ABS.__getitem__, frame)) / len(frame)
+    return (sum(frame.translate(_ABS_HIGH)) * 256 + sum(frame.translate(_ABS_LOW))) / len(frame)
 
 
 def pad_to_frame(data: bytes, frame: int = FRAME_BYTES) -> bytes:
