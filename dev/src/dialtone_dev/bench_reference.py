@@ -22,6 +22,7 @@ from typing import Any
 from xml.sax.saxutils import quoteattr
 
 import orjson
+import uvloop
 from aiohttp import WSMsgType, web
 from twilio.request_validator import RequestValidator
 from websockets.asyncio.client import ClientConnection, connect
@@ -165,4 +166,4 @@ def run_process(engine: str, model_url: str, port: int, public_base_url: str, au
         await stop.wait()
         await runner.cleanup()
 
-    asyncio.run(serve())
+    uvloop.run(serve())  # the event loop the platform's services run on, as uvicorn[standard] would
