@@ -333,3 +333,27 @@ async def test_the_recordings_directory_is_the_services_alone(recorders, tmp_pat
         assert os.stat(directory).st_mode & 0o777 == 0o700, directory
         assert (directory / "spool").stat().st_mode & 0o777 == 0o700
     assert (tmp_path / "data").stat().st_mode & 0o777 == 0o700, "a parent it had to create, too"
+
+
+async def test_a_stop_does_not_wait_on_a_task_that_holds_on_once_cancelled(recorders, tmp_path, monkeypatch):
+    """A background task caught in a library call that does not end when cancelled (a bus client
+    reconnecting) is left behind: the writer still stops within seconds."""
+    held: list[asyncio.Task] = []
+
+    async def stubborn(self, stop: asyncio.Event) -> None:
+        held.append(asyncio.current_task())  # type: ignore[arg-type]
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            await asyncio.sleep(8)  # its clean-up takes its time
+
+    monkeypatch.setattr(Recorder, "_retention", stubborn)
+    r = await recorders(tmp_path)
+    await asyncio.sleep(0.1)
+    started = time.monotonic()
+    r.stop.set()
+    await asyncio.wait_for(r.task, 7)
+    stopped_s = time.monotonic() - started
+    print(f"stopped {stopped_s:.1f} s after the stop, a task still holding on")
+    assert stopped_s < 6 and not held[0].done()
+    await asyncio.wait(held, timeout=10)  # not left pending past the test

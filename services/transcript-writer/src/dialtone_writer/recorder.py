@@ -100,6 +100,7 @@ LEASE_S = 6.0
 SPOOL_FLUSH_S = 1.0
 END_GRACE_S = 0.5  # frames of the other subject still in flight after the STOP
 IDLE_END_S = 120.0  # no frame and no record for this long: the call is over
+STOP_TASKS_S = 3.0  # at a stop, how long the background tasks get to end once cancelled
 _RETENTION_BATCH = 100
 
 _INSERT = """
@@ -338,7 +339,11 @@ class Recorder:
         finally:
             for t in tasks:
                 t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            # A cancelled task ends at once, unless a library call it was in holds on in its own
+            # clean-up (a bus client reconnecting): the writer's stop must not wait on that.
+            _, stuck = await asyncio.wait(tasks, timeout=STOP_TASKS_S)
+            for t in stuck:
+                log.warning("recorder: task %s did not stop within %.0f s: left behind", t.get_name(), STOP_TASKS_S)
             await self.close()
 
     def _spawn(self, coro, task: str) -> asyncio.Task:
