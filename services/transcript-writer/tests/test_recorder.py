@@ -18,6 +18,7 @@ from dialtone_common.recording_storage import LocalStorage, RecordingStorageErro
 from dialtone_proto import CallMetric, subjects
 from dialtone_proto.frames import TAP_IN, TAP_VERSION, Kind, encode_control, encode_frame, tap_entry
 from dialtone_writer import metrics
+from dialtone_writer import recorder as recorder_module
 from dialtone_writer.recorder import Recorder, storage_key
 from dialtone_writer.recorder_audio import read_wav, to_pcm16
 from dialtone_writer.settings import WriterSettings
@@ -345,15 +346,16 @@ async def test_a_stop_does_not_wait_on_a_task_that_holds_on_once_cancelled(recor
         try:
             await asyncio.Event().wait()
         except asyncio.CancelledError:
-            await asyncio.sleep(8)  # its clean-up takes its time
+            await asyncio.sleep(4)  # its clean-up takes its time
 
     monkeypatch.setattr(Recorder, "_retention", stubborn)
+    monkeypatch.setattr(recorder_module, "STOP_TASKS_S", 0.5)
     r = await recorders(tmp_path)
     await asyncio.sleep(0.1)
     started = time.monotonic()
     r.stop.set()
-    await asyncio.wait_for(r.task, 7)
+    await asyncio.wait_for(r.task, 3.5)
     stopped_s = time.monotonic() - started
     print(f"stopped {stopped_s:.1f} s after the stop, a task still holding on")
-    assert stopped_s < 6 and not held[0].done()
+    assert stopped_s < 3 and not held[0].done()
     await asyncio.wait(held, timeout=10)  # not left pending past the test
