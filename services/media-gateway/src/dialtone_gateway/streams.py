@@ -547,7 +547,6 @@ class MediaStream:
         if old_sub is not None:
             with contextlib.suppress(Exception):
                 await old_sub.unsubscribe()
-        self._pending.clear()
         try:
             await self._subscribe_out()
         except nats.errors.Error as exc:
