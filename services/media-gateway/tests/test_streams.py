@@ -226,11 +226,13 @@ def _media(seq: int, ts: int, payload: bytes) -> dict[str, Any]:
 
 
 class Call:
-    """A running MediaStream with its fakes."""
+    """A running MediaStream with its fakes (``js``, ``calls``, ``line``: the context's, typed as the
+    fakes they are)."""
 
-    def __init__(self, stream: MediaStream, ws: FakeSocket, nc: FakeNats, task: asyncio.Task,
-                 ctx: StreamContext) -> None:  # fmt: skip
+    def __init__(self, stream: MediaStream, ws: FakeSocket, nc: FakeNats, task: asyncio.Task, ctx: StreamContext,
+                 js: FakeJetStream, calls: FakeCallBook, line: FakeLine) -> None:  # fmt: skip
         self.stream, self.ws, self.nc, self.task, self.ctx = stream, ws, nc, task, ctx
+        self.js, self.calls, self.line = js, calls, line
 
     async def out(self, data: bytes) -> None:
         assert self.nc.out_cb is not None
@@ -256,15 +258,16 @@ async def start_call(nc: FakeNats | None = None, calls: FakeCallBook | None = No
                      moved: bool = False, **settings: Any) -> Call:
     """A stream of ``record`` (``moved``: a call another gateway moved here), started."""
     ws, nc = FakeSocket(), nc or FakeNats()
+    js, calls, line = FakeJetStream(), calls or FakeCallBook(record), FakeLine()
     config = GatewaySettings(twilio_auth_token="t", public_base_url="https://gw.example.com", **settings)
-    ctx = StreamContext(nc, FakeJetStream(), calls or FakeCallBook(record), FakeLine(), config, "gw-test",  # type: ignore[arg-type]
+    ctx = StreamContext(nc, js, calls, line, config, "gw-test",  # type: ignore[arg-type]
                         move_url=lambda call_id, move_id: f"wss://gw.example.com/media-stream/{call_id}/{move_id}")
     stream = MediaStream(ws, ctx, record, moved=moved)  # type: ignore[arg-type]
     task = asyncio.create_task(stream.run())
     ws.feed({"event": "connected", "protocol": "Call", "version": "1.0.0"})
     ws.feed(START)
     await asyncio.wait_for(nc.subscribed.wait(), WAIT_S)
-    return Call(stream, ws, nc, task, ctx)
+    return Call(stream, ws, nc, task, ctx, js, calls, line)
 
 
 @pytest.fixture
@@ -413,14 +416,14 @@ async def test_a_silent_bridge_is_fenced_off_and_the_call_re_offered(no_flush_ti
     assert second.stream_key != first.stream_key == KEY
     # The old bridge hears the call is no longer its own, on the old subject only.
     assert [(f.kind, f.json()) for f in call.nc.frames_in(KEY)] == [(Kind.STOP, {"reason": "bridge_replaced"})]
-    assert call.ctx.calls.record.stream_key == second.stream_key  # type: ignore[attr-defined]
+    assert call.calls.record.stream_key == second.stream_key
     assert call.nc.out_subjects[-1] == subjects.call_out(CALL, second.stream_key)
     # Frames of the fenced-off bridge are dropped; the new bridge's reach the caller.
     await call.nc.out_cb(FakeMsg(encode_frame(Kind.AUDIO, 0, 0, b"\x01" * 320), subjects.call_out(CALL, KEY)))
     assert call.ws.media() == []
     await call.audio(b"\x02" * 320)
     assert call.ws.media() == [b"\x02" * 320]
-    assert [e["status"] for e in call.ctx.js.events] == ["bridge_lost"]  # type: ignore[attr-defined]
+    assert [e["status"] for e in call.js.events] == ["bridge_lost"]
     call.ws.hang_up()
     await asyncio.wait_for(call.task, WAIT_S)
 
@@ -457,7 +460,7 @@ async def test_a_fenced_bridge_is_not_heard_while_the_record_is_re_keyed(no_flus
 
 
 def move_failures(call: Call) -> list[dict[str, Any]]:
-    return [e for e in call.ctx.js.events if e.get("status") == "move_failed"]  # type: ignore[attr-defined]
+    return [e for e in call.js.events if e.get("status") == "move_failed"]
 
 
 async def test_a_move_twilio_never_acts_on_leaves_the_call_here_and_says_why(no_flush_timer: None) -> None:
@@ -465,15 +468,15 @@ async def test_a_move_twilio_never_acts_on_leaves_the_call_here_and_says_why(no_
     call.nc.answer.set()
     await asyncio.wait_for(call.nc.claimed.wait(), WAIT_S)
     assert not await call.stream.move()  # Twilio took the TwiML but never stopped this stream
-    assert len(call.ctx.line.moved) == 1  # type: ignore[attr-defined]
-    assert call.ctx.calls.record.state == "streaming"  # type: ignore[attr-defined]  # the move was cancelled
+    assert len(call.line.moved) == 1
+    assert call.calls.record.state == "streaming"  # the move was cancelled
     await until(lambda: move_failures(call))
     assert "did not stop" in move_failures(call)[0]["detail"]
     await call.audio(b"\x03" * 320)  # the call goes on here
     assert call.ws.media() == [b"\x03" * 320]
     call.ws.hang_up()
     await asyncio.wait_for(call.task, WAIT_S)
-    assert call.ctx.line.apologised == []  # type: ignore[attr-defined]
+    assert call.line.apologised == []
 
 
 async def test_a_moved_call_no_new_stream_takes_is_apologised_for(no_flush_timer: None) -> None:
@@ -481,14 +484,14 @@ async def test_a_moved_call_no_new_stream_takes_is_apologised_for(no_flush_timer
     call.nc.answer.set()
     await asyncio.wait_for(call.nc.claimed.wait(), WAIT_S)
     moving = asyncio.create_task(call.stream.move())
-    await until(lambda: call.ctx.line.moved)  # type: ignore[attr-defined]
+    await until(lambda: call.line.moved)
     call.ws.feed({"event": "stop", "sequenceNumber": "9", "streamSid": STREAM, "stop": {"callSid": CALL}})
     assert await asyncio.wait_for(moving, WAIT_S)  # Twilio left this stream for the new one ...
     await asyncio.wait_for(call.task, WAIT_S)  # ... which never came
-    assert call.ctx.line.apologised == [(CALL, "AC1")]  # type: ignore[attr-defined]
-    await until(lambda: move_failures(call) and any(e["type"] == "call.ended" for e in call.ctx.js.events))  # type: ignore[attr-defined]
+    assert call.line.apologised == [(CALL, "AC1")]
+    await until(lambda: move_failures(call) and any(e["type"] == "call.ended" for e in call.js.events))
     assert "no new stream" in move_failures(call)[0]["detail"]
-    [ended] = [e for e in call.ctx.js.events if e["type"] == "call.ended"]  # type: ignore[attr-defined]
+    [ended] = [e for e in call.js.events if e["type"] == "call.ended"]
     assert ended["reason"] == "move_failed"
 
 
@@ -500,7 +503,7 @@ async def test_a_call_the_balancer_sent_back_here_is_not_moved_again(no_flush_ti
     [moved] = await call.nc.wait_for_frames_in(1)
     assert (moved.kind, moved.json()["from"], moved.json()["to"]) == (Kind.MOVED, "gw-test", "gw-test")
     assert not await call.stream.move()
-    assert call.ctx.line.moved == []  # type: ignore[attr-defined]  # Twilio was not asked
+    assert call.line.moved == []  # Twilio was not asked
     await until(lambda: move_failures(call))
     assert "came back" in move_failures(call)[0]["detail"]
     call.ws.hang_up()
@@ -525,11 +528,11 @@ async def test_no_bridge_at_all_gets_the_caller_an_apology(no_flush_timer: None)
     nc = FakeNats()
     nc.request = _never_answered  # type: ignore[method-assign]
     call = await start_call(nc, claim_deadline_s=0.3, claim_timeout_s=0.05)
-    await until(lambda: call.ctx.line.apologised)  # type: ignore[attr-defined]
+    await until(lambda: call.line.apologised)
 
-    assert call.ctx.line.apologised == [(CALL, "AC1")]  # type: ignore[attr-defined]
-    await until(lambda: call.ctx.js.events)  # type: ignore[attr-defined]
-    assert [(e["type"], e["reason"]) for e in call.ctx.js.events] == [("call.ended", "no_bridge")]  # type: ignore[attr-defined]
+    assert call.line.apologised == [(CALL, "AC1")]
+    await until(lambda: call.js.events)
+    assert [(e["type"], e["reason"]) for e in call.js.events] == [("call.ended", "no_bridge")]
     call.ws.hang_up()
     await asyncio.wait_for(call.task, WAIT_S)
 
@@ -553,7 +556,7 @@ async def test_an_offer_the_queue_group_left_unanswered_goes_next_to_every_bridg
     await asyncio.wait_for(nc.claimed.wait(), WAIT_S)
 
     assert asked == [subjects.CALL_OFFER, subjects.CALL_OFFER_ANY]
-    assert call.ctx.line.apologised == []  # type: ignore[attr-defined]
+    assert call.line.apologised == []
     call.ws.hang_up()
     await asyncio.wait_for(call.task, WAIT_S)
 
@@ -631,27 +634,19 @@ async def test_garbage_from_twilio_does_not_end_the_call(call: Call) -> None:
 
 
 async def test_a_call_that_ends_during_a_re_offer_is_not_offered_again(no_flush_timer: None) -> None:
-    call = await start_call(bridge_lease_s=0.2)
-    book: FakeCallBook = call.ctx.calls  # type: ignore[assignment]
-    release = asyncio.Event()
-    rekey = book.rekey
-
-    async def slow_rekey(*args: Any) -> CallRecord | None:
-        await release.wait()  # the KV store is slow to answer, and meanwhile the caller hangs up
-        return await rekey(*args)
-
-    book.rekey = slow_rekey  # type: ignore[method-assign]
+    book = SlowRekey(RECORD)  # the KV store is slow to answer, and meanwhile the caller hangs up
+    call = await start_call(calls=book, bridge_lease_s=0.2)
     call.nc.answer.set()
     await asyncio.wait_for(call.nc.claimed.wait(), WAIT_S)
-    await until(lambda: call.ctx.js.events)  # type: ignore[attr-defined]  # bridge_lost: the re-offer began
+    await until(lambda: call.js.events)  # bridge_lost: the re-offer began
     call.ws.hang_up()
     await asyncio.wait_for(call.task, WAIT_S)
-    release.set()
+    book.release.set()
     await asyncio.sleep(0.5)  # long enough for a leftover re-offer to show itself
 
     assert len(call.nc.offers) == 1
     assert book.record is not None and book.record.state == "ended"
-    assert [e["status"] for e in call.ctx.js.events] == ["bridge_lost"]  # type: ignore[attr-defined]
+    assert [e["status"] for e in call.js.events] == ["bridge_lost"]
 
 
 async def test_caller_audio_is_dropped_not_hoarded_while_nats_is_down(call: Call) -> None:

@@ -71,7 +71,7 @@ async def test_an_offer_that_comes_while_the_record_is_written_takes_the_session
     prepared = sessions(book)
     preparing = asyncio.create_task(prepared.on_prepare(webhook()))
     await book.writing.wait()  # the record is being marked; the stream's offer arrives now
-    opening = prepared.take(CALL, AGENT)  # type: ignore[arg-type]
+    opening = prepared.take(CALL, AGENT)  # type: ignore[arg-type]  # a fake agent: only its name is read
     assert opening is not None
     book.release.set()
     await preparing

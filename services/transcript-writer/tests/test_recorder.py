@@ -342,7 +342,9 @@ async def test_a_stop_does_not_wait_on_a_task_that_holds_on_once_cancelled(recor
     held: list[asyncio.Task] = []
 
     async def stubborn(self, stop: asyncio.Event) -> None:
-        held.append(asyncio.current_task())  # type: ignore[arg-type]
+        task = asyncio.current_task()
+        assert task is not None
+        held.append(task)
         try:
             await asyncio.Event().wait()
         except asyncio.CancelledError:
