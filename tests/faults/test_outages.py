@@ -537,7 +537,13 @@ async def _not_ready_reasons(platform: Platform, timeout: float) -> dict[str, st
                     reasons[name] = str(answer.body)
         return len(reasons) == len(NEEDS_POSTGRES)
 
-    await poll(all_503, timeout, interval=0.2, what=f"{', '.join(NEEDS_POSTGRES)} /healthz to say 503")
+    try:
+        await poll(all_503, timeout, interval=0.2, what=f"{', '.join(NEEDS_POSTGRES)} /healthz to say 503")
+    except AssertionError as exc:  # say which service still claimed to be healthy, and what it said
+        late = {name: await http_get(platform.services[name].health_url, timeout=5)
+                for name in NEEDS_POSTGRES if name not in reasons}
+        raise AssertionError(f"{exc}; still not 503: "
+                             + ", ".join(f"{n} {a.status} {a.body!r}" for n, a in late.items())) from None
     return reasons
 
 
