@@ -201,3 +201,18 @@ def test_a_lagging_load_generator_or_a_busy_machine_is_called_out() -> None:
     warnings = [line for line in lines if "WARNING" in line]
     assert any("clock ran 250 ms late" in w for w in warnings)
     assert any("other programs used" in w for w in warnings)
+
+
+@pytest.mark.parametrize(
+    ("engine", "env", "shown"),
+    [
+        ("realtime", {}, "not measured: no pool; run with --env REALTIME_WARM_SOCKETS=1"),
+        ("live", {"REALTIME_WARM_SOCKETS": "4"}, "not measured: the pool is Realtime's"),
+        ("realtime", {"REALTIME_WARM_SOCKETS": "4"}, "400.00 ms   (goal <= 300)  NOT met"),
+    ],
+)
+def test_the_warm_pool_target_is_judged_only_on_a_run_with_a_pool(engine: str, env: dict[str, str], shown: str) -> None:
+    lines: list[str] = []
+    report(engine, 1, Pinning([0], [1]), [_run()], out=lines.append, env=env)
+    (line,) = [x for x in lines if "with a warm pool" in x]
+    assert line.rstrip().endswith(shown)

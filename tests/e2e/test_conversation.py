@@ -252,8 +252,11 @@ async def test_barge_in_cuts_the_reply_where_the_caller_was(platform: Platform, 
           f"{(clear_at - start) / 8:.0f} ms when the clear reached them")
     assert abs(audio_end_ms - played_ms) <= 40, (audio_end_ms, played_ms)
     assert audio_end_ms < len(greeting) / 8
-    # After the interruption the caller heard nothing more of that reply.
-    assert common_prefix(heard[start:], greeting) <= clear_at - start
+    # After the interruption the caller heard nothing more of that reply. What they hear next (the
+    # answer) can share a byte or two with the reply's next bytes by chance, as two quiet sounds do
+    # (one full run here matched one byte); a leak would be a chunk of it the bridge sent, 40 ms.
+    past_clear = common_prefix(heard[start:], greeting) - (clear_at - start)
+    assert past_clear <= 16, f"{past_clear} bytes of the interrupted reply heard after the clear"
     assert heard.find(greeting[clear_at - start + 160: clear_at - start + 960], clear_at) == -1
     # ... and then the answer to what they said.
     answer = bytes(session.output_audio[session.output_order[-1]])

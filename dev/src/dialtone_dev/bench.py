@@ -190,19 +190,23 @@ def report(engine: str, calls: int, pin: Pinning, runs: list[RunResult], out: Ca
     if plat_run:
         out("")
         out("Targets (issue 14; informative: figures depend on the machine, only failures set the exit code):")
-        for t in targets(calls, plat_run, figs["platform"], ref_run, figs.get("reference")):
+        for t in targets(calls, plat_run, figs["platform"], ref_run, figs.get("reference"), engine, env):
             out(t.line())
     out("")
     out("bench: FAILED (exit 1)" if code else "bench: the work succeeded (exit 0)")
     return code
 
 
-def targets(calls: int, run: RunResult, f: Figures, ref: RunResult | None, rf: Figures | None) -> list[Target]:
+def targets(calls: int, run: RunResult, f: Figures, ref: RunResult | None, rf: Figures | None,
+            engine: str = "realtime", env: dict[str, str] | None = None) -> list[Target]:  # fmt: skip
     cpu = per_call_minute(sum(u.cpu_s for u in run.usage.values()), f.call_minutes)
     frame_goal = 20.0 if calls >= 300 else 5.0
+    warm = int((env or {}).get("REALTIME_WARM_SOCKETS", "0") or 0)
     out = [
         Target("first words p95, webhook -> first agent audio", pct(f.first_words, 95), FIRST_WORDS_GOAL_MS),
-        Target("with a warm pool: stream start -> first audio p95", pct(f.after_stream, 95), WARM_POOL_GOAL_MS),
+        Target("with a warm pool: stream start -> first audio p95", pct(f.after_stream, 95), WARM_POOL_GOAL_MS,
+               why_not="the pool is Realtime's" if engine != "realtime" else "" if warm else
+               f"no pool; run with --env REALTIME_WARM_SOCKETS={min(calls, 50)}"),  # fmt: skip
         Target("platform's share of a turn (received -> sent) p95", pct(f.admin_stages["received -> sent"], 95),
                PLATFORM_SHARE_GOAL_MS),  # fmt: skip
         Target("platform CPU per call-minute", cpu, CPU_GOAL, "s"),

@@ -188,11 +188,14 @@ class Target:
     value: float
     goal: float
     unit: str = "ms"
+    why_not: str = ""  # a target this run could not measure: why, and how to measure it
 
     @property
     def met(self) -> bool | None:
-        return None if math.isnan(self.value) else self.value <= self.goal
+        return None if math.isnan(self.value) or self.why_not else self.value <= self.goal
 
     def line(self) -> str:
+        if self.why_not:
+            return f"  {self.name:<52} not measured: {self.why_not}"
         verdict = {True: "met", False: "NOT met", None: "n/a"}[self.met]
         return f"  {self.name:<52} {self.value:>9.2f} {self.unit:<4} (goal <= {self.goal:g})  {verdict}"
