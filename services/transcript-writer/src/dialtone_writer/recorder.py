@@ -100,6 +100,10 @@ LEASE_S = 6.0
 SPOOL_FLUSH_S = 1.0
 END_GRACE_S = 0.5  # frames of the other subject still in flight after the STOP
 IDLE_END_S = 120.0  # no frame and no record for this long: the call is over
+class _LeftForNextStart(Exception):  # noqa: N818 - a signal, not an error
+    """The writer stops while the store refuses a recording: its spool waits for the next start."""
+
+
 STOP_TASKS_S = 3.0  # at a stop, how long the background tasks get to end once cancelled
 _RETENTION_BATCH = 100
 
@@ -300,6 +304,7 @@ class Recorder:
         self._book: KeyValue | None = None
         self._watcher: KeyValue.KeyWatcher | None = None
         self._tasks: set[asyncio.Task] = set()
+        self._closing = asyncio.Event()  # a stop: a recording the store refused waits for the next start
         self._lock = asyncio.Lock()
         self._last_renew = self._last_check = 0.0  # monotonic times of _keep's last beat and check
 
@@ -367,16 +372,20 @@ class Recorder:
             for sub in rec.subs:
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()
+        # A recording being stored gets up to 10 s to finish; one the store has refused (an
+        # outage: it waits to try again) gives up at once.
+        self._closing.set()
         pending = [r.finishing for r in self.calls.values() if r.finishing is not None]
         if pending:
             await asyncio.wait(pending, timeout=10)
         for rec in list(self.calls.values()):
-            if rec.finishing is not None and not rec.finishing.done():
-                # Still retrying (the store is down): the spool stays, and the next start of a
-                # writer on this disk stores it (an orphaned spool).
-                rec.finishing.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await rec.finishing
+            if rec.finishing is not None:
+                # Not stored (the store is down): the spool stays, and the next start of a writer
+                # on this disk stores it (an orphaned spool).
+                if not rec.finishing.done():
+                    rec.finishing.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await rec.finishing
                 rec.spool.unlock()
                 log.warning("call %s: recording not stored yet; its spool %s is kept for the next start",
                             rec.sid, rec.spool.dir)
@@ -642,6 +651,8 @@ class Recorder:
             await self._finish_call(rec, delay)
         except asyncio.CancelledError:
             raise
+        except _LeftForNextStart:
+            return  # close() keeps its spool for the next start, and says so
         except Exception as exc:  # a bug outside the retried store: keep the spool for the next start
             metrics.BACKGROUND_ERRORS.labels("finish").inc()
             log.error("call %s: finishing the recording failed; its spool %s is kept for the next start: %r",
@@ -691,7 +702,10 @@ class Recorder:
                 wait = backoff_delay(attempt, s.recordings_retry_initial_s, s.recordings_retry_max_s)
                 self._log_failure(f"call {rec.sid}: storing the recording failed (attempt {attempt}), "
                                   f"retrying in {wait:.1f} s, spool kept", exc)
-                await asyncio.sleep(wait)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._closing.wait(), wait)
+                if self._closing.is_set():
+                    raise _LeftForNextStart from exc
         if attempt > 1:
             log.warning("call %s: recording stored after %d failed attempts", rec.sid, attempt - 1)
         await self._tell_session(rec, not reasons)
