@@ -63,7 +63,7 @@ MEASURED_S = {
     "tests/e2e/test_analysis.py": 85,
     "tests/e2e/test_live.py": 63,
     "tests/e2e/test_engines.py": 246,  # in two halves by engine (BY_ENGINE), ~125 s each
-    "services/transcript-writer/tests/test_recording_s3.py": 58,
+    "services/transcript-writer/tests/test_recording_s3.py": 25,
     "tests/e2e/test_dashboard_webhooks.py": 35,
     "tests/e2e/test_redaction.py": 35,
     "tests/e2e/test_dashboard_audit.py": 36,
