@@ -26,10 +26,11 @@ call: install  ## place one simulated call through the running platform and prin
 	$(UV) run --frozen python -m dialtone_dev call
 
 # Scenario calls of every agent in AGENTS_DIR (agents/<name>/scenarios/*.yaml), RUNS times each, on a
-# platform of their own (RUNNING=1: on the one `make run` started). AGENT, ENGINE (realtime|live),
-# JUNIT (a path), THRESHOLD (a pass rate) narrow or direct it; exits 1 when a pass rate falls short.
+# platform of their own (RUNNING=1: on the one `make run` started), CONCURRENCY (4) calls at a time.
+# AGENT, ENGINE (realtime|live), JUNIT (a path), THRESHOLD (a pass rate) narrow or direct it; exits 1
+# when a pass rate falls short.
 eval: install  ## test calls of the agents' scenarios; pass rate per scenario, JUnit XML with JUNIT=path
-	$(UV) run --frozen dialtone eval --runs $(RUNS) $(if $(AGENT),--agent $(AGENT)) \
+	$(UV) run --frozen dialtone eval --runs $(RUNS) $(if $(CONCURRENCY),--concurrency $(CONCURRENCY)) $(if $(AGENT),--agent $(AGENT)) \
 		$(if $(ENGINE),--engine $(ENGINE)) $(if $(JUNIT),--junit $(JUNIT)) \
 		$(if $(THRESHOLD),--threshold $(THRESHOLD)) $(if $(filter 1 true yes,$(RUNNING)),--running) \
 		$(if $(AGENTS_DIR),--agents-dir $(AGENTS_DIR))

@@ -5,8 +5,9 @@ follows the pass rates; the JUnit XML validates against the JUnit schema; a scen
 error is refused with its file, line and field, and nothing is called.
 
 The command runs here in-process, as CI would run it, on platforms of its own: one per engine,
-side by side (the simulators follow one script at a time, so each platform takes one call at a
-time)."""
+side by side, each taking four calls at a time (the simulators tell the calls apart by the tag in
+each caller's silence and follow each one's own script: a call that followed another's would fail
+its expectations)."""
 
 from __future__ import annotations
 

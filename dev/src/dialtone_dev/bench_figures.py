@@ -20,38 +20,14 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+# The tags live with the simulators, which read them too (a test call tagged with its script).
+from dialtone_sim.audio import TAG_BITS as TAG_BITS
+from dialtone_sim.audio import read_tag as read_tag
+from dialtone_sim.audio import tag_frame as tag_frame
+
 FRAME_BYTES = 160  # 20 ms of 8 kHz mu-law
 FRAME_S = 0.02
-TAG_BITS = 64
-_MAGIC = 0xD1A7
-_ONE, _ZERO = 0x7F, 0xFF  # mu-law -0 and +0: both digital silence
 GRACE_S = 1.0  # audio sent this close before the hang-up may still be on its way: not "lost"
-
-
-# ---- tags carried in the audio ---------------------------------------------------------------
-# Each byte of the tag as its 8 bits, most significant first (the load generator tags 50 frames a
-# second per call: a table, not a loop over bits).
-_BITS = [bytes(_ONE if byte >> (7 - i) & 1 else _ZERO for i in range(8)) for byte in range(256)]
-_PAD = bytes([_ZERO]) * (FRAME_BYTES - TAG_BITS)
-
-
-def tag_frame(call: int, frame_no: int) -> bytes:
-    """A 20 ms frame of digital silence carrying ``call`` (16 bits) and ``frame_no`` (32 bits)."""
-    value = (_MAGIC << 48) | ((call & 0xFFFF) << 32) | (frame_no & 0xFFFFFFFF)
-    return b"".join(_BITS[byte] for byte in value.to_bytes(8, "big")) + _PAD
-
-
-def read_tag(frame: bytes | memoryview) -> tuple[int, int] | None:
-    """``(call, frame_no)`` of a frame made by :func:`tag_frame`, else None."""
-    head = bytes(frame[:TAG_BITS])
-    if len(head) < TAG_BITS or head.translate(None, b"\x7f\xff"):
-        return None
-    value = 0
-    for byte in head:
-        value = (value << 1) | (byte == _ONE)
-    if value >> 48 != _MAGIC:
-        return None
-    return (value >> 32) & 0xFFFF, value & 0xFFFFFFFF
 
 
 def inbound_frames(audio: bytes | bytearray, appends: Sequence[tuple[float, int]]) -> tuple[int | None, list[tuple[int, float]]]:

@@ -1,7 +1,8 @@
 """``dialtone eval`` / ``make eval``: run every scenario of every agent, report pass rates.
 
 Options (``make eval`` passes its variables of the same names): ``--runs`` (``RUNS``, calls per
-scenario), ``--agent`` (``AGENT``), ``--engine realtime|live|both`` (``ENGINE``: every agent on that
+scenario), ``--concurrency`` (``CONCURRENCY``, test calls at once per platform, default 4),
+``--agent`` (``AGENT``), ``--engine realtime|live|both`` (``ENGINE``: every agent on that
 engine, or on each side by side; unset, each agent's own), ``--junit PATH`` (``JUNIT``), ``--threshold`` (``THRESHOLD``: the
 pass rate a scenario without its own ``pass_rate`` needs, default 1.0), ``--running`` (``RUNNING=1``:
 on the platform ``make run`` started instead of one of its own).
@@ -34,6 +35,8 @@ PLUMBING_BANNER = "\n".join([
 def parse(argv: list[str], settings: EvalSettings) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="dialtone eval", description="Test calls of your agents' scenarios.")
     parser.add_argument("--runs", type=int, default=settings.runs, help="calls per scenario (RUNS)")
+    parser.add_argument("--concurrency", type=int, default=settings.concurrency,
+                        help="test calls at once on each platform (CONCURRENCY; 1: one after another)")
     parser.add_argument("--agent", default=settings.agent, help="only this agent's scenarios (AGENT)")
     parser.add_argument("--scenario", default=None, help="only scenarios with this name")
     parser.add_argument("--engine", choices=["realtime", "live", "both"], default=settings.engine,
@@ -49,6 +52,8 @@ def parse(argv: list[str], settings: EvalSettings) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be at least 1")
+    if args.concurrency < 1:
+        parser.error("--concurrency must be at least 1")
     if args.threshold is not None and not 0 <= args.threshold <= 1:
         parser.error("--threshold is a pass rate between 0 and 1")
     return args
@@ -77,7 +82,7 @@ async def evaluate(argv: list[str], settings: EvalSettings | None = None) -> int
         return 2
     key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
     options = EvalOptions(
-        agents_dir=args.agents_dir, runs=args.runs, agent=args.agent,
+        agents_dir=args.agents_dir, runs=args.runs, agent=args.agent, concurrency=args.concurrency,
         threshold=args.threshold, running=args.running, openai_api_key=key,
         openai_base_url=settings.openai_base_url, eval_model=settings.eval_model,
         tts_voice=settings.eval_tts_voice, data_dir=settings.dialtone_data_dir,

@@ -1,8 +1,9 @@
 """Running scenarios: test calls through the real call path, each judged from the admin API.
 
-A run places each scenario's call ``runs`` times, one call at a time per platform: a call dials
-the gateway's signed voice webhook with ``?agent=<agent>`` and two variables the runner owns,
-``dialtone_eval`` (the run's id: the call is a test call, kept out of the overview's counts and
+A run places each scenario's call ``runs`` times, ``concurrency`` calls at a time per platform (the
+model simulators tell the calls apart by a tag in the caller's silence, each with its script; see
+``dialtone_sim.audio.tag_frame``). A call dials the gateway's signed voice webhook with
+``?agent=<agent>`` and two variables the runner owns, ``dialtone_eval`` (the run's id: the call is a test call, kept out of the overview's counts and
 costs) and ``dialtone_mocks`` (the scenario's tool mocks, which the tool-runner answers instead of
 running those tools). The caller speaks on a simulated Twilio edge; the session it produced is
 read back from the admin API, as an operator would see it, and judged (:mod:`eval_expect`).
@@ -53,6 +54,7 @@ class EvalOptions:
 
     agents_dir: Path
     runs: int = 1
+    concurrency: int = 4  # test calls at once on each platform
     agent: str | None = None
     threshold: float | None = None  # pass rate a scenario without its own `pass_rate` needs (default 1.0)
     running: bool = False
@@ -269,20 +271,32 @@ async def _heard_lines(admin: AdminClient, call_sid: str) -> list[tuple[str, str
 
 
 async def run_once(target: Target, scenario: Scenario, run: int, options: EvalOptions, run_id: str,
-                   admin: AdminClient, voice: Voice) -> RunResult:  # fmt: skip
-    from dialtone_sim.twilio_edge import dial
-
+                   admin: AdminClient, voice: Voice, tag: int = 0) -> RunResult:  # fmt: skip
+    """One test call. With the model simulators, the caller's silence carries ``tag`` and the
+    simulators hold the scenario's script under it, so other calls can run at the same time."""
     engine = target.engine or str(agent_config(options.agents_dir, scenario.agent).get("engine", "realtime"))
     result = RunResult(scenario.key, scenario.agent, run, engine, None, None)
     started = time.monotonic()
     for sim in target.simulators:
-        sim.scenario = sim_script(scenario)
+        sim.scripts[tag] = sim_script(scenario)
+    try:
+        return await _call(target, scenario, options, run_id, admin, voice, result, started,
+                           tag if target.simulators else None)  # fmt: skip
+    finally:
+        for sim in target.simulators:
+            sim.scripts.pop(tag, None)
+
+
+async def _call(target: Target, scenario: Scenario, options: EvalOptions, run_id: str, admin: AdminClient,
+                voice: Voice, result: RunResult, started: float, tag: int | None) -> RunResult:  # fmt: skip
+    from dialtone_sim.twilio_edge import dial
+
     caller = scenario.spec.caller
     numbers = agent_config(options.agents_dir, scenario.agent).get("numbers") or ["+15005550000"]
     try:
         call = await dial(target.gateway_url, target.auth_token, public_base_url=target.public_base_url,
                           account_sid=target.account_sid, from_=caller.number, to=str(numbers[0]),
-                          webhook_path=dial_path(scenario, run_id))  # fmt: skip
+                          webhook_path=dial_path(scenario, run_id), tag=tag)  # fmt: skip
     except Exception as exc:
         result.error = f"the call could not be placed: {exc}"
         return result
@@ -312,8 +326,8 @@ async def run_once(target: Target, scenario: Scenario, run: int, options: EvalOp
 
 async def run_on(target: Target, scenarios: list[Scenario], options: EvalOptions, run_id: str,
                  progress: Progress) -> list[RunResult]:  # fmt: skip
-    """Every scenario ``options.runs`` times on ``target``, one call at a time (the simulators
-    follow one script at a time)."""
+    """Every scenario ``options.runs`` times on ``target``, ``options.concurrency`` calls at a
+    time; the results in scenario order, each told to ``progress`` as it comes."""
     admin = AdminClient(target)
     voice = Voice()
     if options.openai_api_key and not simulated(options):
@@ -321,20 +335,21 @@ async def run_on(target: Target, scenarios: list[Scenario], options: EvalOptions
 
         voice = Voice(AsyncOpenAI(api_key=options.openai_api_key, base_url=options.openai_base_url),
                       voice=options.tts_voice)  # fmt: skip
-    results = []
-    scripts = [sim.scenario for sim in target.simulators]  # put back afterwards (make call's demo)
+    slots = asyncio.Semaphore(max(1, options.concurrency))
+
+    async def one(tag: int, scenario: Scenario, run: int) -> RunResult:
+        async with slots:
+            result = await run_once(target, scenario, run, options, run_id, admin, voice, tag)
+        if inspect.isawaitable(done := progress(result)):
+            await done
+        return result
+
+    calls = [(scenario, run) for scenario in scenarios for run in range(1, options.runs + 1)]
     try:
-        for scenario in scenarios:
-            for run in range(1, options.runs + 1):
-                result = await run_once(target, scenario, run, options, run_id, admin, voice)
-                results.append(result)
-                if inspect.isawaitable(done := progress(result)):
-                    await done
+        # Tags from 1: a tag is a call's while it runs (a simulator's scripts are keyed by it).
+        return list(await asyncio.gather(*(one(tag, s, r) for tag, (s, r) in enumerate(calls, 1))))
     finally:
         await admin.close()
-        for sim, script in zip(target.simulators, scripts, strict=True):
-            sim.scenario = script
-    return results
 
 
 async def run_scenarios(options: EvalOptions, scenarios: list[Scenario], engines: list[Engine | None],

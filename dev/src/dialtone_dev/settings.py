@@ -52,6 +52,7 @@ class EvalSettings(BaseSettings):
     model_config = SettingsConfigDict(env_file=None, extra="ignore")
 
     runs: int = Field(default=1, description="calls per scenario")
+    concurrency: int = Field(default=4, description="test calls at once on each platform")
     agent: str | None = Field(default=None, description="only this agent's scenarios")
     engine: Literal["realtime", "live", "both"] | None = Field(default=None, description="every agent on this engine")
     junit: Path | None = Field(default=None, description="where to write JUnit XML")
@@ -64,7 +65,7 @@ class EvalSettings(BaseSettings):
     eval_tts_voice: str = Field(default="alloy", description="OpenAI text-to-speech voice of test callers")
     dialtone_data_dir: Path = Path(".dialtone")
 
-    @field_validator("agent", "engine", "junit", "threshold", mode="before")
+    @field_validator("agent", "engine", "junit", "threshold", "concurrency", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         """`make eval` passes every variable, empty when not given."""

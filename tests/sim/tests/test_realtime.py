@@ -253,3 +253,26 @@ async def test_expiry_drop_idle_and_many_sessions() -> None:
             await cm.__aexit__(None, None, None)
         await asyncio.wait_for(asyncio.gather(*(s.closed.wait() for s in sim.sessions)), 5)
         assert all(not s.internal_errors for s in sim.sessions)
+
+
+async def test_a_tagged_call_follows_its_own_script_beside_others(sim: RealtimeSimulator) -> None:
+    """Calls whose caller's silence carries a tag (``dial(tag=)``) each follow the script held for
+    it, at the same time; an untagged call follows the simulator's ``scenario``."""
+    from dialtone_sim.audio import tag_frame
+
+    sim.scripts = {tag: Scenario.from_dict({"turns": [{"caller": "Hello there", "agent": f"Call {tag} speaking."}]})
+                   for tag in (7, 9)}  # fmt: skip
+    speech = synthesize("Hello there", seed=3)
+
+    async def call(tag: int | None) -> str:
+        async with client(sim.url) as c:
+            await c.wait_type("session.created")
+            await c.send({"type": "session.update", "event_id": "evt_1", "session": SESSION})
+            await c.wait_type("session.updated")
+            head = tag_frame(tag, 0) + tag_frame(tag, 1) if tag is not None else silence(40)
+            await c.append(head[:100])  # a tag may straddle two appends
+            await c.append(head[100:] + silence(160) + speech + silence(800))
+            return (await c.wait_type("response.output_audio_transcript.done"))[0]["transcript"]
+
+    said = await asyncio.gather(call(7), call(9), call(None))
+    assert said == ["Call 7 speaking.", "Call 9 speaking.", "Hello, table bookings."]

@@ -13,17 +13,25 @@ from collections.abc import Iterable
 __all__ = [
     "FRAME_BYTES",
     "SILENCE_BYTE",
+    "TAG_BITS",
     "decode",
     "encode",
     "energy",
+    "find_tag",
     "pad_to_frame",
+    "read_tag",
     "silence",
+    "tag_frame",
 ]
 
 SILENCE_BYTE = 0xFF
 """mu-law for linear 0 (positive zero); what Twilio sends when nobody speaks."""
 FRAME_BYTES = 160
 """One 20 ms frame at 8 kHz, one byte per sample."""
+TAG_BITS = 64
+"""The samples of a tagged frame that carry its tag (:func:`tag_frame`)."""
+_MAGIC = 0xD1A7
+_ONE, _ZERO = 0x7F, 0xFF  # mu-law -0 and +0: both digital silence
 
 _BIAS = 0x84
 _CLIP = 32635
@@ -81,3 +89,46 @@ def pad_to_frame(data: bytes, frame: int = FRAME_BYTES) -> bytes:
     """Pad mu-law audio with silence up to a whole number of ``frame``-byte frames."""
     short = -len(data) % frame
     return data + bytes([SILENCE_BYTE]) * short if short else data
+
+
+# ---- tags carried in the audio ---------------------------------------------------------------
+# A frame of digital silence can carry a number in the sign bits of its first 64 samples (mu-law +0
+# and -0 both decode to 0: the model still hears silence). ``make bench`` numbers every frame of a
+# call this way; a test call tagged with its number (``dial(tag=)``) takes the script the model
+# simulators hold for that number. Each byte of the tag as its 8 bits, most significant first (the bench tags 50 frames a second per
+# call: a table, not a loop over bits).
+_BITS = [bytes(_ONE if byte >> (7 - i) & 1 else _ZERO for i in range(8)) for byte in range(256)]
+_PAD = bytes([_ZERO]) * (FRAME_BYTES - TAG_BITS)
+
+
+def tag_frame(call: int, frame_no: int) -> bytes:
+    """A 20 ms frame of digital silence carrying ``call`` (16 bits) and ``frame_no`` (32 bits)."""
+    value = (_MAGIC << 48) | ((call & 0xFFFF) << 32) | (frame_no & 0xFFFFFFFF)
+    return b"".join(_BITS[byte] for byte in value.to_bytes(8, "big")) + _PAD
+
+
+def read_tag(frame: bytes | memoryview) -> tuple[int, int] | None:
+    """``(call, frame_no)`` of a frame made by :func:`tag_frame`, else None."""
+    head = bytes(frame[:TAG_BITS])
+    if len(head) < TAG_BITS or head.translate(None, b"\x7f\xff"):
+        return None
+    value = 0
+    for byte in head:
+        value = (value << 1) | (byte == _ONE)
+    if value >> 48 != _MAGIC:
+        return None
+    return (value >> 32) & 0xFFFF, value & 0xFFFFFFFF
+
+
+_TAG_PREFIX = _BITS[_MAGIC >> 8] + _BITS[_MAGIC & 0xFF]
+
+
+def find_tag(audio: bytes | bytearray, start: int = 0) -> int | None:
+    """The call number of the first tagged frame in ``audio`` at or after ``start``, at any byte
+    position (a model's input need not start on a frame boundary), else None."""
+    at = audio.find(_TAG_PREFIX, start)
+    while at >= 0:
+        if (tag := read_tag(memoryview(audio)[at : at + TAG_BITS])) is not None:
+            return tag[0]
+        at = audio.find(_TAG_PREFIX, at + 1)
+    return None

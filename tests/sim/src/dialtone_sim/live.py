@@ -77,6 +77,9 @@ class LiveSimulator:
         think_s: float = 0.2,
     ) -> None:
         self.scenario = scenario
+        # Scripts of tagged calls (dial(tag=)), by tag: each such call's sessions follow its own,
+        # whatever ``scenario`` says, so calls with scripts of their own can run at once.
+        self.scripts: dict[int, Scenario] = {}
         self.api_key = api_key
         self.host, self.port = host, port
         self.validate = validate

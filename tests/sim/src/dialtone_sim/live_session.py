@@ -41,7 +41,7 @@ import orjson
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from .audio import SILENCE_BYTE, energy
+from .audio import SILENCE_BYTE, TAG_BITS, energy, find_tag
 from .oracle import OracleError, check_live_client_event, check_live_server_event
 from .scenario import Scenario, ToolCall, Turn
 from .speech import VOICED_ENERGY, synthesize
@@ -112,6 +112,7 @@ class LiveSession:
 
     def __post_init__(self) -> None:
         self._sim: LiveSimulator | None = None
+        self._script: Scenario | None = None  # the script of the tagged call this session serves
         self._ws: ServerConnection | None = None
         self._counter = 0
         self._tasks: set[asyncio.Task] = set()
@@ -133,6 +134,8 @@ class LiveSession:
 
     @property
     def scenario(self) -> Scenario:
+        if self._script is not None:
+            return self._script
         return self._sim.scenario if self._sim and self._sim.scenario else Scenario()
 
     def now_ms(self) -> int:
@@ -357,6 +360,10 @@ class LiveSession:
         return turn
 
     async def _append(self, data: bytes) -> None:
+        if self._script is None and self._sim and self._sim.scripts:
+            # A tagged call (dial(tag=)) follows the script held for its tag, from its first silence.
+            tag = find_tag(bytes(self.input_audio[-(TAG_BITS - 1):]) + data)  # a tag may span two appends
+            self._script = self._sim.scripts.get(tag) if tag is not None else None
         self.input_audio += data
         self.input_times.append((time.monotonic(), len(self.input_audio)))
         self._pending += data

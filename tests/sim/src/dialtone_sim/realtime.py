@@ -74,6 +74,9 @@ class RealtimeSimulator:
         connect_delay_s: float = 0.0,
     ) -> None:
         self.scenario = scenario
+        # Scripts of tagged calls (dial(tag=)), by tag: each such call's sessions follow its own,
+        # whatever ``scenario`` says, so calls with scripts of their own can run at once.
+        self.scripts: dict[int, Scenario] = {}
         self.api_key = api_key
         self.host, self.port = host, port
         self.validate = validate

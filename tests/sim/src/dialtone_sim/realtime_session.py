@@ -27,7 +27,7 @@ import orjson
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from .audio import energy
+from .audio import TAG_BITS, energy, find_tag
 from .oracle import OracleError, check_client_event, check_server_event
 from .realtime_responses import ResponseRun, bytes_per_ms, start_response
 from .scenario import Scenario, Turn
@@ -128,6 +128,7 @@ class SimSession:
             },
         }  # fmt: skip
         self._sim: RealtimeSimulator | None = None
+        self._script: Scenario | None = None  # the script of the tagged call this session serves
         self._ws: ServerConnection | None = None
         self.opened_at = time.monotonic()  # when the socket opened
         self.configured = False  # a session.updated was sent
@@ -164,6 +165,8 @@ class SimSession:
 
     @property
     def scenario(self) -> Scenario:
+        if self._script is not None:
+            return self._script
         return self._sim.scenario if self._sim and self._sim.scenario else Scenario()
 
     @property
@@ -437,6 +440,10 @@ class SimSession:
 
     # ---- input audio and VAD --------------------------------------------------------------
     async def _append(self, data: bytes) -> None:
+        if self._script is None and self._sim and self._sim.scripts:
+            # A tagged call (dial(tag=)) follows the script held for its tag, from its first silence.
+            tag = find_tag(bytes(self.input_audio[-(TAG_BITS - 1):]) + data)  # a tag may span two appends
+            self._script = self._sim.scripts.get(tag) if tag is not None else None
         self.input_audio += data
         self.input_times.append((time.monotonic(), len(self.input_audio)))
         self._pending += data

@@ -54,7 +54,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from . import verdicts
-from .audio import FRAME_BYTES, SILENCE_BYTE
+from .audio import FRAME_BYTES, SILENCE_BYTE, tag_frame
 from .playout import Playout
 from .speech import synthesize
 
@@ -189,6 +189,7 @@ class SimCall:
         moves: each move to a new stream (:meth:`moved_by_twilio`).
         move_failures: why a new stream could not be opened (the call then ended).
         frame_no: the caller's clock, in 20 ms frames since the call's first stream started.
+        tag: the number the caller's silence carries (:func:`dial`), or None.
     """
 
     def __init__(self, ws: ClientConnection, *, account_sid: str, call_sid: str,
@@ -196,6 +197,7 @@ class SimCall:
                  from_: str = "", to: str = "") -> None:  # fmt: skip
         self.account_sid, self.call_sid = account_sid, call_sid
         self.from_, self.to = from_, to
+        self.tag: int | None = None
         self.stream_sid = _sid("MZ")
         self.custom_parameters = custom_parameters
         self.sent_audio = bytearray()
@@ -485,7 +487,7 @@ class SimCall:
                     fut.set_result(None)
             self._waiters = [w for w in self._waiters if not w[1].done()]
         else:
-            frame = _SILENCE_FRAME
+            frame = _SILENCE_FRAME if self.tag is None else tag_frame(self.tag, frame_no)
         self.sent_audio += frame
         self.sent_times.append(time.monotonic())
         self._chunk += 1
@@ -590,6 +592,7 @@ async def dial(
     webhook_path: str = "/twilio-voice",
     stream_delay_s: float = 0.0,
     move_delay_s: float = 0.4,
+    tag: int | None = None,
 ) -> SimCall:
     """Place an inbound call against the gateway at ``base_url`` and return it streaming.
 
@@ -605,6 +608,9 @@ async def dial(
         stream_delay_s: Twilio's set-up of the media stream after the webhook's answer (about 0.5 s).
         move_delay_s: after a REST update moves the call, from the old stream's close to the new
             stream's connection (Twilio's own set-up of the new ``<Connect><Stream>``).
+        tag: a number (0-65535) the caller's silence carries (:func:`~dialtone_sim.audio.tag_frame`,
+            still digital silence): the model simulators then follow the script they hold for it
+            (``scripts[tag]``), so calls with scripts of their own can run at once.
 
     Raises:
         WebhookRejected: the webhook answered non-200.
@@ -635,6 +641,7 @@ async def dial(
                    inbound=Network(one_way_delay_ms, jitter_ms, burst_ms, seed=2 * seed),
                    outbound=Network(one_way_delay_ms, jitter_ms, burst_ms, seed=2 * seed + 1))  # fmt: skip
     call.base_url, call.auth_token, call.move_delay_s = base_url, auth_token, move_delay_s
+    call.tag = tag
     try:
         await call._open()
     except ConnectionClosed as exc:
