@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
 import re
 from datetime import datetime
@@ -121,6 +122,18 @@ async def test_dashboard_as_an_operator_uses_it(
         await expect(page.locator("#timeline")).to_contain_text("I can help with the parking permit.")
         facts = await page.locator("dl").first.inner_text()
         assert "inbound" in facts and CALLER in facts and "Direction" in facts
+        # Turn latency by stage, a row per caller turn, as the session has it: from the caller's
+        # stop to the model's first audio received, sent towards Twilio, heard; and the platform's
+        # own share (sent - received).
+        turns = session["turns"]
+        assert turns and all(t["received_ms"] is not None and t["heard_ms"] is not None for t in turns), turns
+        rows = page.locator("table.turns tbody tr")
+        await expect(rows).to_have_count(len(turns))
+        shown = lambda v: f"{math.floor(v + 0.5)} ms"  # noqa: E731 - as the page's Math.round
+        for i, t in enumerate(turns):
+            cells = await rows.nth(i).locator("td").all_inner_texts()
+            assert cells[1:5] == [shown(t["received_ms"]), shown(t["sent_ms"]),
+                                  shown(t["sent_ms"] - t["received_ms"]), shown(t["heard_ms"])], cells
         # The recorder stores the WAV once the call has ended: then the page draws it.
         await poll(lambda: _has_recording(admin, sid), 20, what="the call's recording")
         await page.reload()
