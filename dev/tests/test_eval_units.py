@@ -228,3 +228,42 @@ async def test_running_refuses_a_platform_on_simulators_and_engine_needs_its_own
     (tmp_path / "run.json").unlink()
     assert await evaluate(["--running", "--agents-dir", agents, "--scenario", "transfer"], settings) == 2
     assert "no running platform" in capsys.readouterr().err
+
+
+async def test_calls_run_side_by_side_and_one_that_fails_is_its_own_verdict(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``run_on`` places ``concurrency`` calls at once, each under a tag of its own; a call that
+    raises is reported failed and the others still finish, in scenario order."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from dialtone_dev import eval_runner
+
+    running, most, tags = 0, 0, []
+
+    async def fake_run_once(target, scenario, run, options, run_id, admin, voice, tag=0):  # noqa: ANN001, ANN202
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        tags.append(tag)
+        try:
+            await asyncio.sleep(0.05)
+            if scenario.key == "a/broken":
+                raise RuntimeError("the admin API went away")
+            return RunResult(scenario.key, scenario.agent, run, "realtime", f"CA{tag}", None)
+        finally:
+            running -= 1
+
+    monkeypatch.setattr(eval_runner, "run_once", fake_run_once)
+    scenarios = [SimpleNamespace(key=f"a/{name}", agent="a") for name in ("one", "broken", "two", "three")]
+    told: list[str] = []
+    target = eval_runner.Target("http://gw", "http://gw", "http://admin", "t", "t", "AC", None)
+    options = eval_runner.EvalOptions(agents_dir=tmp_path, runs=2, concurrency=3)
+    results = await eval_runner.run_on(target, scenarios, options, "run", lambda r: told.append(r.scenario))  # type: ignore[arg-type]
+    assert [r.scenario for r in results] == [s.key for s in scenarios for _ in range(2)]
+    assert most == 3 and len(set(tags)) == 8
+    failed = [r for r in results if not r.passed]
+    assert [r.scenario for r in failed] == ["a/broken", "a/broken"]
+    assert failed[0].error == "the call failed: RuntimeError('the admin API went away')"
+    assert sorted(told) == sorted(r.scenario for r in results)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import inspect
 import json
 import secrets
@@ -279,6 +280,7 @@ async def run_once(target: Target, scenario: Scenario, run: int, options: EvalOp
     started = time.monotonic()
     for sim in target.simulators:
         sim.scripts[tag] = sim_script(scenario)
+    voice = dataclasses.replace(voice, _seed=0)  # the call's own synthesized lines, whatever runs beside it
     try:
         return await _call(target, scenario, options, run_id, admin, voice, result, started,
                            tag if target.simulators else None)  # fmt: skip
@@ -339,7 +341,11 @@ async def run_on(target: Target, scenarios: list[Scenario], options: EvalOptions
 
     async def one(tag: int, scenario: Scenario, run: int) -> RunResult:
         async with slots:
-            result = await run_once(target, scenario, run, options, run_id, admin, voice, tag)
+            try:
+                result = await run_once(target, scenario, run, options, run_id, admin, voice, tag)
+            except Exception as exc:  # one call's failure is its verdict, not the run's end
+                engine = target.engine or str(agent_config(options.agents_dir, scenario.agent).get("engine", "realtime"))
+                result = RunResult(scenario.key, scenario.agent, run, engine, None, None, error=f"the call failed: {exc!r}")
         if inspect.isawaitable(done := progress(result)):
             await done
         return result
@@ -347,8 +353,11 @@ async def run_on(target: Target, scenarios: list[Scenario], options: EvalOptions
     calls = [(scenario, run) for scenario in scenarios for run in range(1, options.runs + 1)]
     try:
         # A tag is a call's while it runs (the simulators' scripts are keyed by it); 16 bits of it
-        # travel in the audio, far more than the calls running at once.
-        return list(await asyncio.gather(*(one(i % 0xFFFF + 1, s, r) for i, (s, r) in enumerate(calls))))
+        # travel in the audio, far more than the calls running at once. Should telling the progress
+        # fail, the task group cancels the other calls before the run ends.
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(one(i % 0xFFFF + 1, s, r)) for i, (s, r) in enumerate(calls)]
+        return [task.result() for task in tasks]
     finally:
         await admin.close()
 

@@ -65,7 +65,7 @@ class EvalSettings(BaseSettings):
     eval_tts_voice: str = Field(default="alloy", description="OpenAI text-to-speech voice of test callers")
     dialtone_data_dir: Path = Path(".dialtone")
 
-    @field_validator("agent", "engine", "junit", "threshold", "concurrency", mode="before")
+    @field_validator("agent", "engine", "junit", "threshold", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         """`make eval` passes every variable, empty when not given."""
@@ -75,6 +75,11 @@ class EvalSettings(BaseSettings):
     @classmethod
     def _empty_is_false(cls, value: object) -> object:
         return False if value == "" else value
+
+    @field_validator("concurrency", mode="before")
+    @classmethod
+    def _empty_is_default(cls, value: object) -> object:
+        return 4 if value == "" else value
 
 
 class EvalWorkerSettings(ServiceSettings):

@@ -386,6 +386,8 @@ class Recorder:
                     rec.finishing.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await rec.finishing
+                if self.calls.get(rec.sid) is not rec:
+                    continue  # stored (or forgotten) meanwhile: its spool is not kept
                 rec.spool.unlock()
                 log.warning("call %s: recording not stored yet; its spool %s is kept for the next start",
                             rec.sid, rec.spool.dir)

@@ -393,6 +393,10 @@ class SimCall:
         audio = synthesize(speech, seed=len(self.sent_audio)) if isinstance(speech, str) else speech
         if self._closed.is_set():
             raise ConnectionError("call ended")
+        if self.tag is not None and len(self.sent_audio) < 3 * FRAME_BYTES:
+            # A tagged call's model session learns its script from the tag in the caller's
+            # silence: a caller who speaks at once says it first (60 ms of silence).
+            audio = b"".join(tag_frame(self.tag, n) for n in range(3)) + audio
         self._speech += audio
         self._speech_queued += len(audio)
         done = asyncio.get_running_loop().create_future()
