@@ -3,8 +3,8 @@
 A run places each scenario's call ``runs`` times, ``concurrency`` calls at a time per platform (the
 model simulators tell the calls apart by a tag in the caller's silence, each with its script; see
 ``dialtone_sim.audio.tag_frame``). A call dials the gateway's signed voice webhook with
-``?agent=<agent>`` and two variables the runner owns, ``dialtone_eval`` (the run's id: the call is a test call, kept out of the overview's counts and
-costs) and ``dialtone_mocks`` (the scenario's tool mocks, which the tool-runner answers instead of
+``?agent=<agent>`` and two variables the runner owns, ``dialtone_eval`` (the run's id: the call is
+a test call, kept out of the overview's counts and costs) and ``dialtone_mocks`` (the scenario's tool mocks, which the tool-runner answers instead of
 running those tools). The caller speaks on a simulated Twilio edge; the session it produced is
 read back from the admin API, as an operator would see it, and judged (:mod:`eval_expect`).
 
@@ -271,12 +271,16 @@ async def _heard_lines(admin: AdminClient, call_sid: str) -> list[tuple[str, str
             for line in session.get("transcript") or []]  # fmt: skip
 
 
+def _engine(target: Target, options: EvalOptions, scenario: Scenario) -> str:
+    """The engine a scenario's call runs on: the target's for every agent, else the agent's own."""
+    return target.engine or str(agent_config(options.agents_dir, scenario.agent).get("engine", "realtime"))
+
+
 async def run_once(target: Target, scenario: Scenario, run: int, options: EvalOptions, run_id: str,
                    admin: AdminClient, voice: Voice, tag: int = 0) -> RunResult:  # fmt: skip
     """One test call. With the model simulators, the caller's silence carries ``tag`` and the
     simulators hold the scenario's script under it, so other calls can run at the same time."""
-    engine = target.engine or str(agent_config(options.agents_dir, scenario.agent).get("engine", "realtime"))
-    result = RunResult(scenario.key, scenario.agent, run, engine, None, None)
+    result = RunResult(scenario.key, scenario.agent, run, _engine(target, options, scenario), None, None)
     started = time.monotonic()
     for sim in target.simulators:
         sim.scripts[tag] = sim_script(scenario)
@@ -344,8 +348,8 @@ async def run_on(target: Target, scenarios: list[Scenario], options: EvalOptions
             try:
                 result = await run_once(target, scenario, run, options, run_id, admin, voice, tag)
             except Exception as exc:  # one call's failure is its verdict, not the run's end
-                engine = target.engine or str(agent_config(options.agents_dir, scenario.agent).get("engine", "realtime"))
-                result = RunResult(scenario.key, scenario.agent, run, engine, None, None, error=f"the call failed: {exc!r}")
+                result = RunResult(scenario.key, scenario.agent, run, _engine(target, options, scenario), None, None,
+                                   error=f"the call failed: {exc!r}")  # fmt: skip
         if inspect.isawaitable(done := progress(result)):
             await done
         return result

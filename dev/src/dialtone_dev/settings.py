@@ -79,7 +79,7 @@ class EvalSettings(BaseSettings):
     @field_validator("concurrency", mode="before")
     @classmethod
     def _empty_is_default(cls, value: object) -> object:
-        return 4 if value == "" else value
+        return cls.model_fields["concurrency"].default if value == "" else value
 
 
 class EvalWorkerSettings(ServiceSettings):

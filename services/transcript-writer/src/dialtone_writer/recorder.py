@@ -100,10 +100,6 @@ LEASE_S = 6.0
 SPOOL_FLUSH_S = 1.0
 END_GRACE_S = 0.5  # frames of the other subject still in flight after the STOP
 IDLE_END_S = 120.0  # no frame and no record for this long: the call is over
-class _LeftForNextStart(Exception):  # noqa: N818 - a signal, not an error
-    """The writer stops while the store refuses a recording: its spool waits for the next start."""
-
-
 STOP_TASKS_S = 3.0  # at a stop, how long the background tasks get to end once cancelled
 _RETENTION_BATCH = 100
 
@@ -279,6 +275,10 @@ class CallRecording:
         if self.lost_frames:
             reasons.append(f"{self.lost_frames} caller frames never reached the recorder")
         return reasons
+
+
+class _LeftForNextStart(Exception):  # noqa: N818 - a signal, not an error
+    """The writer stops while the store refuses a recording: its spool waits for the next start."""
 
 
 class Recorder:

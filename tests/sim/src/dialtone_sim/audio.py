@@ -95,8 +95,8 @@ def pad_to_frame(data: bytes, frame: int = FRAME_BYTES) -> bytes:
 # A frame of digital silence can carry a number in the sign bits of its first 64 samples (mu-law +0
 # and -0 both decode to 0: the model still hears silence). ``make bench`` numbers every frame of a
 # call this way; a test call tagged with its number (``dial(tag=)``) takes the script the model
-# simulators hold for that number. Each byte of the tag as its 8 bits, most significant first (the bench tags 50 frames a second per
-# call: a table, not a loop over bits).
+# simulators hold for that number. Each byte of the tag as its 8 bits, most significant first (the
+# bench tags 50 frames a second per call: a table, not a loop over bits).
 _BITS = [bytes(_ONE if byte >> (7 - i) & 1 else _ZERO for i in range(8)) for byte in range(256)]
 _PAD = bytes([_ZERO]) * (FRAME_BYTES - TAG_BITS)
 
@@ -123,10 +123,10 @@ def read_tag(frame: bytes | memoryview) -> tuple[int, int] | None:
 _TAG_PREFIX = _BITS[_MAGIC >> 8] + _BITS[_MAGIC & 0xFF]
 
 
-def find_tag(audio: bytes | bytearray, start: int = 0) -> int | None:
-    """The call number of the first tagged frame in ``audio`` at or after ``start``, at any byte
-    position (a model's input need not start on a frame boundary), else None."""
-    at = audio.find(_TAG_PREFIX, start)
+def find_tag(audio: bytes | bytearray) -> int | None:
+    """The call number of the first tagged frame in ``audio``, at any byte position (a model's
+    input need not start on a frame boundary), else None."""
+    at = audio.find(_TAG_PREFIX)
     while at >= 0:
         if (tag := read_tag(memoryview(audio)[at : at + TAG_BITS])) is not None:
             return tag[0]

@@ -41,9 +41,9 @@ import orjson
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from .audio import SILENCE_BYTE, TAG_BITS, energy, find_tag
+from .audio import SILENCE_BYTE, energy
 from .oracle import OracleError, check_live_client_event, check_live_server_event
-from .scenario import Scenario, ToolCall, Turn
+from .scenario import Scenario, ToolCall, Turn, session_script, tagged_script
 from .speech import VOICED_ENERGY, synthesize
 from .vad import ServerVad
 
@@ -134,9 +134,7 @@ class LiveSession:
 
     @property
     def scenario(self) -> Scenario:
-        if self._script is not None:
-            return self._script
-        return self._sim.scenario if self._sim and self._sim.scenario else Scenario()
+        return session_script(self._sim.scenario if self._sim else None, self._script)
 
     def now_ms(self) -> int:
         return int((asyncio.get_running_loop().time() - self._t0) * 1000) if self._t0 else 0
@@ -362,8 +360,7 @@ class LiveSession:
     async def _append(self, data: bytes) -> None:
         if self._script is None and self._sim and self._sim.scripts:
             # A tagged call (dial(tag=)) follows the script held for its tag, from its first silence.
-            tag = find_tag(bytes(self.input_audio[-(TAG_BITS - 1):]) + data)  # a tag may span two appends
-            self._script = self._sim.scripts.get(tag) if tag is not None else None
+            self._script = tagged_script(self._sim.scripts, self.input_audio, data)
         self.input_audio += data
         self.input_times.append((time.monotonic(), len(self.input_audio)))
         self._pending += data

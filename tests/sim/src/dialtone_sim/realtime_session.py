@@ -27,10 +27,10 @@ import orjson
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from .audio import TAG_BITS, energy, find_tag
+from .audio import energy
 from .oracle import OracleError, check_client_event, check_server_event
 from .realtime_responses import ResponseRun, bytes_per_ms, start_response
-from .scenario import Scenario, Turn
+from .scenario import Scenario, Turn, session_script, tagged_script
 from .speech import VOICED_ENERGY
 from .vad import ServerVad
 
@@ -165,9 +165,7 @@ class SimSession:
 
     @property
     def scenario(self) -> Scenario:
-        if self._script is not None:
-            return self._script
-        return self._sim.scenario if self._sim and self._sim.scenario else Scenario()
+        return session_script(self._sim.scenario if self._sim else None, self._script)
 
     @property
     def turn_detection(self) -> dict | None:
@@ -442,8 +440,7 @@ class SimSession:
     async def _append(self, data: bytes) -> None:
         if self._script is None and self._sim and self._sim.scripts:
             # A tagged call (dial(tag=)) follows the script held for its tag, from its first silence.
-            tag = find_tag(bytes(self.input_audio[-(TAG_BITS - 1):]) + data)  # a tag may span two appends
-            self._script = self._sim.scripts.get(tag) if tag is not None else None
+            self._script = tagged_script(self._sim.scripts, self.input_audio, data)
         self.input_audio += data
         self.input_times.append((time.monotonic(), len(self.input_audio)))
         self._pending += data

@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from .audio import TAG_BITS, find_tag
+
 __all__ = ["Item", "Scenario", "ToolCall", "Turn"]
 
 Incomplete = Literal["max_output_tokens", "content_filter"]
@@ -137,3 +139,16 @@ class Scenario:
         if index < len(self.turns):
             return self.turns[index]
         return Turn(caller=None, agent=self.fallback_agent)
+
+
+def session_script(shared: Scenario | None, tagged: Scenario | None) -> Scenario:
+    """The script a simulator session follows: its tagged call's (:func:`tagged_script`), else the
+    simulator's shared ``scenario``, else the empty one."""
+    return tagged or shared or Scenario()
+
+
+def tagged_script(scripts: dict[int, Scenario], heard: bytes | bytearray, data: bytes) -> Scenario | None:
+    """The script held in ``scripts`` for the tagged call (``dial(tag=)``) whose tag is in the
+    input audio ``data`` just appended to ``heard`` (a tag may span two appends), else None."""
+    tag = find_tag(bytes(heard[-(TAG_BITS - 1) :]) + data)
+    return scripts.get(tag) if tag is not None else None
