@@ -260,7 +260,7 @@ async def test_calls_run_side_by_side_and_one_that_fails_is_its_own_verdict(
     told: list[str] = []
     target = eval_runner.Target("http://gw", "http://gw", "http://admin", "t", "t", "AC", None)
     options = eval_runner.EvalOptions(agents_dir=tmp_path, runs=2, concurrency=3)
-    results = await eval_runner.run_on(target, scenarios, options, "run", lambda r: told.append(r.scenario))  # type: ignore[arg-type]
+    results = await eval_runner.run_on(target, scenarios, options, "run", lambda r: told.append(r.scenario))  # type: ignore[arg-type]  # stand-in scenarios: only key and agent are read
     assert [r.scenario for r in results] == [s.key for s in scenarios for _ in range(2)]
     assert most == 3 and len(set(tags)) == 8
     failed = [r for r in results if not r.passed]

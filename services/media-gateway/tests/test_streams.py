@@ -260,7 +260,7 @@ async def start_call(nc: FakeNats | None = None, calls: FakeCallBook | None = No
     ws, nc = FakeSocket(), nc or FakeNats()
     js, calls, line = FakeJetStream(), calls or FakeCallBook(record), FakeLine()
     config = GatewaySettings(twilio_auth_token="t", public_base_url="https://gw.example.com", **settings)
-    ctx = StreamContext(nc, js, calls, line, config, "gw-test",  # type: ignore[arg-type]
+    ctx = StreamContext(nc, js, calls, line, config, "gw-test",  # type: ignore[arg-type]  # fakes of the bus, book and line
                         move_url=lambda call_id, move_id: f"wss://gw.example.com/media-stream/{call_id}/{move_id}")
     stream = MediaStream(ws, ctx, record, moved=moved)  # type: ignore[arg-type]
     task = asyncio.create_task(stream.run())
